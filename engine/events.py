@@ -1,0 +1,136 @@
+"""The event contract: what a user did, when, as it travels through Kafka.
+
+Events are JSON on the wire and `Event` structs in code. `decode_event` is the
+single gate every byte string passes through: it returns an `Event` or raises
+`InvalidEvent` with a one-line reason, and nothing else.
+
+Examples
+--------
+>>> e = decode_event(b'{"event_id": "e1", "type": "click", "user_id": "u1", "ts": 1700000000000}')
+>>> e.type, e.ts
+('click', 1700000000000)
+>>> decode_event(b'{"event_id": "e1", "type": "clik", "user_id": "u1", "ts": 1}')
+Traceback (most recent call last):
+...
+engine.events.InvalidEvent: Invalid enum value 'clik' - at `$.type`
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+import msgspec
+
+EVENT_TYPES = (
+    "page_view",
+    "click",
+    "add_to_cart",
+    "purchase",
+    "email_open",
+    "email_click",
+    "app_open",
+    "impression",
+    "conversion",
+)
+EventType = Literal[
+    "page_view",
+    "click",
+    "add_to_cart",
+    "purchase",
+    "email_open",
+    "email_click",
+    "app_open",
+    "impression",
+    "conversion",
+]
+
+#: Payloads above this many bytes are rejected before parsing.
+MAX_EVENT_BYTES = 16 * 1024
+
+# Event times outside [2000-01-01, 2100-01-01) are almost always seconds sent
+# as milliseconds (or the reverse) and would poison windows for years.
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Money = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+PropValue = str | int | float | bool
+Props = Annotated[dict[Label, PropValue], msgspec.Meta(max_length=32)]
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot enter the pipeline; `reason` says why in one line."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class Event(Base, frozen=True):
+    """One thing a (pseudonymous) user did.
+
+    `ts` accepts epoch milliseconds or an RFC 3339 string with a time zone and
+    is always epoch milliseconds (UTC) once decoded.
+    """
+
+    event_id: Id
+    type: EventType
+    user_id: Id
+    ts: int | datetime
+    item_id: Id | None = None
+    category: Label | None = None
+    value: Money | None = None
+    experiment: Label | None = None
+    variant: Label | None = None
+    props: Props | None = None
+
+    def __post_init__(self) -> None:
+        ts = self.ts
+        if isinstance(ts, datetime):
+            if ts.tzinfo is None:
+                raise ValueError("`ts` needs a time zone, e.g. 2026-01-01T12:00:00Z")
+            ts = int(ts.timestamp() * 1000)
+            msgspec.structs.force_setattr(self, "ts", ts)
+        if not MIN_TS_MS <= ts < MAX_TS_MS:
+            raise ValueError(
+                f"`ts` {ts} is not epoch milliseconds between 2000 and 2100"
+            )
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError("`value` must be a finite number")
+        if self.type == "purchase" and self.value is None:
+            raise ValueError("a purchase needs a `value`")
+
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_event(data: bytes | bytearray | memoryview | str | None) -> Event:
+    """Parse and validate one JSON event, or raise `InvalidEvent` saying why."""
+    if data is None:
+        raise InvalidEvent("empty message: no value")
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            f"payload of {len(data)} bytes exceeds the limit of {MAX_EVENT_BYTES}"
+        )
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, OverflowError) as exc:
+        raise InvalidEvent(str(exc)) from None
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode an event as compact JSON (epoch-millisecond `ts`)."""
+    return _encoder.encode(event)
+
+
+def ts_to_datetime(ts_ms: int) -> datetime:
+    """Epoch milliseconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)

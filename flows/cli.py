@@ -1,0 +1,94 @@
+"""The ``tailor`` command line: one console script, one subcommand per job.
+
+Subcommands import their implementation lazily so ``tailor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailor", description="Tailor: streaming features and personalization.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the demo: embedded broker, Feast (SQLite), the flow, simulated traffic, live view")
+    up.add_argument("--users", type=_positive_int, default=200, help="simulated users (default 200)")
+    up.add_argument("--rate", type=float, default=200.0, help="simulated events per second (default 200)")
+    up.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
+    up.add_argument("--watch", type=_positive_int, default=6, help="users shown in the live view (default 6)")
+
+    apply = sub.add_parser("apply", help="apply the Feast feature repository (feast apply)")
+    apply.add_argument("--repo", help="feature repo folder (default: TAILOR_FEATURE_REPO)")
+
+    flow = sub.add_parser("flow", help="run the features dataflow (Bytewax) until stopped")
+    flow.add_argument("--recovery-dir", help="Bytewax recovery folder; created and initialised when missing")
+    flow.add_argument("--workers", type=_positive_int, default=1, help="worker threads (default 1)")
+
+    sim = sub.add_parser("simulate", help="produce realistic simulated user events to Kafka")
+    sim.add_argument("--users", type=_positive_int, default=1000, help="number of users (default 1000)")
+    sim.add_argument("--events", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
+    sim.add_argument("--rate", type=float, default=0, help="events per second; 0 = as fast as possible (default 0)")
+    sim.add_argument("--seed", type=int, default=7, help="random seed (default 7): same seed, same events")
+    sim.add_argument("--start", help="event time of the first event (RFC 3339; default: now)")
+    sim.add_argument("--out", help="write JSONL to this file instead of producing to Kafka")
+
+    replay = sub.add_parser("replay", help="produce events from a JSONL file to Kafka")
+    replay.add_argument("file", help="JSONL file, one event per line")
+    replay.add_argument("--rebase-time", action="store_true", help="shift event times so the last lands at now, keeping gaps")
+    replay.add_argument("--rate", type=float, default=0, help="events per second; 0 = as fast as possible (default 0)")
+
+    bench = sub.add_parser("bench", help="benchmarks; each prints one JSON object")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    ingest = bench_sub.add_parser("ingest", help="flow throughput vs one FeatureStore.push per event")
+    ingest.add_argument("--events", type=_positive_int, default=200_000)
+    ingest.add_argument("--users", type=_positive_int, default=10_000)
+    ingest.add_argument("--naive-events", type=_positive_int, default=2_000, help="events for the naive push path")
+    fresh = bench_sub.add_parser("freshness", help="probe send -> first Feast read that sees it, under load")
+    fresh.add_argument("--rate", type=float, default=5000.0)
+    fresh.add_argument("--seconds", type=float, default=20.0)
+    fresh.add_argument("--users", type=_positive_int, default=10_000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"tailor: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "up":
+        from flows.up import run_up as run
+    elif args.command == "apply":
+        from flows.store import run_apply as run
+    elif args.command == "flow":
+        from flows.features import run_flow as run
+    elif args.command == "simulate":
+        from flows.produce import run_simulate as run
+    elif args.command == "replay":
+        from flows.produce import run_replay as run
+    elif args.command == "bench" and args.bench == "ingest":
+        from bench.ingest import run_ingest as run
+    elif args.command == "bench" and args.bench == "freshness":
+        from bench.freshness import run_freshness as run
+    else:  # pragma: no cover - argparse rejects unknown commands
+        raise AssertionError(args.command)
+    try:
+        return run(settings, args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
