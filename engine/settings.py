@@ -32,6 +32,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     affinity_half_life_s: float = 86_400.0
     #: Most events the Kafka source hands the flow per poll (bounds an online write).
     batch_size: int = 2000
+    #: Keep reading at the end of the topic (False: stop there; used by benchmarks and tests).
+    tail: bool = True
+    #: Writer partitions of the feature-store sink (1 suits SQLite; more for Redis).
+    sink_parts: int = 1
     #: Offline (Parquet) rows are written when this many are buffered ...
     offline_flush_rows: int = 50_000
     #: ... or at every recovery snapshot (the flow's epoch), whichever is first.
@@ -47,7 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if raw is None:
                 continue
             try:
-                values[name] = field_type(raw)
+                values[name] = _parse_bool(raw) if field_type is bool else field_type(raw)
             except ValueError:
                 raise ValueError(
                     f"TAILOR_{name.upper()}={raw!r} is not a valid {field_type.__name__}"
@@ -62,3 +66,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 def _field_types(cls) -> list[type]:
     return [f.type for f in msgspec.structs.fields(cls)]
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``TAILOR_*`` variables that recreate ``settings`` in a child process."""
+    return {
+        f"TAILOR_{name.upper()}": (str(value).lower() if isinstance(value, bool) else str(value))
+        for name, value in msgspec.structs.asdict(settings).items()
+    }

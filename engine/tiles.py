@@ -26,14 +26,16 @@ Examples
 True
 >>> state.update(Event("e1", "click", "u1", t0, category="shoes"))
 False
->>> row = finish(*state.packed(), now_ms=t0 + 60_000)
+>>> row = finish(state.packed(), now_ms=t0 + 60_000)
 >>> row["clicks_5m"], row["clicks_1h"], row["top_category"]
 (1, 1, 'shoes')
->>> finish(*state.packed(), now_ms=t0 + 10 * 60_000)["clicks_5m"]
+>>> finish(state.packed(), now_ms=t0 + 10 * 60_000)["clicks_5m"]
 0
 """
 
 from __future__ import annotations
+
+import msgspec
 
 from engine.events import Event
 
@@ -48,14 +50,18 @@ METRICS = ("page_views", "clicks", "add_to_carts", "purchases", "impressions", "
 _METRIC_OF_TYPE = {"page_view": 0, "click": 1, "add_to_cart": 2, "purchase": 3, "impression": 4}
 _SPEND = 5
 _M = len(METRICS)
+_MINUTE = GRANULARITIES[0][1]  # the finest tile; coarser widths are multiples of it
 
 # How much each kind of event says about interest in its category.
 AFFINITY_WEIGHT = {"page_view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
 MAX_CATEGORIES = 16
 
 LAYOUT_VERSION = 1
-# Header of the packed tiles array, then the three rings in GRANULARITIES order.
-_HEADER = (
+# The online encoding is a msgpack array: this header, then the three rings (in
+# GRANULARITIES order, newest tile first, METRICS per tile), then the affinity
+# map {category: score as of affinity_ref_ms}. Counts are ints, so a mostly
+# empty ring packs to about one byte a slot.
+HEADER = (
     "layout_version",
     "newest_ms",
     "lifetime_events",
@@ -65,8 +71,8 @@ _HEADER = (
     "half_life_s",
     "affinity_ref_ms",
 )
-_H = len(_HEADER)
-PACKED_LENGTH = _H + sum(n for _, _, n in GRANULARITIES) * _M
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(tuple).decode
 
 #: The finished features, as Feast serves them (name, kind).
 FEATURES: tuple[tuple[str, str], ...] = (
@@ -122,7 +128,7 @@ class UserActivity:
         self.lifetime_spend = 0.0
         self.late_events = 0
         self.duplicate_events = 0
-        self.rings = [[0.0] * (n * _M) for _, _, n in GRANULARITIES]
+        self.rings = [[0] * (n * _M) for _, _, n in GRANULARITIES]
         self.affinity: dict[str, float] = {}
         self.affinity_ref_ms = -1
         self.seen: dict[str, int] = {}
@@ -142,48 +148,60 @@ class UserActivity:
         Duplicates change nothing; late events only bump ``late_events``.
         """
         ts = event.ts
-        if self.newest_ms >= 0 and ts < self.newest_ms - self.lateness_ms:
+        newest = self.newest_ms
+        if ts < newest - self.lateness_ms:
             self.late_events += 1
             return True
-        if event.event_id in self.seen:
+        seen = self.seen
+        if event.event_id in seen:
             self.duplicate_events += 1
             return False
-        self.seen[event.event_id] = ts
-        if ts > self.newest_ms:
-            self._advance(ts)
-        self._add_to_tiles(event)
+        seen[event.event_id] = ts
+        if ts > newest:
+            if ts // _MINUTE != newest // _MINUTE or newest < 0:
+                self._shift_rings(ts)
+            self.newest_ms = newest = ts
+        kind = event.type
+        metric = _METRIC_OF_TYPE.get(kind)
+        if metric is not None:
+            spend = event.value if kind == "purchase" and event.value else 0.0
+            if ts // _MINUTE == newest // _MINUTE:
+                # The common case: the event is in every ring's newest tile.
+                for ring in self.rings:
+                    ring[metric] += 1
+                    if spend:
+                        ring[_SPEND] += spend
+            else:
+                self._add_to_older_tiles(ts, metric, spend)
         self.lifetime_events += 1
-        if event.type == "purchase" and event.value:
+        if kind == "purchase" and event.value:
             self.lifetime_spend += event.value
         if event.category is not None:
-            weight = AFFINITY_WEIGHT.get(event.type)
+            weight = AFFINITY_WEIGHT.get(kind)
             if weight is not None:
                 self._add_affinity(event.category, weight, ts)
-        if len(self.seen) >= self._prune_at:
+        if len(seen) >= self._prune_at:
             self._prune_seen()
         return True
 
-    def _advance(self, ts: int) -> None:
+    def _shift_rings(self, ts: int) -> None:
+        """Age every ring so that its first tile holds ``ts``."""
+        newest = self.newest_ms
         for (_, width, n), ring in zip(GRANULARITIES, self.rings):
-            shift = ts // width - max(self.newest_ms, 0) // width
-            if self.newest_ms < 0 or shift >= n:
-                ring[:] = [0.0] * (n * _M)
+            shift = ts // width - newest // width
+            if newest < 0 or shift >= n:
+                ring[:] = [0] * (n * _M)
             elif shift > 0:
-                ring[:0] = [0.0] * (shift * _M)
+                ring[:0] = [0] * (shift * _M)
                 del ring[n * _M :]
-        self.newest_ms = ts
 
-    def _add_to_tiles(self, event: Event) -> None:
-        metric = _METRIC_OF_TYPE.get(event.type)
-        if metric is None:
-            return
-        spend = event.value if event.type == "purchase" and event.value else 0.0
-        ts, newest = event.ts, self.newest_ms
+    def _add_to_older_tiles(self, ts: int, metric: int, spend: float) -> None:
+        newest = self.newest_ms
         for (_, width, n), ring in zip(GRANULARITIES, self.rings):
             age = newest // width - ts // width
             if age < n:
                 base = age * _M
-                ring[base + metric] += 1.0
+                ring[base + metric] += 1
                 if spend:
                     ring[base + _SPEND] += spend
 
@@ -210,73 +228,66 @@ class UserActivity:
         self.seen = {e: t for e, t in self.seen.items() if t >= horizon}
         self._prune_at = max(64, 2 * len(self.seen))
 
-    def packed(self) -> tuple[list[float], list[str], list[float]]:
-        """The online-store encoding: (tiles, affinity categories, affinity scores)."""
-        header = [
-            float(LAYOUT_VERSION),
-            float(self.newest_ms),
-            float(self.lifetime_events),
-            self.lifetime_spend,
-            float(self.late_events),
-            float(self.duplicate_events),
-            float(self.half_life_s),
-            float(self.affinity_ref_ms),
-        ]
-        tiles = header
-        for ring in self.rings:
-            tiles = tiles + ring
-        return tiles, list(self.affinity), list(self.affinity.values())
+    def packed(self) -> bytes:
+        """The online-store encoding of this state (see `HEADER`)."""
+        return _encode(
+            (
+                LAYOUT_VERSION,
+                self.newest_ms,
+                self.lifetime_events,
+                self.lifetime_spend,
+                self.late_events,
+                self.duplicate_events,
+                self.half_life_s,
+                self.affinity_ref_ms,
+                *self.rings,
+                self.affinity,
+            )
+        )
 
 
-def finish(
-    tiles: list[float] | None,
-    categories: list[str] | None,
-    scores: list[float] | None,
-    now_ms: int,
-) -> dict[str, int | float | str | None]:
-    """Finish the windows of one packed row as of ``now_ms``.
+def finish(packed: bytes | None, now_ms: int) -> dict[str, int | float | str | None]:
+    """Finish the windows of one packed state as of ``now_ms``.
 
-    A user with no row reads zero counts and ``None`` where nothing is known.
+    A user with no state reads zero counts and ``None`` where nothing is known;
+    a state in another layout is a `ValueError`.
     """
-    if not tiles:
+    if not packed:
         return _EMPTY.copy()
-    if len(tiles) != PACKED_LENGTH or int(tiles[0]) != LAYOUT_VERSION:
+    try:
+        row = _decode(packed)
+    except msgspec.DecodeError:
+        row = ()
+    if len(row) != len(HEADER) + len(GRANULARITIES) + 1 or row[0] != LAYOUT_VERSION:
         raise ValueError(
-            f"tiles row has layout {tiles[0] if tiles else None} and length "
-            f"{len(tiles)}; expected layout {LAYOUT_VERSION}, length {PACKED_LENGTH}: "
+            f"user_activity state is not layout {LAYOUT_VERSION} ({len(packed)} bytes): "
             "re-run the flow with this version of Tailor"
         )
-    newest_ms = int(tiles[1])
+    _, newest_ms, lifetime_events, lifetime_spend, late, _, half_life_s, affinity_ref_ms = row[: len(HEADER)]
     out: dict[str, int | float | str | None] = {}
-    offset = _H
-    for name, width, n in GRANULARITIES:
+    for (name, width, n), ring in zip(GRANULARITIES, row[len(HEADER) :]):
         # Tiles are aged against now; reading before the newest event counts all.
         age0 = max(0, now_ms // width - newest_ms // width)
-        sums = [0.0] * _M
-        for age in range(age0, n):
-            base = offset + (age - age0) * _M
-            for m in range(_M):
-                sums[m] += tiles[base + m]
-        offset += n * _M
+        live = ring[: max(0, n - age0) * _M]
+        sums = [sum(live[m::_M]) for m in range(_M)]
         for m in range(4):
-            out[f"{METRICS[m]}_{name}"] = int(sums[m])
+            out[f"{METRICS[m]}_{name}"] = sums[m]
         if name == "24h":
-            out["impressions_24h"] = int(sums[4])
-            out["spend_24h"] = round(sums[_SPEND], 6)
+            out["impressions_24h"] = sums[4]
+            out["spend_24h"] = round(float(sums[_SPEND]), 6)
             out["ctr_24h"] = sums[1] / sums[4] if sums[4] else 0.0
     out["seconds_since_last_event"] = max(0.0, (now_ms - newest_ms) / 1000.0)
-    if categories:
-        best = max(range(len(categories)), key=scores.__getitem__)
-        half_life_ms = tiles[6] * 1000.0
-        decay = 2.0 ** (-(now_ms - tiles[7]) / half_life_ms)
-        out["top_category"] = categories[best]
-        out["top_category_affinity"] = scores[best] * decay
+    affinity = row[-1]
+    if affinity:
+        top = max(affinity, key=affinity.__getitem__)
+        out["top_category"] = top
+        out["top_category_affinity"] = affinity[top] * 2.0 ** (-(now_ms - affinity_ref_ms) / (half_life_s * 1000.0))
     else:
         out["top_category"] = None
         out["top_category_affinity"] = 0.0
-    out["lifetime_events"] = int(tiles[2])
-    out["lifetime_spend"] = round(tiles[3], 6)
-    out["late_events"] = int(tiles[4])
+    out["lifetime_events"] = lifetime_events
+    out["lifetime_spend"] = round(float(lifetime_spend), 6)
+    out["late_events"] = late
     return out
 
 

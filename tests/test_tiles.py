@@ -5,7 +5,7 @@ import random
 import pytest
 
 from engine.events import Event
-from engine.tiles import GRANULARITIES, PACKED_LENGTH, UserActivity, finish
+from engine.tiles import GRANULARITIES, UserActivity, finish
 
 T0 = 1_750_000_000_000
 TYPES = ["page_view", "click", "add_to_cart", "purchase", "impression", "app_open"]
@@ -62,7 +62,7 @@ def test_windows_match_brute_force(seed):
         state.update(e)
     newest = state.newest_ms
     for now in (newest, newest + rng.randrange(1, 400_000), newest + rng.randrange(1, 90_000_000)):
-        got = finish(*state.packed(), now_ms=now)
+        got = finish(state.packed(), now_ms=now)
         want = brute_force(events, now, lateness)
         for key, value in want.items():
             assert got[key] == pytest.approx(value), (key, now - newest)
@@ -72,8 +72,8 @@ def test_idle_user_reads_zero_clicks_5m():
     state = UserActivity()
     for i in range(10):
         state.update(Event(f"e{i}", "click", "u", T0 + i * 1000))
-    assert finish(*state.packed(), now_ms=T0 + 9000)["clicks_5m"] == 10
-    after_ten_minutes = finish(*state.packed(), now_ms=T0 + 9000 + 600_000)
+    assert finish(state.packed(), now_ms=T0 + 9000)["clicks_5m"] == 10
+    after_ten_minutes = finish(state.packed(), now_ms=T0 + 9000 + 600_000)
     assert after_ten_minutes["clicks_5m"] == 0
     assert after_ten_minutes["clicks_1h"] == 10
     assert after_ten_minutes["seconds_since_last_event"] == 600.0
@@ -86,7 +86,7 @@ def test_duplicates_counted_once_and_late_events_not_merged():
     state.update(Event("b", "click", "u", T0 + 120_000))
     state.update(Event("c", "click", "u", T0 + 90_000))  # 30 s late: allowed
     state.update(Event("d", "click", "u", T0 + 30_000))  # 90 s late: too late
-    row = finish(*state.packed(), now_ms=T0 + 120_000)
+    row = finish(state.packed(), now_ms=T0 + 120_000)
     assert row["clicks_1h"] == 3
     assert row["late_events"] == 1
     assert state.duplicate_events == 1
@@ -96,7 +96,7 @@ def test_out_of_order_within_lateness_lands_in_its_own_tile():
     state = UserActivity(lateness_ms=3_600_000)
     state.update(Event("new", "page_view", "u", T0 + 30 * 60_000))
     state.update(Event("old", "page_view", "u", T0))  # 30 min earlier
-    row = finish(*state.packed(), now_ms=T0 + 30 * 60_000)
+    row = finish(state.packed(), now_ms=T0 + 30 * 60_000)
     assert row["page_views_5m"] == 1  # the old one is not in the last 5 minutes
     assert row["page_views_1h"] == 2
 
@@ -107,20 +107,21 @@ def test_ctr_and_affinity():
         state.update(Event(f"i{i}", "impression", "u", T0 + i))
     state.update(Event("c", "click", "u", T0 + 10, category="shoes"))
     state.update(Event("p", "page_view", "u", T0 + 20, category="hats"))
-    row = finish(*state.packed(), now_ms=T0 + 20 + 3_600_000)
+    row = finish(state.packed(), now_ms=T0 + 20 + 3_600_000)
     assert row["ctr_24h"] == 0.25
     assert row["top_category"] == "shoes"
     assert row["top_category_affinity"] == pytest.approx(1.0, rel=1e-5)  # weight 2, one half-life
 
 
 def test_unknown_user_reads_zeros():
-    row = finish(None, None, None, now_ms=T0)
+    row = finish(None, now_ms=T0)
     assert row["clicks_5m"] == 0 and row["top_category"] is None
 
 
-def test_foreign_layout_is_a_clear_error():
+@pytest.mark.parametrize("packed", [b"\x93\x02\x00\x00", b"not msgpack at all", b"\xc1"])
+def test_foreign_layout_is_a_clear_error(packed):
     with pytest.raises(ValueError, match="re-run the flow"):
-        finish([9.0] * PACKED_LENGTH, [], [], now_ms=T0)
+        finish(packed, now_ms=T0)
 
 
 def test_state_survives_pickling():

@@ -1,0 +1,399 @@
+"""Simulated shoppers: a deterministic, time-ordered stream of realistic events.
+
+Each user belongs to one latent behaviour profile (`PROFILES`): how often they
+come back, which categories they like, how readily they click, add to cart and
+buy, whether they pay full price, whether email brings them in. Later stages
+(segmentation, drift, experiments) are tested against that ground truth, which
+`Simulator.profile_of` exposes.
+
+A user's visit is a session: an ``app_open`` (or an ``email_open``, then maybe an
+``email_click`` that lands on a product), then feed pages of ``impression``
+events, some of which are clicked (profile CTR) and viewed (``page_view``),
+followed by related page views, ``add_to_cart`` and, at checkout, ``purchase``
+at the item's sale price. Sessions start as a Poisson process whose rate follows
+a daily rhythm (`diurnal_factor`, UTC, busiest in the evening).
+
+Events come out globally in event-time order: a heap holds each user's next
+event time, and a user's next session is planned only when the last one is
+used up. Pure Python with one `random.Random`, no I/O: the same
+``(users, seed, start_ms, catalog)`` always gives the same events.
+
+Examples
+--------
+>>> sim = Simulator(users=50, seed=7, start_ms=1_767_225_600_000)
+>>> events = list(sim.events(200))
+>>> len(events), all(a.ts <= b.ts for a, b in zip(events, events[1:]))
+(200, True)
+>>> events == list(Simulator(users=50, seed=7, start_ms=1_767_225_600_000).events(200))
+True
+>>> sim.profile_of(events[0].user_id) in PROFILES
+True
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Iterator
+
+import msgspec
+
+from engine.catalog import CATALOG_SEED, CATEGORIES, Catalog, Item, build_catalog
+from engine.events import Event
+
+#: 2026-01-01T00:00:00Z, the default start of simulated time.
+DEFAULT_START_MS = 1_767_225_600_000
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+#: Hour of day (UTC) when people shop most, and how strongly activity swings:
+#: the session rate goes from (1 - amplitude) at 08:00 to (1 + amplitude) at 20:00.
+PEAK_HOUR_UTC = 20
+DIURNAL_AMPLITUDE = 0.6
+
+
+class Profile(msgspec.Struct, frozen=True, kw_only=True):
+    """A latent behaviour profile: the ground truth segmentation should find.
+
+    Probabilities are per opportunity (``ctr`` per impression, ``add_to_cart``
+    per product page view, ``purchase`` per cart item at checkout).
+    """
+
+    name: str
+    #: Fraction of the simulated users with this profile.
+    share: float
+    #: Mean sessions per day, before the daily rhythm and per-user variation.
+    sessions_per_day: float
+    #: Relative taste for each category; a user keeps `n_favourites` of them.
+    category_weights: dict[str, float]
+    n_favourites: int
+    #: Probability an item shown or browsed comes from a favourite category.
+    focus: float
+    #: Probability a session starts from an email, and that an opened email is clicked.
+    email_entry: float
+    email_click: float
+    #: Mean feed pages per session; each page shows 4 to 8 impressions.
+    pages_per_session: float
+    ctr: float
+    #: Probability of one more related page view after each product page view.
+    browse_on: float
+    add_to_cart: float
+    purchase: float
+    #: Mean seconds spent on a product page.
+    dwell_s: float
+    #: Item preference inside a category: "cheap", "premium" or "any" ...
+    price_taste: str
+    #: ... and how much more a discounted item attracts this profile.
+    discount_taste: float
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="bargain_hunter", share=0.30, sessions_per_day=3.0,
+            category_weights={"grocery": 3, "home": 2.5, "beauty": 2, "books": 2, "sports": 1.5, "shoes": 1,
+                              "outerwear": 0.5, "electronics": 0.5},
+            n_favourites=4, focus=0.8, email_entry=0.35, email_click=0.55,
+            pages_per_session=3.0, ctr=0.12, browse_on=0.55, add_to_cart=0.15, purchase=0.6,
+            dwell_s=25.0, price_taste="cheap", discount_taste=4.0,
+        ),
+        Profile(
+            name="loyal_high_spender", share=0.15, sessions_per_day=1.0,
+            category_weights={"electronics": 3, "outerwear": 3, "shoes": 2, "home": 1, "sports": 1, "beauty": 1,
+                              "books": 0.3, "grocery": 0.2},
+            n_favourites=2, focus=0.92, email_entry=0.05, email_click=0.5,
+            pages_per_session=1.5, ctr=0.28, browse_on=0.2, add_to_cart=0.4, purchase=0.85,
+            dwell_s=60.0, price_taste="premium", discount_taste=1.0,
+        ),
+        Profile(
+            name="window_shopper", share=0.35, sessions_per_day=4.0,
+            category_weights={"shoes": 3, "outerwear": 2.5, "electronics": 2.5, "home": 2, "beauty": 2,
+                              "sports": 1, "books": 1, "grocery": 0.5},
+            n_favourites=4, focus=0.6, email_entry=0.08, email_click=0.2,
+            pages_per_session=4.0, ctr=0.16, browse_on=0.65, add_to_cart=0.04, purchase=0.1,
+            dwell_s=15.0, price_taste="any", discount_taste=1.2,
+        ),
+        Profile(
+            name="email_driven", share=0.20, sessions_per_day=1.2,
+            category_weights={"beauty": 3, "home": 2.5, "books": 2, "sports": 1.5, "grocery": 1.5, "shoes": 1,
+                              "outerwear": 1, "electronics": 0.5},
+            n_favourites=3, focus=0.85, email_entry=0.85, email_click=0.6,
+            pages_per_session=1.5, ctr=0.08, browse_on=0.3, add_to_cart=0.2, purchase=0.55,
+            dwell_s=35.0, price_taste="any", discount_taste=1.5,
+        ),
+    )
+}
+
+
+def diurnal_factor(ts_ms: int) -> float:
+    """Relative activity at this event time (UTC hour of day); averages 1 over a day.
+
+    Examples
+    --------
+    >>> evening = DEFAULT_START_MS + PEAK_HOUR_UTC * HOUR_MS
+    >>> round(diurnal_factor(evening), 2), round(diurnal_factor(evening + 12 * HOUR_MS), 2)
+    (1.6, 0.4)
+    """
+    hour = (ts_ms % DAY_MS) / HOUR_MS
+    return 1.0 + DIURNAL_AMPLITUDE * math.cos(2 * math.pi * (hour - PEAK_HOUR_UTC) / 24)
+
+
+# A planned event before it becomes an Event: (ts, type, item_id, category, value).
+_Planned = tuple[int, str, "str | None", "str | None", "float | None"]
+
+
+class _User:
+    """One simulated user's fixed traits and the session being played out."""
+
+    __slots__ = ("index", "user_id", "profile", "favourites", "peak_rate_per_ms", "pools", "session", "pos")
+
+    def __init__(self, index: int, profile: Profile, favourites: tuple[str, ...], rate_scale: float,
+                 pools: dict[str, list[Item]]):
+        self.index = index
+        self.user_id = f"u{index:06d}"
+        self.profile = profile
+        self.favourites = favourites
+        # Thinning samples candidate session starts at the peak rate, then keeps
+        # each with probability diurnal_factor / peak.
+        self.peak_rate_per_ms = profile.sessions_per_day * rate_scale * (1 + DIURNAL_AMPLITUDE) / DAY_MS
+        self.pools = pools
+        self.session: list[_Planned] = []
+        self.pos = 0
+
+
+class Simulator:
+    """A deterministic stream of simulated user events, in event-time order.
+
+    Parameters
+    ----------
+    users
+        Number of simulated users, ``u000000`` .. ``u{users-1:06d}``.
+    seed
+        Seed of everything random: the same seed gives the same events.
+    start_ms
+        Simulated clock at the start (epoch ms); users' first sessions follow it.
+    catalog
+        The products shown and bought; default ``build_catalog(CATALOG_SEED)``,
+        the catalog the rest of Tailor uses.
+
+    Notes
+    -----
+    The simulator is one stream: ``events(n)`` hands out the next ``n`` events,
+    and iterating it runs forever. ``event_id`` is ``"{seed}-{start_ms}-{n}"``
+    for the n-th event handed out: stable for one run, distinct between runs
+    started at different times (so de-duplication never swallows a rerun).
+
+    Examples
+    --------
+    >>> sim = Simulator(users=10, seed=1)
+    >>> [e.type for e in sim.events(3)]
+    ['app_open', 'impression', 'impression']
+    >>> sim.profile_of("u000003")
+    'bargain_hunter'
+    """
+
+    def __init__(self, users: int = 1000, seed: int = 7, start_ms: int = DEFAULT_START_MS,
+                 catalog: Catalog | None = None):
+        if users <= 0:
+            raise ValueError(f"users must be positive, got {users}")
+        self.seed = seed
+        self.start_ms = int(start_ms)
+        self.catalog = catalog if catalog is not None else build_catalog(CATALOG_SEED)
+        self._rng = random.Random(seed)
+        self._id_prefix = f"{seed}-{self.start_ms}-"
+        self._emitted = 0
+        pools = {name: _item_pools(self.catalog, p) for name, p in PROFILES.items()}
+        self._users = [self._make_user(i, pools) for i in range(users)]
+        self._by_id = {u.user_id: u for u in self._users}
+        # One heap entry per user: (time of their next event, index, user).
+        # The index breaks ties, so users themselves are never compared.
+        self._heap = []
+        for user in self._users:
+            self._plan_session(user, self.start_ms)
+            self._heap.append((user.session[0][0], user.index, user))
+        heapq.heapify(self._heap)
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """All simulated user ids."""
+        return tuple(self._by_id)
+
+    def profile_of(self, user_id: str) -> str:
+        """The latent profile name of a simulated user (the ground truth)."""
+        try:
+            return self._by_id[user_id].profile.name
+        except KeyError:
+            raise KeyError(f"{user_id!r} is not one of this simulator's users") from None
+
+    def events(self, n: int) -> Iterator[Event]:
+        """The next ``n`` events of the stream."""
+        return itertools.islice(self, n)
+
+    def __iter__(self) -> Iterator[Event]:
+        heap = self._heap
+        prefix = self._id_prefix
+        while True:
+            user = heap[0][2]
+            ts, kind, item_id, category, value = user.session[user.pos]
+            user.pos += 1
+            if user.pos == len(user.session):
+                self._plan_session(user, ts)
+            heapq.heapreplace(heap, (user.session[user.pos][0], user.index, user))
+            n = self._emitted
+            self._emitted = n + 1
+            yield Event(f"{prefix}{n}", kind, user.user_id, ts, item_id, category, value)
+
+    # -- users -------------------------------------------------------------
+
+    def _make_user(self, index: int, pools: dict[str, dict[str, list[Item]]]) -> _User:
+        rng = self._rng
+        profile = rng.choices(_PROFILE_LIST, weights=_PROFILE_SHARES)[0]
+        favourites = _pick_favourites(rng, profile)
+        # People with the same habits still differ in how often they come back.
+        rate_scale = math.exp(rng.gauss(0.0, 0.35))
+        return _User(index, profile, favourites, rate_scale, pools[profile.name])
+
+    def _next_session_start(self, user: _User, after_ms: int) -> int:
+        """Next start of a non-homogeneous Poisson process, by thinning."""
+        rng = self._rng
+        peak = 1 + DIURNAL_AMPLITUDE
+        t = after_ms
+        while True:
+            t += int(rng.expovariate(user.peak_rate_per_ms)) + 1
+            if rng.random() * peak < diurnal_factor(t):
+                return t
+
+    def _pick_item(self, user: _User, category: str | None = None) -> Item:
+        rng = self._rng
+        if category is None:
+            if rng.random() < user.profile.focus:
+                category = user.favourites[int(rng.random() * len(user.favourites))]
+            else:
+                category = _ALL_CATEGORIES[int(rng.random() * len(_ALL_CATEGORIES))]
+        pool = user.pools.get(category) or user.pools[user.favourites[0]]
+        return pool[int(rng.random() * len(pool))]
+
+    # -- sessions ----------------------------------------------------------
+
+    def _plan_session(self, user: _User, after_ms: int) -> None:
+        """Plan the user's next session after ``after_ms`` into ``user.session``."""
+        rng = self._rng
+        p = user.profile
+        t = self._next_session_start(user, after_ms)
+        out: list[_Planned] = []
+        cart: list[Item] = []
+        if rng.random() < p.email_entry:
+            campaign = user.favourites[int(rng.random() * len(user.favourites))]
+            out.append((t, "email_open", None, campaign, None))
+            if rng.random() >= p.email_click:
+                self._set_session(user, out)  # opened, read, left
+                return
+            t += _gap(rng, 20_000)
+            out.append((t, "email_click", None, campaign, None))
+            # The email's link lands on a product of the campaign's category.
+            t = self._view_product(out, cart, user, self._pick_item(user, campaign), t + _gap(rng, 1_500))
+        else:
+            out.append((t, "app_open", None, None, None))
+        pages = 1
+        while rng.random() < 1 - 1 / p.pages_per_session:
+            pages += 1
+        for _ in range(pages):
+            t = self._feed_page(out, cart, user, t + _gap(rng, 3_000))
+        self._checkout(out, cart, user, t)
+        self._set_session(user, out)
+
+    def _feed_page(self, out: list[_Planned], cart: list[Item], user: _User, t: int) -> int:
+        """A page of impressions, then clicks on some of them; returns the clock."""
+        rng = self._rng
+        shown = [self._pick_item(user) for _ in range(4 + int(rng.random() * 5))]
+        for item in shown:
+            out.append((t, "impression", item.item_id, item.category, None))
+            t += 20 + int(rng.random() * 200)
+        ctr = user.profile.ctr
+        for item in shown:
+            if rng.random() < ctr:
+                t += _gap(rng, 6_000)
+                out.append((t, "click", item.item_id, item.category, None))
+                t = self._view_product(out, cart, user, item, t + _gap(rng, 700))
+        return t
+
+    def _view_product(self, out: list[_Planned], cart: list[Item], user: _User, item: Item, t: int) -> int:
+        """A product page view, maybe a cart add, then related browsing; returns the clock."""
+        rng = self._rng
+        p = user.profile
+        dwell_ms = p.dwell_s * 1000
+        while True:
+            out.append((t, "page_view", item.item_id, item.category, None))
+            t += _gap(rng, dwell_ms)
+            if rng.random() < p.add_to_cart:
+                out.append((t, "add_to_cart", item.item_id, item.category, None))
+                cart.append(item)
+                t += _gap(rng, 2_000)
+            if rng.random() >= p.browse_on:
+                return t
+            # "You may also like": the next product is from the same category.
+            item = self._pick_item(user, item.category)
+            t += _gap(rng, 1_500)
+
+    def _checkout(self, out: list[_Planned], cart: list[Item], user: _User, t: int) -> None:
+        rng = self._rng
+        buy = user.profile.purchase
+        for item in cart:
+            if rng.random() < buy:
+                t += _gap(rng, 10_000)
+                out.append((t, "purchase", item.item_id, item.category, item.sale_price))
+
+    def _set_session(self, user: _User, planned: list[_Planned]) -> None:
+        user.session = planned
+        user.pos = 0
+
+
+_PROFILE_LIST = tuple(PROFILES.values())
+_PROFILE_SHARES = tuple(p.share for p in _PROFILE_LIST)
+_ALL_CATEGORIES = CATEGORIES
+
+
+def _gap(rng: random.Random, mean_ms: float) -> int:
+    """An exponential pause of ``mean_ms`` on average, at least 1 ms."""
+    return int(rng.expovariate(1.0 / mean_ms)) + 1
+
+
+def _pick_favourites(rng: random.Random, profile: Profile) -> tuple[str, ...]:
+    """Draw the profile's number of distinct favourite categories by its tastes."""
+    names = list(profile.category_weights)
+    weights = list(profile.category_weights.values())
+    chosen: list[str] = []
+    while len(chosen) < min(profile.n_favourites, len(names)):
+        i = rng.choices(range(len(names)), weights=weights)[0]
+        chosen.append(names.pop(i))
+        weights.pop(i)
+    return tuple(chosen)
+
+
+def _item_pools(catalog: Catalog, profile: Profile) -> dict[str, list[Item]]:
+    """Per category, items repeated by how much the profile likes them.
+
+    A uniform pick from the repeated list is a weighted pick at the cost of
+    one random number, which keeps the simulator fast.
+    """
+    pools: dict[str, list[Item]] = {}
+    for category in catalog.categories:
+        items = catalog.in_category(category)
+        prices = sorted(i.price for i in items)
+        median = prices[len(prices) // 2]
+        upper = prices[(2 * len(prices)) // 3]
+        pool: list[Item] = []
+        for item in items:
+            weight = 1.0
+            if profile.price_taste == "cheap" and item.price <= median:
+                weight *= 3
+            elif profile.price_taste == "premium":
+                weight *= 6 if item.price >= upper else (2 if item.price >= median else 0.5)
+            if item.discount_pct:
+                weight *= profile.discount_taste
+            pool.extend([item] * max(1, round(weight * 2)))
+        pools[category] = pool
+    return pools

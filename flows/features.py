@@ -1,0 +1,191 @@
+"""The user features dataflow: Kafka events -> per-user tiles -> Feast.
+
+Run it with recovery (what ``tailor flow`` does)::
+
+    python -m bytewax.run "flows.features:build_flow()" -r RECOVERY_DIR -s 2 -b 0
+
+Bad input never stops the flow: each undecodable message goes to the dead-letter
+topic with its reason, its source offset and (a prefix of) its payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from engine.events import Event, InvalidEvent, decode_event
+from engine.settings import Settings
+from engine.tiles import UserActivity
+from flows.kafka import ensure_topics
+
+log = logging.getLogger(__name__)
+
+#: Bytes of a bad payload kept in its dead letter.
+DLQ_PAYLOAD_BYTES = 4096
+
+
+class DeadLetter:
+    """An input message that could not become an Event, and why."""
+
+    __slots__ = ("message", "reason")
+
+    def __init__(self, message: KafkaSourceMessage, reason: str):
+        self.message = message
+        self.reason = reason
+
+    def to_sink(self) -> KafkaSinkMessage:
+        msg = self.message
+        payload = msg.value or b""
+        body = {
+            "reason": self.reason,
+            "topic": msg.topic,
+            "partition": msg.partition,
+            "offset": msg.offset,
+            "payload_bytes": len(payload),
+            "payload": payload[:DLQ_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
+        }
+        return KafkaSinkMessage(
+            key=msg.key,
+            value=json.dumps(body).encode(),
+            headers=[("tailor-reason", self.reason.encode()[:512])],
+        )
+
+
+def decode_message(msg: KafkaSourceMessage) -> Event | DeadLetter:
+    try:
+        return decode_event(msg.value)
+    except InvalidEvent as exc:
+        return DeadLetter(msg, exc.reason)
+
+
+class UserActivityLogic(StatefulBatchLogic):
+    """One user's tiles; emits ``(user_id, state)`` once per batch that changed it."""
+
+    def __init__(self, settings: Settings, resume: UserActivity | None):
+        self.state = resume or UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+
+    def on_batch(self, events: list[Event]):
+        changed = False
+        for event in events:
+            changed |= self.state.update(event)
+        # The state object itself goes downstream: the sink packs it once per write.
+        return ([(events[0].user_id, self.state)] if changed else []), False
+
+    def snapshot(self) -> UserActivity:
+        return self.state
+
+
+class _FeatureStorePartition(StatefulSinkPartition):
+    def __init__(self, settings: Settings, on_write: Callable[[int], None] | None):
+        from flows.store import FeatureWriter  # Feast loads slowly; only where a sink runs
+
+        self.writer = FeatureWriter(settings)
+        self.on_write = on_write
+
+    def write_batch(self, items: list[tuple[str, UserActivity]]) -> None:
+        latest = dict(items)  # the newest state per user; earlier ones are stale
+        self.writer.write(latest)
+        if self.on_write is not None:
+            self.on_write(len(items))
+
+    def snapshot(self) -> None:
+        # Called at each epoch's end, before the epoch's input offsets are
+        # committed: flushing here means no offline row is ever lost on a crash.
+        self.writer.flush_offline()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class FeatureStoreSink(FixedPartitionedSink):
+    """Writes users' tiles to the Feast online store (and Parquet offline).
+
+    One writer partition by default: SQLite takes one writer at a time. With
+    Redis, raise ``TAILOR_SINK_PARTS`` to spread writes over workers.
+    """
+
+    def __init__(self, settings: Settings, on_write: Callable[[int], None] | None = None):
+        self.settings = settings
+        self.on_write = on_write
+
+    def list_parts(self) -> list[str]:
+        return [str(i) for i in range(self.settings.sink_parts)]
+
+    def part_fn(self, item_key: str) -> int:
+        return zlib.crc32(item_key.encode())
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _FeatureStorePartition:
+        return _FeatureStorePartition(self.settings, self.on_write)
+
+
+def _user_of(event: Event) -> str:
+    return event.user_id
+
+
+def build_flow(
+    settings: Settings | None = None,
+    *,
+    tail: bool | None = None,
+    on_write: Callable[[int], None] | None = None,
+) -> Dataflow:
+    """The features dataflow; ``tail=False`` stops at the end of the topic."""
+    settings = settings or Settings.from_env()
+    tail = settings.tail if tail is None else tail
+    if not settings.brokers:
+        raise ValueError("TAILOR_BROKERS is not set: point it at Kafka (host:port), or use `tailor up`")
+    brokers = settings.brokers.split(",")
+    flow = Dataflow("user_features")
+    source = KafkaSource(brokers, [settings.topic], tail=tail, batch_size=settings.batch_size)
+    messages = op.input("events", flow, source)
+    # KafkaSourceMessage
+    decoded = op.map("decode", messages, decode_message)
+    # Event | DeadLetter
+    valid = op.branch("valid", decoded, lambda x: isinstance(x, Event))
+    dead_letters = op.map("dead_letter", valid.falses, DeadLetter.to_sink)
+    # KafkaSinkMessage with the reason
+    op.output("dlq", dead_letters, KafkaSink(brokers, settings.dlq_topic))
+    by_user = op.key_on("by_user", valid.trues, _user_of)
+    # (user_id, Event)
+    activity = op.stateful_batch("user_activity", by_user, lambda resume: UserActivityLogic(settings, resume))
+    # (user_id, (user_id, UserActivity))
+    op.output("feature_store", activity, FeatureStoreSink(settings, on_write))
+    return flow
+
+
+def init_recovery(recovery_dir: str | os.PathLike, parts: int = 1) -> None:
+    """Create Bytewax's recovery partitions in ``recovery_dir`` unless present."""
+    path = Path(recovery_dir)
+    if path.is_dir() and any(path.glob("part-*.sqlite3")):
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(parts)], check=True)
+
+
+def flow_command(settings: Settings, recovery_dir: str | None, workers: int = 1) -> list[str]:
+    """The command line that runs the flow as its own process."""
+    cmd = [sys.executable, "-m", "bytewax.run", "flows.features:build_flow()", "-w", str(workers)]
+    if recovery_dir:
+        cmd += ["-r", str(recovery_dir), "-s", str(settings.epoch_s), "-b", "0"]
+    return cmd
+
+
+def run_flow(settings: Settings, args) -> int:
+    if not settings.brokers:
+        print("tailor flow: set TAILOR_BROKERS to your Kafka (host:port), or run `tailor up`", file=sys.stderr)
+        return 2
+    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+    if args.recovery_dir:
+        init_recovery(args.recovery_dir)
+    return subprocess.call(flow_command(settings, args.recovery_dir, args.workers))

@@ -1,0 +1,273 @@
+"""``tailor simulate`` and ``tailor replay``: events into Kafka (or a JSONL file).
+
+The events themselves come from `engine.simulate` or a file; this module is the
+I/O around them: pacing, live time stamps, progress, the Kafka producer and a
+one-line summary. The record helpers (`simulated_records`, `paced`, `live`) are
+reused by the demo and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+from tqdm import tqdm
+
+from engine.events import Event, InvalidEvent, decode_event, encode_event
+from engine.settings import Settings
+from engine.simulate import Simulator
+
+T = TypeVar("T")
+
+#: Bad replay lines listed one by one; the rest are only counted.
+MAX_LISTED_BAD_LINES = 20
+# A paced producer that fell this far behind (a stall, a slow broker) starts
+# afresh instead of bursting to catch up.
+MAX_PACING_LAG_S = 1.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- reusable record streams ------------------------------------------------
+
+
+def simulated_records(users: int, seed: int, n: int | None, start_ms: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) Kafka records of ``n`` simulated events (``0``/``None``: forever), keyed by user."""
+    simulator = Simulator(users=users, seed=seed, start_ms=start_ms)
+    return records_of(simulator.events(n) if n else simulator)
+
+
+def records_of(events: Iterable[Event]) -> Iterator[tuple[bytes, bytes]]:
+    """Events as (user id, JSON) records: Kafka partitions by user."""
+    for event in events:
+        yield event.user_id.encode(), encode_event(event)
+
+
+def paced(items: Iterable[T], rate: float, *, clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> Iterator[T]:
+    """Hand out ``items`` at ``rate`` per second on average (``rate <= 0``: no pacing).
+
+    Token-bucket style: item ``k`` is due at ``start + k / rate``; the loop only
+    sleeps when it is more than a millisecond early, so high rates do not pay
+    for a sleep per item.
+    """
+    if rate <= 0:
+        yield from items
+        return
+    start = clock()
+    sent = 0
+    for item in items:
+        due = start + sent / rate
+        early = due - clock()
+        if early > 0.001:
+            sleep(early)
+        elif early < -MAX_PACING_LAG_S:
+            start, sent = clock(), 0
+        yield item
+        sent += 1
+
+
+def live(events: Iterable[Event], clock_ms: Callable[[], int] = now_ms) -> Iterator[Event]:
+    """Re-stamp each event with the wall clock as it passes, so features look live.
+
+    The simulated order is kept, so each user's events stay in time order.
+    """
+    for event in events:
+        yield msgspec.structs.replace(event, ts=clock_ms())
+
+
+def rebased(events: Iterable[Event], shift_ms: int) -> Iterator[Event]:
+    """Shift every event time by ``shift_ms``, keeping the gaps between them."""
+    for event in events:
+        yield msgspec.structs.replace(event, ts=event.ts + shift_ms)
+
+
+# -- tailor simulate --------------------------------------------------------
+
+
+def run_simulate(settings: Settings, args) -> int:
+    """Simulate users and produce their events to Kafka, or write them as JSONL.
+
+    With ``--rate`` and no ``--start`` the events carry the wall-clock time at
+    which they are sent, so the features they feed look live; otherwise they
+    carry the simulated clock, which starts at ``--start`` (default: now).
+    """
+    try:
+        start_ms = parse_start(args.start) if args.start else now_ms()
+    except ValueError as exc:
+        print(f"tailor simulate: {exc}", file=sys.stderr)
+        return 2
+    simulator = Simulator(users=args.users, seed=args.seed, start_ms=start_ms)
+    events = paced(simulator.events(args.events) if args.events > 0 else simulator, args.rate)
+    if args.rate > 0 and not args.start:
+        events = live(events)
+    return _deliver(settings, records_of(events), args.out, command="tailor simulate",
+                    source=f"{args.users} users", total=args.events or None)
+
+
+# -- tailor replay ----------------------------------------------------------
+
+
+def run_replay(settings: Settings, args) -> int:
+    """Produce the events of a JSONL file; bad lines are reported and skipped, never fatal."""
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"tailor replay: no such file {str(path)!r}; pass a JSONL file with one event per line", file=sys.stderr)
+        return 1
+    n_good, last_ts = scan_jsonl(path)
+    bad: list[tuple[int, str]] = []
+    events: Iterable[Event] = read_jsonl(path, bad)
+    if args.rebase_time and last_ts is not None:
+        events = rebased(events, now_ms() - last_ts)
+    events = paced(events, args.rate)
+    code = _deliver(settings, records_of(events), None, command="tailor replay", source=path.name,
+                    total=n_good)
+    report_bad_lines(bad, path)
+    return code
+
+
+def scan_jsonl(path: Path) -> tuple[int, int | None]:
+    """First pass over a file: how many valid events it holds and the newest event time."""
+    n_good = 0
+    last_ts: int | None = None
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                ts = decode_event(line).ts
+            except InvalidEvent:
+                continue
+            n_good += 1
+            if last_ts is None or ts > last_ts:
+                last_ts = ts
+    return n_good, last_ts
+
+
+def read_jsonl(path: Path, bad: list[tuple[int, str]]) -> Iterator[Event]:
+    """The valid events of a JSONL file; each bad line's (number, reason) goes to ``bad``.
+
+    Blank lines are layout, not events, and are skipped without a word.
+    """
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield decode_event(line)
+            except InvalidEvent as exc:
+                bad.append((number, exc.reason))
+
+
+def report_bad_lines(bad: list[tuple[int, str]], path: Path, out=None) -> None:
+    out = out or sys.stderr
+    if not bad:
+        return
+    print(f"tailor replay: {len(bad)} bad line(s) in {path} were skipped:", file=out)
+    for number, reason in bad[:MAX_LISTED_BAD_LINES]:
+        print(f"  line {number}: {reason}", file=out)
+    if len(bad) > MAX_LISTED_BAD_LINES:
+        print(f"  ... and {len(bad) - MAX_LISTED_BAD_LINES} more", file=out)
+
+
+# -- shared plumbing --------------------------------------------------------
+
+
+def parse_start(text: str) -> int:
+    """``--start`` as epoch ms: RFC 3339 with a time zone, or epoch milliseconds."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--start {text!r} is not RFC 3339, e.g. 2026-01-01T09:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"--start {text!r} needs a time zone, e.g. 2026-01-01T09:00:00Z")
+    return int(moment.timestamp() * 1000)
+
+
+class _Tally:
+    """Counts records as they pass and moves the progress bar in steps."""
+
+    STEP = 1000
+
+    def __init__(self, bar: tqdm):
+        self.count = 0
+        self._bar = bar
+
+    def through(self, records: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        for record in records:
+            yield record
+            self.count += 1
+            if self.count % self.STEP == 0:
+                self._bar.update(self.STEP)
+
+
+def _deliver(settings: Settings, records: Iterable[tuple[bytes, bytes]], out: str | None, *,
+             command: str, source: str, total: int | None) -> int:
+    """Send records to a JSONL file or Kafka, with progress and a summary line."""
+    if out is None and not settings.brokers:
+        print(f"{command}: no Kafka broker configured; set TAILOR_BROKERS=host:port, "
+              "or run `tailor up` for the embedded one", file=sys.stderr)
+        return 2
+    bar = tqdm(total=total, unit="ev", file=sys.stderr, disable=total is None, leave=False, mininterval=0.5)
+    tally = _Tally(bar)
+    started = time.monotonic()
+    code = 0
+    try:
+        if out is not None:
+            _write_jsonl(out, tally.through(records))
+            failed = 0
+        else:
+            failed = _produce(settings, tally.through(records))
+    except KeyboardInterrupt:
+        # Ctrl-C is how an endless run ends: still flush and summarise.
+        failed = 0
+        code = 0 if total is None else 130
+    except RuntimeError as exc:  # no broker answers, a topic cannot be created
+        bar.close()
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    seconds = time.monotonic() - started
+    rate = tally.count / seconds if seconds > 0 else 0.0
+    target = out or f"topic {settings.topic}"
+    line = f"{command}: {tally.count} events from {source} to {target} in {seconds:.2f} s ({rate:,.0f} events/s)"
+    if failed:
+        line += f"; {failed} failed delivery"
+        code = code or 1
+    print(line, file=sys.stderr)
+    return code
+
+
+def _write_jsonl(path: str, records: Iterable[tuple[bytes, bytes]]) -> None:
+    with open(path, "wb") as f:
+        for _, value in records:
+            f.write(value)
+            f.write(b"\n")
+
+
+def _produce(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> int:
+    """Produce to the events topic; returns how many messages the broker refused."""
+    from flows.kafka import ensure_topics, make_producer, produce_all
+
+    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+    failures: list[str] = []
+
+    def on_delivery(err, _msg) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    producer = make_producer(settings.brokers, on_delivery=on_delivery)
+    try:
+        produce_all(producer, settings.topic, records)
+    finally:
+        unsent = producer.flush(30)
+    if failures:
+        print(f"first delivery error: {failures[0]}", file=sys.stderr)
+    return len(failures) + unsent

@@ -1,0 +1,71 @@
+"""Shared fixtures: real services on free ports, an isolated Feast repo per test."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+from engine.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+warnings.filterwarnings("ignore", message=".*experimental.*")
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """One Tansu broker (memory storage) for the session; tests use their own topics."""
+    from flows.kafka import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from flows.kafka import RedisServer
+
+    with RedisServer() as r:
+        yield r
+
+
+@pytest.fixture
+def feature_repo(tmp_path) -> Path:
+    """A copy of feature_repo/feature_store.yaml in a temporary folder (data lands there)."""
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "feature_repo" / "feature_store.yaml", repo)
+    return repo
+
+
+@pytest.fixture
+def make_settings(broker, feature_repo):
+    """Settings on the session broker with fresh topics and an applied Feast repo."""
+
+    def make(**overrides) -> Settings:
+        from flows.kafka import ensure_topics
+        from flows.store import apply_definitions, open_store
+
+        tag = uuid.uuid4().hex[:8]
+        values = {
+            "brokers": broker.address,
+            "topic": f"events-{tag}",
+            "dlq_topic": f"dlq-{tag}",
+            "feature_repo": str(feature_repo),
+            "partitions": 3,
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        apply_definitions(open_store(settings))
+        ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+        return settings
+
+    return make
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
