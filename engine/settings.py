@@ -39,7 +39,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Offline (Parquet) rows are written when this many are buffered ...
     offline_flush_rows: int = 50_000
     #: ... or at every recovery snapshot (the flow's epoch), whichever is first.
-    epoch_s: float = 2.0
+    epoch_s: int = 2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 
 import msgspec
 
-from engine.catalog import CATALOG_SEED, CATEGORIES, Catalog, Item, build_catalog
+from engine.catalog import CATALOG_SEED, Catalog, Item, build_catalog
 from engine.events import Event
 
 #: 2026-01-01T00:00:00Z, the default start of simulated time.
@@ -142,7 +142,7 @@ def diurnal_factor(ts_ms: int) -> float:
 
 
 # A planned event before it becomes an Event: (ts, type, item_id, category, value).
-_Planned = tuple[int, str, "str | None", "str | None", "float | None"]
+_Planned = tuple[int, str, str | None, str | None, float | None]
 
 
 class _User:
@@ -205,6 +205,8 @@ class Simulator:
         self._rng = random.Random(seed)
         self._id_prefix = f"{seed}-{self.start_ms}-"
         self._emitted = 0
+        # Only categories the catalog stocks can be favourites or be browsed.
+        self._categories = self.catalog.categories
         pools = {name: _item_pools(self.catalog, p) for name, p in PROFILES.items()}
         self._users = [self._make_user(i, pools) for i in range(users)]
         self._by_id = {u.user_id: u for u in self._users}
@@ -251,7 +253,7 @@ class Simulator:
     def _make_user(self, index: int, pools: dict[str, dict[str, list[Item]]]) -> _User:
         rng = self._rng
         profile = rng.choices(_PROFILE_LIST, weights=_PROFILE_SHARES)[0]
-        favourites = _pick_favourites(rng, profile)
+        favourites = _pick_favourites(rng, profile, self._categories)
         # People with the same habits still differ in how often they come back.
         rate_scale = math.exp(rng.gauss(0.0, 0.35))
         return _User(index, profile, favourites, rate_scale, pools[profile.name])
@@ -272,8 +274,8 @@ class Simulator:
             if rng.random() < user.profile.focus:
                 category = user.favourites[int(rng.random() * len(user.favourites))]
             else:
-                category = _ALL_CATEGORIES[int(rng.random() * len(_ALL_CATEGORIES))]
-        pool = user.pools.get(category) or user.pools[user.favourites[0]]
+                category = self._categories[int(rng.random() * len(self._categories))]
+        pool = user.pools[category]
         return pool[int(rng.random() * len(pool))]
 
     # -- sessions ----------------------------------------------------------
@@ -353,7 +355,6 @@ class Simulator:
 
 _PROFILE_LIST = tuple(PROFILES.values())
 _PROFILE_SHARES = tuple(p.share for p in _PROFILE_LIST)
-_ALL_CATEGORIES = CATEGORIES
 
 
 def _gap(rng: random.Random, mean_ms: float) -> int:
@@ -361,10 +362,10 @@ def _gap(rng: random.Random, mean_ms: float) -> int:
     return int(rng.expovariate(1.0 / mean_ms)) + 1
 
 
-def _pick_favourites(rng: random.Random, profile: Profile) -> tuple[str, ...]:
+def _pick_favourites(rng: random.Random, profile: Profile, available: tuple[str, ...]) -> tuple[str, ...]:
     """Draw the profile's number of distinct favourite categories by its tastes."""
-    names = list(profile.category_weights)
-    weights = list(profile.category_weights.values())
+    names = [c for c in available if profile.category_weights.get(c, 0) > 0] or list(available)
+    weights = [profile.category_weights.get(c, 1.0) for c in names]
     chosen: list[str] = []
     while len(chosen) < min(profile.n_favourites, len(names)):
         i = rng.choices(range(len(names)), weights=weights)[0]

@@ -1,0 +1,87 @@
+"""SIGKILL the flow at arbitrary points; the end state must equal one clean run."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import time
+
+import msgspec
+import pytest
+from bytewax.testing import run_main
+
+from engine.events import Event
+from engine.settings import settings_env
+from flows.features import build_flow, flow_command, init_recovery
+from flows.store import apply_definitions, open_store
+from tests.conftest import now_ms
+from tests.support import online_states, produce_events
+
+pytestmark = pytest.mark.integration
+
+TYPES = ["page_view", "click", "impression", "add_to_cart", "purchase", "app_open"]
+
+
+def messy_events(n: int, users: int, seed: int) -> list[Event]:
+    """Events with re-sends and out-of-order times, like a real producer fleet."""
+    rng = random.Random(seed)
+    start, events = now_ms() - 3 * 3_600_000, []
+    for i in range(n):
+        if events and rng.random() < 0.03:
+            events.append(rng.choice(events[-500:]))
+            continue
+        kind = rng.choice(TYPES)
+        ts = start + i * 300 - rng.randrange(0, 120_000)
+        events.append(
+            Event(f"e{i}", kind, f"u{rng.randrange(users)}", ts, category=rng.choice("abcd"),
+                  value=round(rng.uniform(5, 90), 2) if kind == "purchase" else None)
+        )
+    return events
+
+
+def test_sigkill_at_arbitrary_points_ends_like_an_uninterrupted_run(make_settings, tmp_path):
+    # Small batches and short epochs so that kills land mid-stream, between snapshots.
+    settings = make_settings(batch_size=50, epoch_s=1, lateness_s=60, tail=False)
+    events = messy_events(40_000, users=300, seed=11)
+    produce_events(settings, events)
+    user_ids = sorted({e.user_id for e in events})
+
+    reference_repo = tmp_path / "reference"
+    reference_repo.mkdir()
+    shutil.copy(os.path.join(settings.feature_repo, "feature_store.yaml"), reference_repo)
+    reference = msgspec.structs.replace(settings, feature_repo=str(reference_repo))
+    apply_definitions(open_store(reference))
+    run_main(build_flow(reference))
+    expected = online_states(reference, user_ids)
+    assert all(expected.values())
+
+    recovery = tmp_path / "recovery"
+    init_recovery(recovery)
+    env = {**os.environ, **settings_env(settings)}
+    rng = random.Random(5)
+    for kill in range(3):
+        proc = subprocess.Popen(flow_command(settings, str(recovery)), env=env)
+        # Kill anywhere after the flow's first snapshot, so that it dies mid-stream
+        # with work done since that snapshot (startup alone takes seconds).
+        wait_for_snapshot(recovery, proc)
+        time.sleep(rng.uniform(0.1, 1.5))
+        assert proc.poll() is None, f"the flow finished before kill {kill + 1}: give it more events"
+        proc.kill()  # SIGKILL: no cleanup, no final snapshot
+        proc.wait()
+    assert online_states(settings, user_ids) != expected  # the kills did cut it short
+    finished = subprocess.run(flow_command(settings, str(recovery)), env=env, timeout=300)
+    assert finished.returncode == 0
+    assert online_states(settings, user_ids) == expected
+
+
+def wait_for_snapshot(recovery, proc, timeout_s=60.0):
+    def stamp():
+        return max(p.stat().st_mtime_ns for p in recovery.iterdir())
+
+    before, deadline = stamp(), time.monotonic() + timeout_s
+    while stamp() == before:
+        assert proc.poll() is None, "the flow exited before its first snapshot"
+        assert time.monotonic() < deadline, "no snapshot within a minute"
+        time.sleep(0.05)
