@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -174,3 +175,30 @@ class FeatureWriter:
 
 def _entity_key(user_id: str) -> EntityKey:
     return EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+
+
+def training_set(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time user_activity features for each (user_id, event_timestamp) row.
+
+    Feast joins each row to the newest tiles written at or before its
+    timestamp; the windows are then finished as of that same timestamp, so no
+    row sees an event from its future.
+    """
+    from engine.tiles import FEATURES, finish
+
+    # Feast's file store drops entity rows with no tiles yet; carry a row number
+    # through the join so every input row comes back, with zeros for "no history".
+    rows_in = entity_df.reset_index(drop=True).assign(_tailor_row=lambda df: range(len(df)))
+    joined = store.get_historical_features(entity_df=rows_in, features=[f"{TILES_VIEW}:state"]).to_df()
+    states = dict(zip(joined["_tailor_row"], joined["state"]))
+    stamps = pd.to_datetime(rows_in["event_timestamp"], utc=True)
+    rows = [
+        finish(_bytes_or_none(states.get(i)), int(ts.timestamp() * 1000))
+        for i, ts in zip(rows_in["_tailor_row"], stamps)
+    ]
+    features = pd.DataFrame.from_records(rows, columns=[name for name, _ in FEATURES])
+    return pd.concat([rows_in.drop(columns=["_tailor_row"]), features], axis=1)
+
+
+def _bytes_or_none(value) -> bytes | None:
+    return value if isinstance(value, bytes) and value else None
