@@ -9,7 +9,7 @@ small online write.
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Bytes, Float64, Int64, String
 
@@ -28,6 +28,13 @@ user_activity_tiles_source = FileSource(
     description="Parquet parts the flow appends: one row per user per write.",
 )
 
+# What a plain Feast client would use to write tiles itself (FeatureStore.push);
+# the flow writes through the online store directly, which is far cheaper.
+user_activity_push_source = PushSource(
+    name="user_activity_push",
+    batch_source=user_activity_tiles_source,
+)
+
 user_activity_tiles_fv = FeatureView(
     name="user_activity_tiles",
     entities=[user],
@@ -35,7 +42,7 @@ user_activity_tiles_fv = FeatureView(
     schema=[
         Field(name="state", dtype=Bytes, description="Time tiles, totals and affinity; msgpack, layout in engine/tiles.py."),
     ],
-    source=user_activity_tiles_source,
+    source=user_activity_push_source,
     online=True,
     description="Raw per-user tiles written by the flow; read user_activity instead.",
 )

@@ -70,6 +70,10 @@ def decode_message(msg: KafkaSourceMessage) -> Event | DeadLetter:
         return DeadLetter(msg, exc.reason)
 
 
+def decode_batch(batch: list[KafkaSourceMessage]) -> list[Event | DeadLetter]:
+    return [decode_message(msg) for msg in batch]
+
+
 class UserActivityLogic(StatefulBatchLogic):
     """One user's tiles; emits ``(user_id, state)`` once per batch that changed it."""
 
@@ -138,9 +142,14 @@ def build_flow(
     settings: Settings | None = None,
     *,
     tail: bool | None = None,
+    on_consume: Callable[[int], None] | None = None,
     on_write: Callable[[int], None] | None = None,
 ) -> Dataflow:
-    """The features dataflow; ``tail=False`` stops at the end of the topic."""
+    """The features dataflow; ``tail=False`` stops at the end of the topic.
+
+    ``on_consume`` (per polled batch, with its size) and ``on_write`` (per online write, with its
+    item count) are hooks for benchmarks.
+    """
     settings = settings or Settings.from_env()
     tail = settings.tail if tail is None else tail
     if not settings.brokers:
@@ -150,7 +159,15 @@ def build_flow(
     source = KafkaSource(brokers, [settings.topic], tail=tail, batch_size=settings.batch_size)
     messages = op.input("events", flow, source)
     # KafkaSourceMessage
-    decoded = op.map("decode", messages, decode_message)
+    decode = decode_batch
+    if on_consume is not None:
+
+        def decode(batch: list[KafkaSourceMessage]) -> list[Event | DeadLetter]:
+            on_consume(len(batch))
+            return decode_batch(batch)
+
+    # One Python call per polled batch rather than per message.
+    decoded = op.flat_map_batch("decode", messages, decode)
     # Event | DeadLetter
     valid = op.branch("valid", decoded, lambda x: isinstance(x, Event))
     dead_letters = op.map("dead_letter", valid.falses, DeadLetter.to_sink)

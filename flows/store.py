@@ -59,6 +59,7 @@ def apply_definitions(store: FeatureStore) -> None:
     objects = [
         features.user,
         features.user_activity_tiles_source,
+        features.user_activity_push_source,
         features.user_activity_tiles_fv,
         features.user_activity,
         features.user_activity_v1,

@@ -1,0 +1,71 @@
+"""What the benchmarks share: a broker, a throwaway Feast repo, a child flow."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from engine.settings import Settings, settings_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def bench_settings(settings: Settings, **overrides) -> Iterator[Settings]:
+    """Settings on the configured broker (or an embedded one), fresh topics, a temp Feast repo."""
+    from flows.kafka import EmbeddedBroker, ensure_topics
+    from flows.store import apply_definitions, open_store
+
+    with contextlib.ExitStack() as stack:
+        brokers = settings.brokers or stack.enter_context(EmbeddedBroker()).address
+        repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tailor-bench-")))
+        shutil.copy(ROOT / "feature_repo" / "feature_store.yaml", repo)
+        tag = uuid.uuid4().hex[:8]
+        values = {
+            "brokers": brokers,
+            "topic": f"bench-{tag}",
+            "dlq_topic": f"bench-{tag}.dlq",
+            "feature_repo": str(repo),
+        }
+        values.update(overrides)
+        bench = msgspec.structs.replace(settings, **values)
+        apply_definitions(open_store(bench))
+        ensure_topics(bench.brokers, [bench.topic, bench.dlq_topic], bench.partitions)
+        yield bench
+
+
+def run_child(module_fn: str, settings: Settings, timeout_s: float = 1800) -> dict:
+    """Run ``module:function`` in a fresh interpreter; it prints one JSON object last."""
+    module, fn = module_fn.split(":")
+    code = f"import {module} as m; m.{fn}()"
+    env = {**os.environ, **settings_env(settings)}
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{module_fn} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]

@@ -1,0 +1,503 @@
+"""``tailor up``: the whole pipeline on one machine, with a live view of users' features.
+
+What runs, and who owns it::
+
+    this process ── Tansu broker (child, unless TAILOR_BROKERS is set)
+                 ├─ the features flow (child: python -m bytewax.run, own process group)
+                 ├─ simulated traffic (thread: paced, stamped with the wall clock)
+                 └─ live view: Feast get_online_features(user_activity_v1) twice a second
+
+Everything it starts is stopped on the way out (Ctrl-C, SIGTERM, ``--seconds``, or an
+error): the traffic first, then the flow (SIGINT, then SIGTERM, then SIGKILL to its whole
+process group), then the broker. When stdout is not a terminal (CI, tests, a pipe) the
+live view becomes one plain snapshot every few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from engine.settings import Settings, settings_env
+from engine.simulate import Simulator
+from flows.kafka import EmbeddedBroker, ensure_topics, make_producer
+from flows.produce import live, now_ms, paced, records_of
+
+#: The simulator's seed: the same seed gives the same users and profiles.
+SEED = 7
+#: Seconds between two refreshes of the live view ...
+REFRESH_S = 0.5
+#: ... and between two plain snapshots when stdout is not a terminal.
+SNAPSHOT_EVERY_S = 3.0
+#: A watched user this long without an event gives its row to a more active one.
+WATCH_IDLE_S = 60.0
+#: How long a child has to stop after SIGINT, then after SIGTERM, before SIGKILL.
+STOP_GRACE_S = 10.0
+#: Lines of a dead child's log shown with the error.
+LOG_TAIL_LINES = 20
+#: The features shown per watched user, in column order.
+COLUMNS = (
+    "clicks_5m",
+    "page_views_1h",
+    "add_to_carts_1h",
+    "purchases_24h",
+    "spend_24h",
+    "ctr_24h",
+    "top_category",
+    "seconds_since_last_event",
+    "lifetime_events",
+)
+
+
+class ChildDied(RuntimeError):
+    """A process the demo depends on exited while the demo was running."""
+
+
+def run_up(settings: Settings, args) -> int:
+    repo = Path(settings.feature_repo)
+    if not (repo / "feature_store.yaml").is_file():
+        print(f"tailor up: no feature_store.yaml in {repo}; set TAILOR_FEATURE_REPO to a Feast repository "
+              "(the project's own is feature_repo/)", file=sys.stderr)
+        return 1
+    if args.rate <= 0:
+        print(f"tailor up: --rate must be a positive number of events per second, got {args.rate:g}",
+              file=sys.stderr)
+        return 2
+    data = repo / "data"
+    (data / "logs").mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    code = 0
+    with _StopSignals() as signals, contextlib.ExitStack() as stack:
+        try:
+            _run(settings, args, repo, data, stack)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop
+            pass
+        except (ChildDied, RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            print(f"tailor up: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            signals.stopping = True  # a second Ctrl-C must not cut the clean-up short
+            print("tailor up: stopping the traffic, the flow and the broker ...", file=sys.stderr, flush=True)
+    print(f"tailor up: stopped after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return code
+
+
+def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.ExitStack) -> None:
+    say = _say
+    embedded = not settings.brokers
+    broker: EmbeddedBroker | None = None
+    if embedded:
+        broker = EmbeddedBroker(log_path=str(data / "logs" / "broker.log"))
+        stack.callback(broker.stop)  # before start: an interrupted start still stops it
+        say("starting the embedded Kafka broker (Tansu) ...")
+        broker.start()
+        settings = msgspec.structs.replace(settings, brokers=broker.address)
+    # The flow must keep reading: a demo flow that stops at the end of the topic is a dead demo.
+    settings = msgspec.structs.replace(settings, tail=True)
+
+    from flows.store import apply_definitions, open_store  # Feast imports slowly
+
+    # After Feast's import, which puts its own "once" filter for RuntimeWarning first.
+    warnings.filterwarnings("ignore", message=".*experimental feature.*", category=RuntimeWarning)
+
+    say(f"applying the Feast repository {repo} ...")
+    store = open_store(settings)
+    apply_definitions(store)
+    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+
+    recovery = data / "recovery"
+    if embedded:
+        # The embedded broker keeps its log in memory: offsets recovered from a
+        # previous run point into a log that no longer exists.
+        shutil.rmtree(recovery, ignore_errors=True)
+    flow = _start_flow(settings, recovery, data / "logs" / "flow.log", stack)
+    traffic = Traffic(settings, users=args.users, rate=args.rate, seed=SEED)
+    stack.callback(traffic.stop)
+    traffic.start()
+
+    online = f"Redis {settings.redis_url}" if settings.redis_url else f"SQLite {repo / 'data' / 'online.db'}"
+    say("")
+    say(f"  broker        {settings.brokers}" + (" (embedded Tansu, in memory)" if embedded else ""))
+    say(f"  topics        {settings.topic} (events), {settings.dlq_topic} (dead letters)")
+    say(f"  flow          pid {flow.pid}, log {flow.log_path}, recovery {recovery}")
+    say(f"  feast         repo {repo}, online store {online}")
+    say(f"  traffic       {args.users} simulated users, {args.rate:g} events/s, seed {SEED}")
+    say(f"  more traffic  TAILOR_BROKERS={settings.brokers} tailor simulate --rate 1000")
+    say(f"  feast http    feast -c {repo} serve  ->  POST http://localhost:6566/get-online-features")
+    say("  stop          Ctrl-C" + (f" (or wait {args.seconds:g} s)" if args.seconds > 0 else ""))
+    say("")
+
+    view = FeatureView(store, settings, traffic, broker_note=" (embedded)" if embedded else "", watch=args.watch)
+    deadline = time.monotonic() + args.seconds if args.seconds > 0 else None
+    if sys.stdout.isatty():
+        _live_view(view, deadline, lambda: _check(flow, broker, traffic))
+    else:
+        _plain_view(view, deadline, lambda: _check(flow, broker, traffic))
+
+
+# -- children ---------------------------------------------------------------
+
+
+class _Child:
+    """A child process in its own process group, with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def check(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise ChildDied(f"the {self.name} (pid {self.pid}) exited with code {code}; "
+                            f"last lines of {self.log_path}:\n{_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        """SIGINT (Bytewax stops cleanly on it), then SIGTERM, then SIGKILL; the whole group."""
+        for sig, wait_s in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+            if self.proc.poll() is not None:
+                break
+            _signal_group(self.pid, sig)
+            try:
+                self.proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc.wait()
+        # Anything the child left behind in its group goes with it.
+        _signal_group(self.pid, signal.SIGKILL)
+
+
+def _start_flow(settings: Settings, recovery: Path, log_path: Path, stack: contextlib.ExitStack) -> _Child:
+    from flows.features import flow_command, init_recovery
+
+    init_recovery(recovery)
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    flow = _Child("flow", flow_command(settings, str(recovery)), env, log_path)
+    stack.callback(flow.stop)
+    return flow
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _check(flow: _Child, broker: EmbeddedBroker | None, traffic: "Traffic") -> None:
+    flow.check()
+    # EmbeddedBroker has no public liveness check; its process handle is the only witness.
+    proc = getattr(broker, "_proc", None)
+    if proc is not None and proc.poll() is not None:
+        raise ChildDied(f"the embedded broker exited with code {proc.returncode}; see its log under data/logs/")
+    if traffic.error:
+        raise ChildDied(f"the simulated traffic stopped: {traffic.error}")
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"  (could not read it: {exc})"
+    return "\n".join("  " + line for line in text.rstrip().splitlines()[-lines:]) or "  (empty)"
+
+
+# -- traffic ----------------------------------------------------------------
+
+
+class Traffic:
+    """Simulated users' events at a steady rate, stamped with the wall clock, into Kafka.
+
+    A thread rather than a child process: the view reads the counts and each
+    user's last event time straight from it, and `profile_of` from its simulator.
+    """
+
+    def __init__(self, settings: Settings, *, users: int, rate: float, seed: int):
+        self.settings = settings
+        self.rate = rate
+        self.simulator = Simulator(users=users, seed=seed, start_ms=now_ms())
+        self.produced = 0
+        self.delivered = 0
+        self.failed = 0
+        self.error: str | None = None
+        self._last_seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tailor-up-traffic", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def last_seen(self) -> dict[str, float]:
+        """Each user's latest event, as ``time.monotonic()``; in first-seen order."""
+        with self._lock:
+            return dict(self._last_seen)
+
+    def _on_delivery(self, err, _msg) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+
+    def _run(self) -> None:
+        producer = make_producer(self.settings.brokers, on_delivery=self._on_delivery,
+                                 **{"client.id": "tailor-up-traffic"})
+        # paced() sleeps on the stop event, so stopping never waits out a slow rate.
+        events = live(paced(self.simulator, self.rate, sleep=self._stop.wait))
+        try:
+            for key, value in records_of(events):
+                if self._stop.is_set():
+                    break
+                while True:
+                    try:
+                        producer.produce(self.settings.topic, value, key)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                producer.poll(0)
+                self.produced += 1
+                with self._lock:
+                    self._last_seen[key.decode()] = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - reported by the view, which stops the demo
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            producer.flush(5)
+
+
+def pick_watched(current: list[str], last_seen: dict[str, float], size: int, now: float,
+                 idle_s: float = WATCH_IDLE_S) -> list[str]:
+    """The users to show: keep the current rows, give an idle user's row to the most recent other.
+
+    >>> pick_watched([], {"u1": 5.0, "u2": 9.0, "u3": 7.0}, 2, now=10.0)
+    ['u2', 'u3']
+    >>> pick_watched(["u1", "u2"], {"u1": 0.0, "u2": 9.0, "u3": 7.0}, 2, now=100.0, idle_s=60)
+    ['u3', 'u2']
+    """
+    candidates = sorted((u for u in last_seen if u not in current), key=last_seen.__getitem__, reverse=True)
+    watched = list(current)
+    for i, user in enumerate(watched):
+        if now - last_seen.get(user, now) > idle_s and candidates:
+            watched[i] = candidates.pop(0)
+    while len(watched) < size and candidates:
+        watched.append(candidates.pop(0))
+    return watched[:size]
+
+
+# -- the view ---------------------------------------------------------------
+
+
+class FeatureView:
+    """Reads the watched users' features through Feast and formats them."""
+
+    def __init__(self, store, settings: Settings, traffic: Traffic, *, broker_note: str, watch: int):
+        self.store = store
+        self.service = store.get_feature_service("user_activity_v1")
+        self.settings = settings
+        self.traffic = traffic
+        self.broker_note = broker_note
+        self.size = watch
+        self.watched: list[str] = []
+        self.started = time.monotonic()
+        #: Seconds from the start to the first features read back (the flow starts slowly: Feast imports).
+        self.first_features_s: float | None = None
+        self._dlq = _DeadLetterCount(settings)
+
+    def rows(self) -> tuple[list[dict], str | None]:
+        """One dict per watched user (``user``, ``profile`` and `COLUMNS`), and a read error if any."""
+        self.watched = pick_watched(self.watched, self.traffic.last_seen(), self.size, time.monotonic())
+        if not self.watched:
+            return [], None
+        try:
+            got = self.store.get_online_features(
+                features=self.service, entity_rows=[{"user_id": u} for u in self.watched]
+            ).to_dict()
+        except Exception as exc:  # noqa: BLE001 - shown in the view; the demo goes on
+            return [], f"reading features failed: {type(exc).__name__}: {exc}"
+        rows = []
+        for i, user in enumerate(self.watched):
+            row = {"user": user, "profile": self.traffic.simulator.profile_of(user)}
+            row.update((name, got[name][i]) for name in COLUMNS)
+            rows.append(row)
+        if self.first_features_s is None and any(row["lifetime_events"] for row in rows):
+            self.first_features_s = time.monotonic() - self.started
+        return rows, None
+
+    def header(self) -> str:
+        t = self.traffic
+        elapsed = time.monotonic() - self.started
+        dlq = self._dlq.count()
+        parts = [
+            f"up {elapsed:.0f} s",
+            f"broker {self.settings.brokers}{self.broker_note}",
+            f"{t.delivered:,} events produced ({t.produced / elapsed if elapsed else 0:,.0f}/s)",
+            f"DLQ {self.settings.dlq_topic}: {'?' if dlq is None else f'{dlq:,}'} dead letters",
+            "waiting for the flow's first write" if self.first_features_s is None
+            else f"first features after {self.first_features_s:.1f} s",
+        ]
+        if t.failed:
+            parts.append(f"{t.failed:,} deliveries failed")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        self._dlq.close()
+
+
+def format_value(name: str, value) -> str:
+    """A feature as the view shows it.
+
+    >>> format_value("spend_24h", 12.5), format_value("ctr_24h", 0.125), format_value("top_category", None)
+    ('12.50', '0.12', '-')
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if name == "spend_24h":
+        return f"{value:.2f}"
+    if name == "ctr_24h":
+        return f"{value:.2f}"
+    if name == "seconds_since_last_event":
+        return f"{value:.1f}"
+    return str(value)
+
+
+class _DeadLetterCount:
+    """Messages in the dead-letter topic, from its watermarks, at most every two seconds."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, settings: Settings):
+        from confluent_kafka import Consumer
+
+        self.topic = settings.dlq_topic
+        self._consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": f"tailor-up-{uuid.uuid4().hex}",
+                                   "enable.auto.commit": False, "client.id": "tailor-up-dlq-count"})
+        self._at = 0.0
+        self._count: int | None = None
+
+    def count(self) -> int | None:
+        if time.monotonic() - self._at >= self.EVERY_S:
+            self._at = time.monotonic()
+            self._count = self._read()
+        return self._count
+
+    def _read(self) -> int | None:
+        from confluent_kafka import TopicPartition
+
+        try:
+            partitions = self._consumer.list_topics(self.topic, timeout=2).topics[self.topic].partitions
+            total = 0
+            for p in partitions:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=2)
+                total += max(0, high - low)
+            return total
+        except Exception:  # noqa: BLE001 - a count we cannot get shows as "?"
+            return None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _ticks(deadline: float | None, check) -> Iterator[None]:
+    """Yields every `REFRESH_S` until the deadline (forever without one), checking children first."""
+    while deadline is None or time.monotonic() < deadline:
+        check()
+        yield
+        time.sleep(REFRESH_S)
+
+
+def _live_view(view: FeatureView, deadline: float | None, check) -> None:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+    def render():
+        rows, error = view.rows()
+        table = Table(expand=False, header_style="bold")
+        for name in ("user", "profile", *COLUMNS):
+            table.add_column("last event s" if name == "seconds_since_last_event" else name,
+                             justify="left" if name in ("user", "profile", "top_category") else "right")
+        for row in rows:
+            table.add_row(*(format_value(k, v) for k, v in row.items()))
+        lines = [Text(view.header(), style="dim")]
+        if error:
+            lines.append(Text(error, style="red"))
+        if not rows and not error:
+            lines.append(Text("waiting for the first events ..."))
+        return Group(*lines, table, Text("Ctrl-C to stop", style="dim"))
+
+    try:
+        with Live(render(), console=Console(), auto_refresh=False) as live_view:
+            for _ in _ticks(deadline, check):
+                live_view.update(render(), refresh=True)
+    finally:
+        view.close()
+
+
+def _plain_view(view: FeatureView, deadline: float | None, check) -> None:
+    def snapshot() -> None:
+        rows, error = view.rows()
+        lines = [f"snapshot | {view.header()}"]
+        if error:
+            lines.append(f"  {error}")
+        for row in rows:
+            cells = " ".join(f"{k}={format_value(k, v)}" for k, v in row.items() if k not in ("user", "profile"))
+            lines.append(f"  {row['user']} {row['profile']:<18} {cells}")
+        print("\n".join(lines), flush=True)
+
+    last = time.monotonic()
+    try:
+        for _ in _ticks(deadline, check):
+            if time.monotonic() - last >= SNAPSHOT_EVERY_S:
+                last = time.monotonic()
+                snapshot()
+        snapshot()  # the state at the end of a timed run
+    finally:
+        view.close()
+
+
+def _say(line: str) -> None:
+    print(f"tailor up: {line}" if line and not line.startswith(" ") else line, flush=True)
+
+
+# -- signals ----------------------------------------------------------------
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, once: clean-up is not interrupted."""
+
+    def __init__(self):
+        self.stopping = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
