@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 2000
     #: Keep reading at the end of the topic (False: stop there; used by benchmarks and tests).
     tail: bool = True
+    #: Longest a consumer fetch waits at the broker for new data (bounds idle latency).
+    fetch_wait_ms: int = 10
     #: Writer partitions of the feature-store sink (1 suits SQLite; more for Redis).
     sink_parts: int = 1
     #: Offline (Parquet) rows are written when this many are buffered ...

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     fresh.add_argument("--rate", type=float, default=5000.0)
     fresh.add_argument("--seconds", type=float, default=20.0)
     fresh.add_argument("--users", type=_positive_int, default=10_000)
+    fresh.add_argument("--no-recovery", action="store_true", help="run the flow without Bytewax recovery snapshots")
     return parser
 
 

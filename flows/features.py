@@ -156,7 +156,13 @@ def build_flow(
         raise ValueError("TAILOR_BROKERS is not set: point it at Kafka (host:port), or use `tailor up`")
     brokers = settings.brokers.split(",")
     flow = Dataflow("user_features")
-    source = KafkaSource(brokers, [settings.topic], tail=tail, batch_size=settings.batch_size)
+    source = KafkaSource(
+        brokers,
+        [settings.topic],
+        tail=tail,
+        batch_size=settings.batch_size,
+        add_config={"fetch.wait.max.ms": str(settings.fetch_wait_ms)},
+    )
     messages = op.input("events", flow, source)
     # KafkaSourceMessage
     decode = decode_batch

@@ -1,0 +1,129 @@
+"""``tailor bench freshness``: producer ack -> first Feast read with the new value.
+
+The flow runs as its own process (with recovery on, as in production) while a
+second process produces simulated background load at ``--rate``. A probe
+event for a dedicated user is sent; once the broker acknowledged it, the probe
+reads ``user_activity:lifetime_events`` through the Feast SDK in a tight loop
+until it moves. Probes are spaced out so that each one waits on the flow, not
+on the previous probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from tqdm import tqdm
+
+from bench.common import bench_settings, percentile
+from engine.events import Event, encode_event
+from engine.settings import Settings, settings_env
+
+PROBE_USER = "probe-freshness"
+
+
+def run_freshness(settings: Settings, args) -> int:
+    from flows.features import flow_command, init_recovery
+    from flows.kafka import make_producer
+    from flows.store import open_store
+
+    with bench_settings(settings) as bench, tempfile.TemporaryDirectory(prefix="tailor-recovery-") as recovery:
+        env = {**os.environ, **settings_env(bench)}
+        init_recovery(recovery)
+        flow = subprocess.Popen(
+            flow_command(bench, None if args.no_recovery else recovery), env=env, stderr=subprocess.PIPE
+        )
+        load = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            store = open_store(bench)
+            producer = make_producer(bench.brokers, **{"linger.ms": 0})
+            read = _reader(store)
+            _warm_up(producer, bench, read, flow)
+            latencies, timeouts = [], 0
+            deadline = time.monotonic() + args.seconds
+            bar = tqdm(total=int(args.seconds), desc="probing", unit="s", file=sys.stderr, mininterval=1.0)
+            seq, started = 1, time.monotonic()
+            while time.monotonic() < deadline:
+                seq += 1
+                latency = _probe(producer, bench, read, seq)
+                if latency is None:
+                    timeouts += 1
+                else:
+                    latencies.append(latency)
+                bar.n = int(time.monotonic() - started)
+                bar.refresh()
+                time.sleep(0.05)
+            bar.close()
+            if flow.poll() is not None:
+                raise RuntimeError(f"the flow exited ({flow.returncode}): {flow.stderr.read()[-2000:]!r}")
+        finally:
+            load.terminate()
+            flow.terminate()
+            load.wait(10)
+            flow.wait(10)
+    result = {
+        "bench": "freshness",
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "probes": len(latencies),
+        "timeouts": timeouts,
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p90_ms": round(percentile(latencies, 90), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "max_ms": round(max(latencies), 2) if latencies else None,
+        "online_store": "redis" if settings.redis_url else "sqlite",
+        "recovery": not args.no_recovery,
+        "epoch_s": bench.epoch_s,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def _reader(store):
+    def read() -> int:
+        got = store.get_online_features(
+            features=["user_activity:lifetime_events"], entity_rows=[{"user_id": PROBE_USER}]
+        ).to_dict()
+        return got["lifetime_events"][0] or 0
+
+    return read
+
+
+def _send(producer, settings: Settings, seq: int) -> None:
+    event = Event(f"probe-{seq}-{time.time_ns()}", "click", PROBE_USER, int(time.time() * 1000))
+    producer.produce(settings.topic, encode_event(event), PROBE_USER.encode())
+    if producer.flush(10) != 0:  # returns once the broker acknowledged it
+        raise RuntimeError("the broker did not acknowledge a probe within 10 s")
+
+
+def _probe(producer, settings: Settings, read, seq: int, timeout_s: float = 5.0) -> float | None:
+    _send(producer, settings, seq)
+    acked = time.perf_counter()
+    while time.perf_counter() - acked < timeout_s:
+        if read() >= seq:
+            return (time.perf_counter() - acked) * 1000
+        # A short pause between reads: a busy loop would steal the CPU the flow needs.
+        time.sleep(0.003)
+    return None
+
+
+def _warm_up(producer, settings: Settings, read, flow, timeout_s: float = 120.0) -> None:
+    """Wait for the flow to start and see the first probe (not measured)."""
+    _send(producer, settings, 1)
+    deadline = time.monotonic() + timeout_s
+    while read() < 1:
+        if flow.poll() is not None:
+            raise RuntimeError(f"the flow exited ({flow.returncode}): {flow.stderr.read()[-2000:]!r}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the flow did not write the first probe within two minutes")
+        time.sleep(0.05)
+    time.sleep(2.0)  # let the background load reach its rate

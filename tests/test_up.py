@@ -1,0 +1,118 @@
+"""``tailor up`` end to end: broker, Feast, flow and traffic start, features flow, all stops."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flows.up import format_value, pick_watched
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def up_env(feature_repo: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env["TAILOR_FEATURE_REPO"] = str(feature_repo)  # empty TAILOR_BROKERS: the embedded broker
+    return env
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Processes other than this one whose command line or environment contains ``text``."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            seen = " ".join(proc.info["cmdline"] or []) + " ".join(proc.environ().values())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if text in seen:
+            found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
+    return found
+
+
+def lifetime_events(output: str) -> list[int]:
+    return [int(n) for n in re.findall(r"lifetime_events=(\d+)", output)]
+
+
+@pytest.mark.integration
+def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo):
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "up", "--seconds", "25", "--users", "50", "--rate", "100"],
+        env=up_env(feature_repo), cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    report = f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, report
+    assert "snapshot |" in result.stdout, report  # not a terminal: plain snapshots, no Live view
+    assert any(n > 0 for n in lifetime_events(result.stdout)), f"no features came back through Feast\n{report}"
+    assert "first features after" in result.stdout, report  # read back an event sent during this run
+    flow_pid = int(re.search(r"flow +pid (\d+)", result.stdout).group(1))
+    assert not psutil.pid_exists(flow_pid) or psutil.Process(flow_pid).status() == psutil.STATUS_ZOMBIE
+    assert processes_mentioning(str(feature_repo)) == []
+    # The embedded broker's events are gone with it: the next run starts a fresh recovery dir.
+    assert (feature_repo / "data" / "recovery").is_dir()
+
+
+@pytest.mark.integration
+def test_sigterm_stops_everything_cleanly(feature_repo):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "up", "--users", "20", "--rate", "50"],
+        env=up_env(feature_repo), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # Stop as soon as the flow and the broker are both running (the flow line is printed then).
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "stop          Ctrl-C" in line:
+                break
+        assert any("flow          pid" in line for line in lines), "".join(lines) + proc.stderr.read()
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopped after" in err
+    assert processes_mentioning(str(feature_repo)) == []
+
+
+def test_up_without_a_feature_repo_says_what_to_do(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "up", "--seconds", "1"],
+        env=up_env(tmp_path / "nowhere"), cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no feature_store.yaml" in result.stderr and "TAILOR_FEATURE_REPO" in result.stderr
+
+
+def test_watched_users_keep_their_rows_until_idle():
+    seen = {"u1": 10.0, "u2": 50.0, "u3": 40.0, "u4": 95.0}
+    assert pick_watched([], seen, 3, now=100.0) == ["u4", "u2", "u3"]
+    # u1 has been idle for 90 s: its row goes to the most recently active unwatched user.
+    assert pick_watched(["u1", "u2"], seen, 2, now=100.0, idle_s=60) == ["u4", "u2"]
+    # Nobody better: an idle user stays rather than leaving an empty row.
+    assert pick_watched(["u1"], {"u1": 0.0}, 1, now=100.0, idle_s=60) == ["u1"]
+
+
+def test_values_are_formatted_for_people():
+    assert format_value("spend_24h", 3.14159) == "3.14"
+    assert format_value("seconds_since_last_event", None) == "-"
+    assert format_value("ctr_24h", float("nan")) == "-"
+    assert format_value("lifetime_events", 12) == "12"
