@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     flow = sub.add_parser("flow", help="run the features dataflow (Bytewax) until stopped")
     flow.add_argument("--recovery-dir", help="Bytewax recovery folder; created and initialised when missing")
     flow.add_argument("--workers", type=_positive_int, default=1, help="worker threads (default 1)")
+    flow.add_argument("--process-id", type=int, default=None, help="this process's index in a cluster (Bytewax -i)")
+    flow.add_argument("--addresses", help="host:port of every cluster process, ';'-separated (Bytewax -a)")
 
     sim = sub.add_parser("simulate", help="produce realistic simulated user events to Kafka")
     sim.add_argument("--users", type=_positive_int, default=1000, help="number of users (default 1000)")

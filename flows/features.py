@@ -196,9 +196,17 @@ def init_recovery(recovery_dir: str | os.PathLike, parts: int = 1) -> None:
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(parts)], check=True)
 
 
-def flow_command(settings: Settings, recovery_dir: str | None, workers: int = 1) -> list[str]:
-    """The command line that runs the flow as its own process."""
+def flow_command(
+    settings: Settings,
+    recovery_dir: str | None,
+    workers: int = 1,
+    process_id: int | None = None,
+    addresses: str | None = None,
+) -> list[str]:
+    """The command line that runs the flow as its own process (or one of a cluster)."""
     cmd = [sys.executable, "-m", "bytewax.run", "flows.features:build_flow()", "-w", str(workers)]
+    if addresses:
+        cmd += ["-i", str(process_id or 0), "-a", addresses]
     if recovery_dir:
         cmd += ["-r", str(recovery_dir), "-s", str(settings.epoch_s), "-b", "0"]
     return cmd
@@ -211,4 +219,7 @@ def run_flow(settings: Settings, args) -> int:
     ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
     if args.recovery_dir:
         init_recovery(args.recovery_dir)
-    return subprocess.call(flow_command(settings, args.recovery_dir, args.workers))
+    cmd = flow_command(settings, args.recovery_dir, args.workers, args.process_id, args.addresses)
+    # Become the Bytewax process, so that signals (Ctrl-C, SIGTERM) reach it directly.
+    os.execv(cmd[0], cmd)
+    return 0  # not reached

@@ -25,6 +25,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def ensure_topics(brokers: str, topics: Iterable[str], partitions: int, timeout_s: float = 30.0) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
     admin = AdminClient({"bootstrap.servers": brokers})
@@ -114,6 +122,14 @@ class EmbeddedBroker:
         )
         log.close()
         deadline = time.monotonic() + timeout_s
+        # Wait for the port first: a Kafka client would log every refused connection.
+        while not _accepts(self.port):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the Tansu broker exited with code {self._proc.returncode} on {self.address}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the Tansu broker did not listen on {self.address} in {timeout_s}s")
+            time.sleep(0.02)
         admin = AdminClient({"bootstrap.servers": self.address})
         while True:
             if self._proc.poll() is not None:
@@ -126,6 +142,10 @@ class EmbeddedBroker:
                     self.stop()
                     raise RuntimeError(f"the Tansu broker did not answer on {self.address} in {timeout_s}s") from None
                 time.sleep(0.1)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:

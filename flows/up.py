@@ -200,10 +200,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 def _check(flow: _Child, broker: EmbeddedBroker | None, traffic: "Traffic") -> None:
     flow.check()
-    # EmbeddedBroker has no public liveness check; its process handle is the only witness.
-    proc = getattr(broker, "_proc", None)
-    if proc is not None and proc.poll() is not None:
-        raise ChildDied(f"the embedded broker exited with code {proc.returncode}; see its log under data/logs/")
+    if broker is not None and not broker.alive:
+        raise ChildDied("the embedded broker exited; see its log under data/logs/")
     if traffic.error:
         raise ChildDied(f"the simulated traffic stopped: {traffic.error}")
 
