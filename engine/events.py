@@ -19,21 +19,10 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
-EVENT_TYPES = (
-    "page_view",
-    "click",
-    "add_to_cart",
-    "purchase",
-    "email_open",
-    "email_click",
-    "app_open",
-    "impression",
-    "conversion",
-)
 EventType = Literal[
     "page_view",
     "click",
@@ -45,6 +34,7 @@ EventType = Literal[
     "impression",
     "conversion",
 ]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 #: Payloads above this many bytes are rejected before parsing.
 MAX_EVENT_BYTES = 16 * 1024
