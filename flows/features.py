@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
+from confluent_kafka import Message
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -28,7 +29,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from engine.events import Event, InvalidEvent, decode_event
 from engine.settings import Settings
 from engine.tiles import UserActivity
-from flows.kafka import ensure_topics
+from flows.kafka import RawKafkaSource, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +42,36 @@ class DeadLetter:
 
     __slots__ = ("message", "reason")
 
-    def __init__(self, message: KafkaSourceMessage, reason: str):
+    def __init__(self, message: Message, reason: str):
         self.message = message
         self.reason = reason
 
     def to_sink(self) -> KafkaSinkMessage:
         msg = self.message
-        payload = msg.value or b""
+        payload = msg.value() or b""
         body = {
             "reason": self.reason,
-            "topic": msg.topic,
-            "partition": msg.partition,
-            "offset": msg.offset,
+            "topic": msg.topic(),
+            "partition": msg.partition(),
+            "offset": msg.offset(),
             "payload_bytes": len(payload),
             "payload": payload[:DLQ_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
         }
         return KafkaSinkMessage(
-            key=msg.key,
+            key=msg.key(),
             value=json.dumps(body).encode(),
             headers=[("tailor-reason", self.reason.encode()[:512])],
         )
 
 
-def decode_message(msg: KafkaSourceMessage) -> Event | DeadLetter:
+def decode_message(msg: Message) -> Event | DeadLetter:
     try:
-        return decode_event(msg.value)
+        return decode_event(msg.value())
     except InvalidEvent as exc:
         return DeadLetter(msg, exc.reason)
 
 
-def decode_batch(batch: list[KafkaSourceMessage]) -> list[Event | DeadLetter]:
+def decode_batch(batch: list[Message]) -> list[Event | DeadLetter]:
     return [decode_message(msg) for msg in batch]
 
 
@@ -156,7 +157,7 @@ def build_flow(
         raise ValueError("TAILOR_BROKERS is not set: point it at Kafka (host:port), or use `tailor up`")
     brokers = settings.brokers.split(",")
     flow = Dataflow("user_features")
-    source = KafkaSource(
+    source = RawKafkaSource(
         brokers,
         [settings.topic],
         tail=tail,
@@ -164,11 +165,11 @@ def build_flow(
         add_config={"fetch.wait.max.ms": str(settings.fetch_wait_ms)},
     )
     messages = op.input("events", flow, source)
-    # KafkaSourceMessage
+    # confluent_kafka.Message
     decode = decode_batch
     if on_consume is not None:
 
-        def decode(batch: list[KafkaSourceMessage]) -> list[Event | DeadLetter]:
+        def decode(batch: list[Message]) -> list[Event | DeadLetter]:
             on_consume(len(batch))
             return decode_batch(batch)
 

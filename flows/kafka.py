@@ -14,7 +14,8 @@ import tempfile
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaException, Producer
+from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -210,3 +211,51 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class RawKafkaSource(KafkaSource):
+    """Bytewax's `KafkaSource`, handing the flow librdkafka's messages as they are.
+
+    Partition discovery, assignment, recovery offsets, end-of-topic handling and
+    consumer metrics are the connector's own; only the per-message
+    `KafkaSourceMessage` wrapper is skipped, which halves the source's cost per
+    message (measured in bench/ingest: ~11 us -> ~5.5 us here). Consumer
+    errors stop the flow, as with the connector's ``raise_on_errors=True``.
+    """
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "_RawKafkaPartition":
+        idx, topic = for_part.split("-", 1)
+        if topic not in self._topics:
+            raise ValueError(f"can't resume from a different set of Kafka topics ({topic} is not configured)")
+        config = {
+            # Offsets live in Bytewax's recovery store, not in a consumer group.
+            "group.id": "BYTEWAX_IGNORED",
+            "enable.auto.commit": "false",
+            "bootstrap.servers": ",".join(self._brokers),
+            "enable.partition.eof": str(not self._tail),
+            "statistics.interval.ms": 1000,
+        }
+        config.update(self._add_config)
+        return _RawKafkaPartition(
+            step_id, config, topic, int(idx), self._starting_offset, resume_state, self._batch_size, True
+        )
+
+
+class _RawKafkaPartition(_KafkaSourcePartition):
+    def next_batch(self) -> list[Message]:
+        if self._eof:
+            raise StopIteration()
+        batch = self._consumer.consume(self._batch_size, 0.001)
+        for i, msg in enumerate(batch):
+            error = msg.error()
+            if error is None:
+                continue
+            if error.code() != KafkaError._PARTITION_EOF:
+                raise RuntimeError(f"error consuming from Kafka topic {self._topic!r}: {error}")
+            # Emit what came before the end; stop at the next call.
+            self._eof = True
+            batch = batch[:i]
+            break
+        if batch:
+            self._offset = batch[-1].offset() + 1
+        return batch
