@@ -22,10 +22,10 @@ from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
-from confluent_kafka import Message
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import Message
 
 from engine.events import Event, InvalidEvent, decode_event
 from engine.settings import Settings

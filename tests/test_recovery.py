@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import time
 
-import msgspec
 import pytest
-from bytewax.testing import run_main
 
 from engine.events import Event
 from engine.settings import settings_env
-from flows.features import build_flow, flow_command, init_recovery
-from flows.store import apply_definitions, open_store
+from flows.features import flow_command, init_recovery
 from tests.conftest import now_ms
-from tests.support import online_states, produce_events
+from tests.support import online_states, produce_events, uninterrupted_run
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +44,7 @@ def test_sigkill_at_arbitrary_points_ends_like_an_uninterrupted_run(make_setting
     produce_events(settings, events)
     user_ids = sorted({e.user_id for e in events})
 
-    reference_repo = tmp_path / "reference"
-    reference_repo.mkdir()
-    shutil.copy(os.path.join(settings.feature_repo, "feature_store.yaml"), reference_repo)
-    reference = msgspec.structs.replace(settings, feature_repo=str(reference_repo))
-    apply_definitions(open_store(reference))
-    run_main(build_flow(reference))
-    expected = online_states(reference, user_ids)
+    expected = online_states(uninterrupted_run(settings, tmp_path / "reference"), user_ids)
     assert all(expected.values())
 
     recovery = tmp_path / "recovery"

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 
-import msgspec
 import pytest
 from bytewax.testing import run_main
 
 from engine.settings import settings_env
 from flows.features import build_flow, flow_command
 from flows.kafka import free_port
-from flows.store import apply_definitions, open_store
 from tests.conftest import now_ms
-from tests.support import online_features, online_states, produce_events
+from tests.support import online_features, online_states, produce_events, uninterrupted_run
 from tests.test_recovery import messy_events
 
 pytestmark = pytest.mark.integration
@@ -31,12 +28,7 @@ def test_two_workers_partition_users_and_match_one_worker(make_settings, tmp_pat
     produce_events(settings, events)
     users = sorted({e.user_id for e in events})
 
-    one_repo = tmp_path / "one-worker"
-    one_repo.mkdir()
-    shutil.copy(os.path.join(settings.feature_repo, "feature_store.yaml"), one_repo)
-    one = msgspec.structs.replace(settings, feature_repo=str(one_repo))
-    apply_definitions(open_store(one))
-    run_main(build_flow(one))
+    one = uninterrupted_run(settings, tmp_path / "one-worker")
 
     env = {**os.environ, **settings_env(settings)}
     subprocess.run(flow_command(settings, None, workers=2), env=env, check=True, timeout=300)
