@@ -6,6 +6,10 @@ event for a dedicated user is sent; once the broker acknowledged it, the probe
 reads ``user_activity:lifetime_events`` through the Feast SDK in a tight loop
 until it moves. Probes are spaced out so that each one waits on the flow, not
 on the previous probe.
+
+Side by side, a plain Kafka consumer in a thread of the probe process records
+when each probe becomes readable from the broker at all (``kafka_*``): the
+part of the latency that no stream processor can remove.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from tqdm import tqdm
 
 from bench.common import bench_settings, percentile
@@ -52,21 +58,27 @@ def run_freshness(settings: Settings, args) -> int:
             # The probe is a Feast client too: keep its own collector pauses (Feast's
             # import graph, ~70 ms a full pass) out of what is measured, as the flow does.
             gc.freeze()
-            latencies, timeouts = [], 0
+            observer = _KafkaObserver(bench)
+            observer.start()
+            latencies, kafka_latencies, timeouts = [], [], 0
             deadline = time.monotonic() + args.seconds
             bar = tqdm(total=int(args.seconds), desc="probing", unit="s", file=sys.stderr, mininterval=1.0)
             seq, started = 1, time.monotonic()
             while time.monotonic() < deadline:
                 seq += 1
-                latency = _probe(producer, bench, read, seq)
+                acked, latency = _probe(producer, bench, read, seq)
                 if latency is None:
                     timeouts += 1
                 else:
                     latencies.append(latency)
+                seen = observer.seen.get(f"probe-{seq}")
+                if seen is not None:
+                    kafka_latencies.append((seen - acked) * 1000)
                 bar.n = int(time.monotonic() - started)
                 bar.refresh()
                 time.sleep(0.05)
             bar.close()
+            observer.stop()
             if flow.poll() is not None:
                 raise RuntimeError(f"the flow exited ({flow.returncode}): {flow.stderr.read()[-2000:]!r}")
         finally:
@@ -84,6 +96,8 @@ def run_freshness(settings: Settings, args) -> int:
         "p90_ms": round(percentile(latencies, 90), 2),
         "p99_ms": round(percentile(latencies, 99), 2),
         "max_ms": round(max(latencies), 2) if latencies else None,
+        "kafka_p50_ms": round(percentile(kafka_latencies, 50), 2),
+        "kafka_p99_ms": round(percentile(kafka_latencies, 99), 2),
         "online_store": "redis" if settings.redis_url else "sqlite",
         "recovery": not args.no_recovery,
         "epoch_s": bench.epoch_s,
@@ -103,21 +117,55 @@ def _reader(store):
 
 
 def _send(producer, settings: Settings, seq: int) -> None:
-    event = Event(f"probe-{seq}-{time.time_ns()}", "click", PROBE_USER, int(time.time() * 1000))
+    event = Event(f"probe-{seq}", "click", PROBE_USER, int(time.time() * 1000))
     producer.produce(settings.topic, encode_event(event), PROBE_USER.encode())
     if producer.flush(10) != 0:  # returns once the broker acknowledged it
         raise RuntimeError("the broker did not acknowledge a probe within 10 s")
 
 
-def _probe(producer, settings: Settings, read, seq: int, timeout_s: float = 5.0) -> float | None:
+def _probe(producer, settings: Settings, read, seq: int, timeout_s: float = 5.0) -> tuple[float, float | None]:
     _send(producer, settings, seq)
     acked = time.perf_counter()
     while time.perf_counter() - acked < timeout_s:
         if read() >= seq:
-            return (time.perf_counter() - acked) * 1000
+            return acked, (time.perf_counter() - acked) * 1000
         # A short pause between reads: a busy loop would steal the CPU the flow needs.
         time.sleep(0.003)
-    return None
+    return acked, None
+
+
+class _KafkaObserver(threading.Thread):
+    """A plain consumer that notes when each probe is first readable from Kafka."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(daemon=True)
+        self.seen: dict[str, float] = {}
+        self._stopping = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.brokers,
+                "group.id": "tailor-bench-observer",
+                "fetch.wait.max.ms": str(settings.fetch_wait_ms),
+            }
+        )
+        topic = settings.topic
+        partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+
+    def run(self) -> None:
+        probe = PROBE_USER.encode()
+        while not self._stopping.is_set():
+            # consume() waits for its whole count or its timeout: keep the timeout short.
+            for msg in self._consumer.consume(500, 0.002):
+                if msg.key() == probe:
+                    now = time.perf_counter()
+                    event_id = json.loads(msg.value())["event_id"]
+                    self.seen.setdefault(event_id, now)
+        self._consumer.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(5)
 
 
 def _warm_up(producer, settings: Settings, read, flow, timeout_s: float = 120.0) -> None:
