@@ -31,7 +31,10 @@ def run_ingest(settings: Settings, args) -> int:
     start_ms = int(time.time() * 1000) - 6 * 3_600_000  # six hours of traffic ending near now
     with bench_settings(settings) as bench:
         producer = make_producer(bench.brokers)
-        records = simulated_records(args.users, seed=7, n=args.events, start_ms=start_ms)
+        if args.uniform:
+            records = uniform_records(args.users, args.events, start_ms)
+        else:
+            records = simulated_records(args.users, seed=7, n=args.events, start_ms=start_ms)
         bar = tqdm(records, total=args.events, desc="pre-filling topic", unit="ev", file=sys.stderr, mininterval=0.5)
         produce_all(producer, bench.topic, bar)
         producer.flush()
@@ -49,6 +52,7 @@ def run_ingest(settings: Settings, args) -> int:
         "bench": "ingest",
         "events": flow["consumed"],
         "users": args.users,
+        "traffic": "uniform" if args.uniform else "simulated",
         "seconds": flow["seconds"],
         "events_per_s": round(median),
         "events_per_s_runs": [round(r) for r in rates],
@@ -76,6 +80,21 @@ def fresh_repo(settings: Settings):
         run_settings = msgspec_replace(settings, feature_repo=str(Path(tmp)))
         apply_definitions(open_store(run_settings))
         yield run_settings
+
+
+def uniform_records(users: int, n: int, start_ms: int):
+    """The worst case for batching: each event from a user drawn uniformly at random."""
+    import random
+
+    from engine.events import Event, encode_event
+
+    rng = random.Random(7)
+    kinds = ("page_view", "click", "impression", "add_to_cart", "page_view", "impression")
+    step = max(1, 6 * 3_600_000 // n)
+    for i in range(n):
+        user = f"u{rng.randrange(users):06d}"
+        event = Event(f"uniform-{i}", rng.choice(kinds), user, start_ms + i * step, category=rng.choice("abcdefgh"))
+        yield user.encode(), encode_event(event)
 
 
 def msgspec_replace(settings: Settings, **changes) -> Settings:

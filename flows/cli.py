@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--events", type=_positive_int, default=200_000)
     ingest.add_argument("--users", type=_positive_int, default=10_000)
     ingest.add_argument("--naive-events", type=_positive_int, default=1_000, help="events for the naive push path")
+    ingest.add_argument("--uniform", action="store_true", help="worst case: users drawn uniformly per event, no sessions")
     ingest.add_argument("--repeat", type=_positive_int, default=3, help="flow runs; the median is reported (default 3)")
     fresh = bench_sub.add_parser("freshness", help="probe send -> first Feast read that sees it, under load")
     fresh.add_argument("--rate", type=float, default=5000.0)
