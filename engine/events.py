@@ -116,6 +116,26 @@ def decode_event(data: bytes | bytearray | memoryview | str | None) -> Event:
         raise InvalidEvent(str(exc)) from None
 
 
+def check_not_ahead(event: Event, now_ms: int, max_ahead_ms: int) -> Event:
+    """Reject an event stamped further in the future than clocks can disagree.
+
+    One bogus future time would make every later event of that user look late.
+
+    >>> e = Event("e1", "click", "u1", 1_700_000_600_000)
+    >>> check_not_ahead(e, now_ms=1_700_000_000_000, max_ahead_ms=300_000)
+    Traceback (most recent call last):
+    ...
+    engine.events.InvalidEvent: `ts` is 600 s ahead of the clock (limit 300 s): check the producer's clock
+    """
+    ahead_ms = event.ts - now_ms
+    if ahead_ms > max_ahead_ms:
+        raise InvalidEvent(
+            f"`ts` is {ahead_ms / 1000:.0f} s ahead of the clock (limit {max_ahead_ms / 1000:.0f} s): "
+            "check the producer's clock"
+        )
+    return event
+
+
 def encode_event(event: Event) -> bytes:
     """Encode an event as compact JSON (epoch-millisecond `ts`)."""
     return _encoder.encode(event)

@@ -28,6 +28,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = ""
     #: How late (behind a user's newest event) an event may arrive and still count.
     lateness_s: float = 300.0
+    #: Events stamped further ahead of their Kafka message time than this go to the DLQ.
+    max_ahead_s: float = 300.0
     #: Half-life of the decayed category affinity.
     affinity_half_life_s: float = 86_400.0
     #: Most events the Kafka source hands the flow per poll (bounds an online write).

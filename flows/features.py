@@ -25,9 +25,9 @@ from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from engine.events import Event, InvalidEvent, decode_event
+from engine.events import Event, InvalidEvent, check_not_ahead, decode_event
 from engine.settings import Settings
 from engine.tiles import UserActivity
 from flows.kafka import RawKafkaSource, ensure_topics
@@ -65,15 +65,27 @@ class DeadLetter:
         )
 
 
-def decode_message(msg: Message) -> Event | DeadLetter:
+def decode_message(msg: Message, max_ahead_ms: int) -> Event | DeadLetter:
     try:
-        return decode_event(msg.value())
+        event = decode_event(msg.value())
+        # Judge "ahead" against the message's Kafka timestamp, not this process's
+        # clock, so that a replay after a crash decides exactly as the first pass.
+        kind, sent_ms = msg.timestamp()
+        if kind != TIMESTAMP_NOT_AVAILABLE:
+            check_not_ahead(event, sent_ms, max_ahead_ms)
+        return event
     except InvalidEvent as exc:
         return DeadLetter(msg, exc.reason)
 
 
-def decode_batch(batch: list[Message]) -> list[Event | DeadLetter]:
-    return [decode_message(msg) for msg in batch]
+def decoder(settings: Settings) -> Callable[[list[Message]], list[Event | DeadLetter]]:
+    """Decodes one polled batch (one Python call per batch, not per message)."""
+    max_ahead_ms = int(settings.max_ahead_s * 1000)
+
+    def decode_batch(batch: list[Message]) -> list[Event | DeadLetter]:
+        return [decode_message(msg, max_ahead_ms) for msg in batch]
+
+    return decode_batch
 
 
 class UserActivityLogic(StatefulBatchLogic):
@@ -171,14 +183,14 @@ def build_flow(
     )
     messages = op.input("events", flow, source)
     # confluent_kafka.Message
-    decode = decode_batch
+    decode = decoder(settings)
     if on_consume is not None:
+        decode_batch = decode
 
         def decode(batch: list[Message]) -> list[Event | DeadLetter]:
             on_consume(len(batch))
             return decode_batch(batch)
 
-    # One Python call per polled batch rather than per message.
     decoded = op.flat_map_batch("decode", messages, decode)
     # Event | DeadLetter
     valid = op.branch("valid", decoded, lambda x: isinstance(x, Event))

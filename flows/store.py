@@ -7,6 +7,7 @@ layer) and, for training sets, to Parquet parts under the offline source.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from feast import FeatureStore, RepoConfig
+from feast.errors import FeatureViewNotFoundException
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.sqlite import SqliteOnlineStore
 from feast.infra.online_stores.sqlite import _table_id as _sqlite_table_id
@@ -66,6 +68,16 @@ def apply_definitions(store: FeatureStore) -> None:
     ]
     store.apply(objects)
     offline_dir(store).mkdir(parents=True, exist_ok=True)
+
+
+def reset_feature_data(store: FeatureStore) -> None:
+    """Drop what the flow wrote (online tables, offline parts); definitions stay."""
+    try:
+        offline = offline_dir(store)
+    except FeatureViewNotFoundException:
+        return  # never applied: nothing written yet
+    store.teardown()
+    shutil.rmtree(offline, ignore_errors=True)
 
 
 def offline_dir(store: FeatureStore) -> Path:

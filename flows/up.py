@@ -107,13 +107,17 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     # The flow must keep reading: a demo flow that stops at the end of the topic is a dead demo.
     settings = msgspec.structs.replace(settings, tail=True)
 
-    from flows.store import apply_definitions, open_store  # Feast imports slowly
+    from flows.store import apply_definitions, open_store, reset_feature_data  # Feast imports slowly
 
     # After Feast's import, which puts its own "once" filter for RuntimeWarning first.
     warnings.filterwarnings("ignore", message=".*experimental feature.*", category=RuntimeWarning)
 
     say(f"applying the Feast repository {repo} ...")
     store = open_store(settings)
+    if embedded:
+        # A fresh in-memory broker starts from no events: features an earlier demo
+        # wrote describe events that no longer exist, so they go as well.
+        reset_feature_data(store)
     apply_definitions(store)
     ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
 

@@ -82,6 +82,9 @@ MALFORMED = {
     "naive timestamp": json.dumps({"event_id": "x8", "type": "click", "user_id": "u", "ts": "2026-01-01T10:00:00"}).encode(),
     "not utf-8": b"\xff\xfe\x00garbage",
     "empty": b"",
+    "from the future": json.dumps(
+        {"event_id": "x10", "type": "click", "user_id": "u", "ts": 4_000_000_000_000}
+    ).encode(),
     "unknown field": json.dumps(
         {"event_id": "x9", "type": "click", "user_id": "u", "ts": 1_750_000_000_000, "colour": "red"}
     ).encode(),
@@ -105,7 +108,8 @@ def test_malformed_events_go_to_the_dead_letter_topic_with_reasons(make_settings
     assert "exceeds the limit" in huge["reason"] and len(huge["payload"]) <= 4096
     reasons = " | ".join(x["reason"] for x in letters)
     for fragment in ["malformed", "Expected `object`", "Expected `str`", "Invalid enum value 'teleport'",
-                     "missing required field `user_id`", "epoch milliseconds", "time zone", "colour"]:
+                     "missing required field `user_id`", "epoch milliseconds", "time zone", "colour",
+                     "ahead of the clock"]:
         assert fragment in reasons, fragment
     assert by_payload_start  # every letter carries (a prefix of) its payload
     assert online_features(settings, ["carol"])["clicks_5m"] == [5]  # the good events were not lost

@@ -23,7 +23,7 @@ TYPES = ["page_view", "click", "impression", "add_to_cart", "purchase", "app_ope
 def messy_events(n: int, users: int, seed: int) -> list[Event]:
     """Events with re-sends and out-of-order times, like a real producer fleet."""
     rng = random.Random(seed)
-    start, events = now_ms() - 3 * 3_600_000, []
+    start, events = now_ms() - 4 * 3_600_000, []  # ends in the past, for any n used here
     for i in range(n):
         if events and rng.random() < 0.03:
             events.append(rng.choice(events[-500:]))
