@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -32,7 +31,6 @@ from engine.settings import Settings
 from engine.tiles import UserActivity
 from flows.kafka import RawKafkaSource, ensure_topics
 
-log = logging.getLogger(__name__)
 
 #: Bytes of a bad payload kept in its dead letter.
 DLQ_PAYLOAD_BYTES = 4096
