@@ -29,6 +29,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event
 from engine.settings import Settings
 from engine.tiles import UserActivity
+from flows import metrics
 from flows.kafka import RawKafkaSource, ensure_topics
 
 
@@ -81,7 +82,12 @@ def decoder(settings: Settings) -> Callable[[list[Message]], list[Event | DeadLe
     max_ahead_ms = int(settings.max_ahead_s * 1000)
 
     def decode_batch(batch: list[Message]) -> list[Event | DeadLetter]:
-        return [decode_message(msg, max_ahead_ms) for msg in batch]
+        decoded = [decode_message(msg, max_ahead_ms) for msg in batch]
+        dead = sum(1 for x in decoded if type(x) is DeadLetter)
+        metrics.EVENTS.labels("valid").inc(len(decoded) - dead)
+        if dead:
+            metrics.EVENTS.labels("dead_letter").inc(dead)
+        return decoded
 
     return decode_batch
 
@@ -116,7 +122,9 @@ class _FeatureStorePartition(StatefulSinkPartition):
 
     def write_batch(self, items: list[tuple[str, UserActivity]]) -> None:
         latest = dict(items)  # the newest state per user; earlier ones are stale
-        self.writer.write(latest)
+        with metrics.ONLINE_WRITE_SECONDS.time():
+            self.writer.write(latest)
+        metrics.ONLINE_ROWS.inc(len(latest))
         if self.on_write is not None:
             self.on_write(len(items))
 

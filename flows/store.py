@@ -26,6 +26,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from engine.settings import Settings
+from flows import metrics
 from engine.tiles import UserActivity
 
 TILES_VIEW = "user_activity_tiles"
@@ -180,6 +181,7 @@ class FeatureWriter:
         tmp = self.offline_path / f".{name}.tmp"
         pq.write_table(table, tmp)
         tmp.rename(self.offline_path / name)  # readers never see half a file
+        metrics.OFFLINE_ROWS.inc(len(self._offline_rows))
         self._offline_rows.clear()
 
     def close(self) -> None:

@@ -92,6 +92,9 @@ MALFORMED = {
 
 
 def test_malformed_events_go_to_the_dead_letter_topic_with_reasons(make_settings):
+    from flows.metrics import EVENTS
+
+    dead_before = EVENTS.labels("dead_letter")._value.get()
     settings = make_settings()
     now = now_ms()
     good = [Event(f"g{i}", "click", "carol", now - i) for i in range(5)]
@@ -113,3 +116,4 @@ def test_malformed_events_go_to_the_dead_letter_topic_with_reasons(make_settings
         assert fragment in reasons, fragment
     assert by_payload_start  # every letter carries (a prefix of) its payload
     assert online_features(settings, ["carol"])["clicks_5m"] == [5]  # the good events were not lost
+    assert EVENTS.labels("dead_letter")._value.get() - dead_before == len(MALFORMED)  # and the metric says so
