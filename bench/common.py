@@ -5,41 +5,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 
 from engine.settings import Settings, settings_env
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
 def bench_settings(settings: Settings, **overrides) -> Iterator[Settings]:
     """Settings on the configured broker (or an embedded one), fresh topics, a temp Feast repo."""
     from flows.kafka import EmbeddedBroker, ensure_topics
-    from flows.store import apply_definitions, open_store
+    from flows.store import new_repo
 
     with contextlib.ExitStack() as stack:
         brokers = settings.brokers or stack.enter_context(EmbeddedBroker()).address
-        repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tailor-bench-")))
-        shutil.copy(ROOT / "feature_repo" / "feature_store.yaml", repo)
+        repo = stack.enter_context(tempfile.TemporaryDirectory(prefix="tailor-bench-"))
         tag = uuid.uuid4().hex[:8]
-        values = {
-            "brokers": brokers,
-            "topic": f"bench-{tag}",
-            "dlq_topic": f"bench-{tag}.dlq",
-            "feature_repo": str(repo),
-        }
+        values = {"brokers": brokers, "topic": f"bench-{tag}", "dlq_topic": f"bench-{tag}.dlq"}
         values.update(overrides)
-        bench = msgspec.structs.replace(settings, **values)
-        apply_definitions(open_store(bench))
+        bench = new_repo(msgspec.structs.replace(settings, **values), repo)
         ensure_topics(bench.brokers, [bench.topic, bench.dlq_topic], bench.partitions)
         yield bench
 

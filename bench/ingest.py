@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+import msgspec
 from tqdm import tqdm
 
-from bench.common import ROOT, bench_settings, peak_rss_mb, run_child
+from bench.common import bench_settings, peak_rss_mb, run_child
 from engine.settings import Settings
 
 
@@ -42,7 +41,7 @@ def run_ingest(settings: Settings, args) -> int:
         for i in range(args.repeat):
             print(f"flow run {i + 1}/{args.repeat} over it ...", file=sys.stderr)
             with fresh_repo(bench) as run_settings:
-                runs.append(run_child("bench.ingest:flow_child", msgspec_replace(run_settings, tail=False)))
+                runs.append(run_child("bench.ingest:flow_child", msgspec.structs.replace(run_settings, tail=False)))
         print(f"naive path: one FeatureStore.push per event, {args.naive_events} events ...", file=sys.stderr)
         naive = naive_push(bench, args.users, args.naive_events, start_ms)
     rates = [r["consumed"] / r["seconds"] for r in runs]
@@ -73,13 +72,10 @@ def run_ingest(settings: Settings, args) -> int:
 @contextlib.contextmanager
 def fresh_repo(settings: Settings):
     """The same topics, an empty Feast repo: every run starts from a blank store."""
-    from flows.store import apply_definitions, open_store
+    from flows.store import new_repo
 
     with tempfile.TemporaryDirectory(prefix="tailor-bench-run-") as tmp:
-        shutil.copy(ROOT / "feature_repo" / "feature_store.yaml", tmp)
-        run_settings = msgspec_replace(settings, feature_repo=str(Path(tmp)))
-        apply_definitions(open_store(run_settings))
-        yield run_settings
+        yield new_repo(settings, tmp)
 
 
 def uniform_records(users: int, n: int, start_ms: int):
@@ -95,12 +91,6 @@ def uniform_records(users: int, n: int, start_ms: int):
         user = f"u{rng.randrange(users):06d}"
         event = Event(f"uniform-{i}", rng.choice(kinds), user, start_ms + i * step, category=rng.choice("abcdefgh"))
         yield user.encode(), encode_event(event)
-
-
-def msgspec_replace(settings: Settings, **changes) -> Settings:
-    import msgspec
-
-    return msgspec.structs.replace(settings, **changes)
 
 
 def flow_child() -> None:

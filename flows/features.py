@@ -32,7 +32,6 @@ from engine.tiles import UserActivity
 from flows import metrics
 from flows.kafka import RawKafkaSource, ensure_topics
 
-
 #: Bytes of a bad payload kept in its dead letter.
 DLQ_PAYLOAD_BYTES = 4096
 

@@ -125,7 +125,7 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout_s
         # Wait for the port first: a Kafka client would log every refused connection.
         while not _accepts(self.port):
-            if self._proc.poll() is not None:
+            if not self.alive:
                 raise RuntimeError(f"the Tansu broker exited with code {self._proc.returncode} on {self.address}")
             if time.monotonic() > deadline:
                 self.stop()
@@ -133,7 +133,7 @@ class EmbeddedBroker:
             time.sleep(0.02)
         admin = AdminClient({"bootstrap.servers": self.address})
         while True:
-            if self._proc.poll() is not None:
+            if not self.alive:
                 raise RuntimeError(f"the Tansu broker exited with code {self._proc.returncode} on {self.address}")
             try:
                 admin.list_topics(timeout=1)

@@ -1,7 +1,7 @@
 """The Feast side of the flow: open the store, apply definitions, write rows.
 
-Writes go straight to the online store's ``online_write_batch`` (no DataFrame
-layer) and, for training sets, to Parquet parts under the offline source.
+Online writes skip Feast's DataFrame layer (see `FeatureWriter`); the same rows
+go to Parquet parts under the offline source, for training sets.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import msgspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,10 +27,11 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from engine.settings import Settings
+from engine.tiles import FEATURES, UserActivity, finish
 from flows import metrics
-from engine.tiles import UserActivity
 
 TILES_VIEW = "user_activity_tiles"
+_DEFAULT_REPO = Path(Settings().feature_repo)
 OFFLINE_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -53,6 +55,19 @@ def open_store(settings: Settings) -> FeatureStore:
         raw["online_store"] = {"type": "redis", "connection_string": settings.redis_url, "skip_dedup": True}
     (repo / "data").mkdir(exist_ok=True)
     return FeatureStore(repo_path=str(repo), config=RepoConfig(repo_path=repo, **raw))
+
+
+def new_repo(settings: Settings, folder: str | os.PathLike) -> Settings:
+    """A Feast repo in ``folder`` (Tailor's feature_store.yaml, definitions applied).
+
+    Returns ``settings`` pointing at it: the same topics, a store with no data.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_DEFAULT_REPO / "feature_store.yaml", folder)
+    fresh = msgspec.structs.replace(settings, feature_repo=str(folder))
+    apply_definitions(open_store(fresh))
+    return fresh
 
 
 def apply_definitions(store: FeatureStore) -> None:
@@ -199,8 +214,6 @@ def training_set(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:
     timestamp; the windows are then finished as of that same timestamp, so no
     row sees an event from its future.
     """
-    from engine.tiles import FEATURES, finish
-
     # Feast's file store drops entity rows with no tiles yet; carry a row number
     # through the join so every input row comes back, with zeros for "no history".
     rows_in = entity_df.reset_index(drop=True).assign(_tailor_row=lambda df: range(len(df)))

@@ -68,19 +68,11 @@ def online_states(settings, user_ids: list[str]) -> dict[str, bytes | None]:
 
 def uninterrupted_run(settings, folder):
     """The same topic read in-process, start to end, into a second Feast repo in ``folder``."""
-    import shutil
-    from pathlib import Path
-
-    import msgspec
     from bytewax.testing import run_main
 
     from flows.features import build_flow
-    from flows.store import apply_definitions, open_store
+    from flows.store import new_repo
 
-    folder = Path(folder)
-    folder.mkdir()
-    shutil.copy(Path(settings.feature_repo) / "feature_store.yaml", folder)
-    reference = msgspec.structs.replace(settings, feature_repo=str(folder), tail=False)
-    apply_definitions(open_store(reference))
-    run_main(build_flow(reference))
+    reference = new_repo(settings, folder)
+    run_main(build_flow(reference, tail=False))
     return reference
