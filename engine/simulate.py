@@ -16,7 +16,12 @@ a daily rhythm (`diurnal_factor`, UTC, busiest in the evening).
 Events come out globally in event-time order: a heap holds each user's next
 event time, and a user's next session is planned only when the last one is
 used up. Pure Python with one `random.Random`, no I/O: the same
-``(users, seed, start_ms, catalog)`` always gives the same events.
+``(users, seed, start_ms, catalog, drift)`` always gives the same events.
+
+A `Drift` changes the world part-way through the stream, at a chosen event:
+users re-draw their profile from a new mix, and/or prices move. Drift
+detection and retraining are tested against it, and `Simulator.profile_of`
+follows the change, so the ground truth stays true.
 
 Examples
 --------
@@ -27,6 +32,15 @@ Examples
 >>> events == list(Simulator(users=50, seed=7, start_ms=1_767_225_600_000).events(200))
 True
 >>> sim.profile_of(events[0].user_id) in PROFILES
+True
+
+From event 100 on, most users are email-driven and everything costs 20% more:
+
+>>> drifting = Simulator(users=50, seed=7, start_ms=1_767_225_600_000,
+...                      drift=Drift(at_event=100, shares=DEFAULT_DRIFT_SHARES, price_factor=1.2))
+>>> list(drifting.events(100)) == events[:100], drifting.drifted
+(True, False)
+>>> _ = list(drifting.events(1)); drifting.drifted
 True
 """
 
@@ -141,27 +155,108 @@ def diurnal_factor(ts_ms: int) -> float:
     return 1.0 + DIURNAL_AMPLITUDE * math.cos(2 * math.pi * (hour - PEAK_HOUR_UTC) / 24)
 
 
+#: A profile mix clearly unlike the profiles' own shares: email-driven users
+#: take over. What ``tailor simulate --drift-at N`` switches to by default.
+DEFAULT_DRIFT_SHARES: dict[str, float] = {
+    "bargain_hunter": 0.10,
+    "loyal_high_spender": 0.10,
+    "window_shopper": 0.15,
+    "email_driven": 0.65,
+}
+
+
+class Drift(msgspec.Struct, frozen=True, kw_only=True):
+    """A change of regime at one point of the simulated stream.
+
+    Parameters
+    ----------
+    at_event
+        Index of the first event handed out under the new regime (``0``: all of them).
+    shares
+        New profile mix, ``{profile name: share}``; names must be keys of
+        `PROFILES`, and shares are normalised to sum to 1 (a profile left out
+        gets none). ``None`` keeps every user's profile.
+    price_factor
+        Multiplies the value of every purchase handed out from ``at_event`` on,
+        rounded to cents; ``1.0`` keeps prices.
+
+    Examples
+    --------
+    >>> Drift(at_event=10, shares={"email_driven": 3, "window_shopper": 1}).shares
+    {'email_driven': 0.75, 'window_shopper': 0.25}
+    >>> Drift(at_event=10, shares={"big_spender": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: Drift shares name unknown profile(s) 'big_spender'; known: bargain_hunter, loyal_high_spender, window_shopper, email_driven
+    """
+
+    at_event: int
+    shares: dict[str, float] | None = None
+    price_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.at_event, bool) or not isinstance(self.at_event, int) or self.at_event < 0:
+            raise ValueError(f"Drift at_event must be an event index >= 0, got {self.at_event!r}")
+        if not (math.isfinite(self.price_factor) and self.price_factor > 0):
+            raise ValueError(f"Drift price_factor must be a finite number > 0, got {self.price_factor!r}")
+        if self.shares is None:
+            if self.price_factor == 1.0:
+                raise ValueError("Drift changes nothing: give new shares or a price_factor other than 1.0")
+            return
+        unknown = [name for name in self.shares if name not in PROFILES]
+        if unknown:
+            raise ValueError(f"Drift shares name unknown profile(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(PROFILES)}")
+        bad = {name: share for name, share in self.shares.items() if not (math.isfinite(share) and share >= 0)}
+        if bad:
+            raise ValueError(f"Drift shares must be finite and >= 0, got {bad}")
+        total = sum(self.shares.values())
+        if total <= 0:
+            raise ValueError(f"Drift shares must not all be 0, got {self.shares}")
+        # A fresh dict: the caller's stays as given, and this one sums to 1.
+        msgspec.structs.force_setattr(self, "shares", {name: share / total for name, share in self.shares.items()})
+
+
 # A planned event before it becomes an Event: (ts, type, item_id, category, value).
 _Planned = tuple[int, str, str | None, str | None, float | None]
 
 
 class _User:
-    """One simulated user's fixed traits and the session being played out."""
+    """One simulated user's traits and the session being played out.
 
-    __slots__ = ("index", "user_id", "profile", "favourites", "peak_rate_per_ms", "pools", "session", "pos")
+    The profile and what follows from it change only when a `Drift` hands the
+    user a new profile; ``rate_scale``, how much more or less often than their
+    profile's average this person comes back, is theirs for good.
+    """
+
+    __slots__ = (
+        "favourites",
+        "index",
+        "peak_rate_per_ms",
+        "pools",
+        "pos",
+        "profile",
+        "rate_scale",
+        "session",
+        "user_id",
+    )
 
     def __init__(self, index: int, profile: Profile, favourites: tuple[str, ...], rate_scale: float,
                  pools: dict[str, list[Item]]):
         self.index = index
         self.user_id = f"u{index:06d}"
+        self.rate_scale = rate_scale
+        self.take_profile(profile, favourites, pools)
+        self.session: list[_Planned] = []
+        self.pos = 0
+
+    def take_profile(self, profile: Profile, favourites: tuple[str, ...], pools: dict[str, list[Item]]) -> None:
         self.profile = profile
         self.favourites = favourites
         # Thinning samples candidate session starts at the peak rate, then keeps
         # each with probability diurnal_factor / peak.
-        self.peak_rate_per_ms = profile.sessions_per_day * rate_scale * (1 + DIURNAL_AMPLITUDE) / DAY_MS
+        self.peak_rate_per_ms = profile.sessions_per_day * self.rate_scale * (1 + DIURNAL_AMPLITUDE) / DAY_MS
         self.pools = pools
-        self.session: list[_Planned] = []
-        self.pos = 0
 
 
 class Simulator:
@@ -178,6 +273,9 @@ class Simulator:
     catalog
         The products shown and bought; default ``build_catalog(CATALOG_SEED)``,
         the catalog the rest of Tailor uses.
+    drift
+        A change of regime at event ``drift.at_event`` (default: none, and the
+        stream is exactly what it was before drifts existed).
 
     Notes
     -----
@@ -185,6 +283,16 @@ class Simulator:
     and iterating it runs forever. ``event_id`` is ``"{seed}-{start_ms}-{n}"``
     for the n-th event handed out: stable for one run, distinct between runs
     started at different times (so de-duplication never swallows a rerun).
+
+    A drift is applied once, just before event ``at_event`` is handed out. With
+    new shares, every user re-draws a profile from them; one whose profile
+    changed gets the new profile's favourite categories, item tastes and visit
+    rate. A session already under way finishes as planned (people do not
+    change mid-visit); a user between sessions has their next one re-planned
+    under the new profile from the drift's moment on, which the Poisson
+    process's lack of memory makes a fair draw. The price factor applies to
+    every purchase handed out from ``at_event`` on, those of sessions planned
+    before the drift included.
 
     Examples
     --------
@@ -196,18 +304,24 @@ class Simulator:
     """
 
     def __init__(self, users: int = 1000, seed: int = 7, start_ms: int = DEFAULT_START_MS,
-                 catalog: Catalog | None = None):
+                 catalog: Catalog | None = None, drift: Drift | None = None):
         if users <= 0:
             raise ValueError(f"users must be positive, got {users}")
         self.seed = seed
         self.start_ms = int(start_ms)
         self.catalog = catalog if catalog is not None else build_catalog(CATALOG_SEED)
+        self.drift = drift
         self._rng = random.Random(seed)
         self._id_prefix = f"{seed}-{self.start_ms}-"
         self._emitted = 0
+        # The event index at which the pending drift takes over; -1, which no
+        # index equals, without a drift or once it is applied.
+        self._drift_at = drift.at_event if drift is not None else -1
+        # Purchases are priced at checkout planning; a drift changes this.
+        self._price_factor = 1.0
         # Only categories the catalog stocks can be favourites or be browsed.
         self._categories = self.catalog.categories
-        pools = {name: _item_pools(self.catalog, p) for name, p in PROFILES.items()}
+        self._pools = pools = {name: _item_pools(self.catalog, p) for name, p in PROFILES.items()}
         self._users = [self._make_user(i, pools) for i in range(users)]
         self._by_id = {u.user_id: u for u in self._users}
         # One heap entry per user: (time of their next event, index, user).
@@ -223,8 +337,13 @@ class Simulator:
         """All simulated user ids."""
         return tuple(self._by_id)
 
+    @property
+    def drifted(self) -> bool:
+        """Whether the drift has been applied (the stream reached ``drift.at_event``)."""
+        return self.drift is not None and self._drift_at < 0
+
     def profile_of(self, user_id: str) -> str:
-        """The latent profile name of a simulated user (the ground truth)."""
+        """The latent profile name of a simulated user now (the ground truth; a drift changes it)."""
         try:
             return self._by_id[user_id].profile.name
         except KeyError:
@@ -237,16 +356,50 @@ class Simulator:
     def __iter__(self) -> Iterator[Event]:
         heap = self._heap
         prefix = self._id_prefix
+        drift_at = self._drift_at
         while True:
+            n = self._emitted
+            # The one cost of drifts on the hot path: an integer compare.
+            if n == drift_at:
+                self._apply_drift()
+                drift_at = -1
             user = heap[0][2]
             ts, kind, item_id, category, value = user.session[user.pos]
             user.pos += 1
             if user.pos == len(user.session):
                 self._plan_session(user, ts)
             heapq.heapreplace(heap, (user.session[user.pos][0], user.index, user))
-            n = self._emitted
             self._emitted = n + 1
             yield Event(f"{prefix}{n}", kind, user.user_id, ts, item_id, category, value)
+
+    # -- drift -------------------------------------------------------------
+
+    def _apply_drift(self) -> None:
+        """Switch to the drift's regime before the next event is handed out."""
+        drift = self.drift
+        assert drift is not None and self._drift_at == self._emitted
+        self._drift_at = -1
+        factor = self._price_factor = drift.price_factor
+        # Nothing handed out yet is earlier than the heap's top: re-planned
+        # sessions start after it, so the stream stays in time order.
+        now_ms = self._heap[0][0]
+        rng = self._rng
+        cum_shares = None
+        if drift.shares is not None:
+            cum_shares = list(itertools.accumulate(drift.shares.get(p.name, 0.0) for p in _PROFILE_LIST))
+        for user in self._users:
+            if cum_shares is not None:
+                profile = rng.choices(_PROFILE_LIST, cum_weights=cum_shares)[0]
+                if profile is not user.profile:
+                    user.take_profile(profile, _pick_favourites(rng, profile, self._categories),
+                                      self._pools[profile.name])
+                    if user.pos == 0:  # between sessions: the next one is theirs under the new profile
+                        self._plan_session(user, now_ms)
+                        continue  # priced at checkout with the new factor already
+            if factor != 1.0:
+                _reprice(user.session, user.pos, factor)
+        self._heap[:] = [(u.session[u.pos][0], u.index, u) for u in self._users]
+        heapq.heapify(self._heap)
 
     # -- users -------------------------------------------------------------
 
@@ -343,10 +496,12 @@ class Simulator:
     def _checkout(self, out: list[_Planned], cart: list[Item], user: _User, t: int) -> None:
         rng = self._rng
         buy = user.profile.purchase
+        factor = self._price_factor
         for item in cart:
             if rng.random() < buy:
                 t += _gap(rng, 10_000)
-                out.append((t, "purchase", item.item_id, item.category, item.sale_price))
+                price = item.sale_price if factor == 1.0 else round(item.sale_price * factor, 2)
+                out.append((t, "purchase", item.item_id, item.category, price))
 
     def _set_session(self, user: _User, planned: list[_Planned]) -> None:
         user.session = planned
@@ -360,6 +515,14 @@ _PROFILE_SHARES = tuple(p.share for p in _PROFILE_LIST)
 def _gap(rng: random.Random, mean_ms: float) -> int:
     """An exponential pause of ``mean_ms`` on average, at least 1 ms."""
     return int(rng.expovariate(1.0 / mean_ms)) + 1
+
+
+def _reprice(session: list[_Planned], start: int, factor: float) -> None:
+    """Scale the purchase values of ``session[start:]``, the part not handed out yet."""
+    for i in range(start, len(session)):
+        ts, kind, item_id, category, value = session[i]
+        if value is not None:
+            session[i] = (ts, kind, item_id, category, round(value * factor, 2))
 
 
 def _pick_favourites(rng: random.Random, profile: Profile, available: tuple[str, ...]) -> tuple[str, ...]:

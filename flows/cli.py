@@ -6,6 +6,7 @@ Subcommands import their implementation lazily so ``tailor --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -14,6 +15,47 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _profile_mix(text: str) -> dict[str, float]:
+    """``--drift-mix``: ``"email_driven=0.65,bargain_hunter=0.1"``, or ``none`` (``{}``: keep profiles)."""
+    if text.strip().lower() == "none":
+        return {}
+    from engine.simulate import Drift
+
+    shares: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, share = (s.strip() for s in part.partition("="))
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected profile=share pairs separated by commas "
+                                             f"(e.g. email_driven=0.65,window_shopper=0.35) or none, got {text!r}")
+        if name in shares:
+            raise argparse.ArgumentTypeError(f"profile {name!r} is given twice in {text!r}")
+        try:
+            shares[name] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"share of {name!r} is not a number: {share!r}") from None
+    try:
+        return Drift(at_event=0, shares=shares).shares  # its checks, and shares summing to 1
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=7, help="random seed (default 7): same seed, same events")
     sim.add_argument("--start", help="event time of the first event (RFC 3339; default: now)")
     sim.add_argument("--out", help="write JSONL to this file instead of producing to Kafka")
+    sim.add_argument("--drift-at", type=_non_negative_int, metavar="N",
+                     help="from event N on, users re-draw their behaviour profile from --drift-mix and purchases "
+                          "cost --drift-price-factor times as much (default: no drift)")
+    sim.add_argument("--drift-mix", type=_profile_mix, metavar="MIX",
+                     help="profile shares after the drift, e.g. email_driven=0.65,bargain_hunter=0.1,... "
+                          "(default: mostly email_driven); 'none' keeps profiles, for a price drift only")
+    sim.add_argument("--drift-price-factor", type=_positive_float, default=1.0, metavar="F",
+                     help="multiply purchase values from the drift on by F (default 1.0)")
 
     replay = sub.add_parser("replay", help="produce events from a JSONL file to Kafka")
     replay.add_argument("file", help="JSONL file, one event per line")

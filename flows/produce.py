@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from engine.events import Event, InvalidEvent, decode_event, encode_event
 from engine.settings import Settings
-from engine.simulate import Simulator
+from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator
 
 T = TypeVar("T")
 
@@ -38,9 +38,13 @@ def now_ms() -> int:
 # -- reusable record streams ------------------------------------------------
 
 
-def simulated_records(users: int, seed: int, n: int | None, start_ms: int) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) Kafka records of ``n`` simulated events (``0``/``None``: forever), keyed by user."""
-    simulator = Simulator(users=users, seed=seed, start_ms=start_ms)
+def simulated_records(users: int, seed: int, n: int | None, start_ms: int, *,
+                      drift: Drift | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) Kafka records of ``n`` simulated events (``0``/``None``: forever), keyed by user.
+
+    ``drift`` changes the simulated world part-way through (see `engine.simulate.Drift`).
+    """
+    simulator = Simulator(users=users, seed=seed, start_ms=start_ms, drift=drift)
     return records_of(simulator.events(n) if n else simulator)
 
 
@@ -98,18 +102,53 @@ def run_simulate(settings: Settings, args) -> int:
     With ``--rate`` and no ``--start`` the events carry the wall-clock time at
     which they are sent, so the features they feed look live; otherwise they
     carry the simulated clock, which starts at ``--start`` (default: now).
+    ``--drift-at N`` switches the profile mix (``--drift-mix``) and/or prices
+    (``--drift-price-factor``) at event N; the summary says whether it happened.
     """
     try:
         start_ms = parse_start(args.start) if args.start else now_ms()
+        drift = drift_of(args)
     except ValueError as exc:
         print(f"tailor simulate: {exc}", file=sys.stderr)
         return 2
-    simulator = Simulator(users=args.users, seed=args.seed, start_ms=start_ms)
+    simulator = Simulator(users=args.users, seed=args.seed, start_ms=start_ms, drift=drift)
     events = paced(simulator.events(args.events) if args.events > 0 else simulator, args.rate)
     if args.rate > 0 and not args.start:
         events = live(events)
     return _deliver(settings, records_of(events), args.out, command="tailor simulate",
-                    source=f"{args.users} users", total=args.events or None)
+                    source=f"{args.users} users", total=args.events or None,
+                    remark=lambda: drift_remark(simulator))
+
+
+def drift_of(args) -> Drift | None:
+    """The drift ``tailor simulate``'s options ask for, or None.
+
+    ``--drift-at`` alone switches to `DEFAULT_DRIFT_SHARES`; ``--drift-mix none``
+    (parsed to ``{}``) keeps profiles, for a drift of prices only.
+    """
+    if args.drift_at is None:
+        if args.drift_mix is not None or args.drift_price_factor != 1.0:
+            raise ValueError("--drift-mix and --drift-price-factor need --drift-at N, the event where the drift starts")
+        return None
+    shares = DEFAULT_DRIFT_SHARES if args.drift_mix is None else (args.drift_mix or None)
+    if shares is None and args.drift_price_factor == 1.0:
+        raise ValueError("--drift-mix none keeps every profile, so also give --drift-price-factor F (F != 1)")
+    return Drift(at_event=args.drift_at, shares=shares, price_factor=args.drift_price_factor)
+
+
+def drift_remark(simulator: Simulator) -> str:
+    """What the summary line says about the simulator's drift ('' without one)."""
+    drift = simulator.drift
+    if drift is None:
+        return ""
+    if not simulator.drifted:
+        return f"; drift at event {drift.at_event} not reached"
+    changes = []
+    if drift.shares is not None:
+        changes.append("profile mix " + ", ".join(f"{name} {share:.2f}" for name, share in drift.shares.items()))
+    if drift.price_factor != 1.0:
+        changes.append(f"prices x{drift.price_factor:g}")
+    return f"; drift injected at event {drift.at_event} ({'; '.join(changes)})"
 
 
 # -- tailor replay ----------------------------------------------------------
@@ -209,8 +248,12 @@ class _Tally:
 
 
 def _deliver(settings: Settings, records: Iterable[tuple[bytes, bytes]], out: str | None, *,
-             command: str, source: str, total: int | None) -> int:
-    """Send records to a JSONL file or Kafka, with progress and a summary line."""
+             command: str, source: str, total: int | None, remark: Callable[[], str] | None = None) -> int:
+    """Send records to a JSONL file or Kafka, with progress and a summary line.
+
+    ``remark`` is asked once the records are used up, so what it adds to the
+    summary can depend on how far the stream got.
+    """
     if out is None and not settings.brokers:
         print(f"{command}: no Kafka broker configured; set TAILOR_BROKERS=host:port, "
               "or run `tailor up` for the embedded one", file=sys.stderr)
@@ -238,6 +281,8 @@ def _deliver(settings: Settings, records: Iterable[tuple[bytes, bytes]], out: st
     rate = tally.count / seconds if seconds > 0 else 0.0
     target = out or f"topic {settings.topic}"
     line = f"{command}: {tally.count} events from {source} to {target} in {seconds:.2f} s ({rate:,.0f} events/s)"
+    if remark is not None:
+        line += remark()
     if failed:
         line += f"; {failed} failed delivery"
         code = code or 1

@@ -2,11 +2,21 @@
 
 from collections import Counter, defaultdict
 
+import msgspec
 import pytest
 
 from engine.catalog import CATEGORIES, CATEGORY_SPECS, build_catalog
-from engine.events import EVENT_TYPES, decode_event, encode_event
-from engine.simulate import PEAK_HOUR_UTC, PROFILES, Simulator
+from engine.events import EVENT_TYPES, Event, decode_event, encode_event
+from engine.settings import Settings
+from engine.simulate import (
+    DEFAULT_DRIFT_SHARES,
+    PEAK_HOUR_UTC,
+    PROFILES,
+    Drift,
+    Simulator,
+)
+from flows.cli import build_parser
+from flows.produce import run_simulate
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
 
@@ -207,3 +217,186 @@ def test_loyal_spenders_stick_to_few_categories(sim):
 def test_invalid_user_count_is_rejected():
     with pytest.raises(ValueError, match="users"):
         Simulator(users=0)
+
+
+# -- simulator: drift ---------------------------------------------------------
+
+
+def email_share(events):
+    """Share of session starts that are an opened email."""
+    starts = Counter(e.type for e in events if e.type in ("email_open", "app_open"))
+    return starts["email_open"] / (starts["email_open"] + starts["app_open"])
+
+
+def test_no_drift_and_an_unreached_drift_leave_the_stream_as_it_was(sim):
+    assert list(Simulator(users=400, seed=3, start_ms=START_MS, drift=None).events(5_000)) == sim.sample[:5_000]
+    late = Simulator(users=400, seed=3, start_ms=START_MS,
+                     drift=Drift(at_event=5_000, shares=DEFAULT_DRIFT_SHARES, price_factor=2.0))
+    assert list(late.events(5_000)) == sim.sample[:5_000]
+    assert not late.drifted
+    assert not sim.drifted
+
+
+def test_events_before_the_drift_are_those_of_the_undrifted_stream(sim):
+    drifting = Simulator(users=400, seed=3, start_ms=START_MS, drift=Drift(at_event=3_000, shares={"email_driven": 1}))
+    before = list(drifting.events(3_000))
+    assert before == sim.sample[:3_000]
+    assert not drifting.drifted
+    after = list(drifting.events(3_000))
+    assert drifting.drifted
+    assert after != sim.sample[3_000:6_000]
+    assert [e.event_id for e in after] == [e.event_id for e in sim.sample[3_000:6_000]]
+    ts = [e.ts for e in before + after]
+    assert ts == sorted(ts)
+
+
+def test_drift_moves_the_profile_mix_to_the_new_shares():
+    drifting = Simulator(users=4_000, seed=5, start_ms=START_MS,
+                         drift=Drift(at_event=1_000, shares=DEFAULT_DRIFT_SHARES))
+    def mix():
+        return Counter(drifting.profile_of(u) for u in drifting.users)
+
+    list(drifting.events(1_000))
+    old = mix()
+    for name, profile in PROFILES.items():
+        assert abs(old[name] / 4_000 - profile.share) < 0.03
+    list(drifting.events(1))
+    new = mix()
+    for name, target in DEFAULT_DRIFT_SHARES.items():
+        assert abs(new[name] / 4_000 - target) < 0.03, (name, new)
+
+
+def test_drift_is_deterministic():
+    def run():
+        return list(Simulator(users=100, seed=2, start_ms=START_MS,
+                              drift=Drift(at_event=500, shares=DEFAULT_DRIFT_SHARES, price_factor=0.8)).events(3_000))
+
+    assert run() == run()
+
+
+def test_behaviour_after_the_drift_follows_the_new_mix():
+    n = 30_000
+    drifting = Simulator(users=400, seed=3, start_ms=START_MS, drift=Drift(at_event=n, shares=DEFAULT_DRIFT_SHARES))
+    before, after = list(drifting.events(n)), list(drifting.events(n))
+    # About 0.24 of sessions start from an email under the profiles' own shares,
+    # about 0.46 once email-driven users are two in three.
+    assert email_share(before) < 0.30
+    assert email_share(after) > email_share(before) + 0.12
+    # Every event after the drift is by a user under their drawn profile; those
+    # now email-driven mostly come by email (a session under way may finish first).
+    email_driven = [e for e in after if drifting.profile_of(e.user_id) == "email_driven"]
+    assert email_share(email_driven) > 0.7
+
+
+def test_price_factor_scales_purchases_from_the_drift_on_only(sim):
+    at = 20_000
+    drifting = Simulator(users=400, seed=3, start_ms=START_MS, drift=Drift(at_event=at, price_factor=1.5))
+    events = list(drifting.events(40_000))
+    assert all(drifting.profile_of(u) == sim.profile_of(u) for u in sim.users)
+    n_before = n_after = 0
+    for i, (drifted, plain) in enumerate(zip(events, sim.sample)):
+        if plain.type != "purchase":
+            assert drifted == plain
+        elif i < at:
+            assert drifted == plain
+            n_before += 1
+        else:
+            assert drifted.value == round(plain.value * 1.5, 2) != plain.value
+            assert drifted == Event(**{**msgspec.structs.asdict(plain), "value": drifted.value})
+            n_after += 1
+    assert n_before > 50 and n_after > 50
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"at_event": -1, "shares": {"email_driven": 1}}, "at_event"),
+    ({"at_event": 1.5, "shares": {"email_driven": 1}}, "at_event"),
+    ({"at_event": 10, "shares": {"big_spender": 1}}, "unknown profile"),
+    ({"at_event": 10, "shares": {"email_driven": -0.1, "window_shopper": 1}}, ">= 0"),
+    ({"at_event": 10, "shares": {"email_driven": float("nan")}}, ">= 0"),
+    ({"at_event": 10, "shares": {"email_driven": 0, "window_shopper": 0}}, "all be 0"),
+    ({"at_event": 10, "shares": {}}, "all be 0"),
+    ({"at_event": 10, "price_factor": 0}, "price_factor"),
+    ({"at_event": 10, "price_factor": -2.0}, "price_factor"),
+    ({"at_event": 10, "price_factor": float("inf")}, "price_factor"),
+    ({"at_event": 10}, "changes nothing"),
+])
+def test_bad_drift_parameters_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Drift(**kwargs)
+
+
+def test_drift_shares_are_normalised_and_the_callers_dict_kept():
+    mix = {"email_driven": 3.0, "window_shopper": 1.0}
+    drift = Drift(at_event=0, shares=mix)
+    assert drift.shares == {"email_driven": 0.75, "window_shopper": 0.25}
+    assert mix == {"email_driven": 3.0, "window_shopper": 1.0}
+
+
+# -- tailor simulate --drift-at ------------------------------------------------
+
+
+def simulate(*argv):
+    return run_simulate(Settings(brokers=""), build_parser().parse_args(["simulate", *argv]))
+
+
+def test_cli_drift_writes_the_drifted_stream(tmp_path, capsys):
+    out = tmp_path / "drift.jsonl"
+    code = simulate("--events", "2000", "--users", "50", "--start", "2026-01-01T00:00:00Z", "--out", str(out),
+                    "--drift-at", "500", "--drift-mix", "email_driven=0.5, window_shopper=0.5",
+                    "--drift-price-factor", "1.25")
+    assert code == 0
+    events = [decode_event(line) for line in out.read_bytes().splitlines()]
+    drift = Drift(at_event=500, shares={"email_driven": 0.5, "window_shopper": 0.5}, price_factor=1.25)
+    assert events == list(Simulator(users=50, seed=7, start_ms=START_MS, drift=drift).events(2000))
+    assert events[:500] == list(Simulator(users=50, seed=7, start_ms=START_MS).events(500))
+    err = capsys.readouterr().err
+    assert "drift injected at event 500" in err and "prices x1.25" in err
+
+
+def test_cli_drift_at_alone_uses_the_default_mix(tmp_path, capsys):
+    out = tmp_path / "drift.jsonl"
+    assert simulate("--events", "300", "--users", "20", "--start", "2026-01-01T00:00:00Z", "--out", str(out),
+                    "--drift-at", "100") == 0
+    events = [decode_event(line) for line in out.read_bytes().splitlines()]
+    drift = Drift(at_event=100, shares=DEFAULT_DRIFT_SHARES)
+    assert events == list(Simulator(users=20, seed=7, start_ms=START_MS, drift=drift).events(300))
+    assert "drift injected at event 100 (profile mix bargain_hunter 0.10" in capsys.readouterr().err
+
+
+def test_cli_drift_of_prices_only_and_a_drift_not_reached(tmp_path, capsys):
+    out = tmp_path / "drift.jsonl"
+    assert simulate("--events", "300", "--users", "20", "--start", "2026-01-01T00:00:00Z", "--out", str(out),
+                    "--drift-at", "1000", "--drift-mix", "none", "--drift-price-factor", "2") == 0
+    events = [decode_event(line) for line in out.read_bytes().splitlines()]
+    assert events == list(Simulator(users=20, seed=7, start_ms=START_MS).events(300))
+    assert "drift at event 1000 not reached" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--drift-at", "-1"],
+    ["--drift-at", "ten"],
+    ["--drift-at", "10", "--drift-mix", "big_spender=1"],
+    ["--drift-at", "10", "--drift-mix", "email_driven"],
+    ["--drift-at", "10", "--drift-mix", "email_driven=lots"],
+    ["--drift-at", "10", "--drift-mix", "email_driven=1,email_driven=2"],
+    ["--drift-at", "10", "--drift-mix", "email_driven=0"],
+    ["--drift-at", "10", "--drift-price-factor", "0"],
+    ["--drift-at", "10", "--drift-price-factor", "nan"],
+])
+def test_cli_rejects_bad_drift_options(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["simulate", *argv])
+    assert exit_.value.code == 2
+    assert "--drift-" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--drift-mix", "email_driven=1"], "need --drift-at"),
+    (["--drift-price-factor", "1.1"], "need --drift-at"),
+    (["--drift-at", "10", "--drift-mix", "none"], "--drift-price-factor"),
+])
+def test_cli_drift_options_that_do_not_add_up_say_why(argv, message, tmp_path, capsys):
+    out = tmp_path / "never.jsonl"
+    assert simulate("--events", "10", "--out", str(out), *argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
