@@ -45,6 +45,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: ... or at every recovery snapshot (the flow's epoch), whichever is first.
     epoch_s: int = 2
 
+    # -- segmentation and drift (engine/segments.py, engine/drift.py) ----------
+    #: Segments the shared model keeps; 0 turns segmentation and drift monitoring off.
+    segments: int = 4
+    #: Users' behaviour vectors collected before the first fit of the segment model.
+    segment_warmup: int = 2000
+    #: Event-time half-life of each user's behaviour counts (3 days).
+    behaviour_half_life_s: float = 259_200.0
+    #: Visits (decayed) a user needs before being segmented.
+    min_sessions: float = 2.0
+    #: A user's segment row is rewritten when the segment or model changes, or the
+    #: distance to the centre moved by this much (standard units) since the last write.
+    segment_distance_step: float = 0.1
+    #: Kafka topic for drift alerts (JSON).
+    drift_topic: str = "tailor.drift"
+    #: Events (of segmented users) after the model's fit before the drift reference is frozen ...
+    drift_warmup: int = 300_000
+    #: ... the reference being the last this-many events of that warm-up ...
+    drift_reference: int = 100_000
+    #: ... the sliding window of events compared with it (checked every tenth of it) ...
+    drift_window: int = 50_000
+    #: ... and how many consecutive checks above threshold raise an alert.
+    drift_patience: int = 3
+    #: KL divergence (nats) above which a feature's distribution counts as drifted ...
+    kl_threshold: float = 0.4
+    #: ... and the segment sizes' (steadier, so lower; README shows the measurements).
+    segment_kl_threshold: float = 0.05
+    #: Jensen-Shannon distance threshold; 0: JS is measured and exported but never alerts.
+    js_threshold: float = 0.0
+    #: ADWIN confidence on per-event click-through; 0 turns it off.
+    adwin_delta: float = 1e-5
+    #: "alert" (report drift) or "refit" (also re-fit the segments, model version + 1).
+    drift_action: str = "alert"
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
         """Read ``TAILOR_*`` variables; a malformed one is a clear `ValueError`."""
@@ -62,6 +95,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 ) from None
         values.update(overrides)
         return cls(**values)
+
+    def __post_init__(self):
+        if self.drift_action not in ("alert", "refit"):
+            raise ValueError(f"TAILOR_DRIFT_ACTION must be 'alert' or 'refit', got {self.drift_action!r}")
+        if self.segments == 1 or self.segments < 0:
+            raise ValueError(f"TAILOR_SEGMENTS must be 0 (off) or at least 2, got {self.segments}")
 
     @property
     def lateness_ms(self) -> int:

@@ -94,3 +94,66 @@ user_activity_v1 = FeatureService(
     features=[user_activity],
     description="The user activity features the personalization API reads.",
 )
+
+# -- segments (engine/segments.py, written by the flow's audience step) --------
+
+segment = Entity(
+    name="segment",
+    join_keys=["segment_id"],
+    value_type=ValueType.INT64,
+    description="A behaviour segment of the shared segment model (0 .. TAILOR_SEGMENTS - 1).",
+)
+
+user_segment_source = FileSource(
+    name="user_segment_source",
+    path="data/offline/user_segment",
+    timestamp_field="event_timestamp",
+    description="Offline copy of user_segment (not written yet: the online view is the source of truth).",
+)
+
+user_segment_push_source = PushSource(name="user_segment_push", batch_source=user_segment_source)
+
+user_segment_fv = FeatureView(
+    name="user_segment",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="segment", dtype=Int64, description="Segment id; see segment_profile for what it means."),
+        Field(name="segment_distance", dtype=Float64, description="Distance to the segment centre, in standard units."),
+        Field(name="model_version", dtype=Int64, description="Version of the segment model that assigned it."),
+    ],
+    source=user_segment_push_source,
+    online=True,
+    description="Each user's behaviour segment, updated by the flow as they act.",
+)
+
+segment_profile_source = FileSource(
+    name="segment_profile_source",
+    path="data/offline/segment_profile",
+    timestamp_field="event_timestamp",
+    description="Offline copy of segment_profile (not written yet).",
+)
+
+segment_profile_push_source = PushSource(name="segment_profile_push", batch_source=segment_profile_source)
+
+segment_profile_fv = FeatureView(
+    name="segment_profile",
+    entities=[segment],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="label", dtype=String, description="Readable label from the features that stand out."),
+        Field(name="size", dtype=Int64, description="Users whose latest assignment is this segment."),
+        Field(name="share", dtype=Float64, description="size over all segmented users."),
+        Field(name="centre", dtype=String, description="JSON: the centre in the features' own units."),
+        Field(name="model_version", dtype=Int64, description="Segment model version."),
+    ],
+    source=segment_profile_push_source,
+    online=True,
+    description="What each segment looks like, for the API and `tailor segments`.",
+)
+
+user_segment_v1 = FeatureService(
+    name="user_segment_v1",
+    features=[user_segment_fv],
+    description="A user's segment, as the personalization API reads it.",
+)

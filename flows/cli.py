@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     fresh.add_argument("--seconds", type=float, default=20.0)
     fresh.add_argument("--users", type=_positive_int, default=10_000)
     fresh.add_argument("--no-recovery", action="store_true", help="run the flow without Bytewax recovery snapshots")
+    seg = bench_sub.add_parser("segment", help="segmentation and drift: cost, ARI, false alarms, detection delay")
+    seg.add_argument("--events", type=_positive_int, default=1_000_000,
+                     help="measured events per stream, after the burn-in (default 1,000,000)")
+    seg.add_argument("--burn-in", type=int, default=400_000,
+                     help="events before the drift reference is frozen, while new users' features settle (default 400,000)")
+    seg.add_argument("--users", type=_positive_int, default=1000, help="simulated users (default 1000)")
+    seg.add_argument("--drift-at", type=int, default=None,
+                     help="event of the injected drift (default: half-way through the measured events)")
+    seg.add_argument("--repeat", type=_positive_int, default=2, help="runs with and without segmentation (default 2)")
     return parser
 
 
@@ -137,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.ingest import run_ingest as run
     elif args.command == "bench" and args.bench == "freshness":
         from bench.freshness import run_freshness as run
+    elif args.command == "bench" and args.bench == "segment":
+        from bench.segment import run_segment as run
     else:  # pragma: no cover - argparse rejects unknown commands
         raise AssertionError(args.command)
     try:

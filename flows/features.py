@@ -1,4 +1,12 @@
-"""The user features dataflow: Kafka events -> per-user tiles -> Feast.
+"""The user features dataflow: Kafka events -> per-user tiles and segments -> Feast.
+
+Per user (partitioned by user id across workers): time tiles for the activity
+features and decayed behaviour counts. Each user a batch changed also goes, as
+a `UserUpdate`, to the audience step: one shared segment model and drift
+monitor, keyed by a constant so Bytewax routes every update to the one worker
+that owns it (and snapshots it with that worker's recovery state). It sends
+back each user's segment, the segment profiles, and drift alerts (to
+``TAILOR_DRIFT_TOPIC`` and the log).
 
 Run it with recovery (what ``tailor flow`` does)::
 
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,9 +33,13 @@ from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+import msgspec
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
+from engine.audience import Audience, SegmentAssignment, UserUpdate
+from engine.drift import DriftAlert
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event
+from engine.segments import Behaviour
 from engine.settings import Settings
 from engine.tiles import UserActivity
 from flows import metrics
@@ -34,6 +47,12 @@ from flows.kafka import RawKafkaSource, ensure_topics
 
 #: Bytes of a bad payload kept in its dead letter.
 DLQ_PAYLOAD_BYTES = 4096
+#: The one key of the audience step: every update meets the one shared model.
+AUDIENCE_KEY = "audience"
+#: Key of the segment profiles in the feature-store sink.
+PROFILES_KEY = "segment_profiles"
+
+log = logging.getLogger("tailor.drift")
 
 
 class DeadLetter:
@@ -92,20 +111,82 @@ def decoder(settings: Settings) -> Callable[[list[Message]], list[Event | DeadLe
 
 
 class UserActivityLogic(StatefulBatchLogic):
-    """One user's tiles; emits ``(user_id, state)`` once per batch that changed it."""
+    """One user's tiles (and behaviour counts, when segmenting).
 
-    def __init__(self, settings: Settings, resume: UserActivity | None):
-        self.state = resume or UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+    Emits, per batch that changed the user, ``(user_id, UserActivity)`` for the
+    store and, when segmenting, a `UserUpdate` for the audience step.
+    """
+
+    def __init__(self, settings: Settings, resume: tuple[UserActivity, Behaviour | None] | None):
+        if resume is None:
+            self.state = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+            self.behaviour = None
+        else:
+            self.state, self.behaviour = resume
+        if settings.segments and self.behaviour is None:
+            self.behaviour = Behaviour(settings.behaviour_half_life_s)
+        self.min_sessions = settings.min_sessions
 
     def on_batch(self, events: list[Event]):
-        changed = False
+        behaviour = self.behaviour
+        counted = 0
         for event in events:
-            changed |= self.state.update(event)
+            if self.state.update(event):
+                counted += 1
+                if behaviour is not None:
+                    behaviour.update(event)
+        if not counted:
+            return [], False
+        user_id = events[0].user_id
         # The state object itself goes downstream: the sink packs it once per write.
-        return ([(events[0].user_id, self.state)] if changed else []), False
+        out = [(user_id, self.state)]
+        if behaviour is not None:
+            clicks, impressions = behaviour.take_clicks()
+            out.append(UserUpdate(user_id, self.state.newest_ms, counted, clicks, impressions,
+                                  behaviour.vector(self.min_sessions)))
+        return out, False
 
-    def snapshot(self) -> UserActivity:
-        return self.state
+    def snapshot(self) -> tuple[UserActivity, Behaviour | None]:
+        return self.state, self.behaviour
+
+
+class AudienceLogic(StatefulBatchLogic):
+    """The shared segment model and drift monitor (one per flow, see `Audience`)."""
+
+    def __init__(self, settings: Settings, resume: Audience | None,
+                 on_audience: Callable[[Audience], None] | None = None):
+        self.on_audience = on_audience
+        self.audience = resume or Audience(
+            settings.segments, warmup=settings.segment_warmup, drift_warmup=settings.drift_warmup,
+            drift_reference=settings.drift_reference,
+            drift_window=settings.drift_window, drift_patience=settings.drift_patience,
+            kl_threshold=settings.kl_threshold, segment_kl_threshold=settings.segment_kl_threshold,
+            js_threshold=settings.js_threshold,
+            adwin_delta=settings.adwin_delta, drift_action=settings.drift_action,
+            distance_step=settings.segment_distance_step,
+        )
+
+    def on_batch(self, updates: list[UserUpdate]):
+        result = self.audience.observe(updates)
+        out: list = [(user_id, assignment) for user_id, assignment in result.assignments]
+        if result.profiles is not None:
+            out.append((PROFILES_KEY, result.profiles))
+        for alert in result.alerts:
+            log.warning("drift: %s by %s = %.4g (threshold %.4g) at %s, action %s", alert.feature, alert.method,
+                        alert.score, alert.threshold, alert.time, alert.action)
+            metrics.DRIFT_ALERTS.labels(alert.feature, alert.method).inc()
+            out.append(alert)
+        metrics.observe_audience(self.audience)
+        if self.on_audience is not None:
+            self.on_audience(self.audience)
+        return out, False
+
+    def snapshot(self) -> Audience:
+        return self.audience
+
+
+def alert_message(alert: DriftAlert) -> KafkaSinkMessage:
+    return KafkaSinkMessage(key=alert.feature.encode(), value=msgspec.json.encode(alert))
 
 
 class _FeatureStorePartition(StatefulSinkPartition):
@@ -119,11 +200,23 @@ class _FeatureStorePartition(StatefulSinkPartition):
         # so move them out of the collector's sight.
         gc.freeze()
 
-    def write_batch(self, items: list[tuple[str, UserActivity]]) -> None:
-        latest = dict(items)  # the newest state per user; earlier ones are stale
+    def write_batch(self, items: list[tuple[str, UserActivity | SegmentAssignment | list]]) -> None:
+        # The newest value per user and kind wins; earlier ones are stale.
+        tiles, segments, profiles = {}, {}, None
+        for key, value in items:
+            kind = type(value)
+            if kind is UserActivity:
+                tiles[key] = value
+            elif kind is SegmentAssignment:
+                segments[key] = value
+            else:
+                profiles = value
         with metrics.ONLINE_WRITE_SECONDS.time():
-            self.writer.write(latest)
-        metrics.ONLINE_ROWS.inc(len(latest))
+            self.writer.write(tiles)
+            self.writer.write_segments(segments)
+            if profiles is not None:
+                self.writer.write_profiles(profiles)
+        metrics.ONLINE_ROWS.inc(len(tiles) + len(segments))
         if self.on_write is not None:
             self.on_write(len(items))
 
@@ -167,11 +260,13 @@ def build_flow(
     tail: bool | None = None,
     on_consume: Callable[[int], None] | None = None,
     on_write: Callable[[int], None] | None = None,
+    on_audience: Callable[[Audience], None] | None = None,
 ) -> Dataflow:
     """The features dataflow; ``tail=False`` stops at the end of the topic.
 
     ``on_consume`` (per polled batch, with its size) and ``on_write`` (per online write, with its
-    item count) are hooks for benchmarks.
+    item count) and ``on_audience`` (after each audience batch, with the shared `Audience`)
+    are hooks for benchmarks.
     """
     settings = settings or Settings.from_env()
     tail = settings.tail if tail is None else tail
@@ -204,10 +299,36 @@ def build_flow(
     op.output("dlq", dead_letters, KafkaSink(brokers, settings.dlq_topic))
     by_user = op.key_on("by_user", valid.trues, _user_of)
     # (user_id, Event)
-    activity = op.stateful_batch("user_activity", by_user, lambda resume: UserActivityLogic(settings, resume))
+    users = op.stateful_batch("user_activity", by_user, lambda resume: UserActivityLogic(settings, resume))
+    # (user_id, (user_id, UserActivity) | UserUpdate)
+    split = op.branch("tiles_or_update", users, lambda kv: type(kv[1]) is tuple)
+    rows = split.trues
     # (user_id, (user_id, UserActivity))
-    op.output("feature_store", activity, FeatureStoreSink(settings, on_write))
+    if settings.segments:
+        updates = op.key_on("to_audience", op.map("updates", split.falses, _value), _audience_key)
+        # ("audience", UserUpdate)
+        audience = op.map("audience_out", op.stateful_batch(
+            "audience", updates, lambda resume: AudienceLogic(settings, resume, on_audience)), _value)
+        # (user_id, SegmentAssignment) | ("segment_profiles", [SegmentProfile]) | DriftAlert
+        alerts = op.branch("alerts", audience, lambda x: type(x) is DriftAlert)
+        op.output("drift", op.map("drift_message", alerts.trues, alert_message),
+                  KafkaSink(brokers, settings.drift_topic))
+        rows = op.merge("rows", rows, op.map("by_row_key", alerts.falses, _keyed))
+        # (key, (key, UserActivity | SegmentAssignment | [SegmentProfile])), keyed by user or "segment_profiles"
+    op.output("feature_store", rows, FeatureStoreSink(settings, on_write))
     return flow
+
+
+def _value(kv):
+    return kv[1]
+
+
+def _keyed(row):
+    return row[0], row
+
+
+def _audience_key(_update: UserUpdate) -> str:
+    return AUDIENCE_KEY
 
 
 def init_recovery(recovery_dir: str | os.PathLike, parts: int = 1) -> None:
@@ -239,7 +360,7 @@ def run_flow(settings: Settings, args) -> int:
     if not settings.brokers:
         print("tailor flow: set TAILOR_BROKERS to your Kafka (host:port), or run `tailor up`", file=sys.stderr)
         return 2
-    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic, settings.drift_topic], settings.partitions)
     if args.recovery_dir:
         init_recovery(args.recovery_dir)
     cmd = flow_command(settings, args.recovery_dir, args.workers, args.process_id, args.addresses)

@@ -12,10 +12,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 
 from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -259,3 +260,22 @@ class _RawKafkaPartition(_KafkaSourcePartition):
         if batch:
             self._offset = batch[-1].offset() + 1
         return batch
+
+
+def read_topic(brokers: str, topic: str, expected: int, timeout_s: float = 20.0) -> list[Message]:
+    """Read a topic from the start until ``expected`` messages arrived (or ``timeout_s`` ran out)."""
+    consumer = Consumer(
+        {"bootstrap.servers": brokers, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
+    )
+    # Explicit assignment: no consumer-group rebalance to wait for.
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    out, deadline = [], time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+    finally:
+        consumer.close()
+    return out

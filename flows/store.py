@@ -26,11 +26,15 @@ from feast.infra.online_stores.sqlite import _table_id as _sqlite_table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
+from engine.audience import SegmentAssignment
+from engine.segments import SegmentProfile
 from engine.settings import Settings
 from engine.tiles import FEATURES, UserActivity, finish
 from flows import metrics
 
 TILES_VIEW = "user_activity_tiles"
+SEGMENT_VIEW = "user_segment"
+PROFILE_VIEW = "segment_profile"
 _DEFAULT_REPO = Path(Settings().feature_repo)
 OFFLINE_SCHEMA = pa.schema(
     [
@@ -81,6 +85,14 @@ def apply_definitions(store: FeatureStore) -> None:
         features.user_activity_tiles_fv,
         features.user_activity,
         features.user_activity_v1,
+        features.segment,
+        features.user_segment_source,
+        features.user_segment_push_source,
+        features.user_segment_fv,
+        features.segment_profile_source,
+        features.segment_profile_push_source,
+        features.segment_profile_fv,
+        features.user_segment_v1,
     ]
     store.apply(objects)
     offline_dir(store).mkdir(parents=True, exist_ok=True)
@@ -130,6 +142,13 @@ class FeatureWriter:
         self._offline_rows: list[tuple] = []
         self._entity_keys: dict[str, bytes] = {}
         self._sqlite = self._sqlite_upsert()
+        self._views = {}  # other views, looked up when first written
+
+    def _view(self, name: str):
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = self.store.get_feature_view(name)
+        return view
 
     def _sqlite_upsert(self):
         if not isinstance(self.online, SqliteOnlineStore):
@@ -184,6 +203,59 @@ class FeatureWriter:
             if len(self._offline_rows) >= self.offline_flush_rows:
                 self.flush_offline()
 
+    def write_segments(self, users: dict[str, SegmentAssignment]) -> None:
+        """Users' segments into ``user_segment`` (one transaction)."""
+        if not users:
+            return
+        view = self._view(SEGMENT_VIEW)
+        if self._sqlite is not None:  # the common case, kept lean: no EntityKey protos
+            rows = [(self._entity_key_bin(u), None, a.ts, _segment_values(a)) for u, a in users.items()]
+        else:
+            rows = [(b"", _entity_key(u), a.ts, _segment_values(a)) for u, a in users.items()]
+        self._upsert(view, rows)
+
+    def write_profiles(self, profiles: list[SegmentProfile]) -> None:
+        """Segment profiles into ``segment_profile`` (entity: segment id)."""
+        now_ms = int(time.time() * 1000)
+        rows = []
+        for p in profiles:
+            key = EntityKey(join_keys=["segment_id"], entity_values=[Value(int64_val=p.segment)])
+            key_bin = serialize_entity_key(key, entity_key_serialization_version=self.config.entity_key_serialization_version)
+            rows.append((key_bin, key, now_ms, {
+                "label": Value(string_val=p.label),
+                "size": Value(int64_val=p.size),
+                "share": Value(double_val=p.share),
+                "centre": Value(string_val=msgspec.json.encode(p.centre).decode()),
+                "model_version": Value(int64_val=p.model_version),
+            }))
+        self._upsert(self._view(PROFILE_VIEW), rows)
+
+    def _upsert(self, view, rows: list[tuple[bytes, EntityKey | None, int, dict[str, Value]]]) -> None:
+        """Rows of (entity key bytes, entity key, event ms, {feature: Value}) into an online view.
+
+        SQLite needs only the serialized key, any other store only the EntityKey.
+        """
+        now_ms = int(time.time() * 1000)
+        if self._sqlite is not None:
+            conn, _ = self._sqlite
+            table = _sqlite_table_id(self.config.project, view, self.config.registry.enable_online_feature_view_versioning)
+            sql = (
+                f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
+                "VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+                "value = excluded.value, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+            )
+            flat = [
+                (key_bin, name, value.SerializeToString(), ts // 1000, now_ms // 1000)
+                for key_bin, _, ts, values in rows
+                for name, value in values.items()
+            ]
+            with conn:
+                conn.executemany(sql, flat)
+        else:
+            now = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc)
+            data = [(key, values, datetime.fromtimestamp(ts / 1000, tz=timezone.utc), now) for _, key, ts, values in rows]
+            self.online.online_write_batch(self.config, view, data, None)
+
     def flush_offline(self) -> None:
         if not self._offline_rows:
             return
@@ -201,6 +273,14 @@ class FeatureWriter:
 
     def close(self) -> None:
         self.flush_offline()
+
+
+def _segment_values(a: SegmentAssignment) -> dict[str, Value]:
+    return {
+        "segment": Value(int64_val=a.segment),
+        "segment_distance": Value(double_val=a.distance),
+        "model_version": Value(int64_val=a.model_version),
+    }
 
 
 def _entity_key(user_id: str) -> EntityKey:

@@ -55,13 +55,14 @@ def make_settings(broker, feature_repo):
             "brokers": broker.address,
             "topic": f"events-{tag}",
             "dlq_topic": f"dlq-{tag}",
+            "drift_topic": f"drift-{tag}",
             "feature_repo": str(feature_repo),
             "partitions": 3,
         }
         values.update(overrides)
         settings = Settings(**values)
         apply_definitions(open_store(settings))
-        ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+        ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic, settings.drift_topic], settings.partitions)
         return settings
 
     return make

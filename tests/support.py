@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import uuid
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from engine.events import Event, encode_event
-from flows.kafka import make_producer, produce_all
+from flows.kafka import make_producer, produce_all, read_topic
 
 
 def produce_events(settings, events: list[Event]) -> None:
@@ -23,23 +20,7 @@ def produce_raw(settings, records: list[tuple[bytes | None, bytes]]) -> None:
 
 def consume_all(brokers: str, topic: str, expected: int, timeout_s: float = 20.0) -> list:
     """Read a topic from the start until ``expected`` messages arrived (or time ran out)."""
-    import time
-
-    consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
-    )
-    # Explicit assignment: no consumer-group rebalance to wait for.
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    out, deadline = [], time.monotonic() + timeout_s
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is not None and msg.error() is None:
-                out.append(msg)
-    finally:
-        consumer.close()
-    return out
+    return read_topic(brokers, topic, expected, timeout_s)
 
 
 def dead_letters(settings, expected: int) -> list[dict]:

@@ -1,0 +1,199 @@
+"""``tailor bench segment``: what segmentation and drift monitoring cost, and how well they work.
+
+In one invocation, on one broker:
+
+* a stationary simulated stream (``--burn-in`` events, then ``--events``
+  measured ones, ``--users``) and the same stream with a drift injected
+  half-way through the measured part (``--drift-at``: the profile mix moves to
+  `DEFAULT_DRIFT_SHARES`) are pre-filled into two topics. Simulated users all
+  start with no history, so their features settle over the first simulated
+  days; the burn-in covers that, and the drift reference is frozen at its end
+  (``TAILOR_DRIFT_WARMUP`` = burn-in);
+* the flow runs over the stationary topic with segmentation and drift on, and
+  with them off (``TAILOR_SEGMENTS=0``), alternately, ``--repeat`` times each,
+  each in a fresh child process and a fresh Feast repo: the ratio of the
+  medians is the cost;
+* from the segmented runs: the adjusted Rand index between the segments read
+  back through Feast and the simulator's latent profiles, over the users the
+  model segmented; drift alerts on the stationary stream (false alarms), and
+  the highest score each drift measure reached (what thresholds must clear);
+* one run over the drifted topic: the first alert after the drift point, as a
+  delay in events (and simulated hours), per method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import msgspec
+from tqdm import tqdm
+
+from bench.common import bench_settings, peak_rss_mb, run_child
+from engine.settings import Settings
+from engine.simulate import DEFAULT_START_MS, Drift, Simulator
+
+SEED = 7
+
+
+def run_segment(settings: Settings, args) -> int:
+    from bench.ingest import fresh_repo
+    from flows.kafka import ensure_topics, make_producer, produce_all
+    from flows.produce import records_of
+
+    n, users = args.burn_in + args.events, args.users
+    drift_at = args.drift_at if args.drift_at is not None else args.burn_in + args.events // 2
+    os.environ["TAILOR_BENCH_USERS"] = str(users)  # the children rebuild the simulator's ground truth
+    with bench_settings(settings, segments=settings.segments or 4, drift_warmup=args.burn_in) as bench:
+        drifted = msgspec.structs.replace(bench, topic=bench.topic + ".drifted")
+        ensure_topics(bench.brokers, [drifted.topic], bench.partitions)
+        producer = make_producer(bench.brokers)
+        for target, drift in ((bench, None), (drifted, Drift(at_event=drift_at, shares=_default_shares()))):
+            events = Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS, drift=drift).events(n)
+            label = "pre-filling stationary topic" if drift is None else f"pre-filling topic drifted at {drift_at}"
+            bar = tqdm(records_of(events), total=n, desc=label, unit="ev", file=sys.stderr, mininterval=0.5)
+            produce_all(producer, target.topic, bar)
+            producer.flush()
+        on, off = [], []
+        for i in range(args.repeat):
+            for segments, runs in ((bench.segments, on), (0, off)):
+                what = "with segmentation and drift" if segments else "without"
+                print(f"run {i + 1}/{args.repeat} {what} ...", file=sys.stderr)
+                with fresh_repo(bench) as run_settings:
+                    child = msgspec.structs.replace(run_settings, tail=False, segments=segments,
+                                                    drift_topic=f"{bench.topic}.alerts.{len(on)}.{len(off)}")
+                    ensure_topics(child.brokers, [child.drift_topic], 1)
+                    runs.append(run_child("bench.segment:flow_child", child))
+        print("run over the drifted topic ...", file=sys.stderr)
+        with fresh_repo(drifted) as run_settings:
+            child = msgspec.structs.replace(run_settings, tail=False, drift_topic=f"{drifted.topic}.alerts")
+            ensure_topics(child.brokers, [child.drift_topic], 1)
+            drift_run = run_child("bench.segment:flow_child", child)
+    print(json.dumps(summarize(args, bench, on, off, drift_run, drift_at)))
+    return 0
+
+
+def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run: dict, drift_at: int) -> dict:
+    rate_on = statistics.median(r["consumed"] / r["seconds"] for r in on)
+    rate_off = statistics.median(r["consumed"] / r["seconds"] for r in off)
+    false_alarms = [len(r["alerts"]) for r in on]
+    delays = detection_delays(args.burn_in + args.events, args.users, drift_at, drift_run["alerts"])
+    return {
+        "bench": "segment",
+        "events": args.burn_in + args.events,
+        "burn_in_events": args.burn_in,
+        "users": args.users,
+        "events_per_s": round(rate_on),
+        "events_per_s_runs": [round(r["consumed"] / r["seconds"]) for r in on],
+        "events_per_s_without": round(rate_off),
+        "events_per_s_without_runs": [round(r["consumed"] / r["seconds"]) for r in off],
+        "cost_of_segmentation": round(1 - rate_on / rate_off, 3),
+        "ari": statistics.median(r["ari"] for r in on),
+        "ari_runs": [r["ari"] for r in on],
+        "segmented_users": on[0]["segmented_users"],
+        "model_version": on[0]["model_version"],
+        "profiles": on[0]["profiles"],
+        "false_alarms": false_alarms,
+        "false_alarms_per_million": round(statistics.median(false_alarms) * 1e6 / args.events, 2),
+        "stationary_peak_scores": on[0]["peak_scores"],
+        "drift_at_event": drift_at,
+        "drift_detection_delay_events": delays.get("first"),
+        "drift_detection_delay_by_method": delays.get("by_method"),
+        "drift_detection_delay_sim_hours": delays.get("first_hours"),
+        "drift_alerts": [f"{a['feature']}/{a['method']}@{a['time']}" for a in drift_run["alerts"]][:12],
+        "drift_run_ari": drift_run["ari"],
+        "drift_run_profiles": drift_run["profiles"],
+        "thresholds": {"kl": bench.kl_threshold, "segment_kl": bench.segment_kl_threshold, "js": bench.js_threshold,
+                       "adwin_delta": bench.adwin_delta, "patience": bench.drift_patience,
+                       "window": bench.drift_window, "reference": bench.drift_reference, "warmup": bench.drift_warmup},
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in on),
+    }
+
+
+def detection_delays(n: int, users: int, drift_at: int, alerts: list[dict]) -> dict:
+    """Events (and simulated hours) from the drift point to each measure's first alert after it."""
+    stamps = [e.ts for e in Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS,
+                                      drift=Drift(at_event=drift_at, shares=_default_shares())).events(n)]
+    drift_ms = stamps[drift_at] if drift_at < n else None
+    if drift_ms is None:
+        return {}
+    import bisect
+
+    by_method: dict[str, int] = {}
+    first_ms = None
+    for alert in sorted(alerts, key=lambda a: a["time_ms"]):
+        if alert["time_ms"] < drift_ms:
+            continue
+        delay = bisect.bisect_right(stamps, alert["time_ms"]) - drift_at
+        key = f"{alert['feature']}/{alert['method']}"
+        by_method.setdefault(key, delay)
+        first_ms = alert["time_ms"] if first_ms is None else first_ms
+    if not by_method:
+        return {"first": None, "by_method": {}}
+    return {"first": min(by_method.values()), "by_method": by_method,
+            "first_hours": round((first_ms - drift_ms) / 3_600_000, 2)}
+
+
+def _default_shares() -> dict[str, float]:
+    from engine.simulate import DEFAULT_DRIFT_SHARES
+
+    return dict(DEFAULT_DRIFT_SHARES)
+
+
+def flow_child() -> None:
+    """In the child: the flow to the end of the topic, then quality read back through Feast."""
+    from bytewax.testing import run_main
+
+    import flows.store  # noqa: F401 - Feast's import takes seconds: not part of the stream
+    from flows.features import build_flow
+
+    settings = Settings.from_env()
+    marks = {"first": None, "last": None, "consumed": 0}
+    seen = {}
+
+    def on_consume(n: int) -> None:
+        marks["consumed"] += n
+        if marks["first"] is None:
+            marks["first"] = time.perf_counter()
+
+    def on_write(_rows: int) -> None:
+        marks["last"] = time.perf_counter()
+
+    def on_audience(audience) -> None:
+        seen["audience"] = audience
+
+    run_main(build_flow(settings, on_consume=on_consume, on_write=on_write, on_audience=on_audience))
+    result = {"consumed": marks["consumed"], "seconds": round(marks["last"] - marks["first"], 3),
+              "peak_rss_mb": peak_rss_mb()}
+    if settings.segments:
+        result.update(quality(settings, seen["audience"]))
+    print(json.dumps(result))
+
+
+def quality(settings: Settings, audience) -> dict:
+    """ARI of the segments read through Feast vs. the latent profiles; alerts from the drift topic."""
+    from engine.segments import adjusted_rand_index
+    from flows.store import open_store
+    from flows.kafka import read_topic
+
+    store = open_store(settings)
+    users = sorted(audience.members)  # every user the model segmented
+    got = store.get_online_features(
+        features=["user_segment:segment", "user_segment:model_version"], entity_rows=[{"user_id": u} for u in users]
+    ).to_dict()
+    truth_sim = Simulator(users=int(os.environ["TAILOR_BENCH_USERS"]), seed=SEED)
+    pairs = [(truth_sim.profile_of(u), s) for u, s in zip(got["user_id"], got["segment"]) if s is not None and s >= 0]
+    alerts = [msgspec.json.decode(m.value())
+              for m in read_topic(settings.brokers, settings.drift_topic, audience.alerts_total, timeout_s=10)]
+    return {
+        "ari": round(adjusted_rand_index([t for t, _ in pairs], [s for _, s in pairs]), 3) if len(pairs) > 1 else None,
+        "segmented_users": len(pairs),
+        "model_version": audience.model.version,
+        "profiles": {p.segment: f"{p.label} ({p.share:.0%})" for p in audience.profiles()},
+        "alerts": alerts,
+        "peak_scores": {f"{f}/{m}": round(v, 4) for (f, m), v in sorted(audience.monitor.peak_scores.items())},
+    }
+
