@@ -176,8 +176,8 @@ def flow_child() -> None:
 def quality(settings: Settings, audience) -> dict:
     """ARI of the segments read through Feast vs. the latent profiles; alerts from the drift topic."""
     from engine.segments import adjusted_rand_index
-    from flows.store import open_store
     from flows.kafka import read_topic
+    from flows.store import open_store
 
     store = open_store(settings)
     users = sorted(audience.members)  # every user the model segmented

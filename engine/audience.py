@@ -13,7 +13,7 @@ Examples
 ...            for i in range(6)]
 >>> result = audience.observe(updates)
 >>> audience.model.version, len(result.assignments), sorted(audience.sizes.values())
-(1, 3, [1, 2])
+(1, 6, [3, 3])
 >>> audience.segment_of("u5") in (0, 1), audience.segment_of("nobody")
 (True, None)
 """
@@ -81,8 +81,9 @@ class Audience:
         a reader would act on, and skipping them saves most segment writes.
     """
 
-    def __init__(self, n_segments: int = 4, *, warmup: int = 2000, halflife: float = 0.05, seed: int = 1,
-                 drift_warmup: int = 300_000, drift_reference: int = 100_000, drift_window: int = 50_000, drift_patience: int = 3,
+    def __init__(self, n_segments: int = 4, *, warmup: int = 300, halflife: float = 0.05, seed: int = 1,
+                 drift_warmup: int = 300_000, drift_reference: int = 100_000, drift_window: int = 50_000,
+                 drift_patience: int = 3,
                  kl_threshold: float = 0.4, segment_kl_threshold: float = 0.05, js_threshold: float = 0.0,
                  adwin_delta: float = 1e-5,
                  drift_action: str = "alert", distance_step: float = 0.1):
@@ -90,7 +91,8 @@ class Audience:
             raise ValueError(f"drift_action must be one of {DRIFT_ACTIONS}, got {drift_action!r}")
         self.model = SegmentModel(n_segments, warmup=warmup, halflife=halflife, seed=seed)
         self.monitor = DriftMonitor(
-            FEATURE_NAMES, n_segments, warmup=drift_warmup, reference=min(drift_reference, drift_warmup), window=drift_window, patience=drift_patience,
+            FEATURE_NAMES, n_segments, warmup=drift_warmup, reference=min(drift_reference, drift_warmup),
+            window=drift_window, patience=drift_patience,
             kl_threshold=kl_threshold, segment_kl_threshold=segment_kl_threshold, js_threshold=js_threshold,
             adwin_delta=adwin_delta,
         )
@@ -120,9 +122,12 @@ class Audience:
                                                  model_version=model.version)
             if update.vector is None:
                 continue
-            segment, distance = model.learn(update.vector)
+            version = model.version
+            segment, distance = model.learn(update.vector, update.user_id, update.ts)
             if segment < 0:
                 continue  # still warming up
+            if model.version != version:  # the first fit: everyone waiting gets a segment now
+                assignments += self._assign_sample()
             if self._changed(update.user_id, segment, distance, model.version):
                 assignments.append(
                     (update.user_id, SegmentAssignment(segment, round(distance, 4), model.version, update.ts))
@@ -133,9 +138,18 @@ class Audience:
         if vectors:
             alerts += monitor.observe(vectors, segments, weights, time_ms=self.newest_ms, model_version=model.version)
         if alerts:
-            alerts = self._act_on(alerts)
+            alerts, reassigned = self._act_on(alerts)
+            assignments += reassigned
         changed = bool(assignments) or model.version != version_before
         return AudienceResult(assignments, alerts, model.profiles(self.sizes) if changed else None)
+
+    def _assign_sample(self) -> list[tuple[str, SegmentAssignment]]:
+        version = self.model.version
+        return [
+            (user_id, SegmentAssignment(segment, round(distance, 4), version, ts))
+            for user_id, segment, distance, ts in self.model.assign_sample()
+            if self._changed(user_id, segment, distance, version)
+        ]
 
     def _changed(self, user_id: str, segment: int, distance: float, version: int) -> bool:
         """Record the user's assignment; whether it differs enough from the last one sent."""
@@ -154,21 +168,23 @@ class Audience:
         member = self.members.get(user_id)
         return None if member is None else member[0]
 
-    def _act_on(self, alerts: list[DriftAlert]) -> list[DriftAlert]:
+    def _act_on(self, alerts: list[DriftAlert]) -> tuple[list[DriftAlert], list[tuple[str, SegmentAssignment]]]:
         # ADWIN on click-through alone does not say the segments are stale;
         # distribution shifts in the features or segment sizes do.
-        refit = self.drift_action == "refit" and any(a.method != "adwin" for a in alerts)
-        if refit:
-            self.refit()
+        reassigned = []
+        if self.drift_action == "refit" and any(a.method != "adwin" for a in alerts):
+            reassigned = self.refit()
             alerts = [msgspec.structs.replace(a, action="refit") if a.method != "adwin" else a for a in alerts]
         self.alert_log = (self.alert_log + alerts)[-100:]
         self.alerts_total += len(alerts)
-        return alerts
+        return alerts, reassigned
 
-    def refit(self) -> None:
-        """Re-fit the model on recent vectors and re-base the drift reference."""
+    def refit(self) -> list[tuple[str, SegmentAssignment]]:
+        """Re-fit the model on recent vectors and re-base the drift reference; returns the
+        re-assignments of the users in the sample (new version)."""
         self.model.refit()
         self.monitor.rebase()
+        return self._assign_sample()
 
     def profiles(self) -> list[SegmentProfile]:
         return self.model.profiles(self.sizes)

@@ -26,7 +26,6 @@ True
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -162,7 +161,8 @@ class DriftMonitor:
     >>> rng = np.random.default_rng(0)
     >>> for step in range(10):
     ...     shift = 0.0 if step < 5 else 3.0
-    ...     alerts = monitor.observe([{"x": v} for v in rng.normal(shift, 1, 200)], [0, 1] * 100, [1] * 200, time_ms=step)
+    ...     values = [{"x": v} for v in rng.normal(shift, 1, 200)]
+    ...     alerts = monitor.observe(values, [0, 1] * 100, [1] * 200, time_ms=step)
     ...     if alerts:
     ...         print(step, alerts[0].feature, alerts[0].method)
     7 x kl
@@ -320,10 +320,12 @@ class DriftMonitor:
                     continue
                 self._above[key] = self._above.get(key, 0) + 1
                 if self._above[key] == self.patience:
-                    alerts.append(_alert(name, method, score, threshold, self.window, time_ms, self.patience, model_version))
+                    alerts.append(_alert(name, method, score, threshold, self.window, time_ms, self.patience,
+                                         model_version))
         return alerts
 
-    def observe_clicks(self, clicks: int, impressions: int, *, time_ms: int, model_version: int = 0) -> list[DriftAlert]:
+    def observe_clicks(self, clicks: int, impressions: int, *, time_ms: int,
+                       model_version: int = 0) -> list[DriftAlert]:
         """Feed ADWIN one user's impressions (0) and clicks (1), clicks spread evenly among them."""
         if self.adwin is None or clicks + impressions == 0:
             return []
@@ -372,7 +374,7 @@ def _adwin_update(adwin: river_drift.ADWIN):
 def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
-    return values[order][np.searchsorted(cumulative, quantiles * cumulative[-1], side="left").clip(0, len(values) - 1)]
+    return values[order][np.searchsorted(cumulative, quantiles * cumulative[-1], side="right").clip(0, len(values) - 1)]
 
 
 def _alert(feature, method, score, threshold, window, time_ms, checks, model_version) -> DriftAlert:

@@ -12,10 +12,12 @@ value, browsing depth. Rates are smoothed towards neutral priors, so a user
 with little history sits near the middle instead of at an extreme.
 
 `SegmentModel` is shared by all users (the flow keeps one, on one worker):
-River's `StandardScaler` then River's `KMeans`. It waits for a warm-up sample,
-fits on it (batch k-means), then keeps learning from every updated
+River's `StandardScaler` then River's `KMeans`. It waits for a warm-up sample of
+distinct users (so the fit means the same whether a batch brings a user one
+event or a hundred), fits on it (batch k-means), then keeps learning from every updated
 vector. A re-fit (after drift, or on request) starts a fresh scaler and
-clusterer on the most recent vectors and bumps `version`; new clusters are
+clusterer on the latest vectors of the most recently active users (one per
+user, so heavy users do not dominate the fit) and bumps `version`; new clusters are
 matched to the old ones (Hungarian on centre distance) so segment ids stay put
 where the segments did. Why KMeans: see ``tailor bench clusterers`` and the
 README (best adjusted Rand index on simulated traffic, ~20 µs an update).
@@ -33,8 +35,7 @@ Examples
 from __future__ import annotations
 
 import math
-import random
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -196,11 +197,11 @@ class SegmentModel:
     n_segments
         Clusters (segments).
     warmup
-        Vectors collected before the first fit; until then nothing is assigned.
+        Distinct users' vectors collected before the first fit; until then nothing is assigned.
     halflife
         River KMeans' step towards each new point (smaller: steadier centres).
     sample
-        Most recent vectors kept for a re-fit.
+        Users whose latest vectors are kept for a re-fit (the most recently active).
     seed
         Seed of the clusterer and of the fit: fits are reproducible.
 
@@ -210,7 +211,7 @@ class SegmentModel:
     >>> rng = random.Random(0)
     >>> for i in range(40):
     ...     base = 0.1 if i % 2 else 0.8
-    ...     _ = model.learn({name: base + rng.random() / 50 for name in FEATURE_NAMES})
+    ...     _ = model.learn({name: base + rng.random() / 50 for name in FEATURE_NAMES}, user_id=f"u{i}")
     >>> model.version
     1
     >>> low, _ = model.assign({name: 0.1 for name in FEATURE_NAMES})
@@ -219,7 +220,7 @@ class SegmentModel:
     True
     """
 
-    def __init__(self, n_segments: int = 4, *, warmup: int = 2000, halflife: float = 0.05,
+    def __init__(self, n_segments: int = 4, *, warmup: int = 300, halflife: float = 0.05,
                  sample: int = 5000, seed: int = 1):
         if n_segments < 2:
             raise ValueError(f"n_segments must be at least 2, got {n_segments}")
@@ -232,18 +233,21 @@ class SegmentModel:
         self.halflife = halflife
         self.seed = seed
         self.version = 0
-        self.recent: deque[dict[str, float]] = deque(maxlen=max(sample, warmup))
+        self.sample = max(sample, warmup)
+        #: Per recently active user: (vector in model space, newest event time).
+        self.recent: OrderedDict[str, tuple[dict[str, float], int]] = OrderedDict()
         self.scaler = preprocessing.StandardScaler()
         self.clusterer = self._new_clusterer()
 
     def _new_clusterer(self) -> cluster.KMeans:
-        return _EuclideanKMeans(n_clusters=self.n_segments, halflife=self.halflife, sigma=1.0, seed=self.seed + self.version)
+        return _EuclideanKMeans(n_clusters=self.n_segments, halflife=self.halflife, sigma=1.0,
+                                seed=self.seed + self.version)
 
     @property
     def fitted(self) -> bool:
         return self.version > 0
 
-    def learn(self, vector: dict[str, float]) -> tuple[int, float]:
+    def learn(self, vector: dict[str, float], user_id: str, ts: int = 0) -> tuple[int, float]:
         """Learn from one user's latest vector and assign it: ``(segment, distance)``.
 
         The distance is to the segment's centre (after this update moved it), in
@@ -251,7 +255,11 @@ class SegmentModel:
         first fit (the warm-up) nothing is assigned: ``(-1, nan)``.
         """
         x = _model_space(vector)
-        self.recent.append(x)
+        recent = self.recent
+        recent[user_id] = (x, ts)
+        recent.move_to_end(user_id)
+        if len(recent) > self.sample:
+            recent.popitem(last=False)
         if not self.fitted:
             if len(self.recent) < self.warmup:
                 return -1, math.nan
@@ -269,6 +277,18 @@ class SegmentModel:
             return -1, math.nan
         return self._nearest(self.scaler.transform_one(_model_space(vector)))
 
+    def assign_sample(self) -> list[tuple[str, int, float, int]]:
+        """``(user_id, segment, distance, ts)`` for every user in the re-fit sample.
+
+        Called after a (re-)fit, so users seen before it get a segment (and the
+        new version) without waiting for their next event.
+        """
+        out = []
+        for user_id, (x, ts) in self.recent.items():
+            segment, distance = self._nearest(self.scaler.transform_one(x))
+            out.append((user_id, segment, distance, ts))
+        return out
+
     def _nearest(self, scaled: dict[str, float]) -> tuple[int, float]:
         segment = self.clusterer.predict_one(scaled)
         centre = self.clusterer.centers[segment]
@@ -284,7 +304,7 @@ class SegmentModel:
         if len(self.recent) < self.n_segments:
             raise ValueError(f"a re-fit needs at least {self.n_segments} recent vectors, have {len(self.recent)}")
         old = self.centres_scaled() if self.fitted else None
-        sample = list(self.recent)
+        sample = [x for x, _ in self.recent.values()]
         self.version += 1
         self.scaler = preprocessing.StandardScaler()
         for x in sample:

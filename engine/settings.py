@@ -48,8 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # -- segmentation and drift (engine/segments.py, engine/drift.py) ----------
     #: Segments the shared model keeps; 0 turns segmentation and drift monitoring off.
     segments: int = 4
-    #: Users' behaviour vectors collected before the first fit of the segment model.
-    segment_warmup: int = 2000
+    #: Distinct users' behaviour vectors collected before the first fit of the segment model.
+    segment_warmup: int = 300
     #: Event-time half-life of each user's behaviour counts (3 days).
     behaviour_half_life_s: float = 259_200.0
     #: Visits (decayed) a user needs before being segmented.

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--process-id", type=int, default=None, help="this process's index in a cluster (Bytewax -i)")
     flow.add_argument("--addresses", help="host:port of every cluster process, ';'-separated (Bytewax -a)")
 
+    segs = sub.add_parser("segments", help="print the segment profiles the flow keeps in Feast")
+    segs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     sim = sub.add_parser("simulate", help="produce realistic simulated user events to Kafka")
     sim.add_argument("--users", type=_positive_int, default=1000, help="number of users (default 1000)")
     sim.add_argument("--events", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         from flows.store import run_apply as run
     elif args.command == "flow":
         from flows.features import run_flow as run
+    elif args.command == "segments":
+        from flows.segments import run_segments as run
     elif args.command == "simulate":
         from flows.produce import run_simulate as run
     elif args.command == "replay":

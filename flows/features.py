@@ -29,11 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bytewax.operators as op
+import msgspec
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-import msgspec
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from engine.audience import Audience, SegmentAssignment, UserUpdate

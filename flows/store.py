@@ -220,7 +220,9 @@ class FeatureWriter:
         rows = []
         for p in profiles:
             key = EntityKey(join_keys=["segment_id"], entity_values=[Value(int64_val=p.segment)])
-            key_bin = serialize_entity_key(key, entity_key_serialization_version=self.config.entity_key_serialization_version)
+            key_bin = serialize_entity_key(
+                key, entity_key_serialization_version=self.config.entity_key_serialization_version
+            )
             rows.append((key_bin, key, now_ms, {
                 "label": Value(string_val=p.label),
                 "size": Value(int64_val=p.size),
@@ -238,7 +240,8 @@ class FeatureWriter:
         now_ms = int(time.time() * 1000)
         if self._sqlite is not None:
             conn, _ = self._sqlite
-            table = _sqlite_table_id(self.config.project, view, self.config.registry.enable_online_feature_view_versioning)
+            versioned = self.config.registry.enable_online_feature_view_versioning
+            table = _sqlite_table_id(self.config.project, view, versioned)
             sql = (
                 f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
                 "VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
@@ -253,7 +256,9 @@ class FeatureWriter:
                 conn.executemany(sql, flat)
         else:
             now = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc)
-            data = [(key, values, datetime.fromtimestamp(ts / 1000, tz=timezone.utc), now) for _, key, ts, values in rows]
+            data = [
+                (key, values, datetime.fromtimestamp(ts / 1000, tz=timezone.utc), now) for _, key, ts, values in rows
+            ]
             self.online.online_write_batch(self.config, view, data, None)
 
     def flush_offline(self) -> None:

@@ -57,3 +57,39 @@ def uninterrupted_run(settings, folder):
     reference = new_repo(settings, folder)
     run_main(build_flow(reference, tail=False))
     return reference
+
+
+def feed_audience(audience, events, batch_size: int = 2000, half_life_s: float = 259_200.0,
+                  min_sessions: float = 2.0, behaviours: dict | None = None):
+    """What the flow does, without Kafka: batches of events -> per-user behaviour -> the audience.
+
+    Yields ``(events handed out so far, AudienceResult)`` per batch.
+    """
+    from engine.audience import UserUpdate
+    from engine.segments import Behaviour
+
+    behaviours = {} if behaviours is None else behaviours
+    batch: dict[str, list] = {}
+    seen = 0
+
+    def flush():
+        updates = []
+        for user_id, user_events in batch.items():
+            b = behaviours.get(user_id)
+            if b is None:
+                b = behaviours[user_id] = Behaviour(half_life_s)
+            for e in user_events:
+                b.update(e)
+            clicks, impressions = b.take_clicks()
+            updates.append(UserUpdate(user_id, user_events[-1].ts, len(user_events), clicks, impressions,
+                                      b.vector(min_sessions)))
+        batch.clear()
+        return audience.observe(updates)
+
+    for event in events:
+        batch.setdefault(event.user_id, []).append(event)
+        seen += 1
+        if seen % batch_size == 0:
+            yield seen, flush()
+    if batch:
+        yield seen, flush()

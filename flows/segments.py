@@ -1,0 +1,76 @@
+"""``tailor segments``: the segment profiles, as the flow keeps them in Feast.
+
+The profiles live in the online store (feature view ``segment_profile``, one
+row per segment id), so the API and this command read them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from engine.segments import FEATURE_NAMES, SegmentProfile
+from engine.settings import Settings
+
+
+def read_profiles(store, n_segments: int) -> list[SegmentProfile]:
+    """Profiles of segments ``0 .. n_segments - 1`` that the flow has written."""
+    got = store.get_online_features(
+        features=[f"segment_profile:{name}" for name in ("label", "size", "share", "centre", "model_version")],
+        entity_rows=[{"segment_id": k} for k in range(n_segments)],
+    ).to_dict()
+    return [
+        SegmentProfile(segment=k, label=label, size=size, share=share, centre=json.loads(centre),
+                       model_version=version)
+        for k, label, size, share, centre, version in zip(
+            got["segment_id"], got["label"], got["size"], got["share"], got["centre"], got["model_version"]
+        )
+        if label is not None
+    ]
+
+
+def run_segments(settings: Settings, args) -> int:
+    from flows.store import open_store
+
+    if not settings.segments:
+        print("tailor segments: segmentation is off (TAILOR_SEGMENTS=0)", file=sys.stderr)
+        return 2
+    profiles = read_profiles(open_store(settings), settings.segments)
+    if args.json:
+        import msgspec
+
+        print(msgspec.json.encode(profiles).decode())
+        return 0
+    if not profiles:
+        print("no segment profiles yet: the flow writes them once its segment model has warmed up "
+              f"({settings.segment_warmup} users with enough history)", file=sys.stderr)
+        return 1
+    print_table(profiles)
+    return 0
+
+
+def print_table(profiles: list[SegmentProfile], file=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Segments (model version {profiles[0].model_version})")
+    table.add_column("id", justify="right")
+    table.add_column("label")
+    table.add_column("users", justify="right")
+    table.add_column("share", justify="right")
+    for name in FEATURE_NAMES:
+        table.add_column(name.replace("_", " "), justify="right")
+    for p in profiles:
+        table.add_row(str(p.segment), p.label, str(p.size), f"{p.share:.0%}",
+                      *(_fmt(name, p.centre.get(name)) for name in FEATURE_NAMES))
+    Console(file=file or sys.stdout, width=160).print(table)
+
+
+def _fmt(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if name == "order_value":
+        return f"{value:,.2f}"
+    if name == "browse_depth":
+        return f"{value:.2f}"
+    return f"{value:.1%}"

@@ -1,0 +1,114 @@
+"""Segments through the real flow: Tansu -> Bytewax -> Feast, read back like any feature."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from datetime import timedelta
+
+import pytest
+from bytewax.recovery import RecoveryConfig
+from bytewax.testing import run_main
+
+from engine.events import Event
+from engine.segments import adjusted_rand_index
+from engine.settings import settings_env
+from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator
+from flows.features import build_flow, flow_command, init_recovery
+from flows.kafka import read_topic
+from flows.segments import read_profiles, run_segments
+from flows.store import open_store
+from tests.support import produce_events, uninterrupted_run
+
+pytestmark = pytest.mark.integration
+
+USERS, EVENTS = 500, 300_000
+
+
+def simulated(settings, n=EVENTS, drift=None, seed=7):
+    sim = Simulator(users=USERS, seed=seed, drift=drift)
+    produce_events(settings, list(sim.events(n)))
+    return sim
+
+
+def segments_read_back(settings, sim) -> tuple[float, dict]:
+    """ARI of the segments Feast serves against the simulator's profiles, and the rows."""
+    store = open_store(settings)
+    got = store.get_online_features(
+        features=store.get_feature_service("user_segment_v1"), entity_rows=[{"user_id": u} for u in sim.users]
+    ).to_dict()
+    pairs = [(sim.profile_of(u), s) for u, s in zip(got["user_id"], got["segment"]) if s is not None]
+    assert len(pairs) >= 0.95 * USERS
+    return adjusted_rand_index(*zip(*pairs)), got
+
+
+def test_segments_recover_profiles_through_feast_with_one_and_two_workers(make_settings, tmp_path, capsys):
+    settings = make_settings(tail=False, partitions=4)
+    sim = simulated(settings)
+
+    one = uninterrupted_run(settings, tmp_path / "one-worker")
+    ari_one, rows = segments_read_back(one, sim)
+    assert ari_one >= 0.8
+    assert set(rows["model_version"]) - {None} == {1}
+    assert all(d >= 0 for d in rows["segment_distance"] if d is not None)
+
+    env = {**os.environ, **settings_env(settings)}
+    subprocess.run(flow_command(settings, None, workers=2), env=env, check=True, timeout=300)
+    ari_two, _ = segments_read_back(settings, sim)
+    assert ari_two >= 0.8 and abs(ari_two - ari_one) < 0.1
+
+    # The profiles: in Feast, and printed by `tailor segments`.
+    profiles = read_profiles(open_store(settings), settings.segments)
+    assert len(profiles) == 4 and sum(p.size for p in profiles) >= 0.95 * USERS
+    assert any("email-driven" in p.label for p in profiles)
+    assert run_segments(settings, argparse.Namespace(json=False)) == 0
+    table = capsys.readouterr().out
+    assert all(p.label in table for p in profiles) and "order value" in table
+    assert run_segments(settings, argparse.Namespace(json=True)) == 0
+    assert {p["segment"] for p in json.loads(capsys.readouterr().out)} == {0, 1, 2, 3}
+
+
+def test_the_model_survives_a_restart_with_the_recovery_state(make_settings, tmp_path):
+    settings = make_settings(tail=False)
+    sim = simulated(settings, n=150_000)
+    recovery = tmp_path / "recovery"
+    init_recovery(recovery)
+    seen = {}
+
+    def run():
+        flow = build_flow(settings, on_audience=lambda audience: seen.__setitem__("audience", audience))
+        run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=RecoveryConfig(str(recovery)))
+        return seen.pop("audience", None)
+
+    first = run()
+    assert first.model.version == 1
+    members = dict(first.members)
+
+    # A few users come back: a model starting over would still be warming up (2,000 updates) and assign none.
+    late = list(sim.users[:5])
+    t = sim.start_ms + 30 * 86_400_000  # well after their last simulated visit
+    produce_events(settings, [Event(f"back-{u}-{i}", "app_open", u, t + i) for u in late for i in range(3)])
+    second = run()
+    assert second is not None, "the flow did not resume: nothing new was read"
+    assert second.model.version == 1
+    assert set(members) <= set(second.members)  # who is where came back with the model
+    store = open_store(settings)
+    got = store.get_online_features(features=["user_segment:segment"], entity_rows=[{"user_id": u} for u in late])
+    assert None not in got.to_dict()["segment"]
+
+
+def test_an_injected_drift_reaches_the_drift_topic(make_settings):
+    settings = make_settings(tail=False, drift_warmup=300_000, drift_action="refit")
+    simulated(settings, n=800_000, drift=Drift(at_event=600_000, shares=dict(DEFAULT_DRIFT_SHARES)))
+    run_main(build_flow(settings))
+    alerts = [json.loads(m.value()) for m in read_topic(settings.brokers, settings.drift_topic, 1, timeout_s=10)]
+    assert alerts, "no drift alert on the topic"
+    alert = alerts[0]
+    assert {"feature", "method", "score", "threshold", "window", "time", "time_ms", "action"} <= set(alert)
+    assert alert["score"] > alert["threshold"]
+    if alert["method"] != "adwin":
+        assert alert["action"] == "refit"
+        profiles = read_profiles(open_store(settings), settings.segments)
+        assert {p.model_version for p in profiles} == {2}
