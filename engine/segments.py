@@ -208,6 +208,7 @@ class SegmentModel:
     Examples
     --------
     >>> model = SegmentModel(n_segments=2, warmup=40, seed=1)
+    >>> import random
     >>> rng = random.Random(0)
     >>> for i in range(40):
     ...     base = 0.1 if i % 2 else 0.8
