@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--drift-at", type=int, default=None,
                      help="event of the injected drift (default: half-way through the measured events)")
     seg.add_argument("--repeat", type=_positive_int, default=2, help="runs with and without segmentation (default 2)")
+    clus = bench_sub.add_parser("clusterers", help="River clusterers compared on simulated traffic (ARI, µs/update)")
+    clus.add_argument("--events", type=_positive_int, default=1_000_000)
+    clus.add_argument("--users", type=_positive_int, default=1000)
     return parser
 
 
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.ingest import run_ingest as run
     elif args.command == "bench" and args.bench == "freshness":
         from bench.freshness import run_freshness as run
+    elif args.command == "bench" and args.bench == "clusterers":
+        from bench.clusterers import run_clusterers as run
     elif args.command == "bench" and args.bench == "segment":
         from bench.segment import run_segment as run
     else:  # pragma: no cover - argparse rejects unknown commands
