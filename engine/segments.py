@@ -131,6 +131,31 @@ class Behaviour:
         self.clicks = self.impressions = 0
         return taken
 
+    def update_many(self, events: list[Event]) -> None:
+        """`update` for each event, with the lookups hoisted: the flow's per-batch call."""
+        index, per_ms, counts = _INDEX, self._per_ms, self.counts
+        exp2 = math.exp2
+        for event in events:
+            i = index.get(event.type)
+            if i is None:
+                continue
+            ts = event.ts
+            if self.base_ms is None:
+                self.base_ms = self.ref_ms = ts
+            elif ts > self.ref_ms:
+                self.ref_ms = ts
+                if ts - self.base_ms > self.REBASE_HALF_LIVES * self.half_life_ms:
+                    self._rebase(ts)
+                    counts = self.counts
+            weight = exp2((ts - self.base_ms) * per_ms)
+            counts[i] += weight
+            if i == _IMP:
+                self.impressions += 1
+            elif i == _CLICK:
+                self.clicks += 1
+            elif i == _BUY and event.value:
+                counts[_SPEND] += weight * event.value
+
     def _rebase(self, base_ms: int) -> None:
         factor = 2.0 ** ((self.base_ms - base_ms) / self.half_life_ms)
         self.counts = [c * factor for c in self.counts]

@@ -113,8 +113,8 @@ def decoder(settings: Settings) -> Callable[[list[Message]], list[Event | DeadLe
 class UserActivityLogic(StatefulBatchLogic):
     """One user's tiles (and behaviour counts, when segmenting).
 
-    Emits, per batch that changed the user, ``(user_id, UserActivity)`` for the
-    store and, when segmenting, a `UserUpdate` for the audience step.
+    Emits, per batch that changed the user, ``(user_id, UserActivity, UserUpdate | None)``:
+    the tiles for the store and, when segmenting, the update for the audience step.
     """
 
     def __init__(self, settings: Settings, resume: tuple[UserActivity, Behaviour | None] | None):
@@ -128,23 +128,19 @@ class UserActivityLogic(StatefulBatchLogic):
         self.min_sessions = settings.min_sessions
 
     def on_batch(self, events: list[Event]):
-        behaviour = self.behaviour
-        counted = 0
-        for event in events:
-            if self.state.update(event):
-                counted += 1
-                if behaviour is not None:
-                    behaviour.update(event)
+        update = self.state.update
+        counted = [event for event in events if update(event)]
         if not counted:
             return [], False
         user_id = events[0].user_id
+        behaviour = self.behaviour
+        if behaviour is None:
+            return [(user_id, self.state, None)], False
+        behaviour.update_many(counted)
+        clicks, impressions = behaviour.take_clicks()
         # The state object itself goes downstream: the sink packs it once per write.
-        out = [(user_id, self.state)]
-        if behaviour is not None:
-            clicks, impressions = behaviour.take_clicks()
-            out.append(UserUpdate(user_id, self.state.newest_ms, counted, clicks, impressions,
-                                  behaviour.vector(self.min_sessions)))
-        return out, False
+        return [(user_id, self.state, UserUpdate(user_id, self.state.newest_ms, len(counted), clicks, impressions,
+                                                 behaviour.vector(self.min_sessions)))], False
 
     def snapshot(self) -> tuple[UserActivity, Behaviour | None]:
         return self.state, self.behaviour
@@ -185,7 +181,8 @@ class AudienceLogic(StatefulBatchLogic):
         return self.audience
 
 
-def alert_message(alert: DriftAlert) -> KafkaSinkMessage:
+def alert_message(kv: tuple[str, DriftAlert]) -> KafkaSinkMessage:
+    alert = kv[1]
     return KafkaSinkMessage(key=alert.feature.encode(), value=msgspec.json.encode(alert))
 
 
@@ -200,10 +197,12 @@ class _FeatureStorePartition(StatefulSinkPartition):
         # so move them out of the collector's sight.
         gc.freeze()
 
-    def write_batch(self, items: list[tuple[str, UserActivity | SegmentAssignment | list]]) -> None:
-        # The newest value per user and kind wins; earlier ones are stale.
+    def write_batch(self, items: list[tuple]) -> None:
+        # Items: (user_id, UserActivity, update), (user_id, SegmentAssignment) or
+        # ("segment_profiles", [SegmentProfile]). The newest per user and kind wins.
         tiles, segments, profiles = {}, {}, None
-        for key, value in items:
+        for item in items:
+            key, value = item[0], item[1]
             kind = type(value)
             if kind is UserActivity:
                 tiles[key] = value
@@ -300,35 +299,34 @@ def build_flow(
     by_user = op.key_on("by_user", valid.trues, _user_of)
     # (user_id, Event)
     users = op.stateful_batch("user_activity", by_user, lambda resume: UserActivityLogic(settings, resume))
-    # (user_id, (user_id, UserActivity) | UserUpdate)
-    split = op.branch("tiles_or_update", users, lambda kv: type(kv[1]) is tuple)
-    rows = split.trues
-    # (user_id, (user_id, UserActivity))
+    # (user_id, (user_id, UserActivity, UserUpdate | None))
+    rows = users
     if settings.segments:
-        updates = op.key_on("to_audience", op.map("updates", split.falses, _value), _audience_key)
-        # ("audience", UserUpdate)
-        audience = op.map("audience_out", op.stateful_batch(
-            "audience", updates, lambda resume: AudienceLogic(settings, resume, on_audience)), _value)
-        # (user_id, SegmentAssignment) | ("segment_profiles", [SegmentProfile]) | DriftAlert
-        alerts = op.branch("alerts", audience, lambda x: type(x) is DriftAlert)
+        updates = op.filter_map("to_audience", users, _to_audience)
+        # ("audience", UserUpdate): one key, so every worker's updates meet on one worker
+        audience = op.stateful_batch("audience", updates, lambda resume: AudienceLogic(settings, resume, on_audience))
+        # ("audience", (user_id, SegmentAssignment) | ("segment_profiles", [SegmentProfile]) | DriftAlert)
+        alerts = op.branch("alerts", audience, _is_alert)
         op.output("drift", op.map("drift_message", alerts.trues, alert_message),
                   KafkaSink(brokers, settings.drift_topic))
         rows = op.merge("rows", rows, op.map("by_row_key", alerts.falses, _keyed))
-        # (key, (key, UserActivity | SegmentAssignment | [SegmentProfile])), keyed by user or "segment_profiles"
+        # (key, (key, UserActivity | SegmentAssignment | [SegmentProfile], ...)), keyed by user or "segment_profiles"
     op.output("feature_store", rows, FeatureStoreSink(settings, on_write))
     return flow
 
 
-def _value(kv):
-    return kv[1]
+def _to_audience(kv) -> tuple[str, UserUpdate] | None:
+    update = kv[1][2]
+    return None if update is None else (AUDIENCE_KEY, update)
 
 
-def _keyed(row):
+def _is_alert(kv) -> bool:
+    return type(kv[1]) is DriftAlert
+
+
+def _keyed(kv):
+    row = kv[1]
     return row[0], row
-
-
-def _audience_key(_update: UserUpdate) -> str:
-    return AUDIENCE_KEY
 
 
 def init_recovery(recovery_dir: str | os.PathLike, parts: int = 1) -> None:

@@ -105,7 +105,11 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         broker.start()
         settings = msgspec.structs.replace(settings, brokers=broker.address)
     # The flow must keep reading: a demo flow that stops at the end of the topic is a dead demo.
-    settings = msgspec.structs.replace(settings, tail=True)
+    # The segment model fits once it has seen half the demo's users (or the configured
+    # warm-up, if smaller), so a small demo gets segments within its first minute or two.
+    settings = msgspec.structs.replace(
+        settings, tail=True, segment_warmup=max(settings.segments, min(settings.segment_warmup, args.users // 2))
+    )
 
     from flows.store import apply_definitions, open_store, reset_feature_data  # Feast imports slowly
 
@@ -119,7 +123,7 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         # wrote describe events that no longer exist, so they go as well.
         reset_feature_data(store)
     apply_definitions(store)
-    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic, settings.drift_topic], settings.partitions)
 
     recovery = data / "recovery"
     if embedded:
@@ -335,10 +339,12 @@ class FeatureView:
             ).to_dict()
         except Exception as exc:  # noqa: BLE001 - shown in the view; the demo goes on
             return [], f"reading features failed: {type(exc).__name__}: {exc}"
+        segments = self._segments()
         rows = []
         for i, user in enumerate(self.watched):
             row = {"user": user, "profile": self.traffic.simulator.profile_of(user)}
             row.update((name, got[name][i]) for name in COLUMNS)
+            row["segment"] = segments.get(user)
             rows.append(row)
         elapsed = time.monotonic() - self.started
         # Only an event sent since the start proves the pipeline live: the online store
@@ -348,6 +354,21 @@ class FeatureView:
         ):
             self.first_features_s = elapsed
         return rows, None
+
+    def _segments(self) -> dict[str, str]:
+        """Watched users' segment labels (none while the segment model warms up)."""
+        if not self.settings.segments:
+            return {}
+        from flows.segments import read_profiles
+
+        try:
+            labels = {p.segment: p.label for p in read_profiles(self.store, self.settings.segments)}
+            got = self.store.get_online_features(
+                features=["user_segment:segment"], entity_rows=[{"user_id": u} for u in self.watched]
+            ).to_dict()
+        except Exception:  # noqa: BLE001 - the activity columns still show
+            return {}
+        return {u: labels.get(s, str(s)) for u, s in zip(got["user_id"], got["segment"]) if s is not None}
 
     def header(self) -> str:
         t = self.traffic
@@ -440,9 +461,9 @@ def _live_view(view: FeatureView, deadline: float | None, check) -> None:
     def render():
         rows, error = view.rows()
         table = Table(expand=False, header_style="bold")
-        for name in ("user", "profile", *COLUMNS):
+        for name in ("user", "profile", *COLUMNS, "segment"):
             table.add_column("last event s" if name == "seconds_since_last_event" else name,
-                             justify="left" if name in ("user", "profile", "top_category") else "right")
+                             justify="left" if name in ("user", "profile", "top_category", "segment") else "right")
         for row in rows:
             table.add_row(*(format_value(k, v) for k, v in row.items()))
         lines = [Text(view.header(), style="dim")]

@@ -42,3 +42,15 @@ def test_training_set_is_point_in_time_correct(make_settings):
     assert dana.clicks_24h.tolist() == [0, 4, 4]
     assert dana.top_category.tolist()[1] == "books"
     assert got[got.user_id == "erin"].lifetime_events.tolist() == [0]
+
+
+def test_hand_encoded_values_match_protobuf():
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from flows.store import _double_value, _int64_value
+
+    for n in (0, 1, 3, 127, 128, 300, 2**40, -1):
+        assert _int64_value(n) == Value(int64_val=n).SerializeToString()
+    for x in (0.0, -0.0, 1.5, 0.1234, 1e300, -7.25):
+        assert _double_value(x) == Value(double_val=x).SerializeToString()
+        assert Value.FromString(_double_value(x)).double_val == x

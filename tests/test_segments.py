@@ -174,3 +174,19 @@ def test_refit_on_drift_bumps_the_model_version_and_rebases_the_reference():
     refits = [a for _, a in alerts if a.action == "refit"]
     assert refits and audience.model.version == 1 + len({a.time_ms for a in refits})
     assert all(p.model_version == audience.model.version for p in audience.profiles())
+
+
+def test_update_many_equals_one_by_one():
+    events = list(Simulator(users=20, seed=2).events(3000))
+    one, many = {}, {}
+    for e in events:
+        one.setdefault(e.user_id, Behaviour(3600)).update(e)
+    by_user = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(e)
+    for user_id, user_events in by_user.items():
+        many.setdefault(user_id, Behaviour(3600)).update_many(user_events)
+    assert one.keys() == many.keys()
+    for user_id in one:
+        assert one[user_id].decayed() == pytest.approx(many[user_id].decayed())
+        assert one[user_id].take_clicks() == many[user_id].take_clicks()
