@@ -106,7 +106,12 @@ class Audience:
         self.alert_log: list[DriftAlert] = []
         self.alerts_total = 0
 
-    def observe(self, updates: list[UserUpdate]) -> AudienceResult:
+    def observe(self, updates: list[UserUpdate], *, profiles: bool = True) -> AudienceResult:
+        """Learn from, assign and watch one batch of updates.
+
+        ``profiles=False`` skips computing the segment profiles unless the model
+        version changed (the flow asks for them at most once a second).
+        """
         model, monitor = self.model, self.monitor
         alerts: list[DriftAlert] = []
         assignments: list[tuple[str, SegmentAssignment]] = []
@@ -140,8 +145,9 @@ class Audience:
         if alerts:
             alerts, reassigned = self._act_on(alerts)
             assignments += reassigned
-        changed = bool(assignments) or model.version != version_before
-        return AudienceResult(assignments, alerts, model.profiles(self.sizes) if changed else None)
+        refitted = model.version != version_before
+        wanted = refitted or (profiles and bool(assignments))
+        return AudienceResult(assignments, alerts, model.profiles(self.sizes) if wanted else None)
 
     def _assign_sample(self) -> list[tuple[str, SegmentAssignment]]:
         version = self.model.version

@@ -24,6 +24,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -152,6 +153,8 @@ class AudienceLogic(StatefulBatchLogic):
     def __init__(self, settings: Settings, resume: Audience | None,
                  on_audience: Callable[[Audience], None] | None = None):
         self.on_audience = on_audience
+        self._profiles_due = 0.0
+        self._stale = False  # assignments since the last profiles written
         self.audience = resume or Audience(
             settings.segments, warmup=settings.segment_warmup, drift_warmup=settings.drift_warmup,
             drift_reference=settings.drift_reference,
@@ -162,11 +165,19 @@ class AudienceLogic(StatefulBatchLogic):
             distance_step=settings.segment_distance_step,
         )
 
+    #: Segment profiles are rewritten at most this often (and at every re-fit, and at the end of the input).
+    PROFILES_EVERY_S = 1.0
+
     def on_batch(self, updates: list[UserUpdate]):
-        result = self.audience.observe(updates)
+        due = time.monotonic() >= self._profiles_due
+        result = self.audience.observe(updates, profiles=due)
         out: list = [(user_id, assignment) for user_id, assignment in result.assignments]
         if result.profiles is not None:
             out.append((PROFILES_KEY, result.profiles))
+            self._profiles_due = time.monotonic() + self.PROFILES_EVERY_S
+            self._stale = False
+        elif result.assignments:
+            self._stale = True
         for alert in result.alerts:
             log.warning("drift: %s by %s = %.4g (threshold %.4g) at %s, action %s", alert.feature, alert.method,
                         alert.score, alert.threshold, alert.time, alert.action)
@@ -176,6 +187,12 @@ class AudienceLogic(StatefulBatchLogic):
         if self.on_audience is not None:
             self.on_audience(self.audience)
         return out, False
+
+    def on_eof(self):
+        # The end of a finite input (a replay, a backfill): leave the final profiles behind.
+        if self._stale and self.audience.model.fitted:
+            return [(PROFILES_KEY, self.audience.profiles())], False
+        return [], False
 
     def snapshot(self) -> Audience:
         return self.audience
