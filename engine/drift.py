@@ -326,24 +326,36 @@ class DriftMonitor:
 
     def observe_clicks(self, clicks: int, impressions: int, *, time_ms: int,
                        model_version: int = 0) -> list[DriftAlert]:
-        """Feed ADWIN one user's impressions (0) and clicks (1), clicks spread evenly among them."""
-        if self.adwin is None or clicks + impressions == 0:
+        """Feed ADWIN one user's impressions (0) and clicks (1), clicks spread evenly among them.
+
+        An alert's ``score`` is the click-through of the window ADWIN keeps (after
+        the change), ``reference`` that of the older part it dropped (before it).
+        """
+        adwin = self.adwin
+        if adwin is None or clicks + impressions == 0:
             return []
         total = clicks + impressions
         alerts = []
         fed = 0
-        before = self.adwin.estimation
-        update = _adwin_update(self.adwin)
+        # The window as of the last bit fed; River's ADWIN starts afresh after a detection.
+        width, ones_in = (0, 0) if adwin.drift_detected else (adwin.width, adwin.total)
+        update = _adwin_update(adwin)
         for j in range(1, total + 1):
             ones = j * clicks // total
-            if update(1 if ones > fed else 0):
-                alerts.append(DriftAlert(
-                    feature=CLICK_THROUGH, method="adwin", score=round(self.adwin.estimation, 6),
-                    threshold=self.adwin_delta, window=int(self.adwin.width), time_ms=time_ms,
-                    time=_iso(time_ms), checks=1, model_version=model_version, reference=round(before, 6),
-                ))
-                before = self.adwin.estimation
+            bit = 1 if ones > fed else 0
             fed = ones
+            width += 1
+            ones_in += bit
+            if update(bit):
+                kept_width, kept_ones = adwin.width, adwin.total
+                dropped = width - kept_width
+                alerts.append(DriftAlert(
+                    feature=CLICK_THROUGH, method="adwin", score=round(kept_ones / kept_width, 6),
+                    threshold=self.adwin_delta, window=int(kept_width), time_ms=time_ms,
+                    time=_iso(time_ms), checks=1, model_version=model_version,
+                    reference=round((ones_in - kept_ones) / dropped, 6) if dropped else None,
+                ))
+                width, ones_in = 0, 0
         self.scores[(CLICK_THROUGH, "adwin")] = self.adwin.estimation
         return alerts
 
