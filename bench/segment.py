@@ -91,6 +91,9 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
         "events_per_s_without": round(rate_off),
         "events_per_s_without_runs": [round(r["consumed"] / r["seconds"]) for r in off],
         "cost_of_segmentation": round(1 - rate_on / rate_off, 3),
+        # Runs alternate on, off, on, off ...: each pair ran back to back, under similar noise.
+        "cost_pairwise": [round(1 - a["consumed"] / a["seconds"] / (b["consumed"] / b["seconds"]), 3)
+                          for a, b in zip(on, off)],
         "ari": statistics.median(r["ari"] for r in on),
         "ari_runs": [r["ari"] for r in on],
         "segmented_users": on[0]["segmented_users"],

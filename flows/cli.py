@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--users", type=_positive_int, default=1000, help="simulated users (default 1000)")
     seg.add_argument("--drift-at", type=int, default=None,
                      help="event of the injected drift (default: half-way through the measured events)")
-    seg.add_argument("--repeat", type=_positive_int, default=2, help="runs with and without segmentation (default 2)")
+    seg.add_argument("--repeat", type=_positive_int, default=3, help="runs with and without segmentation (default 3)")
     clus = bench_sub.add_parser("clusterers", help="River clusterers compared on simulated traffic (ARI, µs/update)")
     clus.add_argument("--events", type=_positive_int, default=1_000_000)
     clus.add_argument("--users", type=_positive_int, default=1000)

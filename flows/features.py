@@ -122,6 +122,8 @@ class UserActivityLogic(StatefulBatchLogic):
         if resume is None:
             self.state = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
             self.behaviour = None
+        elif isinstance(resume, UserActivity):  # a snapshot from before segmentation
+            self.state, self.behaviour = resume, None
         else:
             self.state, self.behaviour = resume
         if settings.segments and self.behaviour is None:

@@ -112,3 +112,16 @@ def test_an_injected_drift_reaches_the_drift_topic(make_settings):
         assert alert["action"] == "refit"
         profiles = read_profiles(open_store(settings), settings.segments)
         assert {p.model_version for p in profiles} == {2}
+
+
+def test_a_snapshot_from_before_segmentation_resumes():
+    from engine.settings import Settings
+    from engine.tiles import UserActivity
+    from flows.features import UserActivityLogic
+
+    settings = Settings()
+    old = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+    logic = UserActivityLogic(settings, old)
+    assert logic.state is old and logic.behaviour is not None
+    out, _ = logic.on_batch([Event("e1", "app_open", "u1", 1_767_225_600_000)])
+    assert out[0][1] is old and out[0][2].events == 1
