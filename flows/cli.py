@@ -101,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--rebase-time", action="store_true", help="shift event times so the last lands at now, keeping gaps")
     replay.add_argument("--rate", type=float, default=0, help="events per second; 0 = as fast as possible (default 0)")
 
+    train = sub.add_parser("train", help="train the copy model (tokenizer + small GPT-2) on the generated corpus")
+    train.add_argument("--out", default="models/artifacts/trained", help="output folder (default models/artifacts/trained)")
+    train.add_argument("--base", help="a local Hugging Face causal-LM folder to fine-tune instead of training from scratch")
+    train.add_argument("--size", choices=("tiny", "small"), default="small", help="model size (default small)")
+    train.add_argument("--epochs", type=_positive_int, default=1, help="passes over the corpus (default 1)")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    train.add_argument("--batch-size", type=_positive_int, default=32, help="records per batch (default 32)")
+    train.add_argument("--seed", type=int, default=0, help="corpus and training seed (default 0)")
+    train.add_argument("--max-records", type=int, default=0, help="train on at most this many records (default: all)")
+
+    export = sub.add_parser("export", help="export a trained model to ONNX (Optimum) with a manifest")
+    export.add_argument("model", nargs="?", default="models/artifacts/trained", help="trained model folder")
+    export.add_argument("--out", default="models/artifacts/onnx", help="output folder (default models/artifacts/onnx)")
+    export.add_argument("--quantize", action="store_true", help="also int8 dynamic quantization; serve that file")
+    export.add_argument("--version", help="model version (default: time stamp and corpus hash)")
+
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     ingest = bench_sub.add_parser("ingest", help="flow throughput vs one FeatureStore.push per event")
@@ -144,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         from flows.store import run_apply as run
     elif args.command == "flow":
         from flows.features import run_flow as run
+    elif args.command == "train":
+        from models.build import run_train as run
+    elif args.command == "export":
+        from models.export import run_export as run
     elif args.command == "segments":
         from flows.segments import run_segments as run
     elif args.command == "simulate":
