@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", action="store_true", help="also int8 dynamic quantization; serve that file")
     export.add_argument("--version", help="model version (default: time stamp and corpus hash)")
 
+    samples = sub.add_parser("samples", help="what an exported model writes per segment, slot and tone")
+    samples.add_argument("model", nargs="?", default="models/artifacts/onnx", help="exported model folder")
+    samples.add_argument("--sample", action="store_true", help="sample (top-p 0.9, temperature 0.8) instead of greedy")
+    samples.add_argument("--seed", type=int, default=0)
+    samples.add_argument("--json", action="store_true", help="JSON rows instead of a Markdown table")
+
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     ingest = bench_sub.add_parser("ingest", help="flow throughput vs one FeatureStore.push per event")
@@ -164,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.build import run_train as run
     elif args.command == "export":
         from models.export import run_export as run
+    elif args.command == "samples":
+        from models.samples import run_samples as run
     elif args.command == "segments":
         from flows.segments import run_segments as run
     elif args.command == "simulate":

@@ -97,3 +97,22 @@ def test_the_runtime_serves_the_exported_model_and_obeys_length(exported):
     assert sum(bool(r.text.strip()) for r in results) >= 3
     again = generator.generate(prompts, max_new_tokens=16)  # greedy: reproducible
     assert [(r.tokens, r.text) for r in results] == [(r.tokens, r.text) for r in again]
+
+
+def test_samples_table_covers_every_control_combination(exported, capsys, tmp_path):
+    import argparse
+
+    from models.samples import run_samples
+
+    folder, _ = exported
+    assert run_samples(None, argparse.Namespace(model=str(folder), sample=False, seed=0, json=True)) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(SEGMENTS) * len(SLOTS) * len(TONES)
+    assert {(r["segment"], r["slot"], r["tone"]) for r in rows} == {
+        (seg, slot, tone) for seg in SEGMENTS for slot in SLOTS for tone in TONES
+    }
+    assert run_samples(None, argparse.Namespace(model=str(folder), sample=False, seed=0, json=False)) == 0
+    table = capsys.readouterr().out
+    assert table.count("\n| ") == 2 + len(rows) and "test-1" in table  # header, rule, rows
+    assert run_samples(None, argparse.Namespace(model=str(tmp_path / "none"), sample=False, seed=0, json=False)) == 2
+    assert "tailor train" in capsys.readouterr().err
