@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--drift-at", type=int, default=None,
                      help="event of the injected drift (default: half-way through the measured events)")
     seg.add_argument("--repeat", type=_positive_int, default=3, help="runs with and without segmentation (default 3)")
+    gen = bench_sub.add_parser("generate", help="copy generation: Tailor's runtime vs Optimum vs PyTorch")
+    gen.add_argument("--model", default="models/artifacts/onnx", help="exported model folder")
+    gen.add_argument("--trained", default="models/artifacts/trained", help="trained model folder (PyTorch leg)")
+    gen.add_argument("--concurrency", type=_positive_int, default=16)
+    gen.add_argument("--new-tokens", type=_positive_int, default=24)
+    gen.add_argument("--requests", type=_positive_int, default=320)
+    gen.add_argument("--max-wait-ms", type=float, default=3.0, help="dynamic batching: longest wait for company")
+    gen.add_argument("--slot", choices=("headline", "description", "cta", "email_subject"), default="headline",
+                     help="what the prompts ask for (default headline; description runs to --new-tokens)")
     clus = bench_sub.add_parser("clusterers", help="River clusterers compared on simulated traffic (ARI, µs/update)")
     clus.add_argument("--events", type=_positive_int, default=1_000_000)
     clus.add_argument("--users", type=_positive_int, default=1000)
@@ -182,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.ingest import run_ingest as run
     elif args.command == "bench" and args.bench == "freshness":
         from bench.freshness import run_freshness as run
+    elif args.command == "bench" and args.bench == "generate":
+        from bench.generate import run_generate as run
     elif args.command == "bench" and args.bench == "clusterers":
         from bench.clusterers import run_clusterers as run
     elif args.command == "bench" and args.bench == "segment":

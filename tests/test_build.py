@@ -116,3 +116,56 @@ def test_samples_table_covers_every_control_combination(exported, capsys, tmp_pa
     assert table.count("\n| ") == 2 + len(rows) and "test-1" in table  # header, rule, rows
     assert run_samples(None, argparse.Namespace(model=str(tmp_path / "none"), sample=False, seed=0, json=False)) == 2
     assert "tailor train" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def exported_fp32(trained, tmp_path_factory):
+    from models.export import export
+
+    out = tmp_path_factory.mktemp("onnx-fp32")
+    return out, export(trained[0], out, version="test-fp32")
+
+
+def test_dynamic_batching_answers_each_caller_as_if_alone(exported_fp32):
+    # fp32: int8 dynamic quantization scales activations per batch, so there a
+    # prompt's greedy copy may change with its batch-mates (see models/README.md).
+    import asyncio
+
+    from models.batching import BatchingGenerator
+    from models.runtime import Generator
+
+    generator = Generator(exported_fp32[0], providers=["CPUExecutionProvider"])
+    prompts = [control_prefix(seg, slot, "premium") for seg in SEGMENTS for slot in SLOTS]
+    alone = [generator.generate([p], max_new_tokens=12)[0] for p in prompts]
+
+    async def main():
+        async with BatchingGenerator(generator, max_batch=8, max_wait_ms=20) as batcher:
+            same = await asyncio.gather(*(batcher.generate(p, max_new_tokens=12) for p in prompts))
+            mixed = await asyncio.gather(
+                batcher.generate(prompts[0], max_new_tokens=12),
+                batcher.generate(prompts[1], max_new_tokens=3),  # other settings: another batch
+            )
+            return same, mixed, list(batcher.batch_sizes)
+
+    same, mixed, sizes = asyncio.run(main())
+    assert [r.tokens for r in same] == [r.tokens for r in alone]
+    assert max(sizes) == 8 and sum(sizes) == len(prompts) + 2  # gathered, capped, all answered
+    assert mixed[0].tokens == alone[0].tokens and len(mixed[1].tokens) <= 3
+
+
+def test_batcher_reports_errors_to_every_caller():
+    import asyncio
+
+    from models.batching import BatchingGenerator
+
+    class Broken:
+        def generate(self, prompts, **settings):
+            raise ValueError("boom")
+
+    async def main():
+        async with BatchingGenerator(Broken(), max_wait_ms=5) as batcher:
+            return await asyncio.gather(*(batcher.generate("x") for _ in range(3)), return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(main())] == ["boom"] * 3
+    with pytest.raises(RuntimeError, match="not running"):
+        asyncio.run(BatchingGenerator(Broken()).generate("x"))

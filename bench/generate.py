@@ -1,0 +1,192 @@
+"""``tailor bench generate``: Tailor's runtime against Optimum and PyTorch, same model, same prompts.
+
+``--concurrency C`` clients each send their next request as soon as the last
+one is answered (closed loop) until ``--requests`` are done, greedy, at most
+``--new-tokens`` new tokens each (a sequence ends earlier at its end-of-text,
+as a headline does). Three legs, one after the other in this process:
+
+* ``tailor``: `models.batching.BatchingGenerator` over `models.runtime.Generator`
+  (ONNX Runtime, KV cache, dynamic batching);
+* ``optimum``: ``ORTModelForCausalLM.generate`` on the same ONNX file, one call
+  per request from C client threads at once, and again one call at a time
+  (``*_serial``; the wait for the model counts in the latency): on two cores,
+  C concurrent calls mostly fight over them;
+* ``pytorch``: transformers' ``generate`` on the trained model, likewise.
+
+Speed-ups are against the faster of each baseline's two ways.
+
+Tokens/s counts the tokens actually generated; latency is per request, from
+send to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.common import percentile
+from models.corpus import SEGMENT_STYLES, TONES, control_prefix
+
+
+def prompts_for(n: int, slot: str = "headline") -> list[str]:
+    combos = [control_prefix(seg, slot, tone) for seg in SEGMENT_STYLES for tone in TONES]
+    return [combos[i % len(combos)] for i in range(n)]
+
+
+def summarize(latencies_s: list[float], tokens: int, seconds: float, **extra) -> dict:
+    ms = [x * 1000 for x in latencies_s]
+    return {"tokens_per_s": round(tokens / seconds, 1), "p50_ms": round(percentile(ms, 50), 2),
+            "p99_ms": round(percentile(ms, 99), 2), "requests": len(ms), "tokens": tokens, **extra}
+
+
+def run_tailor(model_dir: Path, prompts: list[str], concurrency: int, new_tokens: int, max_wait_ms: float) -> dict:
+    from models.batching import BatchingGenerator
+    from models.runtime import Generator
+
+    generator = Generator(model_dir)
+    generator.generate(prompts[:concurrency], max_new_tokens=new_tokens)  # warm-up
+
+    async def main():
+        latencies, tokens = [], 0
+        pending = list(prompts)
+        async with BatchingGenerator(generator, max_batch=concurrency, max_wait_ms=max_wait_ms) as batcher:
+            async def client():
+                nonlocal tokens
+                while pending:
+                    prompt = pending.pop()
+                    sent = time.perf_counter()
+                    result = await batcher.generate(prompt, max_new_tokens=new_tokens)
+                    latencies.append(time.perf_counter() - sent)
+                    tokens += len(result.tokens)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            seconds = time.perf_counter() - started
+            sizes = batcher.batch_sizes
+        return summarize(latencies, tokens, seconds, provider=generator.provider,
+                         mean_batch=round(sum(sizes) / len(sizes), 2), onnx=generator.manifest.onnx)
+
+    return asyncio.run(main())
+
+
+def run_threads(generate_one, prompts: list[str], concurrency: int, *,
+                serial: bool = False) -> tuple[list[float], int, float]:
+    """C client threads, closed loop; ``serial``: one model call at a time (the wait counts as latency)."""
+    import threading
+
+    lock = threading.Lock() if serial else None
+    latencies, tokens = [], 0
+
+    def one(prompt):
+        sent = time.perf_counter()
+        if lock is None:
+            n = generate_one(prompt)
+        else:
+            with lock:
+                n = generate_one(prompt)
+        return time.perf_counter() - sent, n
+
+    generate_one(prompts[0])  # warm-up
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for latency, n in pool.map(one, prompts):
+            latencies.append(latency)
+            tokens += n
+    return latencies, tokens, time.perf_counter() - started
+
+
+def run_optimum(model_dir: Path, onnx_file: str, prompts, concurrency: int, new_tokens: int) -> tuple[dict, dict]:
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = ORTModelForCausalLM.from_pretrained(model_dir, file_name=onnx_file, use_cache=True,
+                                                provider="CPUExecutionProvider")
+
+    def generate_one(prompt: str) -> int:
+        ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
+        out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
+        return out.shape[1] - ids.input_ids.shape[1]
+
+    return (summarize(*run_threads(generate_one, prompts, concurrency), onnx=onnx_file, threads=concurrency),
+            summarize(*run_threads(generate_one, prompts, concurrency, serial=True), onnx=onnx_file, threads=1))
+
+
+def run_pytorch(trained_dir: Path, prompts, concurrency: int, new_tokens: int) -> tuple[dict, dict]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
+    model = AutoModelForCausalLM.from_pretrained(trained_dir).eval()
+
+    def generate_one(prompt: str) -> int:
+        ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
+        with torch.no_grad():
+            out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+        return out.shape[1] - ids.input_ids.shape[1]
+
+    return (summarize(*run_threads(generate_one, prompts, concurrency), threads=concurrency),
+            summarize(*run_threads(generate_one, prompts, concurrency, serial=True), threads=1))
+
+
+def run_generate(settings, args) -> int:
+    from models.manifest import ModelDirError, read_manifest
+
+    model_dir, trained_dir = Path(args.model), Path(args.trained)
+    try:
+        manifest = read_manifest(model_dir)
+    except ModelDirError as exc:
+        print(f"tailor bench generate: {exc}", file=sys.stderr)
+        return 2
+    if not (trained_dir / "config.json").is_file():
+        print(f"tailor bench generate: {trained_dir} is not a trained model (for the PyTorch leg): "
+              "run `tailor train` or pass --trained", file=sys.stderr)
+        return 2
+    prompts = prompts_for(args.requests, args.slot)
+    result = {"bench": "generate", "model": manifest.version, "slot": args.slot, "concurrency": args.concurrency,
+              "new_tokens": args.new_tokens, "requests": args.requests}
+    for onnx_file in dict.fromkeys(["model.onnx", manifest.onnx]):
+        if not (model_dir / onnx_file).is_file():
+            continue
+        label = "int8" if onnx_file != "model.onnx" else "fp32"
+        print(f"tailor runtime ({label}) ...", file=sys.stderr)
+        runtime_dir = model_dir if onnx_file == manifest.onnx else _with_onnx(model_dir, manifest, onnx_file)
+        result[f"tailor_{label}"] = run_tailor(runtime_dir, prompts, args.concurrency, args.new_tokens, args.max_wait_ms)
+        print(f"optimum ({label}) ...", file=sys.stderr)
+        result[f"optimum_{label}"], result[f"optimum_{label}_serial"] = run_optimum(
+            model_dir, onnx_file, prompts, args.concurrency, args.new_tokens)
+    print("pytorch ...", file=sys.stderr)
+    result["pytorch"], result["pytorch_serial"] = run_pytorch(trained_dir, prompts, args.concurrency, args.new_tokens)
+    base = result["tailor_fp32"]["tokens_per_s"]
+
+    def best(name):
+        return max(result[name]["tokens_per_s"], result[f"{name}_serial"]["tokens_per_s"])
+
+    result["speedup_vs_optimum"] = round(base / best("optimum_fp32"), 2)
+    result["speedup_vs_pytorch"] = round(base / best("pytorch"), 2)
+    result["mean_new_tokens"] = round(result["tailor_fp32"]["tokens"] / args.requests, 1)
+    print(json.dumps(result))
+    return 0
+
+
+def _with_onnx(model_dir: Path, manifest, onnx_file: str) -> Path:
+    """A view of the model directory whose manifest serves another ONNX file (fp32 beside int8)."""
+    import shutil
+    import tempfile
+
+    import msgspec
+
+    from models.manifest import write_manifest
+
+    view = Path(tempfile.mkdtemp(prefix="tailor-bench-model-"))
+    for path in model_dir.iterdir():
+        if path.is_file() and path.name != "manifest.json":
+            (view / path.name).symlink_to(path.resolve())
+    write_manifest(view, msgspec.structs.replace(manifest, onnx=onnx_file, quantized=False))
+    shutil.copystat(model_dir, view)
+    return view
