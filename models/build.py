@@ -103,7 +103,7 @@ def load_base(base: str | Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFas
 
 
 def train(out_dir: str | Path, config: TrainConfig, records: list[CopyRecord] | None = None,
-          *, progress: bool = True) -> dict:
+          *, progress: bool = True, segment_styles: dict[str, str] | None = None) -> dict:
     """Train (or fine-tune) and save model + tokenizer + evaluation into ``out_dir``; returns the evaluation."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +133,7 @@ def train(out_dir: str | Path, config: TrainConfig, records: list[CopyRecord] | 
         "records": len(train_set), "holdout_records": len(holdout), "seconds": round(seconds, 1),
         "final_loss": round(losses[-1], 4) if losses else None, "parameters": model.num_parameters(),
         "config": msgspec.structs.asdict(config), "corpus_hash": corpus_hash(records),
+        "segment_styles": segment_styles or {},
     }
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -152,8 +153,9 @@ def _fit(model, tokenizer, records, config: TrainConfig, progress: bool) -> list
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     steps = config.epochs * math.ceil(len(records) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(steps, 1),
-                                                    pct_start=0.1)
+    # Warm up over a tenth of the steps (at least two: OneCycleLR needs a rising phase).
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(steps, 4),
+                                                    pct_start=min(0.5, max(0.1, 2 / max(steps, 4))))
     rng = random.Random(config.seed)
     losses: list[float] = []
     bar = tqdm(total=steps, desc="training", unit="batch", file=sys.stderr, disable=not progress, mininterval=0.5)
@@ -246,10 +248,31 @@ def control_obedience(model, tokenizer, combinations, *, samples: int, seed: int
     }
 
 
+def stored_segment_styles(settings) -> dict[str, str]:
+    """Live segment label -> copy style, from the segment profiles in Feast (empty if none yet)."""
+    from models.corpus import segment_style_for_label
+
+    if not settings.segments:
+        return {}
+    try:
+        from flows.segments import read_profiles
+        from flows.store import open_store
+
+        profiles = read_profiles(open_store(settings), settings.segments)
+    except Exception as exc:  # noqa: BLE001 - no store or nothing applied yet: train without them
+        print(f"tailor train: no stored segment profiles ({type(exc).__name__}); styles map at serving time",
+              file=sys.stderr)
+        return {}
+    return {p.label: segment_style_for_label(p.label) for p in profiles}
+
+
 def run_train(settings, args) -> int:
     config = TrainConfig(size=args.size, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          max_records=args.max_records, base=args.base)
-    evaluation = train(args.out, config)
+    styles = stored_segment_styles(settings)
+    if styles:
+        print(f"tailor train: segment profiles found: {styles}", file=sys.stderr)
+    evaluation = train(args.out, config, segment_styles=styles)
     print(json.dumps({k: v for k, v in evaluation.items() if k != "perplexity_by_segment_slot"}))
     print(f"tailor train: model and tokenizer in {args.out}; next: tailor export {args.out}", file=sys.stderr)
     return 0

@@ -52,6 +52,7 @@ def export(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = False
         pad_token_id=tokenizer.pad_token_id,
         vocab_size=config.vocab_size,
         metrics={k: v for k, v in evaluation.items() if k != "training"},
+        segment_styles=training.get("segment_styles") or {},
         created=now.isoformat(timespec="seconds"),
     )
     write_manifest(out, manifest)

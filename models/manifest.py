@@ -46,6 +46,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     vocab_size: int
     #: Evaluation figures written by the build (perplexity, control-code obedience).
     metrics: dict = {}
+    #: Live segment label -> the ``<seg=...>`` style to prompt with, from the segment
+    #: profiles stored when the model was trained (empty: map labels at serving time).
+    segment_styles: dict[str, str] = {}
     created: str = ""
 
     def encode(self) -> bytes:

@@ -169,3 +169,37 @@ def test_batcher_reports_errors_to_every_caller():
     assert [str(e) for e in asyncio.run(main())] == ["boom"] * 3
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(BatchingGenerator(Broken()).generate("x"))
+
+
+def test_fine_tuning_from_a_local_base_keeps_its_tokenizer(trained, tmp_path):
+    from transformers import AutoTokenizer
+
+    base, _ = trained
+    out = tmp_path / "tuned"
+    evaluation = train(out, TrainConfig(size="tiny", max_records=300, base=str(base), seed=2, eval_samples=1),
+                       build_corpus(seed=1), progress=False, segment_styles={"email-driven, quick looks": "email_driven"})
+    assert evaluation["training"]["config"]["base"] == str(base)
+    assert evaluation["training"]["segment_styles"] == {"email-driven, quick looks": "email_driven"}
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
+    with pytest.raises(ValueError, match="config.json"):
+        train(tmp_path / "x", TrainConfig(size="tiny", base=str(tmp_path)), build_corpus(seed=1), progress=False)
+
+
+def test_stored_segment_profiles_name_the_styles(exported, trained, tmp_path):
+    from models.build import stored_segment_styles
+    from models.export import export
+    from models.manifest import read_manifest
+
+    class NoStore:
+        segments = 4
+        feature_repo = str(tmp_path / "nowhere")
+        redis_url = ""
+
+    assert stored_segment_styles(NoStore()) == {}  # no store: no mapping, no crash
+    folder, _ = trained
+    evaluation = json.loads((folder / EVALUATION).read_text())
+    evaluation["training"]["segment_styles"] = {"high spend, click-happy": "loyal_high_spender"}
+    (folder / EVALUATION).write_text(json.dumps(evaluation))
+    out = tmp_path / "onnx"
+    export(folder, out, version="styles")
+    assert read_manifest(out).segment_styles == {"high spend, click-happy": "loyal_high_spender"}
