@@ -156,7 +156,8 @@ def run_generate(settings, args) -> int:
         label = "int8" if onnx_file != "model.onnx" else "fp32"
         print(f"tailor runtime ({label}) ...", file=sys.stderr)
         runtime_dir = model_dir if onnx_file == manifest.onnx else _with_onnx(model_dir, manifest, onnx_file)
-        result[f"tailor_{label}"] = run_tailor(runtime_dir, prompts, args.concurrency, args.new_tokens, args.max_wait_ms)
+        result[f"tailor_{label}"] = run_tailor(runtime_dir, prompts, args.concurrency, args.new_tokens,
+                                               args.max_wait_ms)
         print(f"optimum ({label}) ...", file=sys.stderr)
         result[f"optimum_{label}"], result[f"optimum_{label}_serial"] = run_optimum(
             model_dir, onnx_file, prompts, args.concurrency, args.new_tokens)

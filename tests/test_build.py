@@ -176,10 +176,11 @@ def test_fine_tuning_from_a_local_base_keeps_its_tokenizer(trained, tmp_path):
 
     base, _ = trained
     out = tmp_path / "tuned"
+    styles = {"email-driven, quick looks": "email_driven"}
     evaluation = train(out, TrainConfig(size="tiny", max_records=300, base=str(base), seed=2, eval_samples=1),
-                       build_corpus(seed=1), progress=False, segment_styles={"email-driven, quick looks": "email_driven"})
+                       build_corpus(seed=1), progress=False, segment_styles=styles)
     assert evaluation["training"]["config"]["base"] == str(base)
-    assert evaluation["training"]["segment_styles"] == {"email-driven, quick looks": "email_driven"}
+    assert evaluation["training"]["segment_styles"] == styles
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
     with pytest.raises(ValueError, match="config.json"):
         train(tmp_path / "x", TrainConfig(size="tiny", base=str(tmp_path)), build_corpus(seed=1), progress=False)
