@@ -292,10 +292,17 @@ class Generator:
     ``providers`` defaults to `choose_providers` ("auto"); `provider` says which one runs.
     A `ModelDirError` says why a directory cannot be served. One generator may serve
     concurrent calls: it keeps no state between them.
+
+    ``io_binding`` (default: on with CUDA, off on the CPU) runs each step through
+    ONNX Runtime's IO binding: the KV cache stays where the model runs (GPU memory)
+    from step to step, and only token ids go in and logits come out. With it, rows
+    that finished keep their place in the batch until all are done (a cache on the
+    device cannot be sliced without a round trip); their extra tokens are discarded.
     """
 
     def __init__(
-        self, model_dir: str | Path, *, providers: list[str] | None = None, intra_op_threads: int | None = None
+        self, model_dir: str | Path, *, providers: list[str] | None = None, intra_op_threads: int | None = None,
+        io_binding: bool | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
@@ -314,6 +321,8 @@ class Generator:
         self._special = sorted(
             (t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special), key=len, reverse=True
         )
+        self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.io_binding = (self._device == "cuda") if io_binding is None else io_binding
 
     @property
     def version(self) -> str:
@@ -366,18 +375,22 @@ class Generator:
                 finish[r], finished_ms[r] = "length", elapsed_ms()
         live = np.array([r for r in range(len(prompts)) if finish[r] is None], dtype=np.int64)
         step_ids, mask = self._left_pad([prompt_ids[r] for r in live])
-        cache = self._empty_cache(len(live))
+        bound = self.io_binding
+        forward = self._forward_bound if bound else self._forward
+        cache = self._empty_cache(len(live), on_device=bound)
         timed_out = False
-        while len(live):
+        while any(finish[r] is None for r in live):
             if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
                 timed_out = True
                 break
-            logits, cache = self._forward(step_ids, mask, cache)
+            logits, cache = forward(step_ids, mask, cache)
             chosen = pick_next(
                 logits[:, -1, :], greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng
             )
             keep = []
             for row, r in enumerate(live):
+                if finish[r] is not None:  # finished earlier; kept in the batch (IO binding)
+                    continue
                 token = int(chosen[row])
                 new_tokens[r].append(token)
                 if token == self.manifest.eos_token_id or self._hits_stop(new_tokens[r], stop):
@@ -386,13 +399,14 @@ class Generator:
                     finish[r], finished_ms[r] = "length", elapsed_ms()
                 else:
                     keep.append(row)
-            if len(keep) < len(live):  # drop finished rows: later steps only pay for live ones
+            if not bound and len(keep) < len(live):  # drop finished rows: later steps only pay for live ones
                 live, chosen, mask = live[keep], chosen[keep], mask[keep]
                 cache = [c[keep] for c in cache]
             step_ids = chosen[:, None].astype(self._decoder.id_dtype)
             mask = np.concatenate([mask, np.ones((len(live), 1), mask.dtype)], axis=1)
         for r in live:
-            finish[r], finished_ms[r] = ("time" if timed_out else "length"), elapsed_ms()
+            if finish[r] is None:
+                finish[r], finished_ms[r] = ("time" if timed_out else "length"), elapsed_ms()
 
         return [
             GenerationResult(
@@ -435,10 +449,13 @@ class Generator:
             mask[i, width - len(row) :] = 1
         return ids, mask
 
-    def _empty_cache(self, batch: int) -> list[np.ndarray]:
+    def _empty_cache(self, batch: int, *, on_device: bool = False) -> list:
         d = self._decoder
         shape = (batch, d.heads, 0, d.head_dim)
-        return [np.zeros(shape, dtype=d.cache_dtype) for _ in self._cache_names]
+        empty = [np.zeros(shape, dtype=d.cache_dtype) for _ in self._cache_names]
+        if on_device:
+            return [ort.OrtValue.ortvalue_from_numpy(a, self._device, 0) for a in empty]
+        return empty
 
     def _forward(
         self, ids: np.ndarray, mask: np.ndarray, cache: list[np.ndarray]
@@ -452,6 +469,23 @@ class Generator:
         feed.update(zip((n.format("past_key_values") for n in self._cache_names), cache))
         logits, *present = self._session.run(["logits", *(n.format("present") for n in self._cache_names)], feed)
         return logits, present
+
+    def _forward_bound(self, ids: np.ndarray, mask: np.ndarray, cache: list) -> tuple[np.ndarray, list]:
+        """`_forward` through IO binding: the cache (OrtValues) stays on the model's device."""
+        binding = self._session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        if self._decoder.position_dtype is not None:
+            positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -ids.shape[1] :]
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions.astype(self._decoder.position_dtype)))
+        for name, value in zip((n.format("past_key_values") for n in self._cache_names), cache):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")  # sampling happens on the host
+        for name in (n.format("present") for n in self._cache_names):
+            binding.bind_output(name, self._device)
+        self._session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy(), present
 
     def _hits_stop(self, tokens: list[int], stop: list[str]) -> bool:
         if not stop:

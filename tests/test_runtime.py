@@ -367,3 +367,22 @@ def test_runtime_never_imports_torch_or_transformers():
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum")))
     """)
     assert run.stdout.strip() == "[]"
+
+
+# -- IO binding ---------------------------------------------------------------------
+
+
+def test_io_binding_gives_the_same_copy_as_plain_runs(tiny, generator):
+    # On the CPU the bound path is optional; it is the path CUDA takes (cache kept on the device).
+    bound = Generator(tiny.dir, providers=[CPU], io_binding=True)
+    assert bound.io_binding and not generator.io_binding
+    prompts = [*PROMPTS, "", "<tone=urgent>"]
+    for n in (1, 5, 16):  # rows finish at different steps and stay in the bound batch
+        plain = generator.generate(prompts, max_new_tokens=n)
+        kept = bound.generate(prompts, max_new_tokens=n)
+        assert [(r.tokens, r.text, r.finish_reason) for r in kept] == [
+            (r.tokens, r.text, r.finish_reason) for r in plain
+        ]
+    first = bound.generate(PROMPTS, greedy=False, temperature=1.5, seed=3, max_new_tokens=12)
+    again = bound.generate(PROMPTS, greedy=False, temperature=1.5, seed=3, max_new_tokens=12)
+    assert [r.tokens for r in first] == [r.tokens for r in again]
