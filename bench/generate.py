@@ -43,11 +43,12 @@ def summarize(latencies_s: list[float], tokens: int, seconds: float, **extra) ->
             "p99_ms": round(percentile(ms, 99), 2), "requests": len(ms), "tokens": tokens, **extra}
 
 
-def run_tailor(model_dir: Path, prompts: list[str], concurrency: int, new_tokens: int, max_wait_ms: float) -> dict:
+def run_tailor(model_dir: Path, prompts: list[str], concurrency: int, new_tokens: int, max_wait_ms: float,
+               device: str = "cpu") -> dict:
     from models.batching import BatchingGenerator
-    from models.runtime import Generator
+    from models.runtime import Generator, choose_providers
 
-    generator = Generator(model_dir)
+    generator = Generator(model_dir, providers=choose_providers(device))
     generator.generate(prompts[:concurrency], max_new_tokens=new_tokens)  # warm-up
 
     async def main():
@@ -99,16 +100,18 @@ def run_threads(generate_one, prompts: list[str], concurrency: int, *,
     return latencies, tokens, time.perf_counter() - started
 
 
-def run_optimum(model_dir: Path, onnx_file: str, prompts, concurrency: int, new_tokens: int) -> tuple[dict, dict]:
+def run_optimum(model_dir: Path, onnx_file: str, prompts, concurrency: int, new_tokens: int,
+                device: str = "cpu") -> tuple[dict, dict]:
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = ORTModelForCausalLM.from_pretrained(model_dir, file_name=onnx_file, use_cache=True,
-                                                provider="CPUExecutionProvider")
+    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    model = ORTModelForCausalLM.from_pretrained(model_dir, file_name=onnx_file, use_cache=True, provider=provider,
+                                                use_io_binding=device == "cuda")
 
     def generate_one(prompt: str) -> int:
-        ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
+        ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
         out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
         return out.shape[1] - ids.input_ids.shape[1]
 
@@ -116,15 +119,16 @@ def run_optimum(model_dir: Path, onnx_file: str, prompts, concurrency: int, new_
             summarize(*run_threads(generate_one, prompts, concurrency, serial=True), onnx=onnx_file, threads=1))
 
 
-def run_pytorch(trained_dir: Path, prompts, concurrency: int, new_tokens: int) -> tuple[dict, dict]:
+def run_pytorch(trained_dir: Path, prompts, concurrency: int, new_tokens: int,
+                device: str = "cpu") -> tuple[dict, dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
-    model = AutoModelForCausalLM.from_pretrained(trained_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(trained_dir).eval().to(device)
 
     def generate_one(prompt: str) -> int:
-        ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
+        ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(device)
         with torch.no_grad():
             out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
                                  pad_token_id=tokenizer.pad_token_id)
@@ -148,8 +152,9 @@ def run_generate(settings, args) -> int:
               "run `tailor train` or pass --trained", file=sys.stderr)
         return 2
     prompts = prompts_for(args.requests, args.slot)
-    result = {"bench": "generate", "model": manifest.version, "slot": args.slot, "concurrency": args.concurrency,
-              "new_tokens": args.new_tokens, "requests": args.requests}
+    device = args.device
+    result = {"bench": "generate", "model": manifest.version, "slot": args.slot, "device": device,
+              "concurrency": args.concurrency, "new_tokens": args.new_tokens, "requests": args.requests}
     for onnx_file in dict.fromkeys(["model.onnx", manifest.onnx]):
         if not (model_dir / onnx_file).is_file():
             continue
@@ -157,12 +162,13 @@ def run_generate(settings, args) -> int:
         print(f"tailor runtime ({label}) ...", file=sys.stderr)
         runtime_dir = model_dir if onnx_file == manifest.onnx else _with_onnx(model_dir, manifest, onnx_file)
         result[f"tailor_{label}"] = run_tailor(runtime_dir, prompts, args.concurrency, args.new_tokens,
-                                               args.max_wait_ms)
+                                               args.max_wait_ms, device)
         print(f"optimum ({label}) ...", file=sys.stderr)
         result[f"optimum_{label}"], result[f"optimum_{label}_serial"] = run_optimum(
-            model_dir, onnx_file, prompts, args.concurrency, args.new_tokens)
+            model_dir, onnx_file, prompts, args.concurrency, args.new_tokens, device)
     print("pytorch ...", file=sys.stderr)
-    result["pytorch"], result["pytorch_serial"] = run_pytorch(trained_dir, prompts, args.concurrency, args.new_tokens)
+    result["pytorch"], result["pytorch_serial"] = run_pytorch(trained_dir, prompts, args.concurrency,
+                                                              args.new_tokens, device)
     base = result["tailor_fp32"]["tokens_per_s"]
 
     def best(name):

@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-wait-ms", type=float, default=3.0, help="dynamic batching: longest wait for company")
     gen.add_argument("--slot", choices=("headline", "description", "cta", "email_subject"), default="headline",
                      help="what the prompts ask for (default headline; description runs to --new-tokens)")
+    gen.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="where all three run (cuda: ONNX Runtime's CUDA provider, torch on the GPU)")
     clus = bench_sub.add_parser("clusterers", help="River clusterers compared on simulated traffic (ARI, µs/update)")
     clus.add_argument("--events", type=_positive_int, default=1_000_000)
     clus.add_argument("--users", type=_positive_int, default=1000)
