@@ -107,16 +107,26 @@ def run_optimum(model_dir: Path, onnx_file: str, prompts, concurrency: int, new_
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    model = ORTModelForCausalLM.from_pretrained(model_dir, file_name=onnx_file, use_cache=True, provider=provider,
-                                                use_io_binding=device == "cuda")
 
-    def generate_one(prompt: str) -> int:
-        ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
-        out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
-        return out.shape[1] - ids.input_ids.shape[1]
+    def load(io_binding: bool):
+        return ORTModelForCausalLM.from_pretrained(model_dir, file_name=onnx_file, use_cache=True, provider=provider,
+                                                   use_io_binding=io_binding)
 
-    return (summarize(*run_threads(generate_one, prompts, concurrency), onnx=onnx_file, threads=concurrency),
-            summarize(*run_threads(generate_one, prompts, concurrency, serial=True), onnx=onnx_file, threads=1))
+    def generate_with(model):
+        def generate_one(prompt: str) -> int:
+            ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
+            out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+            return out.shape[1] - ids.input_ids.shape[1]
+        return generate_one
+
+    # Optimum's IO binding (its fast path on a GPU) reuses output buffers per model and breaks
+    # under concurrent calls: the concurrent run goes without it, the serial run with it on CUDA.
+    concurrent = generate_with(load(False))
+    serial = generate_with(load(device == "cuda"))
+    return (summarize(*run_threads(concurrent, prompts, concurrency), onnx=onnx_file, threads=concurrency),
+            summarize(*run_threads(serial, prompts, concurrency, serial=True), onnx=onnx_file, threads=1,
+                      io_binding=device == "cuda"))
 
 
 def run_pytorch(trained_dir: Path, prompts, concurrency: int, new_tokens: int,
