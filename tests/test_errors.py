@@ -26,3 +26,11 @@ def test_malformed_setting_is_a_clear_error():
         Settings.from_env({"TAILOR_LATENESS_S": "soon"})
     with pytest.raises(ValueError, match="TAILOR_TAIL='maybe' is not a valid bool"):
         Settings.from_env({"TAILOR_TAIL": "maybe"})
+
+
+def test_segmentation_settings_are_checked():
+    with pytest.raises(ValueError, match="TAILOR_DRIFT_ACTION must be 'alert' or 'refit'"):
+        Settings.from_env({"TAILOR_DRIFT_ACTION": "panic"})
+    with pytest.raises(ValueError, match="TAILOR_SEGMENTS must be 0"):
+        Settings.from_env({"TAILOR_SEGMENTS": "1"})
+    assert Settings.from_env({"TAILOR_SEGMENTS": "0"}).segments == 0
