@@ -39,34 +39,9 @@ from pathlib import Path
 
 import msgspec
 
+# Slots, tones, their length limits and tone words: one definition, shared with the brand rules.
+from engine.brand import MAX_CHARS, SLOTS, TONE_WORDS, TONES  # noqa: F401 - re-exported
 from engine.catalog import CATALOG_SEED, CATEGORY_SPECS, Catalog, Item, build_catalog
-
-SLOTS: tuple[str, ...] = ("headline", "description", "cta", "email_subject")
-TONES: tuple[str, ...] = ("urgent", "playful", "premium", "informative")
-#: Longest text each slot may hold, in characters (what the page or inbox shows).
-MAX_CHARS: dict[str, int] = {"headline": 60, "description": 220, "cta": 28, "email_subject": 70}
-
-#: Words that mark each tone (lower case; an entry is one word or two). Disjoint,
-#: so that a text can be told to obey one tone and not another.
-TONE_WORDS: dict[str, frozenset[str]] = {
-    "urgent": frozenset({
-        "now", "today", "tonight", "hurry", "last", "ends", "ending", "fast", "quick", "quickly",
-        "final", "soon", "gone", "before", "act", "don't miss", "limited time",
-    }),
-    "playful": frozenset({
-        "treat", "treats", "yay", "fun", "hello", "psst", "hey", "ooh", "oh", "love", "happy",
-        "smile", "woohoo", "delight", "yes please",
-    }),
-    "premium": frozenset({
-        "crafted", "exceptional", "exceptionally", "refined", "timeless", "finest", "elegant",
-        "elegance", "luxurious", "luxury", "impeccable", "signature", "understated", "superb",
-        "sophisticated", "distinguished",
-    }),
-    "informative": frozenset({
-        "features", "feature", "made", "includes", "included", "including", "details", "detail",
-        "available", "comes", "specs", "specifications", "designed", "overview", "information",
-    }),
-}
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
