@@ -78,6 +78,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: "alert" (report drift) or "refit" (also re-fit the segments, model version + 1).
     drift_action: str = "alert"
 
+    # -- the API (api/) ------------------------------------------------------------
+    #: Secret key of the keyed HMAC that turns raw user ids into pseudonyms at the edge.
+    pseudonym_key: str = ""
+    #: API keys and their scopes: "KEY=ingest+serve,OTHER=admin" (scopes: ingest, serve, admin).
+    api_keys: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
         """Read ``TAILOR_*`` variables; a malformed one is a clear `ValueError`."""
