@@ -152,6 +152,21 @@ def segments(request: Request) -> list[SegmentProfile]:
     return read_profiles(state.store, state.settings.segments) if state.settings.segments else []
 
 
+def run_api(settings: Settings, args) -> int:
+    """``tailor api``: serve the app with uvicorn until stopped."""
+    import sys
+
+    import uvicorn
+
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"tailor api: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """The API app for ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--process-id", type=int, default=None, help="this process's index in a cluster (Bytewax -i)")
     flow.add_argument("--addresses", help="host:port of every cluster process, ';'-separated (Bytewax -a)")
 
+    api = sub.add_parser("api", help="serve the personalization API (first routes: events, features, segments)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+
     segs = sub.add_parser("segments", help="print the segment profiles the flow keeps in Feast")
     segs.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.export import run_export as run
     elif args.command == "samples":
         from models.samples import run_samples as run
+    elif args.command == "api":
+        from api.app import run_api as run
     elif args.command == "segments":
         from flows.segments import run_segments as run
     elif args.command == "simulate":
