@@ -7,7 +7,9 @@ the Kafka producer, the pseudonymizer) are opened in the lifespan and put on
 read. Raw user ids never go further than this process: the edge turns them
 into keyed-HMAC pseudonyms (`engine.privacy`) before Kafka or Feast see them.
 
-Still to come (issue 5): /v1/personalize, templates, metrics, readiness.
+``/healthz`` says the process is alive, ``/readyz`` whether the broker and the
+store answer, ``/metrics`` serves Prometheus request counts and latency
+histograms per route. Still to come (issue 5): /v1/personalize, templates.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, get, post
+from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
@@ -50,6 +52,14 @@ class EventsAccepted(msgspec.Struct):
 
 class Health(msgspec.Struct):
     status: str
+
+
+class Readiness(msgspec.Struct):
+    """Whether each dependency answers; ``ready`` only if all do."""
+
+    ready: bool
+    broker: str
+    store: str
 
 
 def parse_api_keys(text: str) -> dict[str, frozenset[str]]:
@@ -89,6 +99,36 @@ def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None
 def healthz() -> Health:
     """Alive (says nothing about the broker or the store)."""
     return Health("ok")
+
+
+@get("/readyz", sync_to_thread=True)
+def readyz(request: Request) -> Response[Readiness]:
+    """Ready to serve: the broker and the feature store both answer (503 and which failed otherwise)."""
+    state = request.app.state
+    try:
+        state.producer.list_topics(timeout=2)
+        broker = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        broker = f"unreachable: {type(exc).__name__}: {exc}"[:200]
+    try:
+        state.store.get_online_features(features=state.activity_features[:1], entity_rows=[{"user_id": "p_ready"}])
+        store = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        store = f"unreachable: {type(exc).__name__}: {exc}"[:200]
+    ready = broker == store == "ok"
+    return Response(Readiness(ready, broker, store), status_code=200 if ready else 503)
+
+
+@get("/metrics", sync_to_thread=False)
+def metrics() -> Response[bytes]:
+    """Prometheus metrics of this process.
+
+    Not Litestar's PrometheusController: importing Feast sets PROMETHEUS_MULTIPROC_DIR,
+    and that controller then reads an empty multiprocess directory instead.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 @post("/v1/events", status_code=HTTP_202_ACCEPTED, opt={"scope": "ingest"})
@@ -197,10 +237,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             app.state.producer.flush(10)
+            app.state.producer = None  # frees the client now: no reconnect attempts after shutdown
 
+    from litestar.plugins.prometheus import PrometheusConfig
+
+    # Request counts, errors and latency histograms per route (path templates, not raw paths).
+    prometheus = PrometheusConfig(app_name="tailor", prefix="tailor_api", group_path=True,
+                                  buckets=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0])
     return Litestar(
-        route_handlers=[healthz, post_events, user_features, segments],
+        route_handlers=[healthz, readyz, metrics, post_events, user_features, segments],
         lifespan=[resources],
         guards=[require_scope],
+        middleware=[prometheus.middleware],
         request_max_body_size=MAX_BODY_BYTES,
     )

@@ -84,3 +84,22 @@ def test_missing_keys_are_clear_errors(make_settings):
         create_app(make_settings(pseudonym_key=KEY))
     with pytest.raises(ValueError, match="scope"):
         parse_api_keys("k=superuser")
+
+
+def test_readiness_and_metrics(api_settings, make_settings):
+    with TestClient(app=create_app(api_settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "broker": "ok", "store": "ok"}
+        client.get("/v1/segments", headers=HEADERS)
+        response = client.get("/metrics")
+        assert response.status_code == 200, (response.status_code, response.text[:200])
+        metrics = response.text
+        assert "tailor_api_requests_total" in metrics and 'path="/v1/segments"' in metrics
+        assert "tailor_api_request_duration_seconds_bucket" in metrics
+    from flows.kafka import free_port
+
+    down = make_settings(pseudonym_key=KEY, api_keys="k=serve")
+    down = type(down)(**{**__import__("msgspec").structs.asdict(down), "brokers": f"127.0.0.1:{free_port()}"})
+    with TestClient(app=create_app(down)) as client:
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503 and not_ready.json()["broker"].startswith("unreachable")
