@@ -226,10 +226,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.api_keys = api_keys
         app.state.pseudonymizer = pseudonymizer
         app.state.store = open_store(settings)
-        app.state.activity_features = app.state.store.get_feature_service("user_activity_v1")
+        service = app.state.store.get_feature_service("user_activity_v1")
         app.state.activity_features = [
             f"{projection.name_to_use()}:{feature.name}"
-            for projection in app.state.activity_features.feature_view_projections
+            for projection in service.feature_view_projections
             for feature in projection.features
         ]
         app.state.producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 2})

@@ -45,10 +45,19 @@ def summarize(latencies_s: list[float], tokens: int, seconds: float, **extra) ->
 
 def run_tailor(model_dir: Path, prompts: list[str], concurrency: int, new_tokens: int, max_wait_ms: float,
                device: str = "cpu") -> dict:
-    from models.batching import BatchingGenerator
     from models.runtime import Generator, choose_providers
 
     generator = Generator(model_dir, providers=choose_providers(device))
+    latencies, tokens, seconds, sizes = batched_load(generator, prompts, concurrency, new_tokens, max_wait_ms)
+    return summarize(latencies, tokens, seconds, provider=generator.provider,
+                     mean_batch=round(sum(sizes) / len(sizes), 2), onnx=generator.manifest.onnx)
+
+
+def batched_load(generator, prompts: list[str], concurrency: int, new_tokens: int,
+                 max_wait_ms: float = 3.0) -> tuple[list[float], int, float, list[int]]:
+    """C async clients, closed loop, through `BatchingGenerator`: latencies (s), tokens, seconds, batch sizes."""
+    from models.batching import BatchingGenerator
+
     generator.generate(prompts[:concurrency], max_new_tokens=new_tokens)  # warm-up
 
     async def main():
@@ -66,10 +75,7 @@ def run_tailor(model_dir: Path, prompts: list[str], concurrency: int, new_tokens
 
             started = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
-            seconds = time.perf_counter() - started
-            sizes = batcher.batch_sizes
-        return summarize(latencies, tokens, seconds, provider=generator.provider,
-                         mean_batch=round(sum(sizes) / len(sizes), 2), onnx=generator.manifest.onnx)
+            return latencies, tokens, time.perf_counter() - started, list(batcher.batch_sizes)
 
     return asyncio.run(main())
 

@@ -10,40 +10,16 @@ descriptions. models/README.md quotes its output from an H200.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
 
-from bench.common import percentile
-from bench.generate import prompts_for
-from models.batching import BatchingGenerator
+from bench.generate import batched_load, prompts_for, summarize
 from models.runtime import Generator, choose_providers
 
 
 def bench(generator: Generator, slot: str, concurrency: int = 16, requests: int = 320, new_tokens: int = 24) -> dict:
-    prompts = prompts_for(requests, slot)
-    generator.generate(prompts[:concurrency], max_new_tokens=new_tokens)  # warm-up
-
-    async def main():
-        latencies, tokens, pending = [], 0, list(prompts)
-        async with BatchingGenerator(generator, max_batch=concurrency, max_wait_ms=3) as batcher:
-            async def client():
-                nonlocal tokens
-                while pending:
-                    prompt = pending.pop()
-                    sent = time.perf_counter()
-                    result = await batcher.generate(prompt, max_new_tokens=new_tokens)
-                    latencies.append((time.perf_counter() - sent) * 1000)
-                    tokens += len(result.tokens)
-
-            started = time.perf_counter()
-            await asyncio.gather(*(client() for _ in range(concurrency)))
-            seconds = time.perf_counter() - started
-        return {"tokens_per_s": round(tokens / seconds, 1), "p50_ms": round(percentile(latencies, 50), 2),
-                "p99_ms": round(percentile(latencies, 99), 2), "tokens": tokens, "requests": len(latencies)}
-
-    return asyncio.run(main())
+    latencies, tokens, seconds, _ = batched_load(generator, prompts_for(requests, slot), concurrency, new_tokens)
+    return summarize(latencies, tokens, seconds)
 
 
 def main(model_dir: str) -> dict:

@@ -105,25 +105,7 @@ class Behaviour:
 
     def update(self, event: Event) -> None:
         """Count one (already de-duplicated) event."""
-        i = _INDEX.get(event.type)
-        if i is None:
-            return  # conversions and the like say nothing about shopping habits
-        ts = event.ts
-        if self.base_ms is None:
-            self.base_ms = self.ref_ms = ts
-        elif ts > self.ref_ms:
-            self.ref_ms = ts
-            if ts - self.base_ms > self.REBASE_HALF_LIVES * self.half_life_ms:
-                self._rebase(ts)
-        weight = math.exp2((ts - self.base_ms) * self._per_ms)
-        counts = self.counts
-        counts[i] += weight
-        if i == _IMP:
-            self.impressions += 1
-        elif i == _CLICK:
-            self.clicks += 1
-        elif i == _BUY and event.value:
-            counts[_SPEND] += weight * event.value
+        self.update_many((event,))
 
     def take_clicks(self) -> tuple[int, int]:
         """(clicks, impressions) counted since the last call."""
@@ -131,14 +113,14 @@ class Behaviour:
         self.clicks = self.impressions = 0
         return taken
 
-    def update_many(self, events: list[Event]) -> None:
-        """`update` for each event, with the lookups hoisted: the flow's per-batch call."""
+    def update_many(self, events: Iterable[Event]) -> None:
+        """Count (already de-duplicated) events: the flow's per-batch call, lookups hoisted."""
         index, per_ms, counts = _INDEX, self._per_ms, self.counts
         exp2 = math.exp2
         for event in events:
             i = index.get(event.type)
             if i is None:
-                continue
+                continue  # conversions and the like say nothing about shopping habits
             ts = event.ts
             if self.base_ms is None:
                 self.base_ms = self.ref_ms = ts
@@ -146,7 +128,6 @@ class Behaviour:
                 self.ref_ms = ts
                 if ts - self.base_ms > self.REBASE_HALF_LIVES * self.half_life_ms:
                     self._rebase(ts)
-                    counts = self.counts
             weight = exp2((ts - self.base_ms) * per_ms)
             counts[i] += weight
             if i == _IMP:
@@ -158,7 +139,9 @@ class Behaviour:
 
     def _rebase(self, base_ms: int) -> None:
         factor = 2.0 ** ((self.base_ms - base_ms) / self.half_life_ms)
-        self.counts = [c * factor for c in self.counts]
+        counts = self.counts
+        for k in range(len(counts)):  # in place: update_many holds a reference to the list
+            counts[k] *= factor
         self.base_ms = base_ms
 
     def decayed(self) -> list[float]:
