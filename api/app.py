@@ -7,13 +7,18 @@ the Kafka producer, the pseudonymizer) are opened in the lifespan and put on
 read. Raw user ids never go further than this process: the edge turns them
 into keyed-HMAC pseudonyms (`engine.privacy`) before Kafka or Feast see them.
 
-``/healthz`` says the process is alive, ``/readyz`` whether the broker and the
-store answer, ``/metrics`` serves Prometheus request counts and latency
-histograms per route. Still to come (issue 5): /v1/personalize, templates.
+``POST /v1/personalize`` (api/personalize.py) serves a user's content;
+``/v1/templates`` (api/templates.py) manages the versioned templates it renders.
+``/healthz`` says the process is alive, ``/readyz`` whether the broker, the
+store and the copy model answer, ``/metrics`` serves Prometheus request counts
+and latency histograms per route, the copy cache's hit ratio and the
+generator's batch sizes and queue waits. The OpenAPI document is at
+``/docs/openapi.json`` and an interactive reference at ``/docs``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,14 +27,30 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, RequestBody, SecurityScheme
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from engine.events import InvalidEvent, check_not_ahead, decode_event, encode_event
+from api.personalize import Personalized, PersonalizeRequest, personalize
+from api.templates import TemplateController, open_templates
+from engine.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
+from engine.personalize import NoTemplate
 from engine.privacy import Pseudonymizer
 from engine.segments import SegmentProfile
 from engine.settings import Settings
+from engine.templates import TemplateError
+
+log = logging.getLogger("tailor.api")
 
 SCOPES = ("ingest", "serve", "admin")
 #: Most events one POST /v1/events may carry.
@@ -60,6 +81,29 @@ class Readiness(msgspec.Struct):
     ready: bool
     broker: str
     store: str
+    model: str
+
+
+class ErrorBody(msgspec.Struct):
+    status_code: int
+    detail: str
+
+
+_EVENT_SCHEMA = msgspec.json.schema(Event)["$defs"]["Event"]
+
+
+class EventsOperation(Operation):
+    """POST /v1/events reads its body itself (to judge each event on its own); this documents it."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description=f"One event, or an array of at most {MAX_BATCH} (at most {MAX_BODY_BYTES} bytes in all).",
+            content={"application/json": OpenAPIMediaType(schema={  # type: ignore[arg-type]
+                "oneOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1,
+                                          "maxItems": MAX_BATCH}],
+            })},
+        )
 
 
 def parse_api_keys(text: str) -> dict[str, frozenset[str]]:
@@ -101,25 +145,28 @@ def healthz() -> Health:
     return Health("ok")
 
 
-@get("/readyz", sync_to_thread=True)
-def readyz(request: Request) -> Response[Readiness]:
-    """Ready to serve: the broker and the feature store both answer (503 and which failed otherwise)."""
+@get("/readyz")
+async def readyz(request: Request) -> Response[Readiness]:
+    """Ready to serve: the broker, the feature store and the copy model all answer (503 and which failed otherwise)."""
+    import asyncio
+
     state = request.app.state
     try:
-        state.producer.list_topics(timeout=2)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: state.producer.list_topics(timeout=2))
         broker = "ok"
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         broker = f"unreachable: {type(exc).__name__}: {exc}"[:200]
     try:
-        state.store.get_online_features(features=state.activity_features[:1], entity_rows=[{"user_id": "p_ready"}])
+        state.reader.features("p_ready")  # on the event loop: the reader is not thread-safe
         store = "ok"
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         store = f"unreachable: {type(exc).__name__}: {exc}"[:200]
-    ready = broker == store == "ok"
-    return Response(Readiness(ready, broker, store), status_code=200 if ready else 503)
+    model = "ok" if state.writer.generator is not None else state.writer.unavailable
+    ready = broker == store == model == "ok"
+    return Response(Readiness(ready, broker, store, model), status_code=200 if ready else 503)
 
 
-@get("/metrics", sync_to_thread=False)
+@get("/metrics", sync_to_thread=False, include_in_schema=False)
 def metrics() -> Response[bytes]:
     """Prometheus metrics of this process.
 
@@ -131,7 +178,14 @@ def metrics() -> Response[bytes]:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-@post("/v1/events", status_code=HTTP_202_ACCEPTED, opt={"scope": "ingest"})
+_ERRORS = {code: ResponseSpec(ErrorBody, description=text) for code, text in (
+    (400, "the body is malformed: not JSON, wrong types or unknown fields"),
+    (401, "no API key, or an unknown one"), (403, "the API key lacks the route's scope"),
+)}
+
+
+@post("/v1/events", status_code=HTTP_202_ACCEPTED, opt={"scope": "ingest"}, operation_class=EventsOperation,
+      responses={**_ERRORS, 413: ResponseSpec(ErrorBody, description="too many events or bytes")})
 async def post_events(request: Request) -> EventsAccepted:
     """One event (a JSON object) or a batch (a JSON array, at most 1,000).
 
@@ -171,25 +225,45 @@ async def post_events(request: Request) -> EventsAccepted:
     return EventsAccepted(accepted, rejected)
 
 
-@get("/v1/users/{user_id:str}/features", opt={"scope": "serve"}, sync_to_thread=True)
-def user_features(user_id: str, request: Request) -> dict[str, Any]:
-    """The user's activity features and segment, read through Feast (user id as the client knows it)."""
+@get("/v1/users/{user_id:str}/features", opt={"scope": "serve"}, sync_to_thread=False, responses=_ERRORS)
+def user_features(user_id: FromPath[str], request: Request) -> dict[str, Any]:
+    """The user's activity features and segment as of now (user id as the client knows it).
+
+    The same values a Feast client reads through the ``user_activity_v1`` service
+    and the ``user_segment`` view, for the user's pseudonym.
+    """
     state = request.app.state
-    pseudonym = state.pseudonymizer.pseudonym(user_id)
-    got = state.store.get_online_features(
-        features=[*state.activity_features, "user_segment:segment", "user_segment:model_version"],
-        entity_rows=[{"user_id": pseudonym}],
-    ).to_dict()
-    return {name: values[0] for name, values in got.items() if name != "user_id"}
+    features, segment = state.reader.features(state.pseudonymizer.pseudonym(user_id))
+    features["segment"] = segment.segment if segment is not None else None
+    features["model_version"] = segment.model_version if segment is not None else None
+    return features
 
 
-@get("/v1/segments", opt={"scope": "serve"}, sync_to_thread=True)
+@post("/v1/personalize", opt={"scope": "serve"}, status_code=200,
+      responses={**_ERRORS, 404: ResponseSpec(ErrorBody, description="no live template for the slot"),
+                 422: ResponseSpec(ErrorBody, description="the template needs context or an item the request lacks")})
+async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request) -> Personalized:
+    """Personalized content for one user and slot, with why it was chosen.
+
+    Reads the user's features and segment, picks the template for the slot and
+    segment, fills its AI copy (cached, or generated within the time budget,
+    checked against the brand rules; default copy otherwise, with the reason in
+    ``explanation.fallbacks``) and renders it with ``context`` and the featured item.
+    """
+    state = request.app.state
+    try:
+        return await personalize(data, pseudonym=state.pseudonymizer.pseudonym(data.user_id), reader=state.reader,
+                                 templates=state.templates, writer=state.writer)
+    except NoTemplate as exc:
+        raise NotFoundException(detail=exc.reason) from None
+    except TemplateError as exc:
+        raise HTTPException(status_code=422, detail=exc.reason) from None
+
+
+@get("/v1/segments", opt={"scope": "serve"}, sync_to_thread=False, responses=_ERRORS)
 def segments(request: Request) -> list[SegmentProfile]:
-    """The segment profiles the flow keeps in Feast."""
-    from flows.segments import read_profiles
-
-    state = request.app.state
-    return read_profiles(state.store, state.settings.segments) if state.settings.segments else []
+    """The segment profiles the flow keeps in Feast (re-read at most every 2 s)."""
+    return sorted(request.app.state.reader.profiles().values(), key=lambda p: p.segment)
 
 
 def run_api(settings: Settings, args) -> int:
@@ -207,6 +281,37 @@ def run_api(settings: Settings, args) -> int:
     return 0
 
 
+def open_copy_writer(settings: Settings, cache_redis=None):
+    """The generator (None with the reason when no model is built), its batcher and the copy cache."""
+    from api.cache import CopyCache
+    from api.personalize import CopyWriter
+    from engine.brand import DEFAULT_RULES, load_brand_rules
+    from models.batching import BatchingGenerator
+    from models.manifest import ModelDirError
+
+    rules = DEFAULT_RULES
+    if settings.brand_rules:
+        try:
+            with open(settings.brand_rules, "rb") as f:
+                rules = load_brand_rules(f.read())
+        except OSError as exc:
+            raise ValueError(f"TAILOR_BRAND_RULES={settings.brand_rules!r} cannot be read: {exc.strerror}") from None
+    generator, unavailable = None, ""
+    try:
+        from models.runtime import Generator
+
+        generator = Generator(settings.model_dir)
+    except ModelDirError as exc:
+        unavailable = f"no copy model loaded: {exc}"
+        log.warning("%s; serving default copy", unavailable)
+    cache = CopyCache(settings.copy_cache_size, redis=cache_redis, ttl_s=settings.copy_cache_redis_ttl_s)
+    writer = CopyWriter(generator, None, cache, rules, settings.generation_budget_ms, unavailable)
+    if generator is not None:
+        writer.batcher = BatchingGenerator(generator, max_batch=settings.generation_max_batch,
+                                           max_wait_ms=settings.generation_max_wait_ms, on_batch=writer.observe_batch)
+    return writer
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """The API app for ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()
@@ -220,22 +325,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def resources(app: Litestar) -> AsyncIterator[None]:
         from confluent_kafka import Producer
 
+        from api.online import OnlineReader
         from flows.store import open_store
 
         app.state.settings = settings
         app.state.api_keys = api_keys
         app.state.pseudonymizer = pseudonymizer
         app.state.store = open_store(settings)
-        service = app.state.store.get_feature_service("user_activity_v1")
-        app.state.activity_features = [
-            f"{projection.name_to_use()}:{feature.name}"
-            for projection in service.feature_view_projections
-            for feature in projection.features
-        ]
+        app.state.reader = OnlineReader(app.state.store, settings.segments)
+        app.state.templates = open_templates(settings)
+        cache_redis = None
+        if settings.redis_url and settings.copy_cache_redis_ttl_s > 0:
+            from api.templates import redis_client
+
+            cache_redis = redis_client(settings.redis_url, use_async=True)
+        app.state.writer = open_copy_writer(settings, cache_redis)
         app.state.producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 2})
         try:
+            if app.state.writer.batcher is not None:
+                app.state.writer.batcher.start()
             yield
         finally:
+            if app.state.writer.batcher is not None:
+                await app.state.writer.batcher.close()
+            if cache_redis is not None:
+                await cache_redis.aclose()
+            app.state.templates.store.close()
             app.state.producer.flush(10)
             app.state.producer = None  # frees the client now: no reconnect attempts after shutdown
 
@@ -243,11 +358,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     # Request counts, errors and latency histograms per route (path templates, not raw paths).
     prometheus = PrometheusConfig(app_name="tailor", prefix="tailor_api", group_path=True,
-                                  buckets=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0])
+                                  buckets=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0],
+                                  exclude=["/metrics"])
+    openapi = OpenAPIConfig(
+        title="Tailor", version="0.1.0", path="/docs", use_handler_docstrings=True, render_plugins=[SwaggerRenderPlugin(path="/")],
+        description="Events in, personalized content out. Send your API key in the X-API-Key header.",
+        components=Components(security_schemes={
+            "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+        }),
+        security=[{"apiKey": []}],
+    )
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, post_events, user_features, segments],
+        route_handlers=[healthz, readyz, metrics, post_events, user_features, post_personalize, segments,
+                        TemplateController],
         lifespan=[resources],
         guards=[require_scope],
         middleware=[prometheus.middleware],
         request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=openapi,
     )

@@ -83,6 +83,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pseudonym_key: str = ""
     #: API keys and their scopes: "KEY=ingest+serve,OTHER=admin" (scopes: ingest, serve, admin).
     api_keys: str = ""
+    #: Exported copy model folder (`tailor export`); a missing one serves default copy.
+    model_dir: str = str(_ROOT / "models" / "artifacts" / "onnx")
+    #: Longest a personalize request waits for generated copy before it serves the
+    #: template's default copy (the generation goes on and fills the cache).
+    generation_budget_ms: float = 25.0
+    #: Dynamic batching of generator calls: most prompts per batch and longest wait for company.
+    generation_max_batch: int = 16
+    generation_max_wait_ms: float = 2.0
+    #: Generated snippets kept in the in-process LRU cache ...
+    copy_cache_size: int = 50_000
+    #: ... and, when set (with TAILOR_REDIS_URL), in Redis for this many seconds, shared by replicas.
+    copy_cache_redis_ttl_s: int = 0
+    #: SQLite file of the content templates; empty: ``<feature_repo>/data/templates.db``.
+    #: With TAILOR_REDIS_URL set, templates live in Redis instead (shared by API replicas).
+    template_db: str = ""
+    #: JSON file of brand rules (engine/brand.py); empty: the built-in defaults.
+    brand_rules: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":

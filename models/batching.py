@@ -56,10 +56,12 @@ class BatchingGenerator:
     for metrics.
     """
 
-    def __init__(self, generator, *, max_batch: int = 16, max_wait_ms: float = 3.0):
+    def __init__(self, generator, *, max_batch: int = 16, max_wait_ms: float = 3.0, on_batch=None):
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
         self.generator = generator
+        #: Called after each batch with (prompts, each one's queue wait in ms, seconds to generate): metrics.
+        self.on_batch = on_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.batch_sizes: list[int] = []
@@ -143,6 +145,8 @@ class BatchingGenerator:
                     if not r.future.done():
                         r.future.set_exception(exc)
                 continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch), self.queue_waits_ms[-len(batch):], time.perf_counter() - started)
             for r, result in zip(batch, results):
                 if not r.future.done():
                     r.future.set_result(result)

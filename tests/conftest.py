@@ -68,5 +68,29 @@ def make_settings(broker, feature_repo):
     return make
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny copy model trained on 6,000 corpus records (about a minute): (folder, evaluation)."""
+    pytest.importorskip("torch")
+    from models.build import TrainConfig, train
+    from models.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("trained")
+    records = build_corpus(seed=1)
+    evaluation = train(out, TrainConfig(size="tiny", max_records=6000, lr=5e-3, seed=1, eval_samples=1),
+                       records, progress=False)
+    return out, evaluation
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """``trained`` exported to ONNX with int8 quantization: (folder, manifest)."""
+    from models.export import export
+
+    out = tmp_path_factory.mktemp("onnx")
+    manifest = export(trained[0], out, quantize=True, version="test-1")
+    return out, manifest
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -15,24 +15,6 @@ pytestmark = pytest.mark.model
 SEGMENTS = ("bargain_hunter", "loyal_high_spender", "window_shopper", "email_driven")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    records = build_corpus(seed=1)
-    evaluation = train(out, TrainConfig(size="tiny", max_records=6000, lr=5e-3, seed=1, eval_samples=1),
-                       records, progress=False)
-    return out, evaluation
-
-
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    from models.export import export
-
-    out = tmp_path_factory.mktemp("onnx")
-    manifest = export(trained[0], out, quantize=True, version="test-1")
-    return out, manifest
-
-
 def test_training_writes_model_tokenizer_and_evaluation(trained):
     folder, evaluation = trained
     for name in ("config.json", "model.safetensors", "tokenizer.json", EVALUATION):

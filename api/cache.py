@@ -1,0 +1,93 @@
+"""The cache of generated copy: a bounded in-process LRU, and Redis when configured.
+
+A snippet depends on the model version, the template version, the segment style
+the prompt names, the slot, the tone and the featured item, and on nothing about
+the user: that tuple is the key (`copy_key`), and only the user-specific parts
+of a response (the caller's context) are rendered per request. Generated copy
+that broke a brand rule is cached too, with its violations, so a bad sample is
+not re-generated on every request; the response then says why default copy was
+served. Redis (``TAILOR_COPY_CACHE_REDIS_TTL_S`` > 0 with ``TAILOR_REDIS_URL``)
+lets API replicas share what any of them generated; the LRU stays in front of it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import msgspec
+
+
+class CachedCopy(msgspec.Struct, frozen=True, array_like=True):
+    """A generated snippet and the brand rules it broke (empty: it may be served)."""
+
+    text: str
+    violations: tuple[str, ...] = ()
+
+
+def copy_key(model_version: str, template_id: str, template_version: int, style: str, slot: str, tone: str,
+             item_id: str | None) -> str:
+    """The cache key of one generated snippet.
+
+    >>> copy_key("m1", "headline-ai", 2, "bargain_hunter", "headline", "urgent", None)
+    'm1|headline-ai@2|bargain_hunter|headline|urgent|-'
+    """
+    return f"{model_version}|{template_id}@{template_version}|{style}|{slot}|{tone}|{item_id or '-'}"
+
+
+class CopyCache:
+    """LRU of at most ``size`` snippets, optionally backed by Redis (``redis``: a redis.asyncio client).
+
+    >>> import asyncio
+    >>> cache = CopyCache(2)
+    >>> async def demo():
+    ...     await cache.put("a", CachedCopy("one")); await cache.put("b", CachedCopy("two"))
+    ...     await cache.get("a"); await cache.put("c", CachedCopy("three"))  # "b" is least recent
+    ...     return [await cache.get(k) for k in "abc"]
+    >>> asyncio.run(demo())
+    [CachedCopy(text='one', violations=()), None, CachedCopy(text='three', violations=())]
+    """
+
+    def __init__(self, size: int, *, redis=None, ttl_s: int = 0, prefix: str = "tailor:copy:"):
+        if size < 1:
+            raise ValueError(f"TAILOR_COPY_CACHE_SIZE must be at least 1, got {size}")
+        self.size = size
+        self._lru: OrderedDict[str, CachedCopy] = OrderedDict()
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._prefix = prefix
+        self.hits = 0
+        self.misses = 0
+
+    def get_local(self, key: str) -> CachedCopy | None:
+        """The in-process entry, if any (no I/O): the fast path of every request."""
+        value = self._lru.get(key)
+        if value is not None:
+            self._lru.move_to_end(key)
+        return value
+
+    async def get(self, key: str) -> CachedCopy | None:
+        value = self.get_local(key)
+        if value is None and self._redis is not None:
+            raw = await self._redis.get(self._prefix + key)
+            if raw is not None:
+                value = _decoder.decode(raw)
+                self._remember(key, value)
+        return value
+
+    async def put(self, key: str, value: CachedCopy) -> None:
+        self._remember(key, value)
+        if self._redis is not None:
+            await self._redis.set(self._prefix + key, _encoder.encode(value), ex=self._ttl_s)
+
+    def _remember(self, key: str, value: CachedCopy) -> None:
+        self._lru[key] = value
+        self._lru.move_to_end(key)
+        if len(self._lru) > self.size:
+            self._lru.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(CachedCopy)

@@ -1,0 +1,203 @@
+"""POST /v1/personalize against a real broker, Feast (SQLite) and a tiny exported copy model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from engine.audience import SegmentAssignment
+from engine.events import Event
+from engine.privacy import Pseudonymizer
+from engine.segments import SegmentProfile
+from engine.tiles import UserActivity
+from flows.store import FeatureWriter
+from tests.conftest import now_ms
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+KEY = "0123456789abcdef0123456789abcdef"
+SERVE = {"X-API-Key": "server"}
+ADMIN = {"X-API-Key": "boss"}
+ITEM = {"item_id": "i-77", "title": "Trail Shoe", "category": "shoes", "price": 80.0, "discount_pct": 25}
+
+
+@pytest.fixture
+def api_settings(make_settings, exported):
+    def make(**overrides):
+        values = {"pseudonym_key": KEY, "api_keys": "server=ingest+serve,boss=admin", "model_dir": str(exported[0]),
+                  "generation_budget_ms": 10_000.0}
+        return make_settings(**(values | overrides))
+
+    return make
+
+
+def seed_user(settings, user_id: str, *, clicks: int = 3, category: str = "shoes", segment: int | None = 2) -> str:
+    """Write a user's activity (and segment, with its profile) straight into the online store."""
+    pseudonym = Pseudonymizer(KEY).pseudonym(user_id)
+    activity = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+    now = now_ms()
+    for n in range(clicks):
+        activity.update(Event(event_id=f"{user_id}-{n}", type="click", user_id=pseudonym, ts=now - 1000 + n,
+                              category=category))
+    writer = FeatureWriter(settings, offline=False)
+    writer.write({pseudonym: activity})
+    if segment is not None:
+        writer.write_segments({pseudonym: SegmentAssignment(segment, 0.4, 1, now)})
+        writer.write_profiles([SegmentProfile(segment=segment, label="buys what they cart, budget", size=10,
+                                              share=0.25, centre={}, model_version=1)])
+    writer.close()
+    return pseudonym
+
+
+def personalize(client, **body):
+    return client.post("/v1/personalize", json={"user_id": "ann", "slot": "headline"} | body, headers=SERVE)
+
+
+def test_content_comes_with_segment_template_and_explanation(api_settings):
+    settings = api_settings()
+    seed_user(settings, "ann", clicks=4)
+    with TestClient(app=create_app(settings)) as client:
+        first = personalize(client, items=[{"item_id": "i-1", "category": "bags"}, ITEM])
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert body["segment"] == 2 and body["segment_label"] == "buys what they cart, budget"
+        assert body["model_version"] == "test-1" and body["experiment"] is None
+        assert body["template_id"] == "headline-ai" and body["variant"] == "headline-ai@1"
+        why = body["explanation"]
+        assert why["style"] == "bargain_hunter" and "segment 2 'buys what they cart, budget'" in why["segment"]
+        assert why["tone"].startswith("urgent") and why["features"]["clicks_1h"] == 4
+        assert why["features"]["top_category"] == "shoes" and body["content"]["item_id"] == "i-77"
+        assert "top category (shoes)" in why["item"]
+        assert body["cached"] is False
+        copy = body["content"]["copy"]["headline"]
+        if why["fallbacks"]:  # the tiny model's copy may break a rule; then default copy, and why
+            assert copy == "Picked for you" and why["fallbacks"][0]["reason"]
+        else:
+            assert body["content"]["text"] == copy and copy.strip()
+
+        again = personalize(client, items=[{"item_id": "i-1", "category": "bags"}, ITEM]).json()
+        assert again["cached"] is True and again["content"] == body["content"]
+        other_item = personalize(client, items=[ITEM | {"item_id": "i-78"}]).json()
+        assert other_item["cached"] is False
+
+        metrics = client.get("/metrics").text
+        assert 'tailor_copy_cache_lookups_total{result="hit"} 1.0' in metrics
+        assert "tailor_generator_batch_size_count" in metrics and "tailor_generator_queue_wait_seconds" in metrics
+
+
+def test_an_unsegmented_user_gets_default_style_copy(api_settings):
+    settings = api_settings()
+    with TestClient(app=create_app(settings)) as client:
+        body = personalize(client, user_id="nobody-yet").json()
+        assert body["segment"] is None and body["explanation"]["features"]["lifetime_events"] == 0
+        assert body["explanation"]["segment"].startswith("not segmented yet")
+
+
+def test_context_is_rendered_literally_and_never_stored(api_settings):
+    settings = api_settings()
+    seed_user(settings, "ann")
+    sneaky = "{{ ''.__class__.__mro__ }}"
+    with TestClient(app=create_app(settings)) as client:
+        for name in ("Zebulon", sneaky):
+            r = personalize(client, slot="email_subject", context={"first_name": name})
+            assert r.status_code == 200, r.text
+            assert r.json()["content"]["text"].startswith(f"Hi {name}: ")
+    stored = b"".join(p.read_bytes() for p in Path(settings.feature_repo).rglob("*") if p.is_file())
+    assert b"Zebulon" not in stored and b"__mro__" not in stored
+
+
+def test_slow_or_rule_breaking_copy_falls_back_to_default_copy_and_says_why(api_settings, tmp_path):
+    rules = tmp_path / "brand.json"
+    rules.write_text(json.dumps({"name": "strict", "max_chars": {"headline": 1}}))
+    settings = api_settings(brand_rules=str(rules))
+    seed_user(settings, "ann")
+    with TestClient(app=create_app(settings)) as client:
+        body = personalize(client).json()
+        assert body["content"]["text"] == "Picked for you"
+        assert "brand rules" in body["explanation"]["fallbacks"][0]["reason"]
+        assert "too_long" in body["explanation"]["fallbacks"][0]["reason"]
+        assert personalize(client).json()["cached"] is True  # the verdict is cached with the copy
+
+    settings = api_settings(generation_budget_ms=0.001)
+    seed_user(settings, "ann")
+    with TestClient(app=create_app(settings)) as client:
+        slow = personalize(client, slot="cta").json()
+        assert slow["content"]["text"] == "Shop now" and "longer than" in slow["explanation"]["fallbacks"][0]["reason"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the generation goes on and lands in the cache
+            later = personalize(client, slot="cta").json()
+            if later["cached"]:
+                break
+            time.sleep(0.1)
+        assert later["cached"] is True
+
+
+def test_without_a_model_default_copy_is_served_and_readyz_says_why(api_settings, tmp_path):
+    settings = api_settings(model_dir=str(tmp_path / "missing"))
+    with TestClient(app=create_app(settings)) as client:
+        body = personalize(client, slot="cta").json()
+        assert body["content"]["text"] == "Shop now" and body["model_version"] is None
+        assert "no copy model loaded" in body["explanation"]["fallbacks"][0]["reason"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "tailor train" in ready.json()["model"]
+    with TestClient(app=create_app(api_settings())) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "broker": "ok", "store": "ok", "model": "ok"}
+
+
+def test_request_errors_are_4xx_with_a_reason(api_settings):
+    settings = api_settings()
+    with TestClient(app=create_app(settings)) as client:
+        cases = [
+            (b"{not json", 400, ""),
+            (json.dumps({"user_id": "ann", "slot": "banner"}).encode(), 400, "slot"),
+            (json.dumps({"user_id": 7, "slot": "cta"}).encode(), 400, "user_id"),
+            (json.dumps({"user_id": "ann", "slot": "cta", "colour": "red"}).encode(), 400, "colour"),
+            (json.dumps({"user_id": "ann", "slot": "cta", "items": [{"item_id": "x", "price": -1}]}).encode(),
+             400, "price"),
+            (json.dumps({"user_id": "ann", "slot": "description"}).encode(), 422, "needs an item"),
+            (json.dumps({"user_id": "ann", "slot": "cta", "template_id": "nope"}).encode(), 404, "nope"),
+            (b"{" + b" " * (3 * 1024 * 1024) + b"}", 413, ""),
+        ]
+        for body, status, says in cases:
+            r = client.post("/v1/personalize", content=body, headers=SERVE | {"Content-Type": "application/json"})
+            assert r.status_code == status, (body[:80], r.status_code, r.text[:300])
+            assert says in r.json()["detail"] + json.dumps(r.json().get("extra", "")), r.text[:300]
+        assert client.post("/v1/personalize", json={"user_id": "a", "slot": "cta"}).status_code == 401
+
+
+def test_a_segment_tagged_template_wins_and_edits_show_at_once(api_settings):
+    settings = api_settings()
+    seed_user(settings, "ann")
+    with TestClient(app=create_app(settings)) as client:
+        created = client.post("/v1/templates", headers=ADMIN, json={
+            "template_id": "cta-savers", "slot": "cta", "body": "{{ ai.cta }}!", "default_copy": {"cta": "Save now"},
+            "segments": ["bargain_hunter"]})
+        assert created.status_code == 201, created.text
+        body = personalize(client, slot="cta").json()
+        assert body["template_id"] == "cta-savers" and "tagged for bargain_hunter" in body["explanation"]["template"]
+        assert client.post("/v1/templates/cta-savers/archive", headers=ADMIN).status_code in (200, 201)
+        assert personalize(client, slot="cta").json()["template_id"] == "cta-ai"
+
+
+def test_features_route_reads_what_a_feast_client_reads(api_settings):
+    from tests.support import online_features
+
+    settings = api_settings()
+    pseudonym = seed_user(settings, "ann", clicks=5)
+    with TestClient(app=create_app(settings)) as client:
+        ours = client.get("/v1/users/ann/features", headers=SERVE).json()
+    feast = {k: v[0] for k, v in online_features(settings, [pseudonym]).items() if k != "user_id"}
+    assert ours["segment"] == 2 and ours["model_version"] == 1
+    for name, value in feast.items():
+        if name == "seconds_since_last_event":
+            assert abs(ours[name] - value) < 5
+        elif isinstance(value, float):
+            assert ours[name] == pytest.approx(value, rel=1e-3), name
+        else:
+            assert ours[name] == value, name
