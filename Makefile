@@ -26,6 +26,9 @@ test: $(STAMP) redis
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is missing (tailor bench api skips its peak runs without it): sudo apt-get install wrk" >&2; fi; }
 	$(VENV)/bin/tailor bench ingest
 	$(VENV)/bin/tailor bench freshness
 

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", type=float, default=200.0, help="simulated events per second (default 200)")
     up.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
     up.add_argument("--watch", type=_positive_int, default=6, help="users shown in the live view (default 6)")
+    up.add_argument("--api-port", type=_positive_int, default=8000, help="port of the API (default 8000)")
+    up.add_argument("--no-model", action="store_true",
+                    help="do not build the copy model when there is none (the API serves default copy)")
 
     apply = sub.add_parser("apply", help="apply the Feast feature repository (feast apply)")
     apply.add_argument("--repo", help="feature repo folder (default: TAILOR_FEATURE_REPO)")
@@ -160,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the prompts ask for (default headline; description runs to --new-tokens)")
     gen.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                      help="where all three run (cuda: ONNX Runtime's CUDA provider, torch on the GPU)")
+    bapi = bench_sub.add_parser("api", help="the API under open-loop and peak load, beside feast serve on the same store")
+    bapi.add_argument("--users", type=_positive_int, default=10_000, help="simulated users with features (default 10,000)")
+    bapi.add_argument("--seconds", type=_positive_float, default=10.0, help="each open-loop run (default 10)")
+    bapi.add_argument("--rate", type=_positive_float, default=1000.0, help="offered rps of /v1/personalize (default 1000)")
+    bapi.add_argument("--feature-rates", type=lambda t: [_positive_float(r) for r in t.split(",")],
+                      default=[500.0, 1000.0], metavar="R1,R2",
+                      help="offered rps of the features route and of feast serve (default 500,1000)")
+    bapi.add_argument("--wrk-seconds", type=_positive_float, default=10.0, help="each wrk peak run (default 10)")
+    bapi.add_argument("--connections", type=_positive_int, default=32, help="wrk connections (default 32)")
+    bapi.add_argument("--model", default="models/artifacts/onnx", help="exported copy model the API serves")
+    bapi.add_argument("--no-wrk", action="store_true", help="skip the wrk peak runs")
+    bapi.add_argument("--no-feast", action="store_true", help="skip feast serve")
+    bapi.add_argument("--no-personalize", action="store_true", help="skip /v1/personalize (no model needed)")
     clus = bench_sub.add_parser("clusterers", help="River clusterers compared on simulated traffic (ARI, µs/update)")
     clus.add_argument("--events", type=_positive_int, default=1_000_000)
     clus.add_argument("--users", type=_positive_int, default=1000)
@@ -201,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.freshness import run_freshness as run
     elif args.command == "bench" and args.bench == "generate":
         from bench.generate import run_generate as run
+    elif args.command == "bench" and args.bench == "api":
+        from bench.api import run_api_bench as run
     elif args.command == "bench" and args.bench == "clusterers":
         from bench.clusterers import run_clusterers as run
     elif args.command == "bench" and args.bench == "segment":

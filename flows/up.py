@@ -3,19 +3,23 @@
 What runs, and who owns it::
 
     this process ── Tansu broker (child, unless TAILOR_BROKERS is set)
+                 ├─ the copy model: built first if there is none (tailor train + export)
                  ├─ the features flow (child: python -m bytewax.run, own process group)
-                 ├─ simulated traffic (thread: paced, stamped with the wall clock)
+                 ├─ the API (child: tailor api, own process group)
+                 ├─ simulated traffic (thread: paced, stamped with the wall clock,
+                 │  user ids pseudonymized as the API's edge does)
                  └─ live view: Feast get_online_features(user_activity_v1) twice a second
 
 Everything it starts is stopped on the way out (Ctrl-C, SIGTERM, ``--seconds``, or an
-error): the traffic first, then the flow (SIGINT, then SIGTERM, then SIGKILL to its whole
-process group), then the broker. When stdout is not a terminal (CI, tests, a pipe) the
+error): the traffic first, then the API, then the flow (SIGINT, then SIGTERM, then
+SIGKILL to its whole process group), then the broker. When stdout is not a terminal (CI, tests, a pipe) the
 live view becomes one plain snapshot every few seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -25,15 +29,16 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 
+from engine.events import encode_event
 from engine.settings import Settings, settings_env
 from engine.simulate import Simulator
 from flows.kafka import EmbeddedBroker, ensure_topics, make_producer
-from flows.produce import live, now_ms, paced, records_of
+from flows.produce import live, now_ms, paced
 
 #: The simulator's seed: the same seed gives the same users and profiles.
 SEED = 7
@@ -89,7 +94,7 @@ def run_up(settings: Settings, args) -> int:
             code = 1
         finally:
             signals.stopping = True  # a second Ctrl-C must not cut the clean-up short
-            print("tailor up: stopping the traffic, the flow and the broker ...", file=sys.stderr, flush=True)
+            print("tailor up: stopping the traffic, the API, the flow and the broker ...", file=sys.stderr, flush=True)
     print(f"tailor up: stopped after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return code
 
@@ -130,8 +135,15 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         # The embedded broker keeps its log in memory: offsets recovered from a
         # previous run point into a log that no longer exists.
         shutil.rmtree(recovery, ignore_errors=True)
+    if not args.no_model:
+        _ensure_model(settings, data / "logs" / "model-build.log")
+    settings = _demo_keys(settings, data)
     flow = _start_flow(settings, recovery, data / "logs" / "flow.log", stack)
-    traffic = Traffic(settings, users=args.users, rate=args.rate, seed=SEED)
+    api = _start_api(settings, args.api_port, data / "logs" / "api.log", stack)
+    from engine.privacy import Pseudonymizer
+
+    traffic = Traffic(settings, users=args.users, rate=args.rate, seed=SEED,
+                      pseudonym=Pseudonymizer(settings.pseudonym_key).pseudonym)
     stack.callback(traffic.stop)
     traffic.start()
 
@@ -140,20 +152,27 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     say(f"  broker        {settings.brokers}" + (" (embedded Tansu, in memory)" if embedded else ""))
     say(f"  topics        {settings.topic} (events), {settings.dlq_topic} (dead letters)")
     say(f"  flow          pid {flow.pid}, log {flow.log_path}, recovery {recovery}")
+    base = f"http://127.0.0.1:{args.api_port}"
+    api_key = settings.api_keys.split(",")[0].split("=")[0]
+    say(f"  api           {base} (pid {api.pid}, log {api.log_path}); reference {base}/docs")
+    say(f"  api key       {api_key}  (TAILOR_API_KEYS, or {data / 'demo-api-keys'})")
+    say(f"  try           curl -s {base}/v1/personalize -H 'X-API-Key: {api_key}' "
+        "-H 'Content-Type: application/json' -d '{\"user_id\": \"u000003\", \"slot\": \"headline\"}'")
     say(f"  feast         repo {repo}, online store {online}")
-    say(f"  traffic       {args.users} simulated users, {args.rate:g} events/s, seed {SEED}")
+    say(f"  traffic       {args.users} simulated users (u000000 ...), {args.rate:g} events/s, seed {SEED}")
     say(f"  more traffic  TAILOR_BROKERS={settings.brokers} tailor simulate --rate 1000")
     if not settings.redis_url:  # the plain Feast CLI reads feature_store.yaml, which says SQLite
         say(f"  feast http    feast -c {repo} serve  ->  POST http://localhost:6566/get-online-features")
     say("  stop          Ctrl-C" + (f" (or wait {args.seconds:g} s)" if args.seconds > 0 else ""))
     say("")
 
-    view = FeatureView(store, settings, traffic, broker_note=" (embedded)" if embedded else "", watch=args.watch)
+    view = FeatureView(store, settings, traffic, broker_note=" (embedded)" if embedded else "", watch=args.watch,
+                       api_probe=_Probe(f"{base}/healthz"))
     deadline = time.monotonic() + args.seconds if args.seconds > 0 else None
     if sys.stdout.isatty():
-        _live_view(view, deadline, lambda: _check(flow, broker, traffic))
+        _live_view(view, deadline, lambda: _check(flow, broker, traffic, api))
     else:
-        _plain_view(view, deadline, lambda: _check(flow, broker, traffic))
+        _plain_view(view, deadline, lambda: _check(flow, broker, traffic, api))
 
 
 # -- children ---------------------------------------------------------------
@@ -201,13 +220,94 @@ def _start_flow(settings: Settings, recovery: Path, log_path: Path, stack: conte
     return flow
 
 
+def _start_api(settings: Settings, port: int, log_path: Path, stack: contextlib.ExitStack) -> _Child:
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    api = _Child("API", [sys.executable, "-m", "flows.cli", "api", "--port", str(port)], env, log_path)
+    stack.callback(api.stop)
+    return api
+
+
+class _Probe:
+    """Whether the API answers yet; asked at most every few seconds, never blocking the view for long."""
+
+    def __init__(self, url: str, every_s: float = 2.0):
+        self.url = url
+        self.every_s = every_s
+        self.ready_after_s: float | None = None
+        self._started = time.monotonic()
+        self._asked = float("-inf")
+
+    def state(self) -> str:
+        import urllib.request
+
+        now = time.monotonic()
+        if self.ready_after_s is None and now - self._asked >= self.every_s:
+            self._asked = now
+            try:
+                with urllib.request.urlopen(self.url, timeout=0.2) as response:
+                    if response.status == 200:
+                        self.ready_after_s = now - self._started
+            except OSError:
+                pass
+        if self.ready_after_s is None:
+            return "API starting"
+        return f"API ready after {self.ready_after_s:.0f} s"
+
+
+def _ensure_model(settings: Settings, log_path: Path) -> None:
+    """Build the copy model into ``settings.model_dir`` if it holds none (first run: minutes)."""
+    from models.manifest import ModelDirError, read_manifest
+
+    try:
+        read_manifest(settings.model_dir)
+        return
+    except ModelDirError:
+        pass
+    try:
+        import torch  # noqa: F401 - only to know whether the build can run here
+    except ImportError:
+        _say("no copy model, and the build needs the train extra (pip install -e '.[train]'): "
+             "serving the templates' default copy")
+        return
+    model_dir = Path(settings.model_dir)
+    trained = model_dir.parent / "trained"
+    _say(f"no copy model in {model_dir}: building one (first run only; about 7 minutes on 2 cores; "
+         f"log {log_path}) ...")
+    cli = [sys.executable, "-m", "flows.cli"]
+    for step in (["train", "--out", str(trained)], ["export", str(trained), "--out", str(model_dir), "--quantize"]):
+        with open(log_path, "ab") as log:
+            # Progress bars go to the terminal; everything else to the log.
+            result = subprocess.run(cli + step, stdout=log, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise ChildDied(f"`tailor {step[0]}` failed (code {result.returncode}); last lines of {log_path}:\n"
+                            f"{_tail(log_path)}")
+
+
+def _demo_keys(settings: Settings, data: Path) -> Settings:
+    """The pseudonym key and API keys: from the settings, else made once and kept in ``data``."""
+    import secrets
+
+    values = {}
+    for field, name, make in (("pseudonym_key", "pseudonym-key", lambda: secrets.token_hex(32)),
+                              ("api_keys", "demo-api-keys", lambda: f"demo-{secrets.token_hex(8)}=admin")):
+        if getattr(settings, field):
+            continue
+        path = data / name
+        if not path.is_file():
+            path.write_text(make())
+            path.chmod(0o600)
+        values[field] = path.read_text().strip()
+    return msgspec.structs.replace(settings, **values)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def _check(flow: _Child, broker: EmbeddedBroker | None, traffic: "Traffic") -> None:
+def _check(flow: _Child, broker: EmbeddedBroker | None, traffic: "Traffic", api: _Child) -> None:
     flow.check()
+    api.check()
     if broker is not None and not broker.alive:
         raise ChildDied("the embedded broker exited; see its log under data/logs/")
     if traffic.error:
@@ -232,8 +332,11 @@ class Traffic:
     user's last event time straight from it, and `profile_of` from its simulator.
     """
 
-    def __init__(self, settings: Settings, *, users: int, rate: float, seed: int):
+    def __init__(self, settings: Settings, *, users: int, rate: float, seed: int,
+                 pseudonym: Callable[[str], str] = str):
         self.settings = settings
+        #: Raw user id -> the id Kafka and the stores see (the API's edge does the same).
+        self.pseudonym = functools.lru_cache(maxsize=None)(pseudonym)
         self.rate = rate
         self.simulator = Simulator(users=users, seed=seed, start_ms=now_ms())
         self.produced = 0
@@ -269,9 +372,12 @@ class Traffic:
         # paced() sleeps on the stop event, so stopping never waits out a slow rate.
         events = live(paced(self.simulator, self.rate, sleep=self._stop.wait))
         try:
-            for key, value in records_of(events):
+            for event in events:
                 if self._stop.is_set():
                     break
+                raw = event.user_id
+                key = self.pseudonym(raw).encode()
+                value = encode_event(msgspec.structs.replace(event, user_id=key.decode()))
                 while not self._stop.is_set():
                     try:
                         producer.produce(self.settings.topic, value, key)
@@ -283,7 +389,7 @@ class Traffic:
                 producer.poll(0)
                 self.produced += 1
                 with self._lock:
-                    self._last_seen[key.decode()] = time.monotonic()
+                    self._last_seen[raw] = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - reported by the view, which stops the demo
             self.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -315,8 +421,10 @@ def pick_watched(current: list[str], last_seen: dict[str, float], size: int, now
 class FeatureView:
     """Reads the watched users' features through Feast and formats them."""
 
-    def __init__(self, store, settings: Settings, traffic: Traffic, *, broker_note: str, watch: int):
+    def __init__(self, store, settings: Settings, traffic: Traffic, *, broker_note: str, watch: int,
+                 api_probe: _Probe | None = None):
         self.store = store
+        self.api_probe = api_probe
         self.service = store.get_feature_service("user_activity_v1")
         self.settings = settings
         self.traffic = traffic
@@ -335,7 +443,7 @@ class FeatureView:
             return [], None
         try:
             got = self.store.get_online_features(
-                features=self.service, entity_rows=[{"user_id": u} for u in self.watched]
+                features=self.service, entity_rows=[{"user_id": self.traffic.pseudonym(u)} for u in self.watched]
             ).to_dict()
         except Exception as exc:  # noqa: BLE001 - shown in the view; the demo goes on
             return [], f"reading features failed: {type(exc).__name__}: {exc}"
@@ -364,11 +472,12 @@ class FeatureView:
         try:
             labels = {p.segment: p.label for p in read_profiles(self.store, self.settings.segments)}
             got = self.store.get_online_features(
-                features=["user_segment:segment"], entity_rows=[{"user_id": u} for u in self.watched]
+                features=["user_segment:segment"],
+                entity_rows=[{"user_id": self.traffic.pseudonym(u)} for u in self.watched],
             ).to_dict()
         except Exception:  # noqa: BLE001 - the activity columns still show
             return {}
-        return {u: labels.get(s, str(s)) for u, s in zip(got["user_id"], got["segment"]) if s is not None}
+        return {u: labels.get(s, str(s)) for u, s in zip(self.watched, got["segment"]) if s is not None}
 
     def header(self) -> str:
         t = self.traffic
@@ -382,6 +491,8 @@ class FeatureView:
             "waiting for the flow's first write" if self.first_features_s is None
             else f"first features after {self.first_features_s:.1f} s",
         ]
+        if self.api_probe is not None:
+            parts.append(self.api_probe.state())
         if t.failed:
             parts.append(f"{t.failed:,} deliveries failed")
         return " | ".join(parts)

@@ -174,8 +174,13 @@ def _inspect(session: ort.InferenceSession, path: Path) -> _Decoder:
     )
 
 
-def _open_session(path: Path, providers: list[str], intra_op_threads: int | None) -> ort.InferenceSession:
+def _open_session(path: Path, providers: list[str], intra_op_threads: int | None,
+                  spinning: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    if not spinning:
+        # Idle worker threads sleep instead of spinning: in a server they would take the
+        # event loop's core between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
     if intra_op_threads is not None:
@@ -298,17 +303,18 @@ class Generator:
     from step to step, and only token ids go in and logits come out. With it, rows
     that finished keep their place in the batch until all are done (a cache on the
     device cannot be sliced without a round trip); their extra tokens are discarded.
+    ``spinning=False`` lets ONNX Runtime's idle threads sleep (for servers).
     """
 
     def __init__(
         self, model_dir: str | Path, *, providers: list[str] | None = None, intra_op_threads: int | None = None,
-        io_binding: bool | None = None,
+        io_binding: bool | None = None, spinning: bool = True,
     ):
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.tokenizer = _open_tokenizer(self.model_dir, self.manifest)
         onnx_path = self.model_dir / self.manifest.onnx
-        self._session = _open_session(onnx_path, providers or choose_providers(), intra_op_threads)
+        self._session = _open_session(onnx_path, providers or choose_providers(), intra_op_threads, spinning)
         self._decoder = _inspect(self._session, onnx_path)
         logits_size = self._decoder.vocab_size
         if isinstance(logits_size, int) and logits_size != self.manifest.vocab_size:

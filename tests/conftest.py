@@ -83,12 +83,24 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def exported(trained, tmp_path_factory):
-    """``trained`` exported to ONNX with int8 quantization: (folder, manifest)."""
-    from models.export import export
+def exported(request, tmp_path_factory):
+    """``trained`` exported to ONNX with int8 quantization: (folder, manifest).
 
-    out = tmp_path_factory.mktemp("onnx")
-    manifest = export(trained[0], out, quantize=True, version="test-1")
+    Set TAILOR_TEST_MODEL to a folder to keep it between runs (built there once).
+    """
+    import os
+
+    from models.export import export
+    from models.manifest import ModelDirError, read_manifest
+
+    keep = os.environ.get("TAILOR_TEST_MODEL")
+    if keep:
+        try:
+            return Path(keep), read_manifest(keep)
+        except ModelDirError:
+            pass
+    out = Path(keep) if keep else tmp_path_factory.mktemp("onnx")
+    manifest = export(request.getfixturevalue("trained")[0], out, quantize=True, version="test-1")
     return out, manifest
 
 

@@ -201,3 +201,57 @@ def test_features_route_reads_what_a_feast_client_reads(api_settings):
             assert ours[name] == pytest.approx(value, rel=1e-3), name
         else:
             assert ours[name] == value, name
+
+
+def test_events_posted_to_the_api_change_personalized_content_within_a_second(api_settings):
+    """Events in through /v1/events, through Kafka and the live flow, out through /v1/personalize."""
+    import os
+    import statistics
+    import subprocess
+
+    from engine.settings import settings_env
+    from flows.features import flow_command
+
+    settings = api_settings()
+    flow = subprocess.Popen(flow_command(settings, None), env={**os.environ, **settings_env(settings)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    candidates = [{"item_id": "shoe-1", "category": "shoes"}, {"item_id": "bag-1", "category": "bags"}]
+
+    def features_of(client, user):
+        r = personalize(client, user_id=user, slot="cta", items=candidates)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def send(client, user, n, category):
+        now = now_ms()
+        events = [{"event_id": f"{user}-{now}-{i}", "type": "click", "user_id": user, "ts": now, "category": category}
+                  for i in range(n)]
+        assert client.post("/v1/events", json=events, headers=SERVE).json()["accepted"] == n
+
+    try:
+        with TestClient(app=create_app(settings)) as client:
+            send(client, "warm-up", 1, "shoes")  # the flow process needs seconds to start (imports)
+            deadline = time.monotonic() + 120
+            while features_of(client, "warm-up")["explanation"]["features"]["lifetime_events"] == 0:
+                assert flow.poll() is None and time.monotonic() < deadline, flow.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+            delays = []
+            for probe in range(3):
+                user = f"probe-{probe}"
+                before = features_of(client, user)
+                assert before["content"]["item_id"] == "shoe-1" and before["explanation"]["features"]["lifetime_events"] == 0
+                sent = time.monotonic()
+                send(client, user, 3, "bags")
+                while True:
+                    after = features_of(client, user)
+                    if after["explanation"]["features"]["lifetime_events"] == 3:
+                        break
+                    assert time.monotonic() - sent < 30, "the events never reached the features"
+                    time.sleep(0.01)
+                delays.append(time.monotonic() - sent)
+                # The features changed the content: the user's top category now picks the bag.
+                assert after["content"]["item_id"] == "bag-1" and "top category (bags)" in after["explanation"]["item"]
+    finally:
+        flow.terminate()
+        flow.wait(30)
+    assert statistics.median(delays) < 1.0, delays

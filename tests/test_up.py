@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -45,17 +48,51 @@ def lifetime_events(output: str) -> list[int]:
     return [int(n) for n in re.findall(r"lifetime_events=(\d+)", output)]
 
 
+def personalized_while_up(port: int, key: str, stop: threading.Event, found: list) -> None:
+    """Ask the demo's API for a simulated user's content until it reflects the user's events."""
+    body = json.dumps({"user_id": "u000003", "slot": "headline"}).encode()
+    while not stop.wait(0.5):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/personalize", data=body,
+                                         headers={"X-API-Key": key, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                answer = json.loads(response.read())
+        except OSError:
+            continue
+        if answer["explanation"]["features"]["lifetime_events"]:
+            found.append(answer)
+            return
+
+
 @pytest.mark.integration
-def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo):
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "up", "--seconds", "25", "--users", "50", "--rate", "100"],
-        env=up_env(feature_repo), cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+@pytest.mark.model
+def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo, exported):
+    from flows.kafka import free_port
+
+    port = free_port()
+    env = up_env(feature_repo) | {"TAILOR_MODEL_DIR": str(exported[0]), "TAILOR_API_KEYS": "t3st=admin"}
+    stop, found = threading.Event(), []
+    poller = threading.Thread(target=personalized_while_up, args=(port, "t3st", stop, found))
+    poller.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "up", "--seconds", "30", "--users", "50", "--rate", "100",
+             "--api-port", str(port)],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=150,
+        )
+    finally:
+        stop.set()
+        poller.join()
     report = f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
     assert result.returncode == 0, report
     assert "snapshot |" in result.stdout, report  # not a terminal: plain snapshots, no Live view
     assert any(n > 0 for n in lifetime_events(result.stdout)), f"no features came back through Feast\n{report}"
     assert "first features after" in result.stdout, report  # read back an event sent during this run
+    # The API ran beside the flow, and a simulated user's content came with their live features.
+    assert f"http://127.0.0.1:{port}/v1/personalize" in result.stdout, report
+    assert found and found[0]["model_version"] == "test-1" and found[0]["content"]["text"], report
+    api_pid = int(re.search(r"api +http\S+ \(pid (\d+)", result.stdout).group(1))
+    assert not psutil.pid_exists(api_pid) or psutil.Process(api_pid).status() == psutil.STATUS_ZOMBIE
     flow_pid = int(re.search(r"flow +pid (\d+)", result.stdout).group(1))
     assert not psutil.pid_exists(flow_pid) or psutil.Process(flow_pid).status() == psutil.STATUS_ZOMBIE
     assert processes_mentioning(str(feature_repo)) == []
@@ -65,8 +102,11 @@ def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo)
 
 @pytest.mark.integration
 def test_sigterm_stops_everything_cleanly(feature_repo):
+    from flows.kafka import free_port
+
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "up", "--users", "20", "--rate", "50"],
+        [sys.executable, "-m", "flows.cli", "up", "--users", "20", "--rate", "50", "--no-model",
+         "--api-port", str(free_port())],
         env=up_env(feature_repo), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -1,0 +1,590 @@
+"""``tailor bench api``: the serving API under load, and ``feast serve`` beside it.
+
+Self-contained, like the other benchmarks: an embedded broker, a temp Feast
+repo, and features for ``--users`` simulated users (a day of simulated events
+folded into tiles with `engine.tiles.UserActivity`, segments from one
+`engine.audience.Audience` pass) written straight with `FeatureWriter` under
+the users' pseudonyms. Then ``tailor api`` and ``feast serve`` (one worker
+each, on the same repo) start as child processes, and this process drives them:
+
+* open loop at fixed offered rates (`bench.openloop`): latency counted from
+  each request's scheduled send time, so queueing behind a slow server counts;
+  the features route and ``feast serve``'s ``/get-online-features`` at
+  ``--feature-rates``, ``/v1/personalize`` at ``--rate`` with about 90 % of
+  requests on warmed cache keys and 10 % on never-seen items;
+* peak throughput closed loop with ``wrk`` (one thread, ``--connections``),
+  personalize on warmed keys only.
+
+With two or more CPUs and ``taskset``, the servers run on the last CPU and
+the load generators (this process, wrk) on the others, so the client does not
+steal the server's core; the JSON says what was pinned where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from bench.common import bench_settings
+from bench.openloop import OpenLoopClient, build_request, closed_loop, read_response
+from engine.privacy import Pseudonymizer
+from engine.settings import Settings, settings_env
+
+API_KEY = "bench"
+HOST = "127.0.0.1"
+#: A day of simulated events before now: most users have history, a few are idle.
+HISTORY_MS = 24 * 3600 * 1000
+SEED = 7
+#: Personalize: cache keys warmed before the measured runs (items x slots x segments seen).
+WARM_ITEMS = 100
+SLOTS = ("headline", "cta")
+#: Share of measured personalize requests on warmed keys (the rest: items never seen).
+HIT_SHARE = 0.9
+FIRST_NAMES = ("Ann", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana")
+WARMUP_S = 2.0
+#: Most connections the open-loop client opens to one server.
+MAX_CONNECTIONS = 256
+#: A response slower than this is an error; so is one still out this long after the last send.
+TIMEOUT_S = 5.0
+#: One worker, like the API; --max-requests 0: Feast's default (1,000) restarts the
+#: worker every thousand requests, which would measure restarts, not serving.
+FEAST_SERVE_FLAGS = ("feast", "serve", "-w", "1", "--max-requests", "0", "--no-access-log")
+WRK_LUA = Path(__file__).with_name("wrk_cycle.lua")
+WRK_INSTALL = "install wrk: apt-get install -y wrk (Debian/Ubuntu) or brew install wrk"
+TARGETS = {
+    "personalize_p99": "/v1/personalize p99 <= 10 ms at 1,000 rps offered with about 90 % cache hits",
+    "personalize_peak": "/v1/personalize >= 4,000 rps peak (wrk, all cache hits)",
+    "features_vs_feast": "features route >= 5x feast serve's peak throughput, at an equal or lower p99",
+}
+
+
+class Population(msgspec.Struct):
+    """The users the bench wrote features for (raw ids, as clients send them)."""
+
+    users: list[str]
+    segment_of: dict[str, int]
+    with_segment: int
+    events: int
+
+
+def run_api_bench(settings: Settings, args) -> int:
+    personalize = not args.no_personalize
+    model = Path(args.model).resolve()
+    if personalize and not (model / "manifest.json").is_file():
+        print(f"tailor bench api: no exported model in {model} (no manifest.json); build one with "
+              "`tailor train && tailor export --quantize`, pass --model, or skip personalize with --no-personalize",
+              file=sys.stderr)
+        return 2
+    wrk = None if args.no_wrk else shutil.which("wrk")
+    notes = []
+    if not args.no_wrk and wrk is None:
+        notes.append(f"wrk not found, peak runs skipped: {WRK_INSTALL}")
+        print(f"tailor bench api: {notes[-1]}", file=sys.stderr)
+    machine = _pin_cpus()
+    overrides = {"pseudonym_key": secrets.token_hex(32), "api_keys": f"{API_KEY}=ingest+serve",
+                 "model_dir": str(model)}
+    with bench_settings(settings, **overrides) as bench, contextlib.ExitStack() as servers:
+        population = write_population(bench, args.users)
+        feature_refs = _feature_refs(bench)
+        logs = servers.enter_context(tempfile.TemporaryDirectory(prefix="tailor-bench-api-logs-"))
+        api = servers.enter_context(_server("api", _api_command(bench, machine), bench, logs))
+        feast = None if args.no_feast else servers.enter_context(
+            _server("feast", _feast_command(bench, machine), bench, logs))
+        # Without personalize the copy model may be missing: the broker and the store must answer.
+        _wait_ready(api, "/readyz", needs=() if personalize else ("broker", "store"))
+        if feast is not None:
+            _wait_ready(feast, "/health")
+        _check_written(api, feast, population.users[0], feature_refs, bench.pseudonym_key)
+        gc.collect()
+        gc.freeze()  # Feast's import graph: keep full collections out of the client's timings
+        legs = Legs(args, population, feature_refs, wrk, machine, bench.pseudonym_key)
+        result = {
+            "bench": "api",
+            "machine": machine,
+            "users": args.users,
+            "users_with_features": len(population.users),
+            "users_with_segment": population.with_segment,
+            "simulated_events": population.events,
+            "seconds": args.seconds,
+            "warmup_s": WARMUP_S,
+        }
+        result["features"] = legs.features(api)
+        if feast is not None:
+            result["feast_serve"] = legs.feast(feast)
+            result["feast_serve"]["command"] = " ".join(FEAST_SERVE_FLAGS)
+            result["features_vs_feast"] = compare(result["features"], result["feast_serve"])
+        if personalize:
+            result["personalize"] = legs.personalize(api)
+        _check_alive(api)
+    result["targets"] = targets(result)
+    result["notes"] = notes + legs.notes
+    print(json.dumps(result))
+    return 0
+
+
+# -- set-up ----------------------------------------------------------------------
+
+
+def write_population(settings: Settings, n_users: int) -> Population:
+    """A day of simulated events for ``n_users`` folded into features, written under pseudonyms."""
+    from engine.audience import Audience, UserUpdate
+    from engine.privacy import Pseudonymizer
+    from engine.segments import Behaviour
+    from engine.simulate import Simulator
+    from engine.tiles import UserActivity
+    from flows.store import FeatureWriter
+
+    started = time.monotonic()
+    now_ms = int(time.time() * 1000)
+    states: dict[str, UserActivity] = {}
+    behaviours: dict[str, Behaviour] = {}
+    events = 0
+    for event in Simulator(users=n_users, seed=SEED, start_ms=now_ms - HISTORY_MS):
+        if event.ts > now_ms:
+            break
+        state = states.get(event.user_id)
+        if state is None:
+            state = states[event.user_id] = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+            behaviours[event.user_id] = Behaviour(settings.behaviour_half_life_s)
+        if state.update(event):
+            behaviours[event.user_id].update(event)
+        events += 1
+    pseudonym = Pseudonymizer(settings.pseudonym_key).pseudonym
+    writer = FeatureWriter(settings, offline=False)
+    writer.write({pseudonym(u): s for u, s in states.items()})
+    segment_of: dict[str, int] = {}
+    if settings.segments:
+        audience = Audience(settings.segments, warmup=settings.segment_warmup)
+        updates = [UserUpdate(u, states[u].newest_ms, 1, 0, 0, b.vector(settings.min_sessions))
+                   for u, b in behaviours.items()]
+        assignments = audience.observe(updates).assignments
+        writer.write_segments({pseudonym(u): a for u, a in assignments})
+        if audience.model.fitted:
+            writer.write_profiles(audience.profiles())
+        segment_of = {u: a.segment for u, a in assignments}
+    print(f"bench api: features for {len(states)} of {n_users} users ({events} simulated events, "
+          f"{len(segment_of)} segmented) in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return Population(sorted(states), segment_of, len(segment_of), events)
+
+
+def _feature_refs(settings: Settings) -> list[str]:
+    """What the API's features route reads: the user_activity_v1 service and the segment."""
+    from flows.store import open_store
+
+    service = open_store(settings).get_feature_service("user_activity_v1")
+    refs = [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
+    return [*refs, "user_segment:segment", "user_segment:model_version"]
+
+
+def _pin_cpus() -> dict:
+    """Servers on the last CPU, this process (and so wrk) on the others, when there are two or more."""
+    cpus = sorted(os.sched_getaffinity(0))
+    # Load from other processes at the start: on a shared machine it says how far to trust the figures.
+    machine = {"cpus": len(cpus), "cpu_count": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+               "pinned": False}
+    taskset = shutil.which("taskset")
+    if len(cpus) >= 2 and taskset:
+        server, clients = cpus[-1:], cpus[:-1]
+        os.sched_setaffinity(0, clients)
+        machine.update(pinned=True, server_cpus=server, client_cpus=clients)
+    else:
+        machine["why_not_pinned"] = "one CPU" if len(cpus) < 2 else "no taskset"
+    return machine
+
+
+def _on_server_cpus(command: list[str], machine: dict) -> list[str]:
+    if not machine["pinned"]:
+        return command
+    return ["taskset", "-c", ",".join(map(str, machine["server_cpus"])), *command]
+
+
+def _api_command(settings: Settings, machine: dict) -> tuple[list[str], int]:
+    from flows.kafka import free_port
+
+    port = free_port()
+    script = Path(sys.executable).with_name("tailor")
+    tailor = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    return _on_server_cpus([*tailor, "api", "--host", HOST, "--port", str(port)], machine), port
+
+
+def _feast_command(settings: Settings, machine: dict) -> tuple[list[str], int]:
+    from flows.kafka import free_port
+
+    port = free_port()
+    feast = Path(sys.executable).with_name("feast")
+    command = [str(feast), "-c", settings.feature_repo, "serve", "-h", HOST, "-p", str(port), *FEAST_SERVE_FLAGS[2:]]
+    return _on_server_cpus(command, machine), port
+
+
+class _Server(msgspec.Struct):
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log: str
+
+
+@contextlib.contextmanager
+def _server(name: str, command: tuple[list[str], int], settings: Settings, logs: str) -> Iterator[_Server]:
+    argv, port = command
+    log_path = os.path.join(logs, f"{name}.log")
+    env = {**os.environ, **settings_env(settings)}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = _Server(name, proc, port, log_path)
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: gunicorn's worker goes too
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _log_tail(server: _Server, chars: int = 3000) -> str:
+    with open(server.log, "rb") as f:
+        return f.read().decode("utf-8", "replace")[-chars:]
+
+
+def _check_alive(server: _Server) -> None:
+    if server.proc.poll() is not None:
+        raise RuntimeError(f"{server.name} exited ({server.proc.returncode}):\n{_log_tail(server)}")
+
+
+def _wait_ready(server: _Server, path: str, needs: tuple[str, ...] = (), timeout_s: float = 120.0) -> None:
+    """Until ``path`` answers 200, or (with ``needs``) a JSON body whose fields ``needs`` all say "ok"."""
+    deadline = time.monotonic() + timeout_s
+    request = build_request("GET", path, f"{HOST}:{server.port}")
+    response = None
+    while time.monotonic() < deadline:
+        _check_alive(server)
+        with contextlib.suppress(OSError):
+            response = asyncio.run(_one(server.port, request))
+            if response.status == 200:
+                return
+            if needs and response.status == 503:
+                body = msgspec.json.decode(response.body)
+                if all(body.get(name) == "ok" for name in needs):
+                    return
+        time.sleep(0.2)
+    last = f"{response.status} {response.body[:300]!r}" if response else "no answer"
+    raise RuntimeError(f"{server.name} was not ready in {timeout_s:.0f}s (last: {last}):\n{_log_tail(server)}")
+
+
+async def _one(port: int, request: bytes, timeout_s: float = 10.0):
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(read_response(reader), timeout_s)
+    finally:
+        writer.close()
+
+
+def _check_written(api: _Server, feast: _Server | None, user: str, feature_refs: list[str], key: str) -> None:
+    """Both servers read the bench's user with history: the features sit under the right pseudonym."""
+    request = build_request("GET", f"/v1/users/{user}/features", f"{HOST}:{api.port}", {"X-API-Key": API_KEY})
+    response = asyncio.run(_one(api.port, request))
+    got = msgspec.json.decode(response.body) if response.status == 200 else {}
+    if not got.get("lifetime_events"):
+        raise RuntimeError(f"the API reads no history for {user} ({response.status} {response.body[:300]!r})")
+    if feast is None:
+        return
+    body = msgspec.json.encode({"features": feature_refs, "entities": {"user_id": [Pseudonymizer(key).pseudonym(user)]}})
+    request = build_request("POST", "/get-online-features", f"{HOST}:{feast.port}",
+                            {"Content-Type": "application/json"}, body)
+    response = asyncio.run(_one(feast.port, request))
+    got = msgspec.json.decode(response.body) if response.status == 200 else {}
+    names = got.get("metadata", {}).get("feature_names", [])
+    values = dict(zip(names, (r["values"][0] for r in got.get("results", []))))
+    if not values.get("lifetime_events"):
+        raise RuntimeError(f"feast serve reads no history for {user} ({response.status} {response.body[:300]!r})")
+
+
+def _settle(server: _Server, path: str, timeout_s: float = 10.0) -> None:
+    """After an overload, wait (a while at most) until the server answers promptly again: its backlog drained."""
+    request = build_request("GET", path, f"{HOST}:{server.port}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        with contextlib.suppress(OSError, TimeoutError):
+            asyncio.run(_one(server.port, request, timeout_s=5.0))
+            if time.perf_counter() - started < 0.1:
+                return
+        time.sleep(0.2)
+
+
+# -- the runs --------------------------------------------------------------------
+
+
+class Legs:
+    """The measured runs, one method per server/route."""
+
+    def __init__(self, args, population: Population, feature_refs: list[str], wrk: str | None, machine: dict,
+                 pseudonym_key: str):
+        self.args = args
+        self.pseudonym_key = pseudonym_key
+        self.population = population
+        self.feature_refs = feature_refs
+        self.wrk = wrk
+        self.machine = machine
+        self.rng = random.Random(SEED)
+        self.notes: list[str] = []
+        self.headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+
+    def _users(self, n: int) -> list[str]:
+        return [self.rng.choice(self.population.users) for _ in range(n)]
+
+    def features(self, api: _Server) -> dict:
+        host = f"{HOST}:{api.port}"
+        users = self._users(20_000)
+        key = {"X-API-Key": API_KEY}
+
+        def request(i: int) -> bytes:
+            return build_request("GET", f"/v1/users/{users[i % len(users)]}/features", host, key)
+
+        out = {"route": "GET /v1/users/{id}/features"}
+        out["open_loop"] = self._open_loop(api, request, self.args.feature_rates, "/healthz")
+        lines = [f"GET\t/v1/users/{u}/features" for u in users[:4000]]
+        out["peak_wrk"] = self._wrk(api, "/healthz", lines)
+        return out
+
+    def feast(self, feast: _Server) -> dict:
+        host = f"{HOST}:{feast.port}"
+        users = self._users(20_000)
+        pseudonym = Pseudonymizer(self.pseudonym_key).pseudonym
+        bodies = [msgspec.json.encode({"features": self.feature_refs, "entities": {"user_id": [pseudonym(u)]}})
+                  for u in users]
+        headers = {"Content-Type": "application/json"}
+
+        def request(i: int) -> bytes:
+            return build_request("POST", "/get-online-features", host, headers, bodies[i % len(bodies)])
+
+        out = {"route": "POST /get-online-features"}
+        out["open_loop"] = self._open_loop(feast, request, self.args.feature_rates, "/health")
+        lines = [f"POST\t/get-online-features\t{b.decode()}" for b in bodies[:4000]]
+        out["peak_wrk"] = self._wrk(feast, "/health", lines)
+        return out
+
+    def personalize(self, api: _Server) -> dict:
+        from engine.catalog import CATALOG_SEED, build_catalog
+
+        host = f"{HOST}:{api.port}"
+        catalog = build_catalog(CATALOG_SEED)
+        fields = ("item_id", "title", "brand", "category", "price", "discount_pct")
+        items = [{f: getattr(item, f) for f in fields if getattr(item, f) is not None}
+                 for item in catalog.items[:WARM_ITEMS]]
+        probe = build_request("POST", "/v1/personalize", host, self.headers, self._body(self.population.users[0],
+                                                                                       SLOTS[0], items[0]))
+        status = asyncio.run(_one(api.port, probe)).status
+        if status in (404, 405):
+            self.notes.append(f"the API has no POST /v1/personalize yet ({status}): personalize not measured")
+            return {"skipped": f"POST /v1/personalize answered {status}"}
+        out = {"route": "POST /v1/personalize", "slots": list(SLOTS), "warm_items": len(items)}
+        out["cache_warm_up"] = self._warm_cache(api, items)
+        users = self._users(40_000)
+        bodies = []
+        for i, user in enumerate(users):
+            item = self.rng.choice(items)
+            if self.rng.random() >= HIT_SHARE:  # a never-seen item: a cache miss
+                item = {**item, "item_id": f"bench-miss-{secrets.token_hex(6)}-{i}"}
+            bodies.append(self._body(user, self.rng.choice(SLOTS), item))
+
+        def request(i: int) -> bytes:
+            return build_request("POST", "/v1/personalize", host, self.headers, bodies[i % len(bodies)])
+
+        out["open_loop"] = self._open_loop(api, request, [self.args.rate], "/healthz", count_cached=True)[0]
+        out["open_loop"]["planned_hit_share"] = HIT_SHARE
+        hits = [self._body(u, self.rng.choice(SLOTS), self.rng.choice(items)) for u in users[:4000]]
+        out["peak_wrk"] = self._wrk(api, "/healthz", [f"POST\t/v1/personalize\t{b.decode()}" for b in hits],
+                                    cached=True)
+        return out
+
+    def _body(self, user: str, slot: str, item: dict) -> bytes:
+        name = FIRST_NAMES[zlib.crc32(user.encode()) % len(FIRST_NAMES)]
+        return msgspec.json.encode({"user_id": user, "slot": slot, "context": {"first_name": name}, "items": [item]})
+
+    def _warm_cache(self, api: _Server, items: list[dict], timeout_s: float = 30.0) -> dict:
+        """Closed-loop passes over the warmed keys (one user per segment seen), each pass re-sending
+        only the keys that missed in the one before, until all hit or ``timeout_s``."""
+        by_segment: dict[int | None, str] = {}
+        for user in self.population.users:
+            by_segment.setdefault(self.population.segment_of.get(user), user)
+        host = f"{HOST}:{api.port}"
+        missing = [build_request("POST", "/v1/personalize", host, self.headers, self._body(user, slot, item))
+                   for user in by_segment.values() for slot in SLOTS for item in items]
+        keys = len(missing)
+        started = time.monotonic()
+        passes = 0
+        while missing and time.monotonic() - started < timeout_s:
+            responses = asyncio.run(closed_loop(HOST, api.port, missing, concurrency=self.args.connections))
+            passes += 1
+            bad = [r for r in responses if not 200 <= r.status < 300]
+            if bad:
+                raise RuntimeError(f"personalize warm-up: {len(bad)} errors, first {bad[0].status}: {bad[0].body[:300]!r}")
+            missing = [request for request, r in zip(missing, responses) if not _cached(r.body)]
+            print(f"bench api: cache warm-up pass {passes}: {1 - len(missing) / keys:.1%} of {keys} keys cached",
+                  file=sys.stderr)
+            if missing:
+                time.sleep(0.5)  # generation goes on behind the budget: give it time to fill the cache
+        if missing:
+            self.notes.append(f"personalize cache: {len(missing)} of {keys} warm keys still missed after {timeout_s:.0f}s")
+        return {"keys": keys, "segments": len(by_segment), "passes": passes, "still_missing": len(missing),
+                "seconds": round(time.monotonic() - started, 1)}
+
+    def _open_loop(self, server: _Server, request, rates: list[float], health: str, count_cached: bool = False
+                   ) -> list[dict]:
+        async def go(rate: float) -> dict:
+            client = OpenLoopClient(HOST, server.port, max_connections=MAX_CONNECTIONS, timeout_s=TIMEOUT_S)
+            try:
+                await client.run(request, rate, WARMUP_S, count_cached=count_cached, drain_s=1.0)
+                print(f"bench api: {server.name} {rate:g} rps for {self.args.seconds:g}s", file=sys.stderr)
+                return await client.run(request, rate, self.args.seconds, count_cached=count_cached)
+            finally:
+                await client.close()
+
+        runs = []
+        for rate in rates:
+            # Each rate on fresh connections, after a warm-up at that rate, once an
+            # overloaded server has worked off what the previous run left queued.
+            runs.append(asyncio.run(go(rate)))
+            _check_alive(server)
+            _settle(server, health)
+        return runs
+
+    def _wrk(self, server: _Server, health: str, lines: list[str], cached: bool = False) -> dict:
+        if self.wrk is None:
+            return {"skipped": "wrk not run" if self.args.no_wrk else f"wrk not found: {WRK_INSTALL}"}
+        print(f"bench api: {server.name} wrk {self.args.wrk_seconds:g}s", file=sys.stderr)
+        headers = self.headers if server.name == "api" else {"Content-Type": "application/json"}
+        result = run_wrk(self.wrk, f"http://{HOST}:{server.port}", lines, seconds=self.args.wrk_seconds,
+                         connections=self.args.connections, headers=headers, cached=cached,
+                         cpus=self.machine.get("client_cpus"))
+        _check_alive(server)
+        _settle(server, health)
+        return result
+
+
+def _cached(body: bytes) -> bool:
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(decoded, dict) and decoded.get("cached") is True
+
+
+# -- wrk ---------------------------------------------------------------------------
+
+
+def run_wrk(wrk: str, url: str, lines: list[str], *, seconds: float, connections: int, threads: int = 1,
+            headers: dict[str, str] | None = None, cached: bool = False, cpus: list[int] | None = None) -> dict:
+    """Closed-loop peak run: wrk cycling through ``lines`` (METHOD<TAB>PATH[<TAB>BODY])."""
+    with tempfile.NamedTemporaryFile("w", suffix=".tsv", prefix="tailor-wrk-") as requests:
+        requests.write("\n".join(lines) + "\n")
+        requests.flush()
+        command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+                   "--timeout", "5s", "-s", str(WRK_LUA)]
+        for name, value in (headers or {}).items():
+            command += ["-H", f"{name}: {value}"]
+        command += [url, "--", requests.name, *(["cached"] if cached else [])]
+        if cpus and shutil.which("taskset"):
+            command = ["taskset", "-c", ",".join(map(str, cpus)), *command]
+        out = subprocess.run(command, check=False, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr[-2000:]}")
+    result = parse_wrk(out.stdout)
+    result.update(threads=threads, connections=connections, pinned_cpus=cpus if cpus else None)
+    return result
+
+
+_DURATION_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _to_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text).groups()
+    return round(float(number) * _DURATION_MS[unit], 3)
+
+
+def parse_wrk(text: str) -> dict:
+    """requests/sec, latency percentiles (``--latency``), errors and hits from wrk's report."""
+    result: dict = {}
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", text):
+        result["rps"] = float(m.group(1))
+    if m := re.search(r"(\d+) requests in ([\d.]+\w+),", text):
+        result["requests"] = int(m.group(1))
+        result["duration_s"] = round(_to_ms(m.group(2)) / 1000, 2)
+    if m := re.search(r"Latency\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", text):
+        result["avg_ms"], result["max_ms"] = _to_ms(m.group(1)), _to_ms(m.group(3))
+    for q, value in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)\s*$", text, re.MULTILINE):
+        result[f"p{q}_ms"] = _to_ms(value)
+    result["non_2xx"] = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", text)) else 0
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text):
+        result["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
+    else:
+        result["socket_errors"] = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    if m := re.search(r"^tailor-cached (\d+) (\d+)$", text, re.MULTILINE):
+        hits, seen = int(m.group(1)), int(m.group(2))
+        result["cached_ratio"] = round(hits / seen, 4) if seen else None
+    if "rps" not in result:
+        raise ValueError(f"no Requests/sec in wrk's output:\n{text[-1000:]}")
+    return result
+
+
+# -- comparison and targets -------------------------------------------------------
+
+
+def compare(features: dict, feast: dict) -> dict:
+    """Features route against feast serve: peak throughput ratio, p99 ratios at equal offered rates."""
+    out: dict = {}
+    fw, sw = features.get("peak_wrk", {}), feast.get("peak_wrk", {})
+    if fw.get("rps") and sw.get("rps"):
+        out["throughput_ratio"] = round(fw["rps"] / sw["rps"], 2)
+        out["wrk_p99_ratio"] = _ratio(fw.get("p99_ms"), sw.get("p99_ms"))
+    out["open_loop_p99_ratio"] = {
+        f"{a['offered_rps']:g}": _ratio(a["p99_ms"], b["p99_ms"])
+        for a, b in zip(features["open_loop"], feast["open_loop"])
+    }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def targets(result: dict) -> dict:
+    """Each target with the figure it is judged on and whether it was met (None: not measured)."""
+    out = {name: {"target": text, "met": None} for name, text in TARGETS.items()}
+    personalize = result.get("personalize", {})
+    if run := personalize.get("open_loop"):
+        ok = (run["offered_rps"] >= 1000 and run["errors"] == 0 and run["p99_ms"] is not None
+              and run["p99_ms"] <= 10.0 and run["achieved_rps"] >= 0.95 * run["offered_rps"])
+        out["personalize_p99"].update(offered_rps=run["offered_rps"], p99_ms=run["p99_ms"],
+                                      cached_ratio=run.get("cached_ratio"), met=ok)
+    if (peak := personalize.get("peak_wrk", {})).get("rps") is not None:
+        ok = peak["rps"] >= 4000 and peak["non_2xx"] == 0 and (peak.get("cached_ratio") or 0) >= 0.99
+        out["personalize_peak"].update(rps=peak["rps"], cached_ratio=peak.get("cached_ratio"), met=ok)
+    versus = result.get("features_vs_feast", {})
+    if versus.get("throughput_ratio") is not None:
+        p99s = [r for r in versus["open_loop_p99_ratio"].values() if r is not None]
+        ok = versus["throughput_ratio"] >= 5 and bool(p99s) and all(r <= 1.0 for r in p99s)
+        out["features_vs_feast"].update(throughput_ratio=versus["throughput_ratio"],
+                                        open_loop_p99_ratio=versus["open_loop_p99_ratio"], met=ok)
+    return out
