@@ -19,9 +19,11 @@ generator's batch sizes and queue waits. The OpenAPI document is at
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -42,7 +44,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from api.personalize import Personalized, PersonalizeRequest, personalize
-from api.templates import TemplateController, open_templates
+from api.templates import ErrorBody, TemplateController, open_templates
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
 from engine.personalize import NoTemplate
 from engine.privacy import Pseudonymizer
@@ -84,16 +86,15 @@ class Readiness(msgspec.Struct):
     model: str
 
 
-class ErrorBody(msgspec.Struct):
-    status_code: int
-    detail: str
-
-
 _EVENT_SCHEMA = msgspec.json.schema(Event)["$defs"]["Event"]
 
 
+@dataclass
 class EventsOperation(Operation):
-    """POST /v1/events reads its body itself (to judge each event on its own); this documents it."""
+    """POST /v1/events reads its body itself (to judge each event on its own); this documents it.
+
+    A dataclass itself: the generated ``__init__`` calls ``__post_init__`` only then.
+    """
 
     def __post_init__(self) -> None:
         self.request_body = RequestBody(
@@ -139,13 +140,14 @@ def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None
         raise PermissionDeniedException(detail=f"this API key lacks the '{scope}' scope")
 
 
-@get("/healthz", sync_to_thread=False)
+@get("/healthz", sync_to_thread=False, security=[{}])
 def healthz() -> Health:
     """Alive (says nothing about the broker or the store)."""
     return Health("ok")
 
 
-@get("/readyz")
+@get("/readyz", security=[{}],
+     responses={503: ResponseSpec(Readiness, description="a dependency does not answer: which, and why")})
 async def readyz(request: Request) -> Response[Readiness]:
     """Ready to serve: the broker, the feature store and the copy model all answer (503 and which failed otherwise)."""
     import asyncio
@@ -241,6 +243,7 @@ def user_features(user_id: FromPath[str], request: Request) -> dict[str, Any]:
 
 @post("/v1/personalize", opt={"scope": "serve"}, status_code=200,
       responses={**_ERRORS, 404: ResponseSpec(ErrorBody, description="no live template for the slot"),
+                 413: ResponseSpec(ErrorBody, description=f"the body is over {MAX_BODY_BYTES} bytes"),
                  422: ResponseSpec(ErrorBody, description="the template needs context or an item the request lacks")})
 async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request) -> Personalized:
     """Personalized content for one user and slot, with why it was chosen.
@@ -300,7 +303,9 @@ def open_copy_writer(settings: Settings, cache_redis=None):
     try:
         from models.runtime import Generator
 
-        generator = Generator(settings.model_dir)
+        # As many threads as CPUs this process may use (not the machine's cores: it may be
+        # pinned), and no spinning between batches: the event loop shares those CPUs.
+        generator = Generator(settings.model_dir, intra_op_threads=len(os.sched_getaffinity(0)), spinning=False)
     except ModelDirError as exc:
         unavailable = f"no copy model loaded: {exc}"
         log.warning("%s; serving default copy", unavailable)

@@ -62,6 +62,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from engine.brand import MAX_CHARS, Slot, Tone
@@ -502,10 +503,27 @@ def open_templates(settings: Settings, check_s: float = 0.5) -> LiveTemplates:
 # -- the routes -----------------------------------------------------------------------------------
 
 
+class ErrorBody(msgspec.Struct):
+    """What every error answer of the API carries (validation errors add ``extra``)."""
+
+    status_code: int
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int, ResponseSpec]:
+    """The error answers a template route gives, for its OpenAPI ``responses``."""
+    texts = {401: "no API key, or an unknown one", 403: "the API key lacks the route's scope",
+             404: "there is no such template (or version)", 409: "a template with that id exists already",
+             413: "the body is over the size limit", 422: "the template is invalid: the reason says why"}
+    return {code: ResponseSpec(ErrorBody, description=texts[code]) for code in (401, 403, *codes)}
+
+
 class _Body(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
+#: Largest version a store can hold (SQLite's INTEGER): a larger one in a request is a 400, not a 500.
+MAX_VERSION = 2**63 - 1
 TemplateId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="a-z, 0-9, - and _")]
 Body = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS)]
 Copy = Annotated[str, msgspec.Meta(min_length=1, max_length=max(MAX_CHARS.values()))]
@@ -575,7 +593,7 @@ class TemplateController(Controller):
     path = "/v1/templates"
     tags = ("templates",)
 
-    @post(summary="Create a template", opt={"scope": "admin"}, sync_to_thread=True)
+    @post(summary="Create a template", opt={"scope": "admin"}, sync_to_thread=True, responses=_errors(409, 413, 422))
     def create_template(self, request: Request, data: JSONBody[TemplateIn]) -> TemplateOut:
         """Create a template (version 1). Needs the `admin` scope.
 
@@ -592,7 +610,7 @@ class TemplateController(Controller):
         live.invalidate()
         return TemplateOut.of(created)
 
-    @get(summary="List templates", opt={"scope": "serve"}, sync_to_thread=True)
+    @get(summary="List templates", opt={"scope": "serve"}, sync_to_thread=True, responses=_errors())
     def list_templates(
         self, request: Request,
         slot: Annotated[Slot | None, QueryParameter(description="only this slot's templates")] = None,
@@ -607,22 +625,25 @@ class TemplateController(Controller):
         templates = _live(request).store.list(slot=slot, segment=segment, include_archived=include_archived)
         return [TemplateOut.of(t) for t in templates]
 
-    @get("/{template_id:str}", summary="Get a template", opt={"scope": "serve"}, sync_to_thread=True)
+    @get("/{template_id:str}", summary="Get a template", opt={"scope": "serve"}, sync_to_thread=True,
+         responses=_errors(404))
     def get_template(self, request: Request, template_id: FromPath[str],
-                     version: Annotated[int | None, QueryParameter(ge=1, description="a past version")] = None,
+                     version: Annotated[int | None, QueryParameter(ge=1, le=MAX_VERSION,
+                                                                   description="a past version")] = None,
                      ) -> TemplateOut:
         """One template: its latest version, or the `version` asked for (404 if there is none)."""
         with _http_errors():
             return TemplateOut.of(_live(request).store.get(template_id, version))
 
     @get("/{template_id:str}/versions", summary="List a template's versions", opt={"scope": "serve"},
-         sync_to_thread=True)
+         sync_to_thread=True, responses=_errors(404))
     def template_versions(self, request: Request, template_id: FromPath[str]) -> list[TemplateOut]:
         """Every version of a template, oldest first (404 if there is no such template)."""
         with _http_errors():
             return [TemplateOut.of(t) for t in _live(request).store.versions(template_id)]
 
-    @patch("/{template_id:str}", summary="Revise a template", opt={"scope": "admin"}, sync_to_thread=True)
+    @patch("/{template_id:str}", summary="Revise a template", opt={"scope": "admin"}, sync_to_thread=True,
+           responses=_errors(404, 413, 422))
     def update_template(self, request: Request, template_id: FromPath[str],
                         data: JSONBody[TemplatePatch]) -> TemplateOut:
         """Change a template: saves a new version (earlier ones stay readable). Needs the `admin` scope.
@@ -642,7 +663,7 @@ class TemplateController(Controller):
         return TemplateOut.of(updated)
 
     @post("/{template_id:str}/archive", summary="Archive a template", status_code=200,
-          opt={"scope": "admin"}, sync_to_thread=True)
+          opt={"scope": "admin"}, sync_to_thread=True, responses=_errors(404))
     def archive_template(self, request: Request, template_id: FromPath[str]) -> TemplateOut:
         """Stop serving a template: saves a version with `archived: true`. Needs the `admin` scope.
 
