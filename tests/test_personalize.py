@@ -147,7 +147,8 @@ def test_without_a_model_default_copy_is_served_and_readyz_says_why(api_settings
         assert ready.status_code == 503 and "tailor train" in ready.json()["model"]
     with TestClient(app=create_app(api_settings())) as client:
         ready = client.get("/readyz")
-        assert ready.status_code == 200 and ready.json() == {"ready": True, "broker": "ok", "store": "ok", "model": "ok"}
+        assert ready.status_code == 200
+        assert ready.json() == {"ready": True, "broker": "ok", "store": "ok", "model": "ok"}
 
 
 def test_request_errors_are_4xx_with_a_reason(api_settings):
@@ -239,7 +240,8 @@ def test_events_posted_to_the_api_change_personalized_content_within_a_second(ap
             for probe in range(3):
                 user = f"probe-{probe}"
                 before = features_of(client, user)
-                assert before["content"]["item_id"] == "shoe-1" and before["explanation"]["features"]["lifetime_events"] == 0
+                assert before["content"]["item_id"] == "shoe-1"
+                assert before["explanation"]["features"]["lifetime_events"] == 0
                 sent = time.monotonic()
                 send(client, user, 3, "bags")
                 while True:
@@ -255,3 +257,20 @@ def test_events_posted_to_the_api_change_personalized_content_within_a_second(ap
         flow.terminate()
         flow.wait(30)
     assert statistics.median(delays) < 1.0, delays
+
+
+def test_replicas_share_generated_copy_and_templates_through_redis(api_settings, redis_server):
+    """Two API processes' worth of apps on one Redis: what one generated, the other serves as cached."""
+    settings = api_settings(redis_url=redis_server.url, copy_cache_redis_ttl_s=60)
+    seed_user(settings, "ann")
+    with TestClient(app=create_app(settings)) as first:
+        made = personalize(first, slot="cta", items=[ITEM]).json()
+        assert made["cached"] is False
+        created = first.post("/v1/templates", headers=ADMIN, json={
+            "template_id": "cta-shared", "slot": "cta", "body": "{{ ai.cta }}", "default_copy": {"cta": "Go"},
+            "segments": ["bargain_hunter"]})
+        assert created.status_code == 201, created.text
+    with TestClient(app=create_app(settings)) as second:
+        assert second.get("/v1/templates/cta-shared", headers=SERVE).status_code == 200
+        shared = personalize(second, slot="cta", items=[ITEM], template_id="cta-ai").json()
+        assert shared["cached"] is True and shared["content"]["copy"] == made["content"]["copy"]
