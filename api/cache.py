@@ -3,10 +3,10 @@
 A snippet depends on the model version, the template version, the segment style
 the prompt names, the slot, the tone and the featured item, and on nothing about
 the user: that tuple is the key (`copy_key`), and only the user-specific parts
-of a response (the caller's context) are rendered per request. Generated copy
-that broke a brand rule is cached too, with its violations, so a bad sample is
-not re-generated on every request; the response then says why default copy was
-served. Redis (``TAILOR_COPY_CACHE_REDIS_TTL_S`` > 0 with ``TAILOR_REDIS_URL``)
+of a response (the caller's context) are rendered per request. The raw generated
+text is cached; grounding in the item's facts and the brand rules run per request
+(tens of microseconds), so a changed price or rule applies at once, and copy that
+fails them is not re-generated on every request. Redis (``TAILOR_COPY_CACHE_REDIS_TTL_S`` > 0 with ``TAILOR_REDIS_URL``)
 lets API replicas share what any of them generated; the LRU stays in front of it.
 """
 
@@ -18,10 +18,9 @@ import msgspec
 
 
 class CachedCopy(msgspec.Struct, frozen=True, array_like=True):
-    """A generated snippet and the brand rules it broke (empty: it may be served)."""
+    """A generated snippet, as the model wrote it."""
 
     text: str
-    violations: tuple[str, ...] = ()
 
 
 def copy_key(model_version: str, template_id: str, template_version: int, style: str, slot: str, tone: str,
@@ -44,7 +43,7 @@ class CopyCache:
     ...     await cache.get("a"); await cache.put("c", CachedCopy("three"))  # "b" is least recent
     ...     return [await cache.get(k) for k in "abc"]
     >>> asyncio.run(demo())
-    [CachedCopy(text='one', violations=()), None, CachedCopy(text='three', violations=())]
+    [CachedCopy(text='one'), None, CachedCopy(text='three')]
     """
 
     def __init__(self, size: int, *, redis=None, ttl_s: int = 0, prefix: str = "tailor:copy:"):

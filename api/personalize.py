@@ -9,9 +9,11 @@ One request, in order:
 4. each ``ai.<slot>`` the template uses: from the copy cache, else generated
    with control codes (segment style, slot, tone) through the batching
    generator, waiting at most ``TAILOR_GENERATION_BUDGET_MS``;
-5. brand rules on the copy; copy that is late, failed or broke a rule is
-   replaced by the template's default copy, and the explanation says why
-   (late copy still lands in the cache for the next request);
+5. the copy grounded in the featured item (`engine.personalize.ground_copy`:
+   the model writes catalog names and prices; they become the item's own) and
+   checked against the brand rules; copy that is late, failed, cannot be
+   grounded or broke a rule is replaced by the template's default copy, and the
+   explanation says why (late copy still lands in the cache for the next request);
 6. the template rendered with the caller's context (used for this response,
    never stored) and the featured item.
 """
@@ -27,7 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from api.cache import CachedCopy, CopyCache, copy_key
 from engine.brand import BrandRules, Slot, check
-from engine.personalize import choose_item, choose_template, explaining_features, tone_for
+from engine.personalize import choose_item, choose_template, explaining_features, ground_copy, tone_for
 from engine.templates import ITEM_FIELDS, render
 
 log = logging.getLogger("tailor.api")
@@ -165,8 +167,6 @@ class CopyWriter:
                                      "(the copy will be cached for the next request)")
             except Exception as exc:  # noqa: BLE001 - the request still gets default copy
                 return None, False, f"generation failed: {type(exc).__name__}: {exc}"[:200]
-        if cached.violations:
-            return None, hit, "generated copy broke brand rules: " + "; ".join(cached.violations)
         return cached.text, hit, None
 
     def _finished(self, key: str, task: asyncio.Task) -> None:
@@ -179,11 +179,20 @@ class CopyWriter:
 
         result = await self.batcher.generate(control_prefix(style, slot, tone), max_new_tokens=NEW_TOKENS[slot],
                                              **SAMPLING)
-        text = result.text.strip()
-        violations = tuple(f"{v.rule}: {v.detail}" for v in check(self.rules, text, slot=slot, tone=tone))
-        value = CachedCopy(text, violations)
+        value = CachedCopy(result.text.strip())
         await self.cache.put(key, value)
         return value
+
+    def finish(self, text: str, item: dict | None, slot: str, tone: str) -> tuple[str | None, str | None]:
+        """Generated copy grounded in the featured item and checked against the brand rules, or why not."""
+        grounded, why = ground_copy(text, item)
+        if grounded is None:
+            return None, f"generated copy {why}"
+        violations = check(self.rules, grounded, slot=slot, tone=tone)
+        if violations:
+            broken = "; ".join(f"{v.rule}: {v.detail}" for v in violations)
+            return None, f"generated copy broke brand rules: {broken}"
+        return grounded, None
 
     def observe_batch(self, size: int, waits_ms: list[float], seconds: float) -> None:
         GENERATOR_BATCH.observe(size)
@@ -232,6 +241,8 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
                        item_id)
         text, cached, why = await writer.copy_for(key, style, slot, tone)
         all_cached = all_cached and cached
+        if text is not None:
+            text, why = writer.finish(text, item, slot, tone)
         if text is None:
             copy[slot] = template.default_copy[slot]
             fallbacks.append(Fallback(slot, why or "no copy"))
@@ -264,7 +275,7 @@ def _reason_kind(why: str | None) -> str:
     if not why:
         return "other"
     for prefix, kind in (("generation took", "slow"), ("generation failed", "error"), ("generated copy broke", "brand"),
-                         ("no copy model", "no_model")):
+                         ("generated copy", "ungrounded"), ("no copy model", "no_model")):
         if why.startswith(prefix):
             return kind
     return "other"

@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 KEY = "0123456789abcdef0123456789abcdef"
 SERVE = {"X-API-Key": "server"}
 ADMIN = {"X-API-Key": "boss"}
-ITEM = {"item_id": "i-77", "title": "Trail Shoe", "category": "shoes", "price": 80.0, "discount_pct": 25}
+ITEM = {"item_id": "i-77", "title": "Trail Shoe", "brand": "Acme", "category": "shoes", "price": 80.0,
+        "discount_pct": 25}
 
 
 @pytest.fixture
@@ -117,11 +118,12 @@ def test_slow_or_rule_breaking_copy_falls_back_to_default_copy_and_says_why(api_
     settings = api_settings(brand_rules=str(rules))
     seed_user(settings, "ann")
     with TestClient(app=create_app(settings)) as client:
-        body = personalize(client).json()
+        body = personalize(client, items=[ITEM]).json()  # an item to ground names and prices in
         assert body["content"]["text"] == "Picked for you"
         assert "brand rules" in body["explanation"]["fallbacks"][0]["reason"]
         assert "too_long" in body["explanation"]["fallbacks"][0]["reason"]
-        assert personalize(client).json()["cached"] is True  # the verdict is cached with the copy
+        again = personalize(client, items=[ITEM]).json()
+        assert again["cached"] is True and again["content"]["text"] == "Picked for you"  # checked again, not regenerated
 
     settings = api_settings(generation_budget_ms=0.001)
     seed_user(settings, "ann")
