@@ -366,7 +366,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                   buckets=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0],
                                   exclude=["/metrics"])
     openapi = OpenAPIConfig(
-        title="Tailor", version="0.1.0", path="/docs", use_handler_docstrings=True, render_plugins=[SwaggerRenderPlugin(path="/")],
+        title="Tailor", version="0.1.0", path="/docs", use_handler_docstrings=True,
+        render_plugins=[SwaggerRenderPlugin(path="/")],
         description="Events in, personalized content out. Send your API key in the X-API-Key header.",
         components=Components(security_schemes={
             "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),

@@ -79,7 +79,8 @@ def tone_for(template: Template, style: str) -> tuple[str, str]:
     return STYLE_TONES.get(style, "informative"), f"the usual tone for {style} shoppers"
 
 
-def choose_item(items: Sequence[Mapping[str, Any]], features: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str]:
+def choose_item(items: Sequence[Mapping[str, Any]],
+                features: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str]:
     """The candidate to feature: the first in the user's top category, else the first given.
 
     >>> shoes, bag = {"item_id": "i1", "category": "shoes"}, {"item_id": "i2", "category": "bags"}

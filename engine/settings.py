@@ -86,8 +86,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Exported copy model folder (`tailor export`); a missing one serves default copy.
     model_dir: str = str(_ROOT / "models" / "artifacts" / "onnx")
     #: Longest a personalize request waits for generated copy before it serves the
-    #: template's default copy (the generation goes on and fills the cache).
-    generation_budget_ms: float = 25.0
+    #: template's default copy (the generation goes on and fills the cache). On a CPU
+    #: a snippet takes 20-50 ms, so a new (segment, slot, item) gets default copy once
+    #: and generated copy from then on; raise it (or use a GPU) to wait for the copy.
+    generation_budget_ms: float = 8.0
     #: Dynamic batching of generator calls: most prompts per batch and longest wait for company.
     generation_max_batch: int = 16
     generation_max_wait_ms: float = 2.0
