@@ -201,11 +201,14 @@ class CopyWriter:
             GENERATOR_WAIT.observe(wait / 1000)
 
 
+_HITS, _MISSES = COPY_CACHE.labels("hit"), COPY_CACHE.labels("miss")
+_lookups = {"hit": 0, "miss": 0}
+
+
 def _count(hit: bool) -> None:
-    COPY_CACHE.labels("hit" if hit else "miss").inc()
-    hits = COPY_CACHE.labels("hit")._value.get()
-    total = hits + COPY_CACHE.labels("miss")._value.get()
-    COPY_CACHE_RATIO.set(hits / total)
+    (_HITS if hit else _MISSES).inc()
+    _lookups["hit" if hit else "miss"] += 1
+    COPY_CACHE_RATIO.set(_lookups["hit"] / (_lookups["hit"] + _lookups["miss"]))
 
 
 async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, templates, writer: CopyWriter

@@ -125,7 +125,8 @@ _ADJECTIVES = _alternation(a for spec in CATEGORY_SPECS.values() for a in spec.a
 _NOUNS = _alternation(n for spec in CATEGORY_SPECS.values() for n in spec.nouns)
 _TITLE = re.compile(rf"\b(?:{_BRANDS})\s+(?:{_ADJECTIVES})\s+(?:{_NOUNS})\b")
 _BRAND = re.compile(rf"\b(?:{_BRANDS})\b")
-_NOUN = re.compile(rf"\b(?:(?:{_ADJECTIVES})\s+)?(?:{_NOUNS})\b")
+# A product's noun, with whatever of its name precedes it ("Nordvik Cloud Thriller", "Cloud Thriller").
+_NOUN = re.compile(rf"\b(?:(?:{_BRANDS})\s+)?(?:(?:{_ADJECTIVES})\s+)?(?:{_NOUNS})\b")
 _MONEY = re.compile(r"(?<![\w.])\d{1,7}\.\d{2}(?!\w)(?!\.\d)")
 _PCT = re.compile(r"(?<![\w.])\d{1,3}\s?%")
 
@@ -144,6 +145,8 @@ def ground_copy(text: str, item: Mapping[str, Any] | None) -> tuple[str | None, 
     >>> item = {"title": "Acme Rain Shell", "brand": "Acme", "price": 120.0, "discount_pct": 25}
     >>> ground_copy("Get the Nordvik Insulated Rain Jacket for just 82.99, down from 99.00.", item)
     ('Get the Acme Rain Shell for just 90.00, down from 120.00.', None)
+    >>> ground_copy("New in: Nordvik Cloud Parka", item)  # a name the catalog never had, still a product
+    ('New in: Acme Rain Shell', None)
     >>> ground_copy("Save 30% today", {"title": "Acme Rain Shell", "price": 120.0})
     (None, 'states a 30% discount; the featured item has none')
     >>> ground_copy("Only 9.99: hurry", None)
