@@ -44,6 +44,7 @@ from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, Reque
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from api.metrics import RequestMetrics
 from api.personalize import Personalized, PersonalizeRequest, personalize
 from api.templates import ErrorBody, TemplateController, open_templates
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
@@ -369,12 +370,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.producer.flush(10)
             app.state.producer = None  # frees the client now: no reconnect attempts after shutdown
 
-    from litestar.plugins.prometheus import PrometheusConfig
-
-    # Request counts, errors and latency histograms per route (path templates, not raw paths).
-    prometheus = PrometheusConfig(app_name="tailor", prefix="tailor_api", group_path=True,
-                                  buckets=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0],
-                                  exclude=["/metrics"])
     openapi = OpenAPIConfig(
         title="Tailor", version="0.1.0", path="/docs", use_handler_docstrings=True,
         render_plugins=[SwaggerRenderPlugin(path="/")],
@@ -389,7 +384,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         TemplateController],
         lifespan=[resources],
         guards=[require_scope],
-        middleware=[prometheus.middleware],
+        # Request counts, errors and latency histograms per route (path templates, not raw paths).
+        middleware=[RequestMetrics],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=openapi,
     )
