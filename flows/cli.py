@@ -130,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--seed", type=int, default=0)
     samples.add_argument("--json", action="store_true", help="JSON rows instead of a Markdown table")
 
+    exp = sub.add_parser("experiment", help="experiments: plan one (sample size and duration)")
+    exp_sub = exp.add_subparsers(dest="action", required=True)
+    plan = exp_sub.add_parser("plan", help="users per arm and days for a baseline rate and a detectable effect")
+    plan.add_argument("--baseline", type=float, required=True, help="the control's conversion rate, e.g. 0.05")
+    plan.add_argument("--mde", type=float, required=True,
+                      help="minimum detectable effect, relative: 0.1 means 10%% better than the baseline")
+    plan.add_argument("--alpha", type=float, default=0.05, help="false positive rate (default 0.05, two-sided)")
+    plan.add_argument("--power", type=float, default=0.8, help="chance to detect the effect (default 0.8)")
+    plan.add_argument("--arms", type=int, default=2, help="arms, control included (default 2)")
+    plan.add_argument("--daily-users", type=_positive_float, help="new users a day, for the duration")
+    plan.add_argument("--share", type=float, default=1.0, help="share of traffic in the experiment (default 1.0)")
+
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     ingest = bench_sub.add_parser("ingest", help="flow throughput vs one FeatureStore.push per event")
@@ -205,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.samples import run_samples as run
     elif args.command == "api":
         from api.app import run_api as run
+    elif args.command == "experiment":
+        from flows.experiment import run_experiment as run
     elif args.command == "segments":
         from flows.segments import run_segments as run
     elif args.command == "simulate":
