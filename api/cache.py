@@ -57,16 +57,12 @@ class CopyCache:
         self.hits = 0
         self.misses = 0
 
-    def get_local(self, key: str) -> CachedCopy | None:
-        """The in-process entry, if any (no I/O): the fast path of every request."""
+    async def get(self, key: str) -> CachedCopy | None:
+        """The LRU's entry (no I/O: the common case), else Redis's, which the LRU then keeps."""
         value = self._lru.get(key)
         if value is not None:
             self._lru.move_to_end(key)
-        return value
-
-    async def get(self, key: str) -> CachedCopy | None:
-        value = self.get_local(key)
-        if value is None and self._redis is not None:
+        elif self._redis is not None:
             raw = await self._redis.get(self._prefix + key)
             if raw is not None:
                 value = _decoder.decode(raw)

@@ -152,7 +152,7 @@ class CopyWriter:
         """(text or None, from the cache, why not generated copy) for one ai slot."""
         if self.generator is None:
             return None, False, self.unavailable
-        cached = self.cache.get_local(key) or await self.cache.get(key)
+        cached = await self.cache.get(key)
         hit = cached is not None
         _count(hit)
         if cached is None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import msgspec
 
 from bench.common import bench_settings
-from bench.openloop import OpenLoopClient, build_request, closed_loop, read_response
+from bench.openloop import OpenLoopClient, build_request, closed_loop, is_cached, read_response
 from engine.privacy import Pseudonymizer
 from engine.settings import Settings, settings_env
 
@@ -440,7 +440,7 @@ class Legs:
             bad = [r for r in responses if not 200 <= r.status < 300]
             if bad:
                 raise RuntimeError(f"personalize warm-up: {len(bad)} errors, first {bad[0].status}: {bad[0].body[:300]!r}")
-            missing = [request for request, r in zip(missing, responses) if not _cached(r.body)]
+            missing = [request for request, r in zip(missing, responses) if not is_cached(r.body)]
             print(f"bench api: cache warm-up pass {passes}: {1 - len(missing) / keys:.1%} of {keys} keys cached",
                   file=sys.stderr)
             if missing:
@@ -481,14 +481,6 @@ class Legs:
         _check_alive(server)
         _settle(server, health)
         return result
-
-
-def _cached(body: bytes) -> bool:
-    try:
-        decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return False
-    return isinstance(decoded, dict) and decoded.get("cached") is True
 
 
 # -- wrk ---------------------------------------------------------------------------

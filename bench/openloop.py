@@ -254,7 +254,7 @@ class OpenLoopClient:
         if 200 <= response.status < 300:
             run.ok += 1
             if run.count_cached:
-                run.cached += _is_cached(response.body)
+                run.cached += is_cached(response.body)
         else:
             run.error(f"{response.status}: {response.body[:200].decode('utf-8', 'replace')}")
         if response.keep_alive:
@@ -326,7 +326,8 @@ class OpenLoopClient:
                 pass
 
 
-def _is_cached(body: bytes) -> bool:
+def is_cached(body: bytes) -> bool:
+    """Whether a response body is JSON with ``"cached": true`` (a personalize answer from the copy cache)."""
     try:
         decoded = msgspec.json.decode(body)
     except msgspec.DecodeError:
