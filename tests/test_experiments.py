@@ -358,3 +358,11 @@ def test_analyze_corrects_across_arms_and_metrics_and_flags_srm():
     msgspec.json.encode(report)  # the API can serve it as is
     with pytest.raises(ValueError, match="control"):
         analyze(arms, "nobody")
+
+
+@pytest.mark.parametrize("weights, holdout", [((1, 1), 0.1), ((1, 2, 3, 0, 5, 1, 1, 1, 1, 2), 0.2), ((0, 1, 0.5), 0.0)])
+def test_one_user_assignment_equals_the_vectorized_one(weights, holdout):
+    # `assign` has its own scalar path (a request assigns one user); it must pick exactly what assign_many picks.
+    exp = Experiment("scalar", Allocation(tuple(Arm(f"arm{i}", w) for i, w in enumerate(weights)), holdout=holdout))
+    users = [f"user-{i}" for i in range(5000)]
+    assert [assign(u, exp) for u in users] == assign_many(users, exp)
