@@ -157,3 +157,48 @@ user_segment_v1 = FeatureService(
     features=[user_segment_fv],
     description="A user's segment, as the personalization API reads it.",
 )
+
+# -- experiments (engine/exposures.py, written by the flow's experiment steps) --
+
+experiment = Entity(
+    name="experiment",
+    join_keys=["experiment_id"],
+    value_type=ValueType.STRING,
+    description="An experiment id, as impressions and outcomes name it.",
+)
+
+variant = Entity(
+    name="variant",
+    join_keys=["variant"],
+    value_type=ValueType.STRING,
+    description="A variant (arm) of an experiment; 'holdout' for users on default content.",
+)
+
+experiment_arm_source = FileSource(
+    name="experiment_arm_source",
+    path="data/offline/experiment_arm",
+    timestamp_field="event_timestamp",
+    description="Offline copy of experiment_arm (not written yet: the online view is the source of truth).",
+)
+
+experiment_arm_push_source = PushSource(name="experiment_arm_push", batch_source=experiment_arm_source)
+
+experiment_arm_fv = FeatureView(
+    name="experiment_arm",
+    entities=[experiment, variant],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="users", dtype=Int64, description="Distinct users exposed, in the variant of their first exposure."),
+        Field(name="impressions", dtype=Int64, description="Impressions of the experiment shown to those users."),
+        Field(name="clickers", dtype=Int64, description="Exposed users who clicked at least once after exposure."),
+        Field(name="clicks", dtype=Int64, description="Clicks naming the experiment, after exposure."),
+        Field(name="converters", dtype=Int64, description="Exposed users who converted at least once after exposure."),
+        Field(name="conversions", dtype=Int64, description="Conversions and purchases attributed to the experiment."),
+        Field(name="value_sum", dtype=Float64, description="Sum over users of each user's total attributed value."),
+        Field(name="value_sum_sq", dtype=Float64, description="Sum over users of (user's total value) squared."),
+        Field(name="updated_ms", dtype=Int64, description="Event time (epoch ms) of the newest event counted."),
+    ],
+    source=experiment_arm_push_source,
+    online=True,
+    description="Per-arm experiment counters, absolute and idempotent on event_id; see engine/exposures.py.",
+)

@@ -8,6 +8,10 @@ that owns it (and snapshots it with that worker's recovery state). It sends
 back each user's segment, the segment profiles, and drift alerts (to
 ``TAILOR_DRIFT_TOPIC`` and the log).
 
+Impressions, clicks, conversions and purchases also go through the experiment
+steps (`flows.experiments`): per user, then per (experiment, variant) arm, into
+absolute counters in the ``experiment_arm`` view.
+
 Run it with recovery (what ``tailor flow`` does)::
 
     python -m bytewax.run "flows.features:build_flow()" -r RECOVERY_DIR -s 2 -b 0
@@ -40,10 +44,12 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from engine.audience import Audience, SegmentAssignment, UserUpdate
 from engine.drift import DriftAlert
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event
+from engine.exposures import ArmCounters
 from engine.segments import Behaviour
 from engine.settings import Settings
 from engine.tiles import UserActivity
 from flows import metrics
+from flows.experiments import ArmLogic, ExposureLogic, experiment_events
 from flows.kafka import RawKafkaSource, ensure_topics
 
 #: Bytes of a bad payload kept in its dead letter.
@@ -217,9 +223,10 @@ class _FeatureStorePartition(StatefulSinkPartition):
         gc.freeze()
 
     def write_batch(self, items: list[tuple]) -> None:
-        # Items: (user_id, UserActivity, update), (user_id, SegmentAssignment) or
-        # ("segment_profiles", [SegmentProfile]). The newest per user and kind wins.
-        tiles, segments, profiles = {}, {}, None
+        # Items: (user_id, UserActivity, update), (user_id, SegmentAssignment),
+        # (arm key, ArmCounters) or ("segment_profiles", [SegmentProfile]).
+        # The newest per key and kind wins.
+        tiles, segments, arms, profiles = {}, {}, {}, None
         for item in items:
             key, value = item[0], item[1]
             kind = type(value)
@@ -227,14 +234,17 @@ class _FeatureStorePartition(StatefulSinkPartition):
                 tiles[key] = value
             elif kind is SegmentAssignment:
                 segments[key] = value
+            elif kind is ArmCounters:
+                arms[key] = value
             else:
                 profiles = value
         with metrics.ONLINE_WRITE_SECONDS.time():
             self.writer.write(tiles)
             self.writer.write_segments(segments)
+            self.writer.write_arms(arms)
             if profiles is not None:
                 self.writer.write_profiles(profiles)
-        metrics.ONLINE_ROWS.inc(len(tiles) + len(segments))
+        metrics.ONLINE_ROWS.inc(len(tiles) + len(segments) + len(arms))
         if self.on_write is not None:
             self.on_write(len(items))
 
@@ -319,7 +329,7 @@ def build_flow(
     # (user_id, Event)
     users = op.stateful_batch("user_activity", by_user, lambda resume: UserActivityLogic(settings, resume))
     # (user_id, (user_id, UserActivity, UserUpdate | None))
-    rows = users
+    rows = [users]
     if settings.segments:
         updates = op.filter_map("to_audience", users, _to_audience)
         # ("audience", UserUpdate): one key, so every worker's updates meet on one worker
@@ -328,9 +338,18 @@ def build_flow(
         alerts = op.branch("alerts", audience, _is_alert)
         op.output("drift", op.map("drift_message", alerts.trues, alert_message),
                   KafkaSink(brokers, settings.drift_topic))
-        rows = op.merge("rows", rows, op.map("by_row_key", alerts.falses, _keyed))
-        # (key, (key, UserActivity | SegmentAssignment | [SegmentProfile], ...)), keyed by user or "segment_profiles"
-    op.output("feature_store", rows, FeatureStoreSink(settings, on_write))
+        rows.append(op.map("by_row_key", alerts.falses, _keyed))
+        # (key, (key, SegmentAssignment | [SegmentProfile])), keyed by user or "segment_profiles"
+    exp_events = op.flat_map_batch("experiment_events", valid.trues, experiment_events)
+    # Event of type impression, click, conversion or purchase (every other type stops here)
+    exp_by_user = op.key_on("exposures_by_user", exp_events, _user_of)
+    # (user_id, Event)
+    deltas = op.stateful_batch("exposures", exp_by_user, ExposureLogic)
+    # (user_id, (arm key, ArmCounters delta)): what each user's batch changed, per arm
+    arms = op.stateful_batch("experiment_arms", op.map("by_arm", deltas, _value), ArmLogic)
+    # (arm key, (arm key, ArmCounters)): absolute counters
+    rows.append(op.map("arm_rows", arms, _keyed))
+    op.output("feature_store", op.merge("rows", *rows), FeatureStoreSink(settings, on_write))
     return flow
 
 
@@ -341,6 +360,10 @@ def _to_audience(kv) -> tuple[str, UserUpdate] | None:
 
 def _is_alert(kv) -> bool:
     return type(kv[1]) is DriftAlert
+
+
+def _value(kv):
+    return kv[1]
 
 
 def _keyed(kv):

@@ -29,3 +29,11 @@ def observe_audience(audience) -> None:
         SEGMENT_SIZE.labels(str(segment)).set(size)
     for (feature, method), score in audience.monitor.scores.items():
         DRIFT_SCORE.labels(feature, method).set(score)
+
+EXPERIMENT_EVENTS = Counter(
+    "tailor_experiment_events_total",
+    "Impressions, clicks, conversions and purchases by what the experiment counters did with them: "
+    "counted, duplicate (event_id seen), unexposed (named an experiment the user had not seen by then), "
+    "unattributed (no experiment named, none seen by then), ignored (no experiment or variant to count).",
+    ["outcome"],
+)

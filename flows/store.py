@@ -28,6 +28,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from engine.audience import SegmentAssignment
+from engine.exposures import ArmCounters
 from engine.segments import SegmentProfile
 from engine.settings import Settings
 from engine.tiles import FEATURES, UserActivity, finish
@@ -36,6 +37,11 @@ from flows import metrics
 TILES_VIEW = "user_activity_tiles"
 SEGMENT_VIEW = "user_segment"
 PROFILE_VIEW = "segment_profile"
+ARM_VIEW = "experiment_arm"
+#: The experiment_arm features, in `ArmCounters` field order (Int64 unless in `ARM_FLOATS`).
+ARM_FEATURES = ("users", "impressions", "clickers", "clicks", "converters", "conversions",
+                "value_sum", "value_sum_sq", "updated_ms")
+ARM_FLOATS = frozenset({"value_sum", "value_sum_sq"})
 _DEFAULT_REPO = Path(Settings().feature_repo)
 OFFLINE_SCHEMA = pa.schema(
     [
@@ -94,6 +100,11 @@ def apply_definitions(store: FeatureStore) -> None:
         features.segment_profile_push_source,
         features.segment_profile_fv,
         features.user_segment_v1,
+        features.experiment,
+        features.variant,
+        features.experiment_arm_source,
+        features.experiment_arm_push_source,
+        features.experiment_arm_fv,
     ]
     store.apply(objects)
     offline_dir(store).mkdir(parents=True, exist_ok=True)
@@ -148,7 +159,11 @@ class FeatureWriter:
     def _view(self, name: str):
         view = self._views.get(name)
         if view is None:
-            view = self._views[name] = self.store.get_feature_view(name)
+            try:
+                view = self._views[name] = self.store.get_feature_view(name)
+            except FeatureViewNotFoundException:
+                raise RuntimeError(f"feature view {name!r} is not registered in {self.store.repo_path}: "
+                                   "run `tailor apply` to register Tailor's definitions") from None
         return view
 
     def _sqlite_upsert(self):
@@ -240,6 +255,27 @@ class FeatureWriter:
             }))
         self._upsert(self._view(PROFILE_VIEW), rows)
 
+    def write_arms(self, arms: dict[str, ArmCounters]) -> None:
+        """Experiment arms' absolute counters into ``experiment_arm`` (one transaction).
+
+        The values are absolute, so writing a row again (a replay) changes nothing.
+        """
+        if not arms:
+            return
+        rows = []
+        for counters in arms.values():
+            key = arm_entity_key(counters.experiment, counters.variant)
+            key_bin = serialize_entity_key(
+                key, entity_key_serialization_version=self.config.entity_key_serialization_version
+            )
+            values = {
+                name: Value(double_val=getattr(counters, name)) if name in ARM_FLOATS
+                else Value(int64_val=getattr(counters, name))
+                for name in ARM_FEATURES
+            }
+            rows.append((key_bin, key, counters.updated_ms, values))
+        self._upsert(self._view(ARM_VIEW), rows)
+
     def _upsert(self, view, rows: list[tuple[bytes, EntityKey | None, int, dict[str, Value]]]) -> None:
         """Rows of (entity key bytes, entity key, event ms, {feature: Value}) into an online view.
 
@@ -321,6 +357,12 @@ def _segment_values(a: SegmentAssignment) -> dict[str, Value]:
 
 def _entity_key(user_id: str) -> EntityKey:
     return EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+
+
+def arm_entity_key(experiment: str, variant: str) -> EntityKey:
+    """The ``experiment_arm`` row key of one (experiment, variant)."""
+    return EntityKey(join_keys=["experiment_id", "variant"],
+                     entity_values=[Value(string_val=experiment), Value(string_val=variant)])
 
 
 def training_set(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:
