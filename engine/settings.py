@@ -102,6 +102,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     template_db: str = ""
     #: JSON file of brand rules (engine/brand.py); empty: the built-in defaults.
     brand_rules: str = ""
+    #: SQLite file of the experiments; empty: ``<feature_repo>/data/experiments.db`` (Redis with TAILOR_REDIS_URL).
+    experiment_db: str = ""
+    #: Thompson-sampling experiments re-weigh their arms from the counters this often.
+    bandit_every_s: float = 5.0
+
+    # -- the model registry and retraining (models/registry.py, models/retrain.py) ----
+    #: Registry of exported model versions and the runs.jsonl of retrains; promotion points
+    #: TAILOR_MODEL_DIR (a symlink then) at one of its versions.
+    model_registry: str = str(_ROOT / "models" / "artifacts" / "registry")
+    #: How often the API checks TAILOR_MODEL_DIR for a newly promoted version.
+    model_reload_s: float = 2.0
+    #: Retrain when the flow reports drift (`tailor retrain --watch` turns it on) ...
+    retrain_on_drift: bool = False
+    #: ... at most once per this many seconds (later triggers wait and coalesce).
+    retrain_min_interval_s: float = 3600.0
+    #: A candidate is promoted only if its holdout perplexity is at most (1 + this) times the current's ...
+    retrain_ppl_tolerance: float = 0.02
+    #: ... and its tone/length obedience and brand-rule pass rate at least the current's minus this.
+    retrain_metric_tolerance: float = 0.02
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
@@ -126,6 +145,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"TAILOR_DRIFT_ACTION must be 'alert' or 'refit', got {self.drift_action!r}")
         if self.segments == 1 or self.segments < 0:
             raise ValueError(f"TAILOR_SEGMENTS must be 0 (off) or at least 2, got {self.segments}")
+        if not self.model_reload_s > 0:
+            raise ValueError(f"TAILOR_MODEL_RELOAD_S must be a positive number of seconds, got {self.model_reload_s}")
+        for name in ("retrain_min_interval_s", "retrain_ppl_tolerance", "retrain_metric_tolerance"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"TAILOR_{name.upper()} must be 0 or more, got {getattr(self, name)}")
 
     @property
     def lateness_ms(self) -> int:

@@ -19,8 +19,12 @@ QUANTIZED = "model.int8.onnx"
 
 
 def export(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = False,
-           version: str | None = None) -> Manifest:
-    """Export ``model_dir`` (saved by `models.build.train`) to ``out_dir`` with a manifest."""
+           version: str | None = None, trained: str | None = None) -> Manifest:
+    """Export ``model_dir`` (saved by `models.build.train`) to ``out_dir`` with a manifest.
+
+    The manifest's ``trained`` names the torch weights for the next fine-tune: ``trained``
+    when given (relative to ``out_dir``, or absolute), else ``model_dir``'s absolute path.
+    """
     from optimum.exporters.onnx import main_export
     from transformers import AutoConfig, AutoTokenizer
 
@@ -54,6 +58,7 @@ def export(model_dir: str | Path, out_dir: str | Path, *, quantize: bool = False
         metrics={k: v for k, v in evaluation.items() if k != "training"},
         segment_styles=training.get("segment_styles") or {},
         created=now.isoformat(timespec="seconds"),
+        trained=trained if trained is not None else str(source.resolve()),
     )
     write_manifest(out, manifest)
     return manifest

@@ -50,6 +50,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     #: profiles stored when the model was trained (empty: map labels at serving time).
     segment_styles: dict[str, str] = {}
     created: str = ""
+    #: The torch weights this was exported from, for the next fine-tune (`tailor retrain`):
+    #: relative to the model directory or absolute; empty: look in ``<dir>/trained``, then ``<dir>/../trained``.
+    trained: str = ""
 
     def encode(self) -> bytes:
         return msgspec.json.format(msgspec.json.encode(self), indent=2)
