@@ -124,6 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", action="store_true", help="also int8 dynamic quantization; serve that file")
     export.add_argument("--version", help="model version (default: time stamp and corpus hash)")
 
+    retrain = sub.add_parser("retrain", help="fine-tune the served copy model on feedback; promote it only if no "
+                                             "worse (prints the run record as JSON)")
+    retrain.add_argument("--feedback", metavar="PATH", help="feedback Parquet (tailor feedback export); "
+                                                            "default: fine-tune on a corpus replay only")
+    retrain.add_argument("--reason", metavar="TEXT", help="why this run, kept in the run record (default 'manual run')")
+    retrain.add_argument("--epochs", type=_positive_int, default=2, metavar="N",
+                         help="passes over the fine-tuning set (default 2)")
+    retrain.add_argument("--lr", type=_positive_float, default=3e-4, metavar="X",
+                         help="peak learning rate (default 3e-4)")
+    retrain.add_argument("--max-records", type=_non_negative_int, default=0, metavar="N",
+                         help="fine-tune on at most N rows, feedback and replay shrunk alike (default: no cap)")
+    retrain.add_argument("--replay", type=float, default=1.0, metavar="R",
+                         help="original-corpus rows replayed per feedback row, against forgetting (default 1.0)")
+    retrain.add_argument("--dry-run", action="store_true", help="evaluate and decide, never export or promote")
+    retrain.add_argument("--watch", action="store_true",
+                         help="keep running: retrain on drift alerts (TAILOR_DRIFT_TOPIC), at most once per "
+                              "TAILOR_RETRAIN_MIN_INTERVAL_S")
+
     samples = sub.add_parser("samples", help="what an exported model writes per segment, slot and tone")
     samples.add_argument("model", nargs="?", default="models/artifacts/onnx", help="exported model folder")
     samples.add_argument("--sample", action="store_true", help="sample (top-p 0.9, temperature 0.8) instead of greedy")
@@ -141,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--arms", type=int, default=2, help="arms, control included (default 2)")
     plan.add_argument("--daily-users", type=_positive_float, help="new users a day, for the duration")
     plan.add_argument("--share", type=float, default=1.0, help="share of traffic in the experiment (default 1.0)")
+
+    feedback = sub.add_parser("feedback", help="the feedback loop: served copy joined with the outcomes it earned")
+    feedback_sub = feedback.add_subparsers(dest="action", required=True)
+    fexport = feedback_sub.add_parser("export", help="write the fine-tuning set (Parquet): generated copy, weighted "
+                                                     "by engagement, as of a cut-off; prints a JSON summary")
+    fexport.add_argument("--cutoff", help="nothing after this time counts: RFC 3339 or epoch ms (default: now)")
+    fexport.add_argument("--window-h", type=_positive_float, default=24.0,
+                         help="hours after an exposure an outcome still counts for it (default 24)")
+    fexport.add_argument("--events", metavar="FILE", help="read events from this JSONL file instead of Kafka")
+    fexport.add_argument("--out", metavar="PATH",
+                         help="Parquet file (default <feature repo>/data/feedback/feedback-<cutoff>.parquet)")
+    fexport.add_argument("--min-impressions", type=_positive_int, default=1, metavar="N",
+                         help="leave out copy served fewer than N times (default 1)")
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -191,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     clus = bench_sub.add_parser("clusterers", help="River clusterers compared on simulated traffic (ARI, µs/update)")
     clus.add_argument("--events", type=_positive_int, default=1_000_000)
     clus.add_argument("--users", type=_positive_int, default=1000)
+    bexp = bench_sub.add_parser("experiment", help="experiments: assign/analyze cost, A/A false positives, power")
+    bexp.add_argument("--experiments", type=_positive_int, default=2000,
+                      help="simulated experiments per error rate (default 2000)")
+    bexp.add_argument("--looks", type=_positive_int, default=20, help="looks per simulated experiment (default 20)")
+    bexp.add_argument("--seed", type=int, default=7, help="seed of the simulations (default 7)")
+    bexp.add_argument("--quick", action="store_true", help="fewer timed calls and repeats (for tests)")
     return parser
 
 
@@ -213,12 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         from models.build import run_train as run
     elif args.command == "export":
         from models.export import run_export as run
+    elif args.command == "retrain":
+        from models.retrain import run_retrain as run
     elif args.command == "samples":
         from models.samples import run_samples as run
     elif args.command == "api":
         from api.app import run_api as run
     elif args.command == "experiment":
         from flows.experiment import run_experiment as run
+    elif args.command == "feedback":
+        from flows.feedback import run_feedback as run
     elif args.command == "segments":
         from flows.segments import run_segments as run
     elif args.command == "simulate":
@@ -237,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.clusterers import run_clusterers as run
     elif args.command == "bench" and args.bench == "segment":
         from bench.segment import run_segment as run
+    elif args.command == "bench" and args.bench == "experiment":
+        from bench.experiment import run_experiment_bench as run
     else:  # pragma: no cover - argparse rejects unknown commands
         raise AssertionError(args.command)
     try:
