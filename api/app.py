@@ -18,6 +18,7 @@ generator's batch sizes and queue waits. The OpenAPI document is at
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -43,8 +44,11 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, RequestBody, SecurityScheme
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED
+from prometheus_client import Counter
 
+from api.experiments import ExperimentController, LiveExperiments, open_experiments
 from api.metrics import RequestMetrics
+from api.model_swap import ModelWatcher
 from api.personalize import Personalized, PersonalizeRequest, personalize
 from api.templates import ErrorBody, TemplateController, open_templates
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
@@ -55,6 +59,8 @@ from engine.settings import Settings
 from engine.templates import TemplateError
 
 log = logging.getLogger("tailor.api")
+EXPOSURES_DROPPED = Counter("tailor_exposures_dropped_total",
+                            "Impression events not logged because the producer's queue was full.")
 
 SCOPES = ("ingest", "serve", "admin")
 #: Most events one POST /v1/events may carry.
@@ -262,7 +268,8 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
     state = request.app.state
     try:
         return await personalize(data, pseudonym=state.pseudonymizer.pseudonym(data.user_id), reader=state.reader,
-                                 templates=state.templates, writer=state.writer)
+                                 templates=state.templates, writer=state.writer, experiments=state.experiments,
+                                 expose=state.expose)
     except NoTemplate as exc:
         raise NotFoundException(detail=exc.reason) from None
     except TemplateError as exc:
@@ -273,6 +280,17 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
 def segments(request: Request) -> list[SegmentProfile]:
     """The segment profiles the flow keeps in Feast (re-read at most every 2 s)."""
     return sorted(request.app.state.reader.profiles().values(), key=lambda p: p.segment)
+
+
+async def _refresh_experiments(experiments: LiveExperiments, every_s: float = 0.5) -> None:
+    """Re-read the running experiments when the store changed (and re-weigh bandits), off the event loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await loop.run_in_executor(None, experiments.refresh)
+        except Exception:  # noqa: BLE001 - keep serving the last snapshot
+            log.warning("could not re-read the experiments; serving the last ones", exc_info=True)
 
 
 def run_api(settings: Settings, args) -> int:
@@ -293,7 +311,7 @@ def run_api(settings: Settings, args) -> int:
 def open_copy_writer(settings: Settings, cache_redis=None):
     """The generator (None with the reason when no model is built), its batcher and the copy cache."""
     from api.cache import CopyCache
-    from api.personalize import CopyWriter
+    from api.personalize import CopyWriter, Loaded
     from engine.brand import DEFAULT_RULES, load_brand_rules
     from models.batching import BatchingGenerator
     from models.manifest import ModelDirError
@@ -316,10 +334,18 @@ def open_copy_writer(settings: Settings, cache_redis=None):
         unavailable = f"no copy model loaded: {exc}"
         log.warning("%s; serving default copy", unavailable)
     cache = CopyCache(settings.copy_cache_size, redis=cache_redis, ttl_s=settings.copy_cache_redis_ttl_s)
-    writer = CopyWriter(generator, None, cache, rules, settings.generation_budget_ms, unavailable)
+    writer = CopyWriter(None, None, cache, rules, settings.generation_budget_ms, unavailable,
+                        registry=settings.model_registry)
+
+    def make_batcher(gen) -> BatchingGenerator:
+        batcher = BatchingGenerator(gen, max_batch=settings.generation_max_batch,
+                                    max_wait_ms=settings.generation_max_wait_ms, on_batch=writer.observe_batch)
+        batcher.start()
+        return batcher
+
+    writer.make_batcher = make_batcher
     if generator is not None:
-        writer.batcher = BatchingGenerator(generator, max_batch=settings.generation_max_batch,
-                                           max_wait_ms=settings.generation_max_wait_ms, on_batch=writer.observe_batch)
+        writer.current = Loaded(generator, make_batcher(generator))
     return writer
 
 
@@ -351,19 +377,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
             cache_redis = redis_client(settings.redis_url, use_async=True)
         app.state.writer = open_copy_writer(settings, cache_redis)
-        app.state.producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 2})
+        app.state.experiments = open_experiments(settings, app.state.store)
+        app.state.experiment_store = app.state.experiments.store
+        app.state.producer = producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 2})
+
+        def expose(event: Event) -> None:
+            """Log an impression to Kafka (the flow counts it; `tailor feedback export` learns from it)."""
+            try:
+                producer.produce(settings.topic, encode_event(event), event.user_id.encode())
+            except BufferError:  # the local queue is full (broker down for long): the response still goes out
+                EXPOSURES_DROPPED.inc()
+
+        app.state.expose = expose
         # The imports above (Feast, pandas, ONNX Runtime) leave about a million objects
         # that live as long as the process; every full garbage collection walked them
         # all, a pause of tens of milliseconds that showed as p99 latency (profiled).
         gc.collect()
         gc.freeze()
+        watcher = asyncio.create_task(ModelWatcher(settings.model_dir, app.state.writer).run(settings.model_reload_s))
+        refresher = asyncio.create_task(_refresh_experiments(app.state.experiments))
         try:
-            if app.state.writer.batcher is not None:
-                app.state.writer.batcher.start()
             yield
         finally:
-            if app.state.writer.batcher is not None:
-                await app.state.writer.batcher.close()
+            watcher.cancel()
+            refresher.cancel()
+            await app.state.writer.close()
+            app.state.experiment_store.close()
             if cache_redis is not None:
                 await cache_redis.aclose()
             app.state.templates.store.close()
@@ -381,7 +420,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     return Litestar(
         route_handlers=[healthz, readyz, metrics, post_events, user_features, post_personalize, segments,
-                        TemplateController],
+                        TemplateController, ExperimentController],
         lifespan=[resources],
         guards=[require_scope],
         # Request counts, errors and latency histograms per route (path templates, not raw paths).

@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
 from api.cache import CachedCopy, CopyCache, copy_key
 from engine.brand import BrandRules, Slot, check
+from engine.events import Event
 from engine.personalize import choose_item, choose_template, explaining_features, ground_copy, tone_for
 from engine.templates import ITEM_FIELDS, render
 
@@ -111,34 +117,131 @@ class Personalized(msgspec.Struct):
     content: Content
     template_id: str
     template_version: int
-    variant: str
+    #: The experiment the user is in for this slot, and their variant (an arm, a factorial
+    #: cell, or "holdout"); both null outside experiments.
+    variant: str | None
     experiment: str | None
     segment: int | None
     segment_label: str | None
     model_version: str | None
     cached: bool
     explanation: Explanation
+    #: The id of the impression event logged for this response: send it back in outcome
+    #: events' ``props.exposure_id`` to tie a click or conversion to this content.
+    exposure_id: str | None = None
+
+
+class Loaded(NamedTuple):
+    """A copy model being served: its generator and the batching queue in front of it."""
+
+    generator: Any
+    batcher: Any
 
 
 class CopyWriter:
     """The generator behind a batching queue, with the copy cache in front and brand rules after.
 
     ``generator`` may be None (no model built): every ai slot then gets default copy.
+    `swap` replaces the served model while requests run (hot swap after a promotion);
+    `copy_for` can also generate with another version from the model registry (an
+    experiment arm's ``model_version``), loaded on first use.
     """
 
+    #: Seconds an old model's queue keeps running after a swap, for the generations it holds.
+    SWAP_GRACE_S = 5.0
+
     def __init__(self, generator, batcher, cache: CopyCache, rules: BrandRules, budget_ms: float,
-                 unavailable: str = ""):
-        self.generator = generator
-        self.batcher = batcher
+                 unavailable: str = "", registry: str | Path | None = None, make_batcher=None):
+        self.current: Loaded | None = Loaded(generator, batcher) if generator is not None else None
         self.cache = cache
         self.rules = rules
         self.budget_s = budget_ms / 1000
         self.unavailable = unavailable
+        self.registry = Path(registry) if registry else None
+        #: ``make_batcher(generator) -> started BatchingGenerator``; needed by `swap` and other versions.
+        self.make_batcher = make_batcher
+        self.others: dict[str, Loaded] = {}  # other versions, for experiment arms
+        self._loading: dict[str, asyncio.Task] = {}
         self._pending: dict[str, asyncio.Task] = {}
+        self._retiring: set[asyncio.Task] = set()
+
+    @property
+    def generator(self):
+        return self.current.generator if self.current is not None else None
+
+    @property
+    def batcher(self):
+        return self.current.batcher if self.current is not None else None
+
+    @batcher.setter
+    def batcher(self, batcher) -> None:
+        self.current = Loaded(self.current.generator, batcher)
 
     @property
     def model_version(self) -> str | None:
         return self.generator.version if self.generator is not None else None
+
+    def model_versions(self) -> set[str]:
+        """The versions this process can generate with: the served one and the registry's."""
+        known = {self.model_version} - {None}
+        folder = self.registry / "versions" if self.registry else None
+        if folder is not None and folder.is_dir():
+            known |= {p.name for p in folder.iterdir() if (p / "manifest.json").is_file()}
+        return known
+
+    async def swap(self, generator) -> None:
+        """Serve ``generator`` from now on; the old model's queue drains for `SWAP_GRACE_S`, then closes.
+
+        Requests that already queued a prompt on the old model get their copy (cached
+        under the old version's keys); new requests use the new model at once.
+        """
+        old = self.current
+        self.current = Loaded(generator, self.make_batcher(generator))
+        self.unavailable = ""
+        if old is not None and old.batcher is not None:
+            task = asyncio.create_task(self._retire(old.batcher))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        log.info("now serving copy model %s (was %s)", generator.version,
+                 old.generator.version if old is not None else "none")
+
+    async def _retire(self, batcher) -> None:
+        await asyncio.sleep(self.SWAP_GRACE_S)
+        await batcher.close()
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        loaded = [self.current, *self.others.values()]
+        for item in loaded:
+            if item is not None and item.batcher is not None:
+                await item.batcher.close()
+
+    def _for_version(self, version: str | None) -> tuple[Loaded | None, str | None]:
+        """The loaded model for ``version`` (None: the served one), or why there is none yet."""
+        if version is None or version == self.model_version:
+            return self.current, None if self.current is not None else self.unavailable
+        loaded = self.others.get(version)
+        if loaded is not None:
+            return loaded, None
+        if version not in self._loading:
+            task = self._loading[version] = asyncio.create_task(self._load(version))
+            task.add_done_callback(lambda t: self._loading.pop(version, None))
+        return None, f"copy model version {version} is loading (the next requests will use it)"
+
+    async def _load(self, version: str) -> None:
+        from models.runtime import Generator
+
+        folder = (self.registry / "versions" / version) if self.registry else None
+        try:
+            if folder is None:
+                raise FileNotFoundError("no model registry is configured (TAILOR_MODEL_REGISTRY)")
+            threads = len(os.sched_getaffinity(0))
+            generator = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: Generator(folder, intra_op_threads=threads, spinning=False))
+            self.others[version] = Loaded(generator, self.make_batcher(generator))
+        except Exception as exc:  # noqa: BLE001 - the arm keeps default copy; logged
+            log.warning("cannot load copy model version %s from %s: %s", version, folder, exc)
 
     def style_for(self, label: str | None) -> str:
         from models.corpus import DEFAULT_STYLE, segment_style_for_label
@@ -148,17 +251,23 @@ class CopyWriter:
         styles = self.generator.manifest.segment_styles if self.generator is not None else {}
         return styles.get(label) or segment_style_for_label(label)
 
-    async def copy_for(self, key: str, style: str, slot: str, tone: str) -> tuple[str | None, bool, str | None]:
-        """(text or None, from the cache, why not generated copy) for one ai slot."""
-        if self.generator is None:
-            return None, False, self.unavailable
+    async def copy_for(self, key: str, style: str, slot: str, tone: str, version: str | None = None
+                       ) -> tuple[str | None, bool, str | None]:
+        """(text or None, from the cache, why not generated copy) for one ai slot.
+
+        ``version``: generate with that model version (an experiment arm's) instead of the served one.
+        """
+        loaded, why = self._for_version(version)
+        if loaded is None:
+            return None, False, why
         cached = await self.cache.get(key)
         hit = cached is not None
         _count(hit)
         if cached is None:
             task = self._pending.get(key)
             if task is None:  # one generation per key, however many requests wait for it
-                task = self._pending[key] = asyncio.create_task(self._generate(key, style, slot, tone))
+                task = self._pending[key] = asyncio.create_task(self._generate(loaded.batcher, key, style, slot,
+                                                                               tone))
                 task.add_done_callback(lambda t: self._finished(key, t))
             try:
                 cached = await asyncio.wait_for(asyncio.shield(task), self.budget_s)
@@ -174,10 +283,10 @@ class CopyWriter:
         if not task.cancelled() and task.exception() is not None:
             log.warning("copy generation for %s failed: %r", key, task.exception())
 
-    async def _generate(self, key: str, style: str, slot: str, tone: str) -> CachedCopy:
+    async def _generate(self, batcher, key: str, style: str, slot: str, tone: str) -> CachedCopy:
         from models.corpus import control_prefix
 
-        result = await self.batcher.generate(control_prefix(style, slot, tone), max_new_tokens=NEW_TOKENS[slot],
+        result = await batcher.generate(control_prefix(style, slot, tone), max_new_tokens=NEW_TOKENS[slot],
                                              **SAMPLING)
         value = CachedCopy(result.text.strip())
         await self.cache.put(key, value)
@@ -211,10 +320,12 @@ def _count(hit: bool) -> None:
     COPY_CACHE_RATIO.set(_lookups["hit"] / (_lookups["hit"] + _lookups["miss"]))
 
 
-async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, templates, writer: CopyWriter
-                      ) -> Personalized:
+async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, templates, writer: CopyWriter,
+                      experiments=None, expose: Callable[[Event], None] | None = None) -> Personalized:
     """The content for one request (see the module docstring for the steps).
 
+    ``experiments`` (`api.experiments.LiveExperiments`) puts the user in the slot's running
+    experiment, if any targets them; ``expose`` logs the impression event of the response.
     Raises `TemplateError` or `engine.personalize.NoTemplate` with a reason the caller can act on.
     """
     features, segment = reader.features(pseudonym)
@@ -229,8 +340,24 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
         segment_why = (f"segment {segment.segment} '{label}' ({profile.share:.0%} of users, model "
                        f"v{segment.model_version}); {style} copy")
 
-    template, template_why = choose_template(templates.for_slot(request.slot), slot=request.slot, style=style,
-                                             label=label, template_id=request.template_id)
+    # A caller that names its template opts out of experiments on the slot.
+    assignment = None
+    if experiments is not None and request.template_id is None:
+        assignment = experiments.assign(request.slot, pseudonym, segment.segment if segment is not None else None,
+                                        label)
+    arm = assignment.content if assignment is not None else None
+    live = templates.for_slot(request.slot)
+    if assignment is not None and arm is None:  # the holdout: the slot's default content
+        template, why = choose_template(live, slot=request.slot, style="", label=None)
+        template_why = f"holdout of experiment {assignment.experiment}: default content ({why})"
+    elif arm is not None and arm.template_id is not None:
+        template = _pinned(templates, arm.template_id, arm.template_version, request.slot)
+        template_why = f"arm {arm.name} of experiment {assignment.experiment}"
+    else:
+        template, template_why = choose_template(live, slot=request.slot, style=style, label=label,
+                                                 template_id=request.template_id)
+        if assignment is not None:
+            template_why += f" (arm {arm.name} of experiment {assignment.experiment})"
     tone, tone_why = tone_for(template, style)
     item, item_why = choose_item([msgspec.structs.asdict(i) for i in request.items], features)
     item_id = item["item_id"] if item else None
@@ -238,11 +365,16 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
     fields = template.fields
     copy: dict[str, str] = {}
     fallbacks: list[Fallback] = []
-    all_cached = bool(fields.ai)
+    default_copy = assignment is not None and (arm is None or arm.copy == "default")
+    version = arm.model_version if arm is not None else None
+    all_cached = bool(fields.ai) and not default_copy
     for slot in fields.ai:
-        key = copy_key(writer.model_version or "-", template.template_id, template.version, style, slot, tone,
-                       item_id)
-        text, cached, why = await writer.copy_for(key, style, slot, tone)
+        if default_copy:  # by design (holdout, or a default-copy arm): not a fallback
+            copy[slot] = template.default_copy[slot]
+            continue
+        key = copy_key(version or writer.model_version or "-", template.template_id, template.version, style, slot,
+                       tone, item_id)
+        text, cached, why = await writer.copy_for(key, style, slot, tone, version)
         all_cached = all_cached and cached
         if text is not None:
             text, why = writer.finish(text, item, slot, tone)
@@ -256,22 +388,62 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
     item_values = {k: v for k, v in item.items() if k in ITEM_FIELDS and v is not None} if item else None
     rendered = render(template, user=request.context, item=item_values, ai=copy,
                       discount_pct=item.get("discount_pct") if item else None)
+    model_version = None if default_copy else (version or writer.model_version)
+    experiment = assignment.experiment if assignment is not None else None
+    variant = assignment.variant if assignment is not None else None
+    exposure_id = None
+    if expose is not None:
+        exposure_id = uuid.uuid4().hex
+        props: dict[str, Any] = {"slot": request.slot, "template": f"{template.template_id}@{template.version}",
+                                 "style": style, "tone": tone,
+                                 "generated": bool(fields.ai) and not default_copy and not fallbacks}
+        if segment is not None:
+            props["segment"] = segment.segment
+        if label is not None:
+            props["label"] = label
+        if model_version is not None:
+            props["model_version"] = model_version
+        for slot, text in copy.items():
+            props[f"copy.{slot}"] = text
+        expose(Event(event_id=exposure_id, type="impression", user_id=pseudonym, ts=int(time.time() * 1000),
+                     item_id=item_id, category=item.get("category") if item else None, experiment=experiment,
+                     variant=variant, props=props))
     return Personalized(
         content=Content(rendered.text, request.slot, copy, item_id),
         template_id=template.template_id,
         template_version=template.version,
-        variant=f"{template.template_id}@{template.version}",
-        experiment=None,
+        variant=variant,
+        experiment=experiment,
         segment=segment.segment if segment is not None else None,
         segment_label=label,
-        model_version=writer.model_version,
+        model_version=model_version,
         cached=all_cached,
         explanation=Explanation(
             segment=segment_why, style=style, template=f"{template.template_id} v{template.version}: {template_why}",
             tone=f"{tone}: {tone_why}", item=f"{item_id}: {item_why}" if item_id else item_why,
             features=explaining_features(features), fallbacks=fallbacks,
         ),
+        exposure_id=exposure_id,
     )
+
+
+_PINNED: dict[tuple[str, int], Any] = {}
+
+
+def _pinned(templates, template_id: str, version: int | None, slot: str):
+    """An arm's template: a fixed version (versions never change: cached), or the live latest one."""
+    from engine.personalize import NoTemplate
+
+    if version is None:
+        template = templates.by_id(template_id)
+        if template is None or template.slot != slot:
+            raise NoTemplate(f"the experiment's template {template_id!r} is not live for {slot}: "
+                             "unarchive it or stop the experiment")
+        return template
+    template = _PINNED.get((template_id, version))
+    if template is None:
+        template = _PINNED[(template_id, version)] = templates.store.get(template_id, version)
+    return template
 
 
 def _reason_kind(why: str | None) -> str:

@@ -13,6 +13,10 @@ import pytest
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The API tests' pseudonym key and API keys (a serving key and an admin key).
+KEY = "0123456789abcdef0123456789abcdef"
+SERVE = {"X-API-Key": "server"}
+ADMIN = {"X-API-Key": "boss"}
 warnings.filterwarnings("ignore", message=".*experimental.*")
 
 
@@ -102,6 +106,18 @@ def exported(request, tmp_path_factory):
     out = Path(keep) if keep else tmp_path_factory.mktemp("onnx")
     manifest = export(request.getfixturevalue("trained")[0], out, quantize=True, version="test-1")
     return out, manifest
+
+
+@pytest.fixture
+def api_settings(make_settings, exported):
+    """Settings for an API on the session broker, a fresh Feast repo and the tiny copy model (10 s budget)."""
+
+    def make(**overrides):
+        values = {"pseudonym_key": KEY, "api_keys": "server=ingest+serve,boss=admin", "model_dir": str(exported[0]),
+                  "generation_budget_ms": 10_000.0}
+        return make_settings(**(values | overrides))
+
+    return make
 
 
 def now_ms() -> int:
