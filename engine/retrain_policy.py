@@ -2,11 +2,13 @@
 
 Triggers. A drift alert of the flow (`drift_reason`) or an experiment arm whose
 conversion rate fell under a floor or well below its own past (`threshold_reason`)
-each give a reason to retrain, or None. `debounce` turns reasons into runs: at most
+each give a reason to retrain, or None. `arm_check` turns an arm's absolute counters,
+read every few seconds, into that series of rates: each reading is the rate of the
+users who arrived since the previous one. `debounce` turns reasons into runs: at most
 one per ``min_interval_s``; a reason that comes sooner waits (the newest waiting one
 is kept, the others are counted) and fires once the interval has passed, on the next
-reason or the next tick. It is a ``(state, value) -> (state, emit)`` step: the caller
-keeps the `TriggerState`.
+reason or the next tick. Both are ``(state, value) -> (state, emit)`` steps: the caller
+keeps the `ArmSeries` and the `TriggerState`.
 
 Promotion. `promotion_decision` compares the candidate's evaluation with the served
 model's, both measured on the same holdout: the candidate may not be worse beyond a
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from typing import Literal
 
 import msgspec
 
@@ -166,13 +169,13 @@ def drift_reason(alert: DriftAlert, features: Collection[str] = ()) -> str | Non
 
 
 def threshold_reason(rates: Sequence[float], *, floor: float = 0.0, relative_drop: float = 0.0,
-                     recent: int = 1, arm: str = "") -> str | None:
+                     recent: int = 1, arm: str = "", metric: str = "conversion") -> str | None:
     """The reason to retrain that an arm's conversion-rate series gives, or None.
 
     ``rates`` are successive readings, oldest first. The mean of the last ``recent``
     is compared with ``floor`` (absolute) and with the mean of the readings before
     them less ``relative_drop`` (a share: 0.2 means 20 % under its past). Either
-    breach is a reason; 0 turns a rule off.
+    breach is a reason; 0 turns a rule off. ``metric`` only names the rate.
 
     >>> threshold_reason([0.05, 0.05, 0.031], floor=0.03) is None
     True
@@ -193,14 +196,111 @@ def threshold_reason(rates: Sequence[float], *, floor: float = 0.0, relative_dro
     if len(rates) < recent:
         return None
     latest = sum(rates[-recent:]) / recent
-    who = f"{arm} " if arm else ""
+    who = f"{arm} {metric}" if arm else metric
     if floor and latest < floor:
-        return f"threshold: {who}conversion rate {_fmt(latest)} is under the floor {_fmt(floor)}"
+        return f"threshold: {who} rate {_fmt(latest)} is under the floor {_fmt(floor)}"
     earlier = rates[:-recent]
     if relative_drop and earlier:
         baseline = sum(earlier) / len(earlier)
         if baseline > 0 and latest < baseline * (1 - relative_drop):
             drop = 1 - latest / baseline
-            return (f"threshold: {who}conversion rate {_fmt(latest)} is {drop:.0%} under its earlier mean "
+            return (f"threshold: {who} rate {_fmt(latest)} is {drop:.0%} under its earlier mean "
                     f"{_fmt(baseline)} (limit {relative_drop:.0%})")
     return None
+
+
+def trigger_of(reason: str) -> Literal["manual", "drift", "threshold"]:
+    """The kind of trigger a reason of this module comes from (its first word).
+
+    >>> trigger_of("threshold: hero/b conversion rate 0.01 is under the floor 0.03"), trigger_of("drift: x")
+    ('threshold', 'drift')
+    """
+    kind = reason.split(":", 1)[0]
+    return kind if kind in ("drift", "threshold") else "manual"
+
+
+class ArmThreshold(msgspec.Struct, frozen=True, kw_only=True):
+    """When one experiment arm's rate calls for a retrain (`threshold_reason`'s rules, on `arm_check`'s readings).
+
+    A reading is taken once at least ``min_users`` users arrived since the previous
+    one; ``recent`` readings are averaged and compared with the ``floor`` and with the
+    mean of the readings before them (at most ``history`` readings are kept). A
+    reading of ``n`` users has a standard error of about ``sqrt(p (1 - p) / n)``: pick
+    ``min_users * recent`` so that it is well under the drop you mean to catch.
+
+    >>> ArmThreshold(experiment="hero", variant="b", floor=0.03).name
+    'hero/b'
+    >>> ArmThreshold(experiment="hero", variant="b", floor=0.03, recent=3, history=3)
+    Traceback (most recent call last):
+      ...
+    ValueError: history (3) must be more than recent (3): the readings before the recent ones are the baseline
+    """
+
+    experiment: str
+    variant: str
+    metric: Literal["conversion", "click"] = "conversion"
+    floor: float = 0.0
+    relative_drop: float = 0.0
+    min_users: int = 500
+    recent: int = 1
+    history: int = 24
+
+    def __post_init__(self):
+        if not self.experiment or not self.variant:
+            raise ValueError(f"an arm needs an experiment and a variant, got {self.experiment!r} and {self.variant!r}")
+        if self.metric not in ("conversion", "click"):
+            raise ValueError(f"metric must be 'conversion' or 'click', got {self.metric!r}")
+        threshold_reason([], floor=self.floor, relative_drop=self.relative_drop, recent=self.recent)  # its checks
+        if isinstance(self.min_users, bool) or not isinstance(self.min_users, int) or self.min_users < 1:
+            raise ValueError(f"min_users must be a whole number of at least 1, got {self.min_users!r}")
+        if not isinstance(self.history, int) or self.history <= self.recent:
+            raise ValueError(f"history ({self.history}) must be more than recent ({self.recent}): the readings "
+                             f"before the recent ones are the baseline")
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{self.variant}"
+
+
+class ArmSeries(msgspec.Struct, frozen=True):
+    """What `arm_check` remembers of one arm: the counters of the last reading and the rates read so far."""
+
+    #: Exposed users and users who converted (or clicked) at the last reading; -1: no reading yet.
+    users: int = -1
+    successes: int = 0
+    #: The readings, oldest first (at most the rule's ``history``).
+    rates: tuple[float, ...] = ()
+
+
+def arm_check(rule: ArmThreshold, series: ArmSeries, users: int, successes: int) -> tuple[ArmSeries, str | None]:
+    """Read an arm's absolute counters (exposed users, users who converted); returns the new series and a reason.
+
+    The first call only takes the counters as the starting point. Later calls wait
+    until ``rule.min_users`` new users arrived (the starting point stays, so new users
+    add up over quiet checks), then add the new users' rate (new successes over new
+    users, at most 1: users exposed earlier convert too) to the series and ask
+    `threshold_reason`. Counters that went back (the store was rebuilt) start over,
+    keeping the rates read so far.
+
+    >>> rule = ArmThreshold(experiment="h", variant="b", relative_drop=0.3, min_users=100)
+    >>> series, _ = arm_check(rule, ArmSeries(), users=1000, successes=50)  # the starting point
+    >>> series, _ = arm_check(rule, series, users=1200, successes=60)       # 10 of 200 new users: 0.05
+    >>> series, reason = arm_check(rule, series, users=1250, successes=61)  # only 50 new users: wait
+    >>> series.rates, reason
+    ((0.05,), None)
+    >>> series, reason = arm_check(rule, series, users=1400, successes=63)  # 3 of 200: 0.015
+    >>> print(reason)
+    threshold: h/b conversion rate 0.015 is 70% under its earlier mean 0.05 (limit 30%); last reading 3 of 200 new users
+    """
+    if series.users < 0 or users < series.users or successes < series.successes:
+        return ArmSeries(users, successes, series.rates), None
+    new_users = users - series.users
+    if new_users < rule.min_users:
+        return series, None
+    new_successes = successes - series.successes
+    rates = (series.rates + (min(1.0, new_successes / new_users),))[-rule.history:]
+    reason = threshold_reason(rates, floor=rule.floor, relative_drop=rule.relative_drop, recent=rule.recent,
+                              arm=rule.name, metric=rule.metric)
+    if reason is not None:
+        reason += f"; last reading {new_successes} of {new_users} new users"
+    return ArmSeries(users, successes, rates), reason

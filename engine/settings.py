@@ -113,9 +113,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     model_registry: str = str(_ROOT / "models" / "artifacts" / "registry")
     #: How often the API checks TAILOR_MODEL_DIR for a newly promoted version.
     model_reload_s: float = 2.0
-    #: Retrain when the flow reports drift (`tailor retrain --watch` turns it on) ...
-    retrain_on_drift: bool = False
-    #: ... at most once per this many seconds (later triggers wait and coalesce).
+    #: Whether `tailor retrain --watch` retrains on the flow's drift alerts (TAILOR_DRIFT_TOPIC): true, the
+    #: default, watches them; false leaves only the experiment-arm triggers (--arm), and a --watch with
+    #: neither refuses to start. --drift / --no-drift override it for one command. Nothing else reads it.
+    retrain_on_drift: bool = True
+    #: At most one retrain (drift and threshold triggers alike) per this many seconds; later
+    #: triggers wait and coalesce into one run when the interval is over.
     retrain_min_interval_s: float = 3600.0
     #: A candidate is promoted only if its holdout perplexity is at most (1 + this) times the current's ...
     retrain_ppl_tolerance: float = 0.02

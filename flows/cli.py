@@ -139,8 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
                          help="original-corpus rows replayed per feedback row, against forgetting (default 1.0)")
     retrain.add_argument("--dry-run", action="store_true", help="evaluate and decide, never export or promote")
     retrain.add_argument("--watch", action="store_true",
-                         help="keep running: retrain on drift alerts (TAILOR_DRIFT_TOPIC), at most once per "
-                              "TAILOR_RETRAIN_MIN_INTERVAL_S")
+                         help="keep running: retrain when a trigger fires, at most once per "
+                              "TAILOR_RETRAIN_MIN_INTERVAL_S: the flow's drift alerts (TAILOR_DRIFT_TOPIC) while "
+                              "TAILOR_RETRAIN_ON_DRIFT is true (the default; --no-drift overrides) and each --arm's "
+                              "rate; without --feedback each run first exports fresh feedback (cut-off now) to "
+                              "<feature repo>/data/feedback/")
+    triggers = retrain.add_argument_group("--watch triggers")
+    triggers.add_argument("--drift", action=argparse.BooleanOptionalAction, default=None,
+                          help="retrain on drift alerts, or not (default: TAILOR_RETRAIN_ON_DRIFT, true)")
+    triggers.add_argument("--arm", action="append", metavar="EXPERIMENT/VARIANT",
+                          help="retrain when this arm's rate falls (repeatable; the rules below apply to each): "
+                               "every --check-every-s the rate of the users who arrived since the last reading")
+    triggers.add_argument("--floor", type=float, default=0.0, metavar="RATE",
+                          help="trigger when the rate is under RATE, e.g. 0.02 (default 0: off)")
+    triggers.add_argument("--relative-drop", type=float, default=0.0, metavar="X",
+                          help="trigger when the rate is X under the mean of its earlier readings, a share: 0.3 "
+                               "means 30%% under (default 0: off)")
+    triggers.add_argument("--metric", choices=("conversion", "click"), default="conversion",
+                          help="users who converted, or who clicked, per exposed user (default conversion)")
+    triggers.add_argument("--check-every-s", type=_positive_float, default=60.0, metavar="S",
+                          help="seconds between readings of the arm counters (default 60)")
+    triggers.add_argument("--min-users", type=_positive_int, default=500, metavar="N",
+                          help="a reading waits for N new users (default 500; a rate p over N users is "
+                               "uncertain by about sqrt(p(1-p)/N))")
+    triggers.add_argument("--recent", type=_positive_int, default=1, metavar="K",
+                          help="compare the mean of the last K readings (default 1)")
 
     samples = sub.add_parser("samples", help="what an exported model writes per segment, slot and tone")
     samples.add_argument("model", nargs="?", default="models/artifacts/onnx", help="exported model folder")

@@ -433,9 +433,9 @@ def run_retrain(settings, args) -> int:
               file=sys.stderr)
         return 2
 
-    def run_once(trigger: Trigger, reason: str) -> int:
+    def run_once(trigger: Trigger, reason: str, feedback: str | None = args.feedback) -> int:
         try:
-            record = retrain(settings.model_dir, settings.model_registry, feedback=args.feedback, trigger=trigger,
+            record = retrain(settings.model_dir, settings.model_registry, feedback=feedback, trigger=trigger,
                              reason=reason, config=config, brand_rules=rules)
         except RetrainError as exc:
             if exc.record is not None:
@@ -447,26 +447,11 @@ def run_retrain(settings, args) -> int:
         return 0
 
     if not args.watch:
+        if any(getattr(args, name, None) not in (None, 0.0) for name in ("arm", "drift", "floor", "relative_drop")):
+            print("tailor retrain: --arm, --floor, --relative-drop and --drift/--no-drift are triggers of --watch; "
+                  "add --watch", file=sys.stderr)
+            return 2
         return run_once("manual", args.reason or "manual run")
-    if not settings.brokers:
-        print("tailor retrain --watch: set TAILOR_BROKERS to the Kafka the flow writes drift alerts to",
-              file=sys.stderr)
-        return 2
-    from flows.retrain_watch import watch_drift
+    from flows.retrain_watch import run_watch
 
-    print(f"tailor retrain --watch: retraining on drift alerts from {settings.drift_topic}, at most once per "
-          f"{settings.retrain_min_interval_s:g} s (Ctrl-C stops)", file=sys.stderr)
-
-    def on_drift(reason: str) -> None:
-        try:
-            run_once("drift", reason)
-        except Exception as exc:  # noqa: BLE001 - recorded in runs.jsonl; the watch goes on
-            print(f"tailor retrain --watch: the run failed ({type(exc).__name__}: {exc}); watching on",
-                  file=sys.stderr)
-
-    try:
-        watch_drift(settings, on_drift, min_interval_s=settings.retrain_min_interval_s)
-    except RuntimeError as exc:  # no broker answers
-        print(f"tailor retrain --watch: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_watch(settings, args, run_once)
