@@ -516,7 +516,7 @@ class ExperimentController(Controller):
             unknown = set(data.weights) - {a.name for a in spec.arms}
             if unknown:
                 raise ValueError(f"no arms named {sorted(unknown)}: the arms are {[a.name for a in spec.arms]}")
-            arms = tuple(msgspec.structs.replace(a, weight=data.weights.get(a.name, a.weight)) for a in spec.arms)
+            arms = [msgspec.structs.replace(a, weight=data.weights.get(a.name, a.weight)) for a in spec.arms]
             new = msgspec.structs.replace(
                 spec, arms=arms, holdout=spec.holdout if data.holdout is None else data.holdout,
                 description=spec.description if data.description is None else data.description)

@@ -87,22 +87,23 @@ class Variant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class ExperimentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    # Lists, not ``tuple[X, ...]``: Litestar documents a variadic tuple's items as ``oneOf [X, {}]``.
     id: ExperimentId
     description: Annotated[str, msgspec.Meta(max_length=500)] = ""
     #: A/B/n: the slot and its arms.
     slot: Slot | None = None
-    arms: Annotated[tuple[Variant, ...], msgspec.Meta(max_length=100)] = ()
+    arms: Annotated[list[Variant], msgspec.Meta(max_length=100)] = []
     #: Factorial: slot -> its levels (two or more slots).
-    factors: Annotated[dict[Slot, Annotated[tuple[Variant, ...], msgspec.Meta(max_length=20)]],
+    factors: Annotated[dict[Slot, Annotated[list[Variant], msgspec.Meta(max_length=20)]],
                        msgspec.Meta(max_length=4)] = {}
     #: The control arm (A/B/n; default the first arm). Factorial controls are each factor's first level.
     control: VariantName | None = None
     holdout: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.0
     #: Only users in these segments (labels or ids) enter; empty: everyone.
-    segments: Annotated[tuple[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], ...],
-                        msgspec.Meta(max_length=64)] = ()
+    segments: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]],
+                        msgspec.Meta(max_length=64)] = []
     primary_metric: Metric = "conversion"
-    guardrails: Annotated[tuple[Guardrail, ...], msgspec.Meta(max_length=3)] = ()
+    guardrails: Annotated[list[Guardrail], msgspec.Meta(max_length=3)] = []
     #: "thompson": the arms' weights follow Thompson sampling on the primary metric (A/B/n only).
     allocation: Literal["fixed", "thompson"] = "fixed"
     #: Thompson: the least share any arm keeps.

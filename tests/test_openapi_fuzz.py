@@ -26,8 +26,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
+from api.experiments import AllocationPatch
 from api.personalize import ItemIn, PersonalizeRequest
 from api.templates import TemplateIn, TemplatePatch
+from engine.experiment_spec import ExperimentSpec, Variant
 from engine.templates import DEFAULT_TEMPLATES
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
@@ -43,16 +45,31 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, ignored_auth]
 #: Request bodies whose Struct forbids unknown fields; Litestar leaves ``additionalProperties: false``
 #: out of their schemas, and without it most generated bodies would only meet the 400 for an extra field.
-CLOSED_BODIES = (PersonalizeRequest, ItemIn, TemplateIn, TemplatePatch)
+CLOSED_BODIES = (PersonalizeRequest, ItemIn, TemplateIn, TemplatePatch, ExperimentSpec, Variant, AllocationPatch)
+#: Experiments that exist before fuzzing starts (an A/B/n with a holdout, and a factorial one), so that
+#: most valid cases of the ``{experiment_id}`` routes reach past the 404.
+EXPERIMENTS = (
+    {"id": "fuzz-ab", "slot": "headline", "arms": [{"name": "a"}, {"name": "b", "copy": "default"}], "holdout": 0.1,
+     "guardrails": ["click", "value"]},
+    {"id": "fuzz-factorial", "factors": {"email_subject": [{"name": "ai"}, {"name": "plain", "copy": "default"}],
+                                         "cta": [{"name": "ai"}, {"name": "plain", "copy": "default"}]}},
+)
 
 
 def cases(operation, mode: GenerationMode):
-    """The operation's cases; with a ``template_id`` in the path, most valid ones name a template that exists."""
+    """The operation's cases; with an id in the path, most valid ones name a template or experiment that exists."""
     generated = operation.as_strategy(generation_mode=mode, headers=HEADERS)
-    if mode is GenerationMode.NEGATIVE or "{template_id}" not in operation.path:
+    if mode is GenerationMode.NEGATIVE:
         return generated
-    existing = [operation.as_strategy(generation_mode=mode, headers=HEADERS, path_parameters={"template_id": t})
-                for t in DEFAULT_TEMPLATES]
+    if "{template_id}" in operation.path:
+        ids = {"template_id": list(DEFAULT_TEMPLATES)}
+    elif "{experiment_id}" in operation.path:
+        ids = {"experiment_id": [e["id"] for e in EXPERIMENTS]}
+    else:
+        return generated
+    (name, values), = ids.items()
+    existing = [operation.as_strategy(generation_mode=mode, headers=HEADERS, path_parameters={name: v})
+                for v in values]
     return st.one_of(generated, *existing)
 
 
@@ -85,13 +102,19 @@ def fuzz(operation, mode: GenerationMode) -> str | None:
 def test_every_operation_answers_as_documented(make_settings, exported):
     settings = make_settings(pseudonym_key=KEY, api_keys="fuzz=admin", model_dir=str(exported[0]),
                              generation_budget_ms=50.0)
+    with TestClient(app=create_app(settings)) as client:
+        for body in EXPERIMENTS:
+            created = client.post("/v1/experiments", json=body, headers=HEADERS)
+            assert created.status_code == 201, created.text
+            started = client.post(f"/v1/experiments/{body['id']}/start", headers=HEADERS)
+            assert started.status_code == 200, started.text
     schema = schemathesis.openapi.from_asgi("/docs/openapi.json", create_app(settings))
     components = schema.raw_schema["components"]["schemas"]
     for struct in CLOSED_BODIES:
         assert struct.__struct_config__.forbid_unknown_fields, struct
         components[struct.__name__]["additionalProperties"] = False
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 12, [op.label for op in operations]  # a new route: check it is fuzzed, then count it
+    assert len(operations) == 19, [op.label for op in operations]  # a new route: check it is fuzzed, then count it
     failures = [failure for op in operations for mode in modes(op) if (failure := fuzz(op, mode))]
     assert not failures, "\n\n".join(failures)
 
