@@ -407,7 +407,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await cache_redis.aclose()
             app.state.templates.store.close()
             app.state.producer.flush(10)
-            app.state.producer = None  # frees the client now: no reconnect attempts after shutdown
+            # Frees the client now (expose holds it too): no reconnect attempts after shutdown.
+            app.state.producer = app.state.expose = producer = None
 
     openapi = OpenAPIConfig(
         title="Tailor", version="0.1.0", path="/docs", use_handler_docstrings=True,

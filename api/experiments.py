@@ -550,7 +550,7 @@ def open_experiments(settings: Settings, feature_store) -> LiveExperiments:
         return _stats(read_counters(feature_store, spec), spec.primary_metric)
 
     try:
-        return LiveExperiments(store, counters)
+        return LiveExperiments(store, counters, bandit_every_s=settings.bandit_every_s)
     except BaseException:
         store.close()
         raise
