@@ -1,4 +1,4 @@
-"""The personalization API (first routes): events in, features and segments out.
+"""The personalization API: events in; features, segments and personalized content out; experiments.
 
 ``create_app(settings)`` builds the Litestar app. Resources (the Feast store,
 the Kafka producer, the pseudonymizer) are opened in the lifespan and put on
@@ -8,11 +8,16 @@ read. Raw user ids never go further than this process: the edge turns them
 into keyed-HMAC pseudonyms (`engine.privacy`) before Kafka or Feast see them.
 
 ``POST /v1/personalize`` (api/personalize.py) serves a user's content;
-``/v1/templates`` (api/templates.py) manages the versioned templates it renders.
+``/v1/templates`` (api/templates.py) manages the versioned templates it renders;
+``/v1/experiments`` (api/experiments.py) runs A/B/n and factorial experiments on
+them: personalize assigns each user a variant and logs the impression to Kafka,
+the flow counts outcomes per variant, and the results route reads those counters.
+A promoted copy model is swapped in without a restart (api/model_swap.py).
 ``/healthz`` says the process is alive, ``/readyz`` whether the broker, the
 store and the copy model answer, ``/metrics`` serves Prometheus request counts
-and latency histograms per route, the copy cache's hit ratio and the
-generator's batch sizes and queue waits. The OpenAPI document is at
+and latency histograms per route, the copy cache's hit ratio, the
+generator's batch sizes and queue waits, and impressions dropped because the
+producer's queue was full. The OpenAPI document is at
 ``/docs/openapi.json`` and an interactive reference at ``/docs``.
 """
 

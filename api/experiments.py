@@ -326,8 +326,8 @@ def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, f
     for metric in spec.guardrails:
         if primary is None:
             break
-        report = analyze([_stats(counters, metric)[v] for v in names], control, alpha=spec.alpha,
-                         correction=spec.correction)
+        report = analyze([_stats(counters, metric)[v] for v in names], control,
+                         weights=[shares[v] for v in names], alpha=spec.alpha, correction=spec.correction)
         harmed = [a.arm for a in report.arms if a.arm != control and a.significant
                   and (a.z is not None and a.z < 0 if metric != "value" else (a.value_t or 0) < 0)]
         if metric == "value":
@@ -513,6 +513,9 @@ class ExperimentController(Controller):
                 raise ExperimentError(f"experiment {spec.id!r} is stopped", 409)
             if data.weights and spec.factorial:
                 raise ValueError("a factorial experiment's levels are equally likely: it has no weights to change")
+            if spec.allocation == "thompson" and any(w > 0 for w in data.weights.values()):
+                raise ValueError("a Thompson experiment's weights follow its counters: a weight can only be set to "
+                                 "0 (the arm leaves the bandit)")
             unknown = set(data.weights) - {a.name for a in spec.arms}
             if unknown:
                 raise ValueError(f"no arms named {sorted(unknown)}: the arms are {[a.name for a in spec.arms]}")

@@ -126,8 +126,9 @@ class Personalized(msgspec.Struct):
     model_version: str | None
     cached: bool
     explanation: Explanation
-    #: The id of the impression event logged for this response: send it back in outcome
-    #: events' ``props.exposure_id`` to tie a click or conversion to this content.
+    #: The id of the impression event logged for this response: send it back in a click's
+    #: ``props.exposure_id`` to credit the click to exactly this content in the feedback export
+    #: (conversions go to the user's latest exposure; experiment counters go by user and variant).
     exposure_id: str | None = None
 
 

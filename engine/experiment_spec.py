@@ -37,6 +37,7 @@ Variant(name='generated', weight=1.0, template_id=None, template_version=None, c
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal
 
@@ -68,6 +69,10 @@ Guardrail = Literal["click", "conversion", "value"]
 Status = Literal["draft", "running", "stopped"]
 #: Separates factor levels in a factorial cell's name ("headline=short|cta=bold").
 CELL_SEPARATOR = "|"
+#: At most this many cells in a factorial experiment (as many as an A/B/n experiment's arms).
+MAX_CELLS = 100
+#: A variant (an arm's or a cell's name) travels in events, whose ``variant`` holds at most this many characters.
+MAX_VARIANT_CHARS = 64
 
 
 class Variant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -148,6 +153,13 @@ def check_spec(spec: ExperimentSpec) -> ExperimentSpec:
             raise ValueError("a factorial experiment's control is each factor's first level: drop control")
         if spec.allocation == "thompson":
             raise ValueError("Thompson allocation is for A/B/n experiments (one slot), not factorial ones")
+        n_cells = math.prod(len(levels) for levels in spec.factors.values())
+        if n_cells > MAX_CELLS:
+            raise ValueError(f"{n_cells} cells (the product of the factors' levels): at most {MAX_CELLS}")
+        longest = max(cells(spec), key=len)
+        if len(longest) > MAX_VARIANT_CHARS:
+            raise ValueError(f"cell name {longest!r} is {len(longest)} characters; events carry at most "
+                             f"{MAX_VARIANT_CHARS}: shorten the level names")
     else:
         if spec.slot is None or len(spec.arms) < 2:
             raise ValueError("an A/B/n experiment needs a slot and at least 2 arms (or factors for a factorial one)")

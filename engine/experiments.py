@@ -578,15 +578,16 @@ class ArmResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     z: float | None = None
     p_value: float | None = None
     p_adjusted: float | None = None
-    #: Always-valid mSPRT p-value at this look (safe to check at every look).
+    #: Always-valid mSPRT p-value at this look (1 / likelihood ratio, not carried over from earlier
+    #: looks): stopping the first time it is below alpha keeps the false positive rate at most alpha.
     sequential_p_value: float | None = None
     value_t: float | None = None
     value_p_value: float | None = None
     value_p_adjusted: float | None = None
     chance_to_beat_control: float | None = None
     expected_loss: float | None = None
-    #: Adjusted conversion p-value below alpha.
-    significant: bool = False
+    #: Adjusted conversion p-value below alpha (None for the control).
+    significant: bool | None = None
 
 
 class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -653,7 +654,8 @@ def analyze(
         for (i, field, _), p in zip(tests, adjusted, strict=True):
             rows[i][field] = float(p)
     for row in rows:
-        row["significant"] = row.get("p_adjusted") is not None and row["p_adjusted"] < alpha
+        if row.get("p_adjusted") is not None:
+            row["significant"] = row["p_adjusted"] < alpha
     return ExperimentReport(
         control=control,
         alpha=alpha,

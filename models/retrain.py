@@ -419,6 +419,11 @@ def _brand_rules(settings) -> BrandRules:
         raise ValueError(f"TAILOR_BRAND_RULES={settings.brand_rules!r} cannot be read: {exc.strerror}") from None
 
 
+#: The --watch options and their defaults (flows/cli.py): given without --watch they are an error.
+WATCH_ONLY = {"arm": None, "drift": None, "floor": 0.0, "relative_drop": 0.0, "metric": "conversion",
+              "check_every_s": 60.0, "min_users": 500, "recent": 1}
+
+
 def run_retrain(settings, args) -> int:
     try:
         rules = _brand_rules(settings)
@@ -447,9 +452,11 @@ def run_retrain(settings, args) -> int:
         return 0
 
     if not args.watch:
-        if any(getattr(args, name, None) not in (None, 0.0) for name in ("arm", "drift", "floor", "relative_drop")):
-            print("tailor retrain: --arm, --floor, --relative-drop and --drift/--no-drift are triggers of --watch; "
-                  "add --watch", file=sys.stderr)
+        given = [f"--{name.replace('_', '-')}" for name, default in WATCH_ONLY.items()
+                 if getattr(args, name, default) != default]
+        if given:
+            print(f"tailor retrain: {', '.join(given)} only mean something with --watch (its triggers): add --watch",
+                  file=sys.stderr)
             return 2
         return run_once("manual", args.reason or "manual run")
     from flows.retrain_watch import run_watch

@@ -158,6 +158,10 @@ def test_allocation_changes_move_only_the_users_they_must(api_settings):
     ({**AB, "holdout": 1.0}, 400, "holdout"),
     ({**AB, "surprise": 1}, 400, "surprise"),
     ({"id": "f", "factors": {"headline": [{"name": "a"}, {"name": "b"}]}}, 422, "two or more slots"),
+    ({"id": "f", "factors": {s: [{"name": c} for c in "abcde"] for s in ("headline", "description", "cta")}}, 422,
+     "125 cells"),
+    ({"id": "f", "factors": {s: [{"name": "a" * 40}, {"name": "b"}] for s in ("headline", "cta")}}, 422,
+     "shorten the level names"),
 ])
 def test_bad_designs_are_refused_with_the_reason(api_settings, body, status, words):
     settings = api_settings()
@@ -186,3 +190,9 @@ def test_state_errors_are_4xx_with_what_to_do(api_settings):
         client.post("/v1/experiments/hero-copy/stop", headers=ADMIN)
         r = client.post("/v1/experiments/hero-copy/start", headers=ADMIN)
         assert r.status_code == 409 and "create a new experiment" in r.text
+        create(client, {**AB, "id": "bandit", "allocation": "thompson", "arms": [{"name": "a"}, {"name": "b"},
+                                                                                {"name": "c"}]})
+        r = client.patch("/v1/experiments/bandit", json={"weights": {"a": 2}}, headers=ADMIN)
+        assert r.status_code == 422 and "follow its counters" in r.text
+        r = client.patch("/v1/experiments/bandit", json={"weights": {"c": 0}}, headers=ADMIN)
+        assert r.status_code == 200 and [a["weight"] for a in r.json()["arms"]] == [1.0, 1.0, 0.0]

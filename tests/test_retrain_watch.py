@@ -182,8 +182,9 @@ def test_trigger_options_without_watch_are_refused(tmp_path, monkeypatch, capsys
 
     monkeypatch.setenv("TAILOR_MODEL_DIR", str(tmp_path / "nothing"))
     monkeypatch.setenv("TAILOR_MODEL_REGISTRY", str(tmp_path / "registry"))
-    assert main(["retrain", "--arm", "hero/b", "--floor", "0.02"]) == 2
-    assert "add --watch" in capsys.readouterr().err
+    for argv in (["--arm", "hero/b", "--floor", "0.02"], ["--no-drift"], ["--min-users", "100"]):
+        assert main(["retrain", *argv]) == 2, argv
+        assert "add --watch" in capsys.readouterr().err
     assert not (tmp_path / "registry").exists()  # no run was attempted
 
 
