@@ -46,6 +46,7 @@ from engine.experiment_spec import (
     check_spec,
     content_for,
     factor_effects,
+    kept_variant,
     targets,
     variant_of,
 )
@@ -231,11 +232,25 @@ class LiveExperiments:
     def running(self, slot: str) -> list[ExperimentSpec]:
         return self._by_slot.get(slot, [])
 
-    def assign(self, slot: str, pseudonym: str, segment: int | None, label: str | None) -> Assignment | None:
-        """The first running experiment on ``slot`` that targets this user, and the user's variant in it."""
+    def assign(self, slot: str, pseudonym: str, segment: int | None, label: str | None,
+               first_arm: Callable[[str, str], str | None] | None = None) -> Assignment | None:
+        """The first running experiment on ``slot`` that targets this user, and the user's variant in it.
+
+        Assignment is the sticky hash (`variant_of`) until an experiment's allocation changes
+        (``reallocated``; a Thompson experiment's changes all the time): from then on
+        ``first_arm(pseudonym, experiment)``, the arm of the user's first exposure as the flow
+        recorded it, keeps users already assigned where they were, unless that arm closed.
+        """
         for spec in self._by_slot.get(slot, ()):
             if targets(spec, segment, label):
-                variant = variant_of(spec, pseudonym, self.weights.get(spec.id))
+                weights = self.weights.get(spec.id)
+                variant = None
+                if first_arm is not None and (spec.reallocated or spec.allocation == "thompson"):
+                    first = first_arm(pseudonym, spec.id)
+                    if first is not None and kept_variant(spec, first, weights):
+                        variant = first
+                if variant is None:
+                    variant = variant_of(spec, pseudonym, weights)
                 return Assignment(spec.id, variant, content_for(spec, variant, slot))
         return None
 
@@ -314,11 +329,15 @@ def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, f
         # SRM: the arms' users against their expected shares (the holdout is checked apart, below).
         primary = analyze(arms, control, weights=[shares[v] for v in names], alpha=spec.alpha,
                           correction=spec.correction)
-        if primary.srm_alarm:
+        if primary.srm_alarm and not spec.reallocated and spec.allocation == "fixed":
             notes.append(f"sample ratio mismatch (p = {primary.srm_p_value:.2g} < 0.001): the split differs from the "
                          "allocation; find the cause (bots, a broken exposure log, targeting) before trusting results")
     else:
         notes.append("not enough data yet: the control and at least one other arm need exposed users")
+    if spec.reallocated and spec.allocation != "thompson":
+        notes.append(f"the allocation changed while running (last at {spec.reallocated}): users already exposed "
+                     "kept their arm, so the split mixes the old and new allocations: the sample-ratio check "
+                     "compares it with the current one only, and raises no alarm")
     if spec.allocation == "thompson":
         notes.append("Thompson allocation moves weights as data arrives: the split is adaptive, so the sample-ratio "
                       "check and fixed-horizon p-values are indicative only; the mSPRT p-values stay valid")
@@ -425,7 +444,7 @@ class ExperimentController(Controller):
         Each arm pins a template, serves default or generated copy, or names a copy model version.
         """
         state = request.app.state
-        spec = msgspec.structs.replace(data, status="draft", created=_now(), started="", stopped="")
+        spec = msgspec.structs.replace(data, status="draft", created=_now(), started="", stopped="", reallocated="")
         with _http_errors():
             check_spec(spec)
             _check_content(spec, state.templates, state.writer.model_versions)
@@ -523,6 +542,8 @@ class ExperimentController(Controller):
             new = msgspec.structs.replace(
                 spec, arms=arms, holdout=spec.holdout if data.holdout is None else data.holdout,
                 description=spec.description if data.description is None else data.description)
+            if spec.status == "running" and (new.arms != spec.arms or new.holdout != spec.holdout):
+                new = msgspec.structs.replace(new, reallocated=_now())  # users already assigned stay put
             return check_spec(new)
 
         return self._transition(request, experiment_id, change)

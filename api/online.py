@@ -15,15 +15,19 @@ are read through Feast and kept for `PROFILE_TTL_S`.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import msgspec
+from feast.errors import FeatureViewNotFoundException
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from engine.segments import SegmentProfile
 from engine.tiles import finish
+
+log = logging.getLogger("tailor.api")
 
 #: Seconds a read of the segment profiles is reused.
 PROFILE_TTL_S = 2.0
@@ -48,6 +52,12 @@ class OnlineReader:
         self._config = store.config
         self._tiles = store.get_feature_view("user_activity_tiles")
         self._segments = store.get_feature_view("user_segment") if n_segments else None
+        try:
+            self._first = store.get_feature_view("user_experiment")
+        except FeatureViewNotFoundException:  # a repository applied before it existed
+            log.warning("no user_experiment view in the feature repository (run `tailor apply`): after an "
+                        "allocation change, users already assigned to an experiment may change arms")
+            self._first = None
         self._n_segments = n_segments
         self._profiles: dict[int, SegmentProfile] = {}
         self._profiles_read = float("-inf")
@@ -70,6 +80,16 @@ class OnlineReader:
                     seg["model_version"].int64_val if "model_version" in seg else 0,
                 )
         return features, segment
+
+    def first_arm(self, user_id: str, experiment: str) -> str | None:
+        """The arm of ``user_id``'s first exposure in ``experiment``, as the flow recorded it (None: none yet)."""
+        if self._first is None:
+            return None
+        key = EntityKey(join_keys=["experiment_id", "user_id"],
+                        entity_values=[Value(string_val=experiment), Value(string_val=user_id)])
+        _, row = self._provider.online_read(self._config, self._first, [key], ["arm"])[0]
+        arm = row.get("arm") if row else None
+        return arm.string_val if arm is not None and arm.HasField("string_val") else None
 
     def profiles(self) -> dict[int, SegmentProfile]:
         """Segment id -> profile, re-read through Feast at most every `PROFILE_TTL_S` seconds."""

@@ -345,7 +345,7 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
     assignment = None
     if experiments is not None and request.template_id is None:
         assignment = experiments.assign(request.slot, pseudonym, segment.segment if segment is not None else None,
-                                        label)
+                                        label, first_arm=reader.first_arm)
     arm = assignment.content if assignment is not None else None
     live = templates.for_slot(request.slot)
     if assignment is not None and arm is None:  # the holdout: the slot's default content

@@ -118,6 +118,9 @@ class ExperimentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     #: Seeds assignment (the id when empty): a new salt reshuffles every user.
     salt: Annotated[str, msgspec.Meta(max_length=64)] = ""
     status: Status = "draft"
+    #: When the allocation (weights or holdout) last changed while running; set by the API. From
+    #: then on users already exposed keep the arm of their first exposure (`kept_variant`).
+    reallocated: str = ""
     created: str = ""
     started: str = ""
     stopped: str = ""
@@ -239,6 +242,27 @@ def variant_of(spec: ExperimentSpec, user_id: str, weights: Mapping[str, float] 
             return HOLDOUT
     levels = assign_factorial(user_id, seed, {slot: [v.name for v in vs] for slot, vs in spec.factors.items()})
     return cell_name(levels)
+
+
+def kept_variant(spec: ExperimentSpec, variant: str, weights: Mapping[str, float] | None = None) -> bool:
+    """Whether a user whose first exposure was in ``variant`` stays there under ``spec``'s allocation now.
+
+    They do unless their variant closed: an arm paused (weight 0, or a bandit weight of 0),
+    the holdout gone (share 0), or a variant the design no longer has.
+
+    >>> spec = ExperimentSpec(id="x", slot="headline", arms=[Variant("a"), Variant("b", weight=0)], holdout=0.1)
+    >>> [kept_variant(spec, v) for v in ("a", "b", HOLDOUT, "gone")]
+    [True, False, True, False]
+    """
+    if variant == HOLDOUT:
+        return spec.holdout > 0
+    if spec.factorial:
+        return variant in cells(spec)
+    for arm in spec.arms:
+        if arm.name == variant:
+            weight = weights.get(variant, 0.0) if weights is not None else arm.weight
+            return arm.weight > 0 and weight > 0
+    return False
 
 
 def content_for(spec: ExperimentSpec, variant: str, slot: str) -> Variant | None:

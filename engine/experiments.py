@@ -594,10 +594,12 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     control: str
     alpha: float
     correction: str
-    srm_chi2: float
-    srm_p_value: float
-    srm_alarm: bool
-    arms: tuple[ArmResult, ...]
+    #: The sample-ratio check (None: fewer than two open arms to compare).
+    srm_chi2: float | None
+    srm_p_value: float | None
+    srm_alarm: bool | None
+    #: A list, not a tuple: Litestar documents a variadic tuple's items as ``oneOf [X, {}]``.
+    arms: list[ArmResult]
 
 
 def analyze(
@@ -614,7 +616,8 @@ def analyze(
     """Every number of the results page, with the conversion and value p-values corrected together.
 
     ``weights`` are the arms' allocation weights (equal when omitted), for the
-    sample-ratio check. The correction runs over all treatments and both metrics
+    sample-ratio check; an arm of weight 0 (paused: its users came before) is left
+    out of it, and with fewer than two arms left there is no check (``srm_*`` None). The correction runs over all treatments and both metrics
     (conversion, and value where both arms have two users or more).
 
     >>> r = analyze([ArmStats(arm="a", n=10_000, conversions=500), ArmStats(arm="b", n=10_000, conversions=580)], "a")
@@ -628,7 +631,13 @@ def analyze(
         raise ValueError(f"correction must be 'holm', 'bh' or 'none', got {correction!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    chi2, srm_p, alarm = srm_check([a.n for a in arms], weights if weights is not None else [1.0] * len(arms))
+    weights = [1.0] * len(arms) if weights is None else list(weights)
+    if len(weights) != len(arms) or any(w < 0 for w in weights):
+        raise ValueError("need one weight >= 0 per arm")
+    open_arms = [(a.n, w) for a, w in zip(arms, weights) if w > 0]
+    chi2 = srm_p = alarm = None
+    if len(open_arms) >= 2 and sum(n for n, _ in open_arms) > 0:
+        chi2, srm_p, alarm = srm_check([n for n, _ in open_arms], [w for _, w in open_arms])
     c = by_name[control]
     rows, tests = [], []  # tests: (row index, field, p-value) for the correction
     for a in arms:
@@ -663,5 +672,5 @@ def analyze(
         srm_chi2=chi2,
         srm_p_value=srm_p,
         srm_alarm=alarm,
-        arms=tuple(ArmResult(**row) for row in rows),
+        arms=[ArmResult(**row) for row in rows],
     )

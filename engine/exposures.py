@@ -125,6 +125,20 @@ class ArmCounters(msgspec.Struct, kw_only=True):
                         value_sum=self.value_sum, value_sum_sq=self.value_sum_sq)
 
 
+class FirstExposure(msgspec.Struct, frozen=True):
+    """A user's arm in an experiment, from their first exposure: what keeps them there.
+
+    The flow writes one per (user, experiment) to the ``user_experiment`` view; the
+    API reads it once an experiment's allocation has changed, so that users already
+    assigned keep their arm (`engine.experiment_spec.ExperimentSpec.reallocated`).
+    """
+
+    user_id: str
+    experiment: str
+    variant: str
+    exposed_ms: int
+
+
 class UserArm(msgspec.Struct, array_like=True):
     """One user in one experiment: their arm, first exposure, and outcomes so far."""
 

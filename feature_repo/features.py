@@ -202,3 +202,26 @@ experiment_arm_fv = FeatureView(
     online=True,
     description="Per-arm experiment counters, absolute and idempotent on event_id; see engine/exposures.py.",
 )
+
+user_experiment_source = FileSource(
+    name="user_experiment_source",
+    path="data/offline/user_experiment",
+    timestamp_field="event_timestamp",
+    description="Offline copy of user_experiment (not written: the online view is the source of truth).",
+)
+
+user_experiment_push_source = PushSource(name="user_experiment_push", batch_source=user_experiment_source)
+
+user_experiment_fv = FeatureView(
+    name="user_experiment",
+    entities=[experiment, user],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="arm", dtype=String, description="The variant of the user's first exposure."),
+        Field(name="exposed_ms", dtype=Int64, description="Event time (epoch ms) of that first exposure."),
+    ],
+    source=user_experiment_push_source,
+    online=True,
+    description="Each user's arm per experiment, from their first impression: the API keeps users there once "
+                "the experiment's allocation changes.",
+)

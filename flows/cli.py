@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--process-id", type=int, default=None, help="this process's index in a cluster (Bytewax -i)")
     flow.add_argument("--addresses", help="host:port of every cluster process, ';'-separated (Bytewax -a)")
 
-    api = sub.add_parser("api", help="serve the personalization API (events, features, segments, personalize, templates, experiments)")
+    api = sub.add_parser("api", help="serve the personalization API (events, features, segments, personalize, "
+                                     "templates, experiments)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
 

@@ -4,12 +4,14 @@ Two stateful steps (wired in `flows.features.build_flow`) count exposures and
 outcomes per (experiment, variant), idempotent on ``event_id``:
 
 - `ExposureLogic`, per user: `engine.exposures.UserExposures` decides what each
-  event changes and emits per-arm deltas;
+  event changes and emits per-arm deltas, and a `FirstExposure` for each
+  experiment the user enters (written to the ``user_experiment`` view, where the
+  API finds a user's arm once an experiment's allocation changed);
 - `ArmLogic`, per arm: adds the deltas into absolute `ArmCounters` and emits
   them for the feature-store sink, which writes them as they are (so a replay
   after a crash rewrites the same rows).
 
-`read_arm_counters` reads them back from the ``experiment_arm`` feature view.
+`read_arm_counters` reads the counters back from the ``experiment_arm`` feature view.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import msgspec
 from bytewax.operators import StatefulBatchLogic
 
 from engine.events import Event
-from engine.exposures import EXPERIMENT_EVENT_TYPES, ArmCounters, UserExposures
+from engine.exposures import EXPERIMENT_EVENT_TYPES, ArmCounters, FirstExposure, UserExposures
 from flows import metrics
 
 _arm_key_encoder = msgspec.json.Encoder()
@@ -35,7 +37,8 @@ def experiment_events(batch: list[Event]) -> list[Event]:
 
 
 class ExposureLogic(StatefulBatchLogic):
-    """One user's exposures; emits ``(arm key, ArmCounters delta)`` per arm a batch changed."""
+    """One user's exposures; emits ``(arm key, ArmCounters delta)`` per arm a batch changed, and
+    ``(user id, FirstExposure)`` per experiment the user entered in it."""
 
     def __init__(self, resume: UserExposures | None):
         self.user = resume if resume is not None else UserExposures()
@@ -44,7 +47,13 @@ class ExposureLogic(StatefulBatchLogic):
         deltas, tally = self.user.update(events)
         for outcome, n in tally.items():
             metrics.EXPERIMENT_EVENTS.labels(outcome).inc(n)
-        return [(arm_key(d.experiment, d.variant), d) for d in deltas], False
+        out: list[tuple[str, ArmCounters | FirstExposure]] = [(arm_key(d.experiment, d.variant), d) for d in deltas]
+        user_id = events[0].user_id  # one user's batch
+        for d in deltas:
+            if d.users:  # this batch placed the user in d's arm
+                arm = self.user.arms[d.experiment]
+                out.append((user_id, FirstExposure(user_id, d.experiment, arm.variant, arm.exposed_ms)))
+        return out, False
 
     def snapshot(self) -> UserExposures:
         return self.user

@@ -44,7 +44,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from engine.audience import Audience, SegmentAssignment, UserUpdate
 from engine.drift import DriftAlert
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event
-from engine.exposures import ArmCounters
+from engine.exposures import ArmCounters, FirstExposure
 from engine.segments import Behaviour
 from engine.settings import Settings
 from engine.tiles import UserActivity
@@ -224,9 +224,9 @@ class _FeatureStorePartition(StatefulSinkPartition):
 
     def write_batch(self, items: list[tuple]) -> None:
         # Items: (user_id, UserActivity, update), (user_id, SegmentAssignment),
-        # (arm key, ArmCounters) or ("segment_profiles", [SegmentProfile]).
-        # The newest per key and kind wins.
-        tiles, segments, arms, profiles = {}, {}, {}, None
+        # (arm key, ArmCounters), (user_id, FirstExposure) or ("segment_profiles",
+        # [SegmentProfile]). The newest per key and kind wins.
+        tiles, segments, arms, firsts, profiles = {}, {}, {}, {}, None
         for item in items:
             key, value = item[0], item[1]
             kind = type(value)
@@ -236,15 +236,18 @@ class _FeatureStorePartition(StatefulSinkPartition):
                 segments[key] = value
             elif kind is ArmCounters:
                 arms[key] = value
+            elif kind is FirstExposure:
+                firsts[(key, value.experiment)] = value
             else:
                 profiles = value
         with metrics.ONLINE_WRITE_SECONDS.time():
             self.writer.write(tiles)
             self.writer.write_segments(segments)
             self.writer.write_arms(arms)
+            self.writer.write_first_exposures(firsts.values())
             if profiles is not None:
                 self.writer.write_profiles(profiles)
-        metrics.ONLINE_ROWS.inc(len(tiles) + len(segments) + len(arms))
+        metrics.ONLINE_ROWS.inc(len(tiles) + len(segments) + len(arms) + len(firsts))
         if self.on_write is not None:
             self.on_write(len(items))
 
@@ -344,8 +347,12 @@ def build_flow(
     # Event of type impression, click, conversion or purchase (every other type stops here)
     exp_by_user = op.key_on("exposures_by_user", exp_events, _user_of)
     # (user_id, Event)
-    deltas = op.stateful_batch("exposures", exp_by_user, ExposureLogic)
-    # (user_id, (arm key, ArmCounters delta)): what each user's batch changed, per arm
+    exposed = op.stateful_batch("exposures", exp_by_user, ExposureLogic)
+    # (user_id, (arm key, ArmCounters delta) | (user_id, FirstExposure)): what each user's batch changed
+    firsts = op.branch("first_exposures", exposed, _is_first_exposure)
+    rows.append(op.map("first_exposure_rows", firsts.trues, _keyed))
+    # (user_id, (user_id, FirstExposure)): the arm each user entered, for sticky assignment
+    deltas = firsts.falses
     arms = op.stateful_batch("experiment_arms", op.map("by_arm", deltas, _value), ArmLogic)
     # (arm key, (arm key, ArmCounters)): absolute counters
     rows.append(op.map("arm_rows", arms, _keyed))
@@ -360,6 +367,10 @@ def _to_audience(kv) -> tuple[str, UserUpdate] | None:
 
 def _is_alert(kv) -> bool:
     return type(kv[1]) is DriftAlert
+
+
+def _is_first_exposure(kv) -> bool:
+    return type(kv[1][1]) is FirstExposure
 
 
 def _value(kv):

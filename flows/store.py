@@ -11,6 +11,7 @@ import shutil
 import struct
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from engine.audience import SegmentAssignment
-from engine.exposures import ArmCounters
+from engine.exposures import ArmCounters, FirstExposure
 from engine.segments import SegmentProfile
 from engine.settings import Settings
 from engine.tiles import FEATURES, UserActivity, finish
@@ -42,6 +43,7 @@ ARM_VIEW = "experiment_arm"
 ARM_FEATURES = ("users", "impressions", "clickers", "clicks", "converters", "conversions",
                 "value_sum", "value_sum_sq", "updated_ms")
 ARM_FLOATS = frozenset({"value_sum", "value_sum_sq"})
+FIRST_EXPOSURE_VIEW = "user_experiment"
 _DEFAULT_REPO = Path(Settings().feature_repo)
 OFFLINE_SCHEMA = pa.schema(
     [
@@ -105,6 +107,9 @@ def apply_definitions(store: FeatureStore) -> None:
         features.experiment_arm_source,
         features.experiment_arm_push_source,
         features.experiment_arm_fv,
+        features.user_experiment_source,
+        features.user_experiment_push_source,
+        features.user_experiment_fv,
     ]
     store.apply(objects)
     offline_dir(store).mkdir(parents=True, exist_ok=True)
@@ -276,6 +281,19 @@ class FeatureWriter:
             rows.append((key_bin, key, counters.updated_ms, values))
         self._upsert(self._view(ARM_VIEW), rows)
 
+    def write_first_exposures(self, firsts: Iterable[FirstExposure]) -> None:
+        """Users' first arms into ``user_experiment`` (one transaction); a replay writes the same rows."""
+        rows = []
+        for first in firsts:
+            key = first_exposure_key(first.user_id, first.experiment)
+            key_bin = serialize_entity_key(
+                key, entity_key_serialization_version=self.config.entity_key_serialization_version
+            )
+            values = {"arm": Value(string_val=first.variant), "exposed_ms": Value(int64_val=first.exposed_ms)}
+            rows.append((key_bin, key, first.exposed_ms, values))
+        if rows:
+            self._upsert(self._view(FIRST_EXPOSURE_VIEW), rows)
+
     def _upsert(self, view, rows: list[tuple[bytes, EntityKey | None, int, dict[str, Value]]]) -> None:
         """Rows of (entity key bytes, entity key, event ms, {feature: Value}) into an online view.
 
@@ -363,6 +381,12 @@ def arm_entity_key(experiment: str, variant: str) -> EntityKey:
     """The ``experiment_arm`` row key of one (experiment, variant)."""
     return EntityKey(join_keys=["experiment_id", "variant"],
                      entity_values=[Value(string_val=experiment), Value(string_val=variant)])
+
+
+def first_exposure_key(user_id: str, experiment: str) -> EntityKey:
+    """The ``user_experiment`` row key of one (user, experiment)."""
+    return EntityKey(join_keys=["experiment_id", "user_id"],
+                     entity_values=[Value(string_val=experiment), Value(string_val=user_id)])
 
 
 def training_set(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:

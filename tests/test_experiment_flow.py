@@ -112,3 +112,25 @@ def test_a_repo_missing_a_view_says_how_to_fix_it(tmp_path):
     writer = FeatureWriter(new_repo(Settings(), tmp_path / "repo"), offline=False)
     with pytest.raises(RuntimeError, match="'experiment_arm_old' is not registered in .*: run `tailor apply`"):
         writer._view("experiment_arm_old")
+
+
+def test_each_users_first_arm_is_recorded_for_sticky_assignment(make_settings):
+    from api.online import OnlineReader
+
+    settings = make_settings()
+    t = now_ms() - 3_600_000
+    events = story_events(t)
+    produce_events(settings, events + events)  # a replay writes the same rows
+    run_main(build_flow(settings, tail=False))
+    store = open_store(settings)
+    reader = OnlineReader(store, settings.segments)
+    # u1 saw "b" after "a": still "a" (first exposure); u4 was never exposed; nobody saw experiment "nope".
+    got = {(user, experiment): reader.first_arm(user, experiment)
+           for user in ("u1", "u2", "u3", "u4") for experiment in ("hero", "cta", "nope")}
+    assert got == {("u1", "hero"): "a", ("u1", "cta"): "x", ("u2", "hero"): "a", ("u3", "hero"): "b",
+                   **{k: None for k in [("u1", "nope"), ("u2", "cta"), ("u2", "nope"), ("u3", "cta"),
+                                        ("u3", "nope"), ("u4", "hero"), ("u4", "cta"), ("u4", "nope")]}}
+    rows = store.get_online_features(features=["user_experiment:arm", "user_experiment:exposed_ms"],
+                                     entity_rows=[{"experiment_id": "hero", "user_id": "u1"},
+                                                  {"experiment_id": "cta", "user_id": "u1"}]).to_dict()
+    assert rows["arm"] == ["a", "x"] and rows["exposed_ms"] == [t, t + 10]

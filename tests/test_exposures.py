@@ -9,7 +9,7 @@ import pytest
 
 from engine.events import Event
 from engine.experiments import welch_ttest_from_sums
-from engine.exposures import SEEN_IDS_PER_USER, ArmCounters, UserExposures
+from engine.exposures import SEEN_IDS_PER_USER, ArmCounters, FirstExposure, UserExposures
 from flows.experiments import ArmLogic, ExposureLogic, arm_key, experiment_events
 
 T = 1_767_225_600_000  # 2026-01-01
@@ -169,16 +169,26 @@ def test_arm_counters_feed_the_statistics():
 def test_the_flow_logic_classes_without_a_flow():
     events = [e for user_events in story().values() for e in user_events]
     assert [e.type for e in experiment_events(events)].count("page_view") == 0
-    arms = {}
+    arms, firsts = {}, []
     for user_events in story().values():
         logic = ExposureLogic(None)
         out, discard = logic.on_batch(experiment_events(user_events))
         assert discard is False and isinstance(logic.snapshot(), UserExposures)
-        for key, delta in out:
-            assert key == arm_key(delta.experiment, delta.variant)
-            arms.setdefault(key, ArmLogic(None)).on_batch([delta])
+        for key, item in out:
+            if isinstance(item, FirstExposure):
+                assert key == item.user_id
+                firsts.append(item)
+                continue
+            assert key == arm_key(item.experiment, item.variant)
+            arms.setdefault(key, ArmLogic(None)).on_batch([item])
     got = {(a.counters.experiment, a.counters.variant): a.counters for a in arms.values()}
     assert got == EXPECTED
+    # One first exposure per (user, experiment) entered: u1 stays in "a" though it later saw "b".
+    assert firsts == [FirstExposure("u1", "hero", "a", T), FirstExposure("u1", "cta", "x", T + 10),
+                      FirstExposure("u2", "hero", "a", T), FirstExposure("u3", "hero", "b", T)]
+    again = ExposureLogic(None)
+    again.on_batch(experiment_events(story()["u1"]))
+    assert not [i for _, i in again.on_batch(experiment_events(story()["u1"]))[0] if isinstance(i, FirstExposure)]
     # A resumed arm adds onto its snapshot and emits a copy of its totals.
     arm = ArmLogic(pickle.loads(pickle.dumps(arms[arm_key("hero", "b")].snapshot())))
     (key, emitted), = arm.on_batch([ArmCounters(experiment="hero", variant="b", clicks=1, updated_ms=T + 50)])[0]

@@ -122,7 +122,11 @@ def test_every_operation_answers_as_documented(make_settings, exported):
 def test_what_the_fuzzing_found_stays_fixed(make_settings, tmp_path):
     settings = make_settings(pseudonym_key=KEY, api_keys="fuzz=admin", model_dir=str(tmp_path / "no-model"))
     with TestClient(app=create_app(settings)) as client:
-        paths = client.get("/docs/openapi.json").json()["paths"]
+        document = client.get("/docs/openapi.json").json()
+        paths, schemas = document["paths"], document["components"]["schemas"]
+        # Variadic tuples were documented as items: oneOf [X, {}], which every filled-in answer broke.
+        assert schemas["ExperimentSpec"]["properties"]["arms"]["items"] == {"$ref": "#/components/schemas/Variant"}
+        assert schemas["ExperimentReport"]["properties"]["arms"]["items"] == {"$ref": "#/components/schemas/ArmResult"}
         # The events body was missing from the document: EventsOperation.__post_init__ never ran.
         events = paths["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert events["oneOf"][1]["maxItems"] == 1000
