@@ -617,8 +617,9 @@ def analyze(
 
     ``weights`` are the arms' allocation weights (equal when omitted), for the
     sample-ratio check; an arm of weight 0 (paused: its users came before) is left
-    out of it, and with fewer than two arms left there is no check (``srm_*`` None). The correction runs over all treatments and both metrics
-    (conversion, and value where both arms have two users or more).
+    out of it, and with fewer than two arms left there is no check (``srm_*`` None).
+    The correction runs over all treatments and both metrics (conversion, and value
+    where both arms have two users or more).
 
     >>> r = analyze([ArmStats(arm="a", n=10_000, conversions=500), ArmStats(arm="b", n=10_000, conversions=580)], "a")
     >>> r.arms[1].significant, round(r.arms[1].lift, 2), r.srm_alarm

@@ -248,7 +248,8 @@ def test_the_bandit_refresh_interval_comes_from_the_settings(tmp_path):
 
 
 def test_users_already_assigned_keep_their_arm_when_the_allocation_changes(api_settings):
-    from engine.experiment_spec import ExperimentSpec, variant_of as hashed_variant
+    from engine.experiment_spec import ExperimentSpec
+    from engine.experiment_spec import variant_of as hashed_variant
 
     settings = api_settings()
     body = {"id": "realloc", "slot": "headline", "holdout": 0.1,
