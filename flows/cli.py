@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--api-port", type=_positive_int, default=8000, help="port of the API (default 8000)")
     up.add_argument("--no-model", action="store_true",
                     help="do not build the copy model when there is none (the API serves default copy)")
+    up.add_argument("--no-experiment", action="store_true",
+                    help="do not run the demo experiment (a storefront asking the API for simulated users' headlines)")
 
     apply = sub.add_parser("apply", help="apply the Feast feature repository (feast apply)")
     apply.add_argument("--repo", help="feature repo folder (default: TAILOR_FEATURE_REPO)")

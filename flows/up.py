@@ -37,11 +37,14 @@ import msgspec
 from engine.events import encode_event
 from engine.settings import Settings, settings_env
 from engine.simulate import Simulator
+from flows.demo_experiment import Storefront
 from flows.kafka import EmbeddedBroker, ensure_topics, make_producer
 from flows.produce import live, now_ms, paced
 
 #: The simulator's seed: the same seed gives the same users and profiles.
 SEED = 7
+#: Simulated events that start a session: the demo storefront serves the user a headline then.
+SESSION_STARTS = frozenset({"app_open", "email_click"})
 #: Seconds between two refreshes of the live view ...
 REFRESH_S = 0.5
 #: ... and between two plain snapshots when stdout is not a terminal.
@@ -135,6 +138,9 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         # The embedded broker keeps its log in memory: offsets recovered from a
         # previous run point into a log that no longer exists.
         shutil.rmtree(recovery, ignore_errors=True)
+    if embedded and not settings.redis_url:
+        # Their counters went with the features: an earlier demo's experiments start afresh too.
+        Path(settings.experiment_db or data / "experiments.db").unlink(missing_ok=True)
     if not args.no_model:
         _ensure_model(settings, data / "logs" / "model-build.log")
     settings = _demo_keys(settings, data)
@@ -142,8 +148,15 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     api = _start_api(settings, args.api_port, data / "logs" / "api.log", stack)
     from engine.privacy import Pseudonymizer
 
+    base = f"http://127.0.0.1:{args.api_port}"
+    api_key = settings.api_keys.split(",")[0].split("=")[0]
+    storefront = None
+    if not getattr(args, "no_experiment", False):
+        storefront = Storefront(base, api_key)
+        stack.callback(storefront.stop)
+        storefront.start()
     traffic = Traffic(settings, users=args.users, rate=args.rate, seed=SEED,
-                      pseudonym=Pseudonymizer(settings.pseudonym_key).pseudonym)
+                      pseudonym=Pseudonymizer(settings.pseudonym_key).pseudonym, storefront=storefront)
     stack.callback(traffic.stop)
     traffic.start()
 
@@ -152,12 +165,14 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     say(f"  broker        {settings.brokers}" + (" (embedded Tansu, in memory)" if embedded else ""))
     say(f"  topics        {settings.topic} (events), {settings.dlq_topic} (dead letters)")
     say(f"  flow          pid {flow.pid}, log {flow.log_path}, recovery {recovery}")
-    base = f"http://127.0.0.1:{args.api_port}"
-    api_key = settings.api_keys.split(",")[0].split("=")[0]
     say(f"  api           {base} (pid {api.pid}, log {api.log_path}); reference {base}/docs")
     say(f"  api key       {api_key}  (TAILOR_API_KEYS, or {data / 'demo-api-keys'})")
     say(f"  try           curl -s {base}/v1/personalize -H 'X-API-Key: {api_key}' "
         "-H 'Content-Type: application/json' -d '{\"user_id\": \"u000003\", \"slot\": \"headline\"}'")
+    if storefront is not None:
+        say(f"  experiment    {storefront.experiment}: generated vs default headline copy, served to simulated "
+            f"users as their sessions start; results: curl -s {base}/v1/experiments/{storefront.experiment}/results "
+            f"-H 'X-API-Key: {api_key}'")
     say(f"  feast         repo {repo}, online store {online}")
     say(f"  traffic       {args.users} simulated users (u000000 ...), {args.rate:g} events/s, seed {SEED}")
     say(f"  more traffic  TAILOR_BROKERS={settings.brokers} tailor simulate --rate 1000")
@@ -167,7 +182,7 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     say("")
 
     view = FeatureView(store, settings, traffic, broker_note=" (embedded)" if embedded else "", watch=args.watch,
-                       api_probe=_Probe(f"{base}/healthz"))
+                       api_probe=_Probe(f"{base}/healthz"), storefront=storefront)
     deadline = time.monotonic() + args.seconds if args.seconds > 0 else None
     if sys.stdout.isatty():
         _live_view(view, deadline, lambda: _check(flow, broker, traffic, api))
@@ -333,8 +348,9 @@ class Traffic:
     """
 
     def __init__(self, settings: Settings, *, users: int, rate: float, seed: int,
-                 pseudonym: Callable[[str], str] = str):
+                 pseudonym: Callable[[str], str] = str, storefront: Storefront | None = None):
         self.settings = settings
+        self.storefront = storefront
         #: Raw user id -> the id Kafka and the stores see (the API's edge does the same).
         self.pseudonym = functools.lru_cache(maxsize=None)(pseudonym)
         self.rate = rate
@@ -376,6 +392,14 @@ class Traffic:
                 if self._stop.is_set():
                     break
                 raw = event.user_id
+                if self.storefront is not None:
+                    if event.type in SESSION_STARTS:
+                        self.storefront.session_started(raw)
+                    elif event.type == "click" and event.experiment is None:
+                        # A click after a served headline: the storefront reports it for the experiment.
+                        experiment = self.storefront.experiment_of(raw, event.ts)
+                        if experiment is not None:
+                            event = msgspec.structs.replace(event, experiment=experiment)
                 key = self.pseudonym(raw).encode()
                 value = encode_event(msgspec.structs.replace(event, user_id=key.decode()))
                 while not self._stop.is_set():
@@ -422,9 +446,10 @@ class FeatureView:
     """Reads the watched users' features through Feast and formats them."""
 
     def __init__(self, store, settings: Settings, traffic: Traffic, *, broker_note: str, watch: int,
-                 api_probe: _Probe | None = None):
+                 api_probe: _Probe | None = None, storefront: Storefront | None = None):
         self.store = store
         self.api_probe = api_probe
+        self.storefront = storefront
         self.service = store.get_feature_service("user_activity_v1")
         self.settings = settings
         self.traffic = traffic
@@ -493,9 +518,28 @@ class FeatureView:
         ]
         if self.api_probe is not None:
             parts.append(self.api_probe.state())
+        if self.storefront is not None:
+            parts.append(self._experiment())
         if t.failed:
             parts.append(f"{t.failed:,} deliveries failed")
         return " | ".join(parts)
+
+    def _experiment(self) -> str:
+        """The demo experiment's arms as the flow counted them: users, and how many converted."""
+        front = self.storefront
+        if front.state != "running":
+            return f"experiment {front.experiment} {front.state}"
+        from engine.experiment_spec import HOLDOUT
+        from flows.demo_experiment import EXPERIMENT
+        from flows.experiments import read_arm_counters
+
+        variants = [arm["name"] for arm in EXPERIMENT["arms"]] + [HOLDOUT]
+        try:
+            counters = read_arm_counters(self.store, front.experiment, variants)
+        except Exception as exc:  # noqa: BLE001 - shown in the view; the demo goes on
+            return f"experiment {front.experiment}: reading counters failed ({type(exc).__name__})"
+        arms = ", ".join(f"{v} {counters[v].users} users/{counters[v].converters} converted" for v in variants)
+        return f"experiment {front.experiment} ({front.served:,} headlines served): {arms}"
 
     def close(self) -> None:
         self._dlq.close()

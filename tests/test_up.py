@@ -49,8 +49,11 @@ def lifetime_events(output: str) -> list[int]:
 
 
 def personalized_while_up(port: int, key: str, stop: threading.Event, found: list) -> None:
-    """Ask the demo's API for a simulated user's content until it reflects the user's events."""
-    body = json.dumps({"user_id": "u000003", "slot": "headline"}).encode()
+    """Ask the demo's API for a simulated user's content until it reflects the user's events.
+
+    It names the template, so the demo experiment on the slot leaves it out: the copy is the model's.
+    """
+    body = json.dumps({"user_id": "u000003", "slot": "headline", "template_id": "headline-ai"}).encode()
     while not stop.wait(0.5):
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/personalize", data=body,
                                          headers={"X-API-Key": key, "Content-Type": "application/json"})
@@ -91,6 +94,12 @@ def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo,
     # The API ran beside the flow, and a simulated user's content came with their live features.
     assert f"http://127.0.0.1:{port}/v1/personalize" in result.stdout, report
     assert found and found[0]["model_version"] == "test-1" and found[0]["content"]["text"], report
+    assert found[0]["experiment"] is None, report
+    # The demo experiment ran: the storefront served headlines, and the flow counted the exposed users.
+    assert "experiment    demo-headline" in result.stdout, report
+    last = re.findall(r"experiment demo-headline \(([\d,]+) headlines served\): (.*)", result.stdout)[-1]
+    counted = [int(n) for n in re.findall(r"(\d+) users/", last[1])]
+    assert int(last[0].replace(",", "")) > 0 and len(counted) == 3 and sum(counted) > 0, report
     api_pid = int(re.search(r"api +http\S+ \(pid (\d+)", result.stdout).group(1))
     assert not psutil.pid_exists(api_pid) or psutil.Process(api_pid).status() == psutil.STATUS_ZOMBIE
     flow_pid = int(re.search(r"flow +pid (\d+)", result.stdout).group(1))
