@@ -59,6 +59,8 @@ SLOTS = ("headline", "cta")
 HIT_SHARE = 0.9
 FIRST_NAMES = ("Ann", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana")
 WARMUP_S = 2.0
+#: The API re-reads experiments every 0.5 s; wait this long after a change before measuring.
+EXPERIMENT_REFRESH_S = 1.5
 #: Most connections the open-loop client opens to one server.
 MAX_CONNECTIONS = 256
 #: A response slower than this is an error; so is one still out this long after the last send.
@@ -98,7 +100,7 @@ def run_api_bench(settings: Settings, args) -> int:
         notes.append(f"wrk not found, peak runs skipped: {WRK_INSTALL}")
         print(f"tailor bench api: {notes[-1]}", file=sys.stderr)
     machine = _pin_cpus()
-    overrides = {"pseudonym_key": secrets.token_hex(32), "api_keys": f"{API_KEY}=ingest+serve",
+    overrides = {"pseudonym_key": secrets.token_hex(32), "api_keys": f"{API_KEY}=ingest+serve+admin",
                  "model_dir": str(model)}
     with bench_settings(settings, **overrides) as bench, contextlib.ExitStack() as servers:
         population = write_population(bench, args.users)
@@ -416,6 +418,37 @@ class Legs:
         hits = [self._body(u, self.rng.choice(SLOTS), self.rng.choice(items)) for u in users[:4000]]
         out["peak_wrk"] = self._wrk(api, "/healthz", [f"POST\t/v1/personalize\t{b.decode()}" for b in hits],
                                     cached=True)
+        if self.wrk is not None:
+            out["in_experiment"] = self._in_experiment(api, hits, out["peak_wrk"])
+        return out
+
+    def _in_experiment(self, api: _Server, hits: list[bytes], before: dict) -> dict:
+        """The all-hit peak again with an A/B experiment running on every slot (an assignment and an
+        impression produced to Kafka per request), then once more without (A/B/A: drift shows)."""
+        host = f"{HOST}:{api.port}"
+        lines = [f"POST\t/v1/personalize\t{b.decode()}" for b in hits]
+        ids = [f"bench-{slot}" for slot in SLOTS]
+
+        def call(method: str, path: str, body: dict | None = None) -> None:
+            request = build_request(method, path, host, self.headers,
+                                    msgspec.json.encode(body) if body is not None else b"")
+            answer = asyncio.run(_one(api.port, request))
+            if answer.status not in (200, 201):
+                raise RuntimeError(f"{method} {path}: {answer.status} {answer.body[:300]!r}")
+
+        for slot, experiment in zip(SLOTS, ids):
+            call("POST", "/v1/experiments", {"id": experiment, "slot": slot, "arms": [{"name": "a"}, {"name": "b"}]})
+            call("POST", f"/v1/experiments/{experiment}/start")
+        time.sleep(EXPERIMENT_REFRESH_S)
+        running = self._wrk(api, "/healthz", lines, cached=True)
+        for experiment in ids:
+            call("POST", f"/v1/experiments/{experiment}/stop")
+        time.sleep(EXPERIMENT_REFRESH_S)
+        after = self._wrk(api, "/healthz", lines, cached=True)
+        out = {"experiments": ids, "peak_wrk": running, "plain_peak_wrk_after": after}
+        plain = [r.get("rps") for r in (before, after) if r.get("rps")]
+        if running.get("rps") and plain:
+            out["rps_ratio_vs_plain"] = round(running["rps"] / (sum(plain) / len(plain)), 3)
         return out
 
     def _body(self, user: str, slot: str, item: dict) -> bytes:
