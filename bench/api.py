@@ -13,7 +13,9 @@ each, on the same repo) start as child processes, and this process drives them:
   ``--feature-rates``, ``/v1/personalize`` at ``--rate`` with about 90 % of
   requests on warmed cache keys and 10 % on never-seen items;
 * peak throughput closed loop with ``wrk`` (one thread, ``--connections``),
-  personalize on warmed keys only.
+  personalize on warmed keys only; then the same personalize peak with an A/B
+  experiment running on every slot, and once more without (A/B/A), for the cost
+  of assignment and impression logging.
 
 With two or more CPUs and ``taskset``, the servers run on the last CPU and
 the load generators (this process, wrk) on the others, so the client does not
