@@ -21,6 +21,9 @@ converted there, their total value there, and the ids of the events already
 decided (counted or not: an event's fate is settled on first sight). Repeats of
 an id are ignored (at most `SEEN_IDS_PER_USER` recent ids are kept per user, so
 a repeat arriving after that many newer events of the same user counts again).
+A user never exposed keeps no state at all: their outcomes cannot count, so they
+are tallied (``unexposed`` or ``unattributed``) and forgotten, and the flow drops
+the empty state; only exposed users cost memory.
 It returns per-arm *deltas* (`ArmCounters` of changes). The arm step adds them
 into absolute `ArmCounters`, which the flow writes as they are: a replay after a
 crash writes the same rows.
@@ -192,6 +195,10 @@ class UserExposures(msgspec.Struct):
                 return "ignored"  # not about an experiment (or no arm to place the user in)
         elif kind not in _CONVERSIONS:
             return "ignored"
+        if not self.arms and kind != "impression":
+            # Never exposed: nothing to credit, and nothing kept (a flow holds this state per user,
+            # so users outside every experiment must cost nothing). A repeat is tallied the same.
+            return "unexposed" if event.experiment is not None else "unattributed"
         seen = self.seen
         if event.event_id in seen:
             return "duplicate"

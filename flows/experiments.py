@@ -53,7 +53,8 @@ class ExposureLogic(StatefulBatchLogic):
             if d.users:  # this batch placed the user in d's arm
                 arm = self.user.arms[d.experiment]
                 out.append((user_id, FirstExposure(user_id, d.experiment, arm.variant, arm.exposed_ms)))
-        return out, False
+        # A user never exposed has no state (see UserExposures): Bytewax drops it.
+        return out, not self.user.arms
 
     def snapshot(self) -> UserExposures:
         return self.user

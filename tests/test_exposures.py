@@ -170,10 +170,10 @@ def test_the_flow_logic_classes_without_a_flow():
     events = [e for user_events in story().values() for e in user_events]
     assert [e.type for e in experiment_events(events)].count("page_view") == 0
     arms, firsts = {}, []
-    for user_events in story().values():
+    for user, user_events in story().items():
         logic = ExposureLogic(None)
         out, discard = logic.on_batch(experiment_events(user_events))
-        assert discard is False and isinstance(logic.snapshot(), UserExposures)
+        assert discard is (user == "u4") and isinstance(logic.snapshot(), UserExposures)  # u4: never exposed
         for key, item in out:
             if isinstance(item, FirstExposure):
                 assert key == item.user_id
@@ -199,3 +199,18 @@ def test_the_flow_logic_classes_without_a_flow():
 def test_arm_keys_never_collide():
     assert arm_key("a/b", "c") != arm_key("a", "b/c")
     assert arm_key('a","b', "c") != arm_key("a", 'b","c')
+
+
+def test_a_user_never_exposed_keeps_no_state():
+    user = UserExposures()
+    events = [Event(f"p{i}", "purchase", "u9", T + i, value=1.0) for i in range(50)]
+    events += [Event("k1", "conversion", "u9", T + 60, experiment="hero"), Event("c1", "click", "u9", T + 61,
+                                                                                 experiment="hero")]
+    deltas, tally = user.update(events + events[:3])
+    assert deltas == [] and tally == {"unattributed": 53, "unexposed": 2}
+    assert user.arms == {} and user.seen == {}
+    logic = ExposureLogic(None)
+    assert logic.on_batch(events) == ([], True)  # Bytewax drops the state
+    # Once exposed, the user's events are remembered again.
+    _, tally = user.update([impression("i1", "u9", T + 100), Event("p99", "purchase", "u9", T + 101, value=2.0)])
+    assert tally == {"counted": 2} and len(user.seen) == 2
