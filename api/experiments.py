@@ -311,9 +311,21 @@ def _stats(counters: dict[str, Any], metric: str) -> dict[str, ArmStats]:
     return {v: c.stats("click" if metric == "click" else "conversion") for v, c in counters.items()}
 
 
+#: Monte Carlo draws of the chance to beat control per treatment arm: 100,000 (the default) up to
+#: about 20 arms, fewer beyond, so that a results read stays near 0.2 s on one core (at 100 arms,
+#: 20,000 draws: a chance of 0.5 is then within about +/-0.007 at 95 %).
+MAX_DRAWS, MIN_DRAWS, DRAWS_BUDGET = 100_000, 10_000, 2_000_000
+
+
+def draws_for(arms: int) -> int:
+    """Draws per treatment for an analysis of ``arms`` arms (see `DRAWS_BUDGET`)."""
+    return max(MIN_DRAWS, min(MAX_DRAWS, DRAWS_BUDGET // max(arms - 1, 1)))
+
+
 def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, float] | None = None) -> Results:
     """The results page of ``spec`` from its counters (``{variant: engine.exposures.ArmCounters}``)."""
     names = cells(spec)
+    draws = draws_for(len(names))
     shares = allocation_shares(spec, weights)
     control = spec.control_name
     notes: list[str] = []
@@ -328,7 +340,7 @@ def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, f
     if counters[control].users > 0 and in_arms > counters[control].users:
         # SRM: the arms' users against their expected shares (the holdout is checked apart, below).
         primary = analyze(arms, control, weights=[shares[v] for v in names], alpha=spec.alpha,
-                          correction=spec.correction)
+                          correction=spec.correction, draws=draws)
         if primary.srm_alarm and not spec.reallocated and spec.allocation == "fixed":
             notes.append(f"sample ratio mismatch (p = {primary.srm_p_value:.2g} < 0.001): the split differs from the "
                          "allocation; find the cause (bots, a broken exposure log, targeting) before trusting results")
@@ -346,7 +358,8 @@ def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, f
         if primary is None:
             break
         report = analyze([_stats(counters, metric)[v] for v in names], control,
-                         weights=[shares[v] for v in names], alpha=spec.alpha, correction=spec.correction)
+                         weights=[shares[v] for v in names], alpha=spec.alpha, correction=spec.correction,
+                         draws=draws)
         harmed = [a.arm for a in report.arms if a.arm != control and a.significant
                   and (a.z is not None and a.z < 0 if metric != "value" else (a.value_t or 0) < 0)]
         if metric == "value":

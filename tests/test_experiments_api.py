@@ -196,3 +196,9 @@ def test_state_errors_are_4xx_with_what_to_do(api_settings):
         assert r.status_code == 422 and "follow its counters" in r.text
         r = client.patch("/v1/experiments/bandit", json={"weights": {"c": 0}}, headers=ADMIN)
         assert r.status_code == 200 and [a["weight"] for a in r.json()["arms"]] == [1.0, 1.0, 0.0]
+
+
+def test_results_draws_shrink_past_twenty_arms_to_bound_a_read():
+    from api.experiments import draws_for
+
+    assert [draws_for(n) for n in (2, 3, 21, 22, 100, 1000)] == [100_000, 100_000, 100_000, 95_238, 20_202, 10_000]
