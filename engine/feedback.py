@@ -111,8 +111,12 @@ class FeedbackSummary(msgspec.Struct, kw_only=True):
 
     cutoff_ms: int
     window_ms: int
+    #: Exposures and outcomes earlier than this are not looked at (None: no lower bound).
+    since_ms: int | None = None
     #: Events handed to the join, duplicates included.
     events: int = 0
+    #: Events stamped before ``since_ms`` (not looked at).
+    events_before_since: int = 0
     #: Exposures and outcomes whose ``event_id`` was seen before (ignored).
     duplicates: int = 0
     #: Exposures at or before the cut-off, generated or default copy ...
@@ -238,6 +242,9 @@ class FeedbackJoin:
         Nothing after this event time is looked at (epoch ms).
     window_ms
         How long after an exposure an outcome still counts for it.
+    since_ms
+        Events stamped earlier are not looked at (None: none are left out): a
+        training set of recent exposures, and a bounded memory.
 
     Examples
     --------
@@ -250,22 +257,28 @@ class FeedbackJoin:
     (0, 1)
     """
 
-    def __init__(self, cutoff_ms: int, window_ms: int = DEFAULT_WINDOW_MS):
+    def __init__(self, cutoff_ms: int, window_ms: int = DEFAULT_WINDOW_MS, since_ms: int | None = None):
         if not isinstance(cutoff_ms, int) or not MIN_TS_MS <= cutoff_ms < MAX_TS_MS:
             raise ValueError(f"cutoff_ms must be epoch milliseconds between 2000 and 2100, got {cutoff_ms!r}")
+        if since_ms is not None and (not isinstance(since_ms, int) or not MIN_TS_MS <= since_ms < cutoff_ms):
+            raise ValueError(f"since must be epoch milliseconds after 2000 and before the cut-off, got {since_ms!r}")
         if not isinstance(window_ms, int) or window_ms <= 0:
             raise ValueError(f"window_ms must be a positive number of milliseconds, got {window_ms!r}")
         self.cutoff_ms = cutoff_ms
         self.window_ms = window_ms
+        self.since_ms = since_ms
         self._seen: set[str] = set()
         self._exposures: list[Exposure] = []
         self._outcomes: list[Event] = []
-        self._counts = FeedbackSummary(cutoff_ms=cutoff_ms, window_ms=window_ms)
+        self._counts = FeedbackSummary(cutoff_ms=cutoff_ms, window_ms=window_ms, since_ms=since_ms)
 
     def add(self, event: Event) -> None:
         """Take one event; those that are neither exposures nor outcomes are only counted."""
         counts = self._counts
         counts.events += 1
+        if self.since_ms is not None and event.ts < self.since_ms:
+            counts.events_before_since += 1
+            return
         if event.type == "impression":
             exposure = exposure_of(event)
             if exposure is None:

@@ -120,6 +120,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: At most one retrain (drift and threshold triggers alike) per this many seconds; later
     #: triggers wait and coalesce into one run when the interval is over.
     retrain_min_interval_s: float = 3600.0
+    #: The feedback `tailor retrain --watch` exports for each run covers this many days before
+    #: the run (`tailor feedback export --since`); 0: the whole events topic.
+    retrain_feedback_days: float = 14.0
     #: A candidate is promoted only if its holdout perplexity is at most (1 + this) times the current's ...
     retrain_ppl_tolerance: float = 0.02
     #: ... and its tone/length obedience and brand-rule pass rate at least the current's minus this.
@@ -150,7 +153,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"TAILOR_SEGMENTS must be 0 (off) or at least 2, got {self.segments}")
         if not self.model_reload_s > 0:
             raise ValueError(f"TAILOR_MODEL_RELOAD_S must be a positive number of seconds, got {self.model_reload_s}")
-        for name in ("retrain_min_interval_s", "retrain_ppl_tolerance", "retrain_metric_tolerance"):
+        for name in ("retrain_min_interval_s", "retrain_feedback_days", "retrain_ppl_tolerance",
+                     "retrain_metric_tolerance"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TAILOR_{name.upper()} must be 0 or more, got {getattr(self, name)}")
 

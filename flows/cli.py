@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     fexport.add_argument("--cutoff", help="nothing after this time counts: RFC 3339 or epoch ms (default: now)")
     fexport.add_argument("--window-h", type=_positive_float, default=24.0,
                          help="hours after an exposure an outcome still counts for it (default 24)")
+    fexport.add_argument("--since", help="leave out exposures and outcomes before this time: RFC 3339 or epoch ms "
+                                         "(default: none); Kafka is read from the messages of that time on")
     fexport.add_argument("--events", metavar="FILE", help="read events from this JSONL file instead of Kafka")
     fexport.add_argument("--out", metavar="PATH",
                          help="Parquet file (default <feature repo>/data/feedback/feedback-<cutoff>.parquet)")

@@ -67,11 +67,12 @@ def run_export(settings: Settings, args) -> int:
     """Read the events, join, write the Parquet file, print the summary; 2 for bad input, 1 for I/O trouble."""
     try:
         cutoff_ms = parse_cutoff(args.cutoff) if args.cutoff else now_ms()
+        since_ms = parse_cutoff(args.since) if getattr(args, "since", None) else None
+        window_ms = max(1, round(args.window_h * 3_600_000))
+        join = FeedbackJoin(cutoff_ms, window_ms, since_ms)
     except ValueError as exc:
         print(f"{COMMAND}: {exc}", file=sys.stderr)
         return 2
-    window_ms = max(1, round(args.window_h * 3_600_000))
-    join = FeedbackJoin(cutoff_ms, window_ms)
     bad: list[str] = []
     if args.events:
         path = Path(args.events)
@@ -94,7 +95,10 @@ def run_export(settings: Settings, args) -> int:
             return 2
         source = f"kafka:{settings.topic}"
         try:
-            for event in events_of_topic(settings.brokers, settings.topic, bad):
+            # Events stamped at most max_ahead_s after their message (later ones go to the DLQ),
+            # so the messages from since - max_ahead_s on hold every event from since on.
+            start_ms = None if since_ms is None else since_ms - round(settings.max_ahead_s * 1000)
+            for event in events_of_topic(settings.brokers, settings.topic, bad, start_ms=start_ms):
                 join.add(event)
         except RuntimeError as exc:
             print(f"{COMMAND}: {exc}", file=sys.stderr)
@@ -125,7 +129,7 @@ def default_path(settings: Settings, cutoff_ms: int) -> Path:
 def summary_of(summary: FeedbackSummary, bad: list[str], *, source: str, path: Path) -> dict:
     """The one-line JSON report: counts first, then where the data came from and went."""
     counts = msgspec.structs.asdict(summary)
-    cutoff_ms, window_ms = counts.pop("cutoff_ms"), counts.pop("window_ms")
+    cutoff_ms, window_ms, since_ms = counts.pop("cutoff_ms"), counts.pop("window_ms"), counts.pop("since_ms")
     return {
         "rows": counts.pop("rows"),
         **counts,
@@ -133,6 +137,7 @@ def summary_of(summary: FeedbackSummary, bad: list[str], *, source: str, path: P
         "bad_reasons": bad[:MAX_QUOTED_BAD_EVENTS],
         "cutoff": format_cutoff(cutoff_ms),
         "cutoff_ms": cutoff_ms,
+        "since": format_cutoff(since_ms) if since_ms is not None else None,
         "window_h": window_ms / 3_600_000,
         "source": source,
         "path": str(path),
@@ -155,6 +160,28 @@ def write_parquet(rows: list[FeedbackRow], path: Path, report: dict | None = Non
         partial.unlink(missing_ok=True)
 
 
+def _from_time(consumer, topic: str, starts: list, ends: dict[int, int], start_ms: int) -> list:
+    """``starts`` moved to each partition's first message stamped at or after ``start_ms``."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    try:
+        found = consumer.offsets_for_times([TopicPartition(topic, tp.partition, start_ms) for tp in starts],
+                                           timeout=10)
+    except KafkaException as exc:
+        print(f"{COMMAND}: the broker cannot look offsets up by time ({exc}); reading {topic!r} whole",
+              file=sys.stderr)
+        return starts
+    moved = []
+    for tp, at in zip(starts, found):
+        if at.error is not None:
+            moved.append(tp)  # read it whole: the join still leaves out what is too old
+        elif at.offset < 0:  # no message that recent: nothing to read
+            ends.pop(tp.partition, None)
+        else:
+            moved.append(TopicPartition(topic, tp.partition, max(tp.offset, at.offset)))
+    return moved
+
+
 def events_of_file(path: Path, bad: list[str]) -> Iterator[Event]:
     """The valid events of a JSONL file; each bad line's ``"line N: reason"`` goes to ``bad``."""
     with path.open("rb") as f:
@@ -167,17 +194,22 @@ def events_of_file(path: Path, bad: list[str]) -> Iterator[Event]:
                 bad.append(f"line {number}: {exc.reason}")
 
 
-def events_of_topic(brokers: str, topic: str, bad: list[str], *, progress: bool = True) -> Iterator[Event]:
-    """The valid events of a topic, start to the end it had when called; bad ones go to ``bad``."""
-    for message in topic_to_end(brokers, topic, progress=progress):
+def events_of_topic(brokers: str, topic: str, bad: list[str], *, progress: bool = True,
+                    start_ms: int | None = None) -> Iterator[Event]:
+    """The valid events of a topic, start (or ``start_ms``) to the end it had when called; bad ones go to ``bad``."""
+    for message in topic_to_end(brokers, topic, progress=progress, start_ms=start_ms):
         try:
             yield decode_event(message.value())
         except InvalidEvent as exc:
             bad.append(f"partition {message.partition()} offset {message.offset()}: {exc.reason}")
 
 
-def topic_to_end(brokers: str, topic: str, *, progress: bool = True, stall_s: float = STALL_S) -> Iterator:
+def topic_to_end(brokers: str, topic: str, *, progress: bool = True, stall_s: float = STALL_S,
+                 start_ms: int | None = None) -> Iterator:
     """Every message of ``topic`` from the beginning up to the high watermarks read at the start.
+
+    With ``start_ms``, each partition is read from its first message stamped at or
+    after it (Kafka's offsets for times); a broker that cannot say is read whole.
 
     Messages produced while it runs are left for the next export, so the read
     ends even on a busy topic (a partition's end is the larger of its high
@@ -213,6 +245,8 @@ def topic_to_end(brokers: str, topic: str, *, progress: bool = True, stall_s: fl
             if high > low:
                 ends[partition] = high
                 starts.append(TopicPartition(topic, partition, low))
+        if start_ms is not None and starts:
+            starts = _from_time(consumer, topic, starts, ends, start_ms)
         total = sum(ends[tp.partition] - tp.offset for tp in starts)
         bar = tqdm(total=total, unit="ev", file=sys.stderr, leave=False, mininterval=0.5, disable=not progress)
         if not starts:

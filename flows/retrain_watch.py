@@ -195,6 +195,8 @@ def watch_drift(settings: Settings, on_trigger: Callable[[str], object], *, min_
 def export_fresh_feedback(settings: Settings, *, window_h: float = 24.0, cutoff_ms: int | None = None) -> Path:
     """`tailor feedback export` as of now (the events topic to its end), to its default path; returns the path.
 
+    It covers ``settings.retrain_feedback_days`` before the cut-off (0: the whole topic).
+
     Raises `RuntimeError` when the topic cannot be read and `OSError` when the file
     cannot be written.
     """
@@ -202,9 +204,12 @@ def export_fresh_feedback(settings: Settings, *, window_h: float = 24.0, cutoff_
     from flows.feedback import default_path, events_of_topic, now_ms, summary_of, write_parquet
 
     cutoff_ms = now_ms() if cutoff_ms is None else cutoff_ms
-    join = FeedbackJoin(cutoff_ms, max(1, round(window_h * 3_600_000)))
+    days = settings.retrain_feedback_days
+    since_ms = cutoff_ms - round(days * 86_400_000) if days > 0 else None
+    join = FeedbackJoin(cutoff_ms, max(1, round(window_h * 3_600_000)), since_ms)
     bad: list[str] = []
-    for event in events_of_topic(settings.brokers, settings.topic, bad, progress=False):
+    start_ms = None if since_ms is None else since_ms - round(settings.max_ahead_s * 1000)
+    for event in events_of_topic(settings.brokers, settings.topic, bad, progress=False, start_ms=start_ms):
         join.add(event)
     rows, summary = join.result(1)
     path = default_path(settings, cutoff_ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import uuid
 from pathlib import Path
@@ -211,6 +212,7 @@ def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_sett
         Event("c1", "conversion", "u1", t + MIN, experiment="hero"),
         Event("k1", "click", "u3", t + MIN, experiment="hero"),
         served("x4", "u4", now_ms() + 10 * MIN, "Served after the cut-off"),
+        served("x0", "u5", now_ms() - 15 * 24 * 60 * MIN, "Served before TAILOR_RETRAIN_FEEDBACK_DAYS (14)"),
     ])
     writer = FeatureWriter(settings, offline=False)
     write(writer, arm("b", 1000, 50))
@@ -258,6 +260,8 @@ def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_sett
     assert [(r["text"], r["impressions"], r["clickers"], r["converters"]) for r in rows] == [
         ("Deals end soon", 1, 1, 0), ("Half price today", 2, 0, 1)]
     assert record.data.rows == 2 and now_ms() - 60_000 < record.data.cutoff_ms <= now_ms()
+    summary = json.loads(pq.read_schema(path).metadata[b"tailor.feedback"])
+    assert summary["events_before_since"] == 1 and summary["since"] is not None
 
 
 @pytest.mark.integration
