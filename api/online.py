@@ -26,6 +26,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from engine.segments import SegmentProfile
 from engine.tiles import finish
+from flows.store import FIRST_ARM, FIRST_EXPOSURE_VIEW, first_exposure_key
 
 log = logging.getLogger("tailor.api")
 
@@ -53,7 +54,7 @@ class OnlineReader:
         self._tiles = store.get_feature_view("user_activity_tiles")
         self._segments = store.get_feature_view("user_segment") if n_segments else None
         try:
-            self._first = store.get_feature_view("user_experiment")
+            self._first = store.get_feature_view(FIRST_EXPOSURE_VIEW)
         except FeatureViewNotFoundException:  # a repository applied before it existed
             log.warning("no user_experiment view in the feature repository (run `tailor apply`): after an "
                         "allocation change, users already assigned to an experiment may change arms")
@@ -85,10 +86,9 @@ class OnlineReader:
         """The arm of ``user_id``'s first exposure in ``experiment``, as the flow recorded it (None: none yet)."""
         if self._first is None:
             return None
-        key = EntityKey(join_keys=["experiment_id", "user_id"],
-                        entity_values=[Value(string_val=experiment), Value(string_val=user_id)])
-        _, row = self._provider.online_read(self._config, self._first, [key], ["arm"])[0]
-        arm = row.get("arm") if row else None
+        key = first_exposure_key(user_id, experiment)
+        _, row = self._provider.online_read(self._config, self._first, [key], [FIRST_ARM])[0]
+        arm = row.get(FIRST_ARM) if row else None
         return arm.string_val if arm is not None and arm.HasField("string_val") else None
 
     def profiles(self) -> dict[int, SegmentProfile]:

@@ -44,6 +44,8 @@ ARM_FEATURES = ("users", "impressions", "clickers", "clicks", "converters", "con
                 "value_sum", "value_sum_sq", "updated_ms")
 ARM_FLOATS = frozenset({"value_sum", "value_sum_sq"})
 FIRST_EXPOSURE_VIEW = "user_experiment"
+#: The user_experiment feature holding the user's first arm.
+FIRST_ARM = "arm"
 _DEFAULT_REPO = Path(Settings().feature_repo)
 OFFLINE_SCHEMA = pa.schema(
     [
@@ -240,7 +242,7 @@ class FeatureWriter:
                 flat.append((key, "model_version", _int64_value(a.model_version), ts, now_s))
             self._sqlite_upsert_flat(view, flat)
         else:
-            self._upsert(view, [(b"", _entity_key(u), a.ts, _segment_values(a)) for u, a in users.items()])
+            self._upsert(view, [(_entity_key(u), a.ts, _segment_values(a)) for u, a in users.items()])
 
     def write_profiles(self, profiles: list[SegmentProfile]) -> None:
         """Segment profiles into ``segment_profile`` (entity: segment id)."""
@@ -248,10 +250,7 @@ class FeatureWriter:
         rows = []
         for p in profiles:
             key = EntityKey(join_keys=["segment_id"], entity_values=[Value(int64_val=p.segment)])
-            key_bin = serialize_entity_key(
-                key, entity_key_serialization_version=self.config.entity_key_serialization_version
-            )
-            rows.append((key_bin, key, now_ms, {
+            rows.append((key, now_ms, {
                 "label": Value(string_val=p.label),
                 "size": Value(int64_val=p.size),
                 "share": Value(double_val=p.share),
@@ -269,47 +268,40 @@ class FeatureWriter:
             return
         rows = []
         for counters in arms.values():
-            key = arm_entity_key(counters.experiment, counters.variant)
-            key_bin = serialize_entity_key(
-                key, entity_key_serialization_version=self.config.entity_key_serialization_version
-            )
             values = {
                 name: Value(double_val=getattr(counters, name)) if name in ARM_FLOATS
                 else Value(int64_val=getattr(counters, name))
                 for name in ARM_FEATURES
             }
-            rows.append((key_bin, key, counters.updated_ms, values))
+            rows.append((arm_entity_key(counters.experiment, counters.variant), counters.updated_ms, values))
         self._upsert(self._view(ARM_VIEW), rows)
 
     def write_first_exposures(self, firsts: Iterable[FirstExposure]) -> None:
         """Users' first arms into ``user_experiment`` (one transaction); a replay writes the same rows."""
-        rows = []
-        for first in firsts:
-            key = first_exposure_key(first.user_id, first.experiment)
-            key_bin = serialize_entity_key(
-                key, entity_key_serialization_version=self.config.entity_key_serialization_version
-            )
-            values = {"arm": Value(string_val=first.variant), "exposed_ms": Value(int64_val=first.exposed_ms)}
-            rows.append((key_bin, key, first.exposed_ms, values))
+        rows = [(first_exposure_key(first.user_id, first.experiment), first.exposed_ms,
+                 {FIRST_ARM: Value(string_val=first.variant), "exposed_ms": Value(int64_val=first.exposed_ms)})
+                for first in firsts]
         if rows:
             self._upsert(self._view(FIRST_EXPOSURE_VIEW), rows)
 
-    def _upsert(self, view, rows: list[tuple[bytes, EntityKey | None, int, dict[str, Value]]]) -> None:
-        """Rows of (entity key bytes, entity key, event ms, {feature: Value}) into an online view.
+    def _upsert(self, view, rows: list[tuple[EntityKey, int, dict[str, Value]]]) -> None:
+        """Rows of (entity key, event ms, {feature: Value}) into an online view.
 
-        SQLite needs only the serialized key, any other store only the EntityKey.
+        SQLite takes the serialized key (made here), any other store the EntityKey.
         """
         now_ms = int(time.time() * 1000)
         if self._sqlite is not None:
+            version = self.config.entity_key_serialization_version
             self._sqlite_upsert_flat(view, [
                 (key_bin, name, value.SerializeToString(), ts // 1000, now_ms // 1000)
-                for key_bin, _, ts, values in rows
+                for key, ts, values in rows
+                for key_bin in (serialize_entity_key(key, entity_key_serialization_version=version),)
                 for name, value in values.items()
             ])
         else:
             now = datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc)
             data = [
-                (key, values, datetime.fromtimestamp(ts / 1000, tz=timezone.utc), now) for _, key, ts, values in rows
+                (key, values, datetime.fromtimestamp(ts / 1000, tz=timezone.utc), now) for key, ts, values in rows
             ]
             self.online.online_write_batch(self.config, view, data, None)
 
