@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -316,7 +315,7 @@ def run_api(settings: Settings, args) -> int:
 def open_copy_writer(settings: Settings, cache_redis=None):
     """The generator (None with the reason when no model is built), its batcher and the copy cache."""
     from api.cache import CopyCache
-    from api.personalize import CopyWriter, Loaded
+    from api.personalize import CopyWriter, Loaded, open_generator
     from engine.brand import DEFAULT_RULES, load_brand_rules
     from models.batching import BatchingGenerator
     from models.manifest import ModelDirError
@@ -330,17 +329,12 @@ def open_copy_writer(settings: Settings, cache_redis=None):
             raise ValueError(f"TAILOR_BRAND_RULES={settings.brand_rules!r} cannot be read: {exc.strerror}") from None
     generator, unavailable = None, ""
     try:
-        from models.runtime import Generator
-
-        # As many threads as CPUs this process may use (not the machine's cores: it may be
-        # pinned), and no spinning between batches: the event loop shares those CPUs.
-        generator = Generator(settings.model_dir, intra_op_threads=len(os.sched_getaffinity(0)), spinning=False)
+        generator = open_generator(settings.model_dir)
     except ModelDirError as exc:
         unavailable = f"no copy model loaded: {exc}"
         log.warning("%s; serving default copy", unavailable)
     cache = CopyCache(settings.copy_cache_size, redis=cache_redis, ttl_s=settings.copy_cache_redis_ttl_s)
-    writer = CopyWriter(None, None, cache, rules, settings.generation_budget_ms, unavailable,
-                        registry=settings.model_registry)
+    writer = CopyWriter(cache, rules, settings.generation_budget_ms, unavailable, registry=settings.model_registry)
 
     def make_batcher(gen) -> BatchingGenerator:
         batcher = BatchingGenerator(gen, max_batch=settings.generation_max_batch,

@@ -32,10 +32,9 @@ def model_identity(model_dir: str | Path) -> tuple[str, int] | None:
 
 
 class ModelWatcher:
-    def __init__(self, model_dir: str | Path, writer, intra_op_threads: int | None = None):
+    def __init__(self, model_dir: str | Path, writer):
         self.model_dir = Path(model_dir)
         self.writer = writer
-        self.threads = intra_op_threads or len(os.sched_getaffinity(0))
         self.seen = model_identity(model_dir) if writer.generator is not None else None
         self._failed: tuple[str, int] | None = None
         self.swaps = 0
@@ -45,11 +44,10 @@ class ModelWatcher:
         identity = model_identity(self.model_dir)
         if identity is None or identity == self.seen or identity == self._failed:
             return False
-        from models.runtime import Generator
+        from api.personalize import open_generator
 
         try:
-            generator = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: Generator(identity[0], intra_op_threads=self.threads, spinning=False))
+            generator = await asyncio.get_running_loop().run_in_executor(None, open_generator, identity[0])
         except (ModelDirError, OSError, RuntimeError, ValueError) as exc:
             log.warning("not swapping to the model in %s: %s (still serving %s)", identity[0], exc,
                         self.writer.model_version)

@@ -139,10 +139,22 @@ class Loaded(NamedTuple):
     batcher: Any
 
 
+def open_generator(folder: str | Path):
+    """The ONNX generator of an exported model folder, set up for serving.
+
+    As many threads as CPUs this process may use (not the machine's cores: it may be
+    pinned), and no spinning between batches: the event loop shares those CPUs.
+    """
+    from models.runtime import Generator
+
+    return Generator(folder, intra_op_threads=len(os.sched_getaffinity(0)), spinning=False)
+
+
 class CopyWriter:
     """The generator behind a batching queue, with the copy cache in front and brand rules after.
 
-    ``generator`` may be None (no model built): every ai slot then gets default copy.
+    ``current`` is the served model (set by its opener, or `swap`); while it is None
+    (no model built) every ai slot gets default copy.
     `swap` replaces the served model while requests run (hot swap after a promotion);
     `copy_for` can also generate with another version from the model registry (an
     experiment arm's ``model_version``), loaded on first use.
@@ -151,9 +163,9 @@ class CopyWriter:
     #: Seconds an old model's queue keeps running after a swap, for the generations it holds.
     SWAP_GRACE_S = 5.0
 
-    def __init__(self, generator, batcher, cache: CopyCache, rules: BrandRules, budget_ms: float,
-                 unavailable: str = "", registry: str | Path | None = None, make_batcher=None):
-        self.current: Loaded | None = Loaded(generator, batcher) if generator is not None else None
+    def __init__(self, cache: CopyCache, rules: BrandRules, budget_ms: float, unavailable: str = "",
+                 registry: str | Path | None = None, make_batcher=None):
+        self.current: Loaded | None = None
         self.cache = cache
         self.rules = rules
         self.budget_s = budget_ms / 1000
@@ -171,24 +183,15 @@ class CopyWriter:
         return self.current.generator if self.current is not None else None
 
     @property
-    def batcher(self):
-        return self.current.batcher if self.current is not None else None
-
-    @batcher.setter
-    def batcher(self, batcher) -> None:
-        self.current = Loaded(self.current.generator, batcher)
-
-    @property
     def model_version(self) -> str | None:
         return self.generator.version if self.generator is not None else None
 
     def model_versions(self) -> set[str]:
         """The versions this process can generate with: the served one and the registry's."""
+        from models.registry import versions
+
         known = {self.model_version} - {None}
-        folder = self.registry / "versions" if self.registry else None
-        if folder is not None and folder.is_dir():
-            known |= {p.name for p in folder.iterdir() if (p / "manifest.json").is_file()}
-        return known
+        return known | set(versions(self.registry)) if self.registry else known
 
     async def swap(self, generator) -> None:
         """Serve ``generator`` from now on; the old model's queue drains for `SWAP_GRACE_S`, then closes.
@@ -231,15 +234,14 @@ class CopyWriter:
         return None, f"copy model version {version} is loading (the next requests will use it)"
 
     async def _load(self, version: str) -> None:
-        from models.runtime import Generator
+        from models.registry import version_dir
 
-        folder = (self.registry / "versions" / version) if self.registry else None
+        folder = None
         try:
-            if folder is None:
+            if self.registry is None:
                 raise FileNotFoundError("no model registry is configured (TAILOR_MODEL_REGISTRY)")
-            threads = len(os.sched_getaffinity(0))
-            generator = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: Generator(folder, intra_op_threads=threads, spinning=False))
+            folder = version_dir(self.registry, version)
+            generator = await asyncio.get_running_loop().run_in_executor(None, open_generator, folder)
             self.others[version] = Loaded(generator, self.make_batcher(generator))
         except Exception as exc:  # noqa: BLE001 - the arm keeps default copy; logged
             log.warning("cannot load copy model version %s from %s: %s", version, folder, exc)
