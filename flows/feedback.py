@@ -95,19 +95,13 @@ def run_export(settings: Settings, args) -> int:
             return 2
         source = f"kafka:{settings.topic}"
         try:
-            # Events stamped at most max_ahead_s after their message (later ones go to the DLQ),
-            # so the messages from since - max_ahead_s on hold every event from since on.
-            start_ms = None if since_ms is None else since_ms - round(settings.max_ahead_s * 1000)
-            for event in events_of_topic(settings.brokers, settings.topic, bad, start_ms=start_ms):
-                join.add(event)
+            join_topic(settings, join, bad)
         except RuntimeError as exc:
             print(f"{COMMAND}: {exc}", file=sys.stderr)
             return 1
-    rows, summary = join.result(args.min_impressions)
     out = Path(args.out) if args.out else default_path(settings, cutoff_ms)
-    report = summary_of(summary, bad, source=source, path=out)
     try:
-        write_parquet(rows, out, report)
+        rows, report = write_export(join, bad, source=source, path=out, min_impressions=args.min_impressions)
     except OSError as exc:
         print(f"{COMMAND}: cannot write {str(out)!r}: {exc.strerror or exc}; pass --out with a writable path",
               file=sys.stderr)
@@ -116,6 +110,27 @@ def run_export(settings: Settings, args) -> int:
         print(f"{COMMAND}: no generated copy was served before the cut-off; the file has no rows", file=sys.stderr)
     print(json.dumps(report))
     return 0
+
+
+def join_topic(settings: Settings, join: FeedbackJoin, bad: list[str], *, progress: bool = True) -> None:
+    """The events topic, up to the end it had when called, into ``join``; from ``join.since_ms`` on when set.
+
+    Events are stamped at most ``max_ahead_s`` after their message (later ones go to the
+    DLQ), so the messages from since - max_ahead_s on hold every event from since on.
+    """
+    since_ms = join.since_ms
+    start_ms = None if since_ms is None else since_ms - round(settings.max_ahead_s * 1000)
+    for event in events_of_topic(settings.brokers, settings.topic, bad, progress=progress, start_ms=start_ms):
+        join.add(event)
+
+
+def write_export(join: FeedbackJoin, bad: list[str], *, source: str, path: Path,
+                 min_impressions: int = 1) -> tuple[list[FeedbackRow], dict]:
+    """The join's rows to ``path`` as Parquet, with the report (`summary_of`) in its metadata: (rows, report)."""
+    rows, summary = join.result(min_impressions)
+    report = summary_of(summary, bad, source=source, path=path)
+    write_parquet(rows, path, report)
+    return rows, report
 
 
 def default_path(settings: Settings, cutoff_ms: int) -> Path:

@@ -201,22 +201,18 @@ def export_fresh_feedback(settings: Settings, *, window_h: float = 24.0, cutoff_
     cannot be written.
     """
     from engine.feedback import FeedbackJoin
-    from flows.feedback import default_path, events_of_topic, now_ms, summary_of, write_parquet
+    from flows.feedback import default_path, join_topic, now_ms, write_export
 
     cutoff_ms = now_ms() if cutoff_ms is None else cutoff_ms
     days = settings.retrain_feedback_days
     since_ms = cutoff_ms - round(days * 86_400_000) if days > 0 else None
     join = FeedbackJoin(cutoff_ms, max(1, round(window_h * 3_600_000)), since_ms)
     bad: list[str] = []
-    start_ms = None if since_ms is None else since_ms - round(settings.max_ahead_s * 1000)
-    for event in events_of_topic(settings.brokers, settings.topic, bad, progress=False, start_ms=start_ms):
-        join.add(event)
-    rows, summary = join.result(1)
+    join_topic(settings, join, bad, progress=False)
     path = default_path(settings, cutoff_ms)
-    report = summary_of(summary, bad, source=f"kafka:{settings.topic}", path=path)
-    write_parquet(rows, path, report)
-    print(f"{COMMAND}: exported {len(rows)} rows of feedback ({summary.exposures} exposures, "
-          f"{summary.outcomes_counted} outcomes counted, cut-off {report['cutoff']}) to {path}", file=sys.stderr)
+    rows, report = write_export(join, bad, source=f"kafka:{settings.topic}", path=path)
+    print(f"{COMMAND}: exported {len(rows)} rows of feedback ({report['exposures']} exposures, "
+          f"{report['outcomes_counted']} outcomes counted, cut-off {report['cutoff']}) to {path}", file=sys.stderr)
     return path
 
 
