@@ -357,14 +357,15 @@ def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, f
     for metric in spec.guardrails:
         if primary is None:
             break
-        report = analyze([_stats(counters, metric)[v] for v in names], control,
-                         weights=[shares[v] for v in names], alpha=spec.alpha, correction=spec.correction,
-                         draws=draws)
-        harmed = [a.arm for a in report.arms if a.arm != control and a.significant
-                  and (a.z is not None and a.z < 0 if metric != "value" else (a.value_t or 0) < 0)]
+        stats = _stats(counters, metric)
+        report = analyze([stats[v] for v in names], control, weights=[shares[v] for v in names], alpha=spec.alpha,
+                         correction=spec.correction, draws=draws)
+        treated = [a for a in report.arms if a.arm != control]
         if metric == "value":
-            harmed = [a.arm for a in report.arms if a.arm != control and a.value_p_adjusted is not None
-                      and a.value_p_adjusted < spec.alpha and (a.value_t or 0) < 0]
+            harmed = [a.arm for a in treated if a.value_p_adjusted is not None and a.value_p_adjusted < spec.alpha
+                      and (a.value_t or 0) < 0]
+        else:
+            harmed = [a.arm for a in treated if a.significant and a.z is not None and a.z < 0]
         guardrails.append(GuardrailResult(metric=metric, harmed=harmed, report=report))
         if harmed:
             notes.append(f"guardrail {metric}: {', '.join(harmed)} significantly worse than {control}")

@@ -212,11 +212,8 @@ def cells(spec: ExperimentSpec) -> list[str]:
 def allocation_shares(spec: ExperimentSpec, weights: Mapping[str, float] | None = None) -> dict[str, float]:
     """The expected share of entering users per variant in `cells` order, and of the holdout."""
     if spec.factorial:
-        inside = 1.0 - spec.holdout
-        n = 1
-        for levels in spec.factors.values():
-            n *= len(levels)
-        out = {cell: inside / n for cell in cells(spec)}
+        names = cells(spec)
+        out = {cell: (1.0 - spec.holdout) / len(names) for cell in names}
         out[HOLDOUT] = spec.holdout
         return out
     return _experiment(spec, weights).allocation.shares
