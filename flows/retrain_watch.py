@@ -183,15 +183,6 @@ def _drift_consumer(settings: Settings, group: str):
     return consumer
 
 
-def watch_drift(settings: Settings, on_trigger: Callable[[str], object], *, min_interval_s: float,
-                features: Collection[str] = (), stop: threading.Event | None = None,
-                ready: threading.Event | None = None, poll_s: float = 1.0,
-                clock: Callable[[], float] = time.time, group: str = GROUP) -> TriggerState:
-    """`watch` on drift alerts only; ``on_trigger(reason)``."""
-    return watch(settings, lambda _trigger, reason: on_trigger(reason), min_interval_s=min_interval_s,
-                 features=features, stop=stop, ready=ready, poll_s=poll_s, clock=clock, group=group)
-
-
 def export_fresh_feedback(settings: Settings, *, window_h: float = 24.0, cutoff_ms: int | None = None) -> Path:
     """`tailor feedback export` as of now (the events topic to its end), to its default path; returns the path.
 

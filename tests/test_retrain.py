@@ -380,14 +380,15 @@ def test_watch_retrains_on_drift_alerts_at_most_once_per_interval(broker):
     from engine.drift import DriftAlert
     from engine.settings import Settings
     from flows.kafka import ensure_topics
-    from flows.retrain_watch import watch_drift
+    from flows.retrain_watch import watch
 
     settings = Settings(brokers=broker.address, drift_topic=f"drift-{uuid.uuid4().hex[:8]}")
     ensure_topics(settings.brokers, [settings.drift_topic], 1)
     now = [1000.0]
     reasons: list[str] = []
     stop, ready = threading.Event(), threading.Event()
-    watcher = threading.Thread(target=watch_drift, args=(settings, reasons.append), daemon=True, kwargs={
+    watcher = threading.Thread(target=watch, args=(settings, lambda _trigger, reason: reasons.append(reason)),
+                               daemon=True, kwargs={
         "min_interval_s": 3600, "stop": stop, "ready": ready, "poll_s": 0.1, "clock": lambda: now[0],
         "group": f"test-{uuid.uuid4().hex[:8]}"})
     watcher.start()
