@@ -16,7 +16,15 @@ a daily rhythm (`diurnal_factor`, UTC, busiest in the evening).
 Events come out globally in event-time order: a heap holds each user's next
 event time, and a user's next session is planned only when the last one is
 used up. Pure Python with one `random.Random`, no I/O: the same
-``(users, seed, start_ms, catalog, drift)`` always gives the same events.
+``(users, seed, start_ms, catalog, drift, shape)`` always gives the same events.
+
+Real shops send other shapes of traffic than these sessions, so the simulator
+has several (`SHAPES`), all played out from the same simulated behaviour and
+so all with the same ground truth: ``sessions`` (the default, described
+above), ``clicks_purchases`` (only clicks and purchases, as most shop exports
+are), ``ratings`` (the same, with a star rating as a purchase's value) and
+``years`` (full sessions in spells of activity separated by idle gaps of weeks
+to months, so that a modest number of events spans years).
 
 A `Drift` changes the world part-way through the stream, at a chosen event:
 users re-draw their profile from a new mix, and/or prices move. Drift
@@ -42,6 +50,14 @@ From event 100 on, most users are email-driven and everything costs 20% more:
 (True, False)
 >>> _ = list(drifting.events(1)); drifting.drifted
 True
+
+Other shapes of traffic, from the same users:
+
+>>> exported = Simulator(users=50, seed=7, start_ms=1_767_225_600_000, shape="clicks_purchases")
+>>> sorted({e.type for e in exported.events(500)})
+['click', 'purchase']
+>>> sorted(SHAPES)
+['clicks_purchases', 'ratings', 'sessions', 'years']
 """
 
 from __future__ import annotations
@@ -66,6 +82,32 @@ HOUR_MS = 3_600_000
 #: the session rate goes from (1 - amplitude) at 08:00 to (1 + amplitude) at 20:00.
 PEAK_HOUR_UTC = 20
 DIURNAL_AMPLITUDE = 0.6
+
+#: Traffic shapes, ``Simulator(shape=...)`` and ``tailor simulate --shape``: name -> what it is.
+SHAPES: dict[str, str] = {
+    "sessions": "sessions of app/email opens, impressions, clicks, page views, carts and purchases, a few a day",
+    "clicks_purchases": "only click and purchase events, as most shop exports are",
+    "ratings": "clicks and purchases whose value is a 0.5-5 star rating in half steps, not money",
+    "years": "full sessions in spells of activity between idle gaps of weeks to months, spanning years",
+}
+#: The event kinds a shape keeps of each planned session (a shape not listed keeps every kind).
+SHAPE_KINDS: dict[str, frozenset[str]] = {
+    "clicks_purchases": frozenset({"click", "purchase"}),
+    "ratings": frozenset({"click", "purchase"}),
+}
+#: ``ratings``: a purchase's rating is ``RATING_LOW + (RATING_HIGH - RATING_LOW) * q`` plus
+#: Gaussian noise of sd ``RATING_NOISE``, where ``q`` in [0, 1] is the item's price rank
+#: within its category (so premium tastes rate higher), rounded to half stars in [0.5, 5].
+RATING_LOW = 1.5
+RATING_HIGH = 4.5
+RATING_NOISE = 0.6
+#: ``years``: after each session, with probability ``YEARS_IDLE_PROBABILITY`` the user
+#: goes idle for an exponential gap of mean ``YEARS_IDLE_MEAN_DAYS`` before the next one
+#: (also before a user's first session, so users join over time). A spell of activity
+#: lasts 1 / YEARS_IDLE_PROBABILITY = 2 sessions on average, and a user comes about
+#: once a month: 10 users' 5,000 events span about a year and a half.
+YEARS_IDLE_PROBABILITY = 0.5
+YEARS_IDLE_MEAN_DAYS = 60.0
 
 
 class Profile(msgspec.Struct, frozen=True, kw_only=True):
@@ -276,6 +318,14 @@ class Simulator:
     drift
         A change of regime at event ``drift.at_event`` (default: none, and the
         stream is exactly what it was before drifts existed).
+    shape
+        The shape of traffic, a key of `SHAPES` (default ``"sessions"``, the
+        stream exactly as it was before shapes existed). ``clicks_purchases``
+        and ``ratings`` keep only the clicks and purchases of each session
+        (`SHAPE_KINDS`); in ``ratings`` a purchase's ``value`` is a star
+        rating (`RATING_LOW` .. `RATING_HIGH`), not money, so a drift there
+        must not move prices. ``years`` spaces sessions out by idle gaps
+        (`YEARS_IDLE_PROBABILITY`, `YEARS_IDLE_MEAN_DAYS`).
 
     Notes
     -----
@@ -294,6 +344,15 @@ class Simulator:
     every purchase handed out from ``at_event`` on, those of sessions planned
     before the drift included.
 
+    Shapes are applied as each session is planned, so the loop that hands out
+    events is the same for all of them: a session is played out in full, and
+    the shape keeps its kinds (a session with none of them is a visit that left
+    no trace, and the user's next one is planned after it). Drift's
+    ``at_event`` and ``event_id``'s ``n`` count the events of the shape handed
+    out. The ``ratings`` noise has its own generator, seeded from ``seed``, so
+    a ``ratings`` stream is the ``clicks_purchases`` stream of the same
+    arguments with ratings for values.
+
     Examples
     --------
     >>> sim = Simulator(users=10, seed=1)
@@ -301,13 +360,32 @@ class Simulator:
     ['app_open', 'impression', 'impression']
     >>> sim.profile_of("u000003")
     'bargain_hunter'
+
+    The same users as star ratings, and as years of history:
+
+    >>> rated = Simulator(users=10, seed=1, shape="ratings")
+    >>> sorted({e.value for e in rated.events(300) if e.type == "purchase"})[:4]
+    [1.0, 1.5, 2.0, 2.5]
+    >>> spread = list(Simulator(users=10, seed=1, shape="years").events(5_000))
+    >>> (spread[-1].ts - spread[0].ts) / (365 * DAY_MS) > 1
+    True
+    >>> Simulator(users=10, shape="movies")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown simulator shape 'movies'; known: sessions, clicks_purchases, ratings, years
     """
 
     def __init__(self, users: int = 1000, seed: int = 7, start_ms: int = DEFAULT_START_MS,
-                 catalog: Catalog | None = None, drift: Drift | None = None):
+                 catalog: Catalog | None = None, drift: Drift | None = None, shape: str = "sessions"):
         if users <= 0:
             raise ValueError(f"users must be positive, got {users}")
+        if shape not in SHAPES:
+            raise ValueError(f"unknown simulator shape {shape!r}; known: {', '.join(SHAPES)}")
+        if shape == "ratings" and drift is not None and drift.price_factor != 1.0:
+            raise ValueError(f"a drift's price_factor ({drift.price_factor:g}) cannot move ratings: "
+                             "in the ratings shape a purchase's value is a star rating, not money")
         self.seed = seed
+        self.shape = shape
         self.start_ms = int(start_ms)
         self.catalog = catalog if catalog is not None else build_catalog(CATALOG_SEED)
         self.drift = drift
@@ -322,6 +400,11 @@ class Simulator:
         # Only categories the catalog stocks can be favourites or be browsed.
         self._categories = self.catalog.categories
         self._pools = pools = {name: _item_pools(self.catalog, p) for name, p in PROFILES.items()}
+        # The shape, applied once per planned session (None, 0.0: keep the session as played).
+        self._keep = SHAPE_KINDS.get(shape)
+        self._idle_probability = YEARS_IDLE_PROBABILITY if shape == "years" else 0.0
+        self._rating_bases = _rating_bases(self.catalog) if shape == "ratings" else None
+        self._rating_rng = random.Random(f"{seed}-ratings")
         self._users = [self._make_user(i, pools) for i in range(users)]
         self._by_id = {u.user_id: u for u in self._users}
         # One heap entry per user: (time of their next event, index, user).
@@ -434,7 +517,22 @@ class Simulator:
     # -- sessions ----------------------------------------------------------
 
     def _plan_session(self, user: _User, after_ms: int) -> None:
-        """Plan the user's next session after ``after_ms`` into ``user.session``."""
+        """Plan the user's next session after ``after_ms`` into ``user.session``, in the shape's kinds."""
+        if self._idle_probability and self._rng.random() < self._idle_probability:
+            after_ms += int(self._rng.expovariate(1.0 / (YEARS_IDLE_MEAN_DAYS * DAY_MS)))
+        planned = self._session(user, after_ms)
+        keep = self._keep
+        if keep is not None:
+            kept = [e for e in planned if e[1] in keep]
+            while not kept:  # a visit that left no trace of the shape's kinds
+                planned = self._session(user, planned[-1][0])
+                kept = [e for e in planned if e[1] in keep]
+            planned = kept if self._rating_bases is None else self._rated(kept)
+        user.session = planned
+        user.pos = 0
+
+    def _session(self, user: _User, after_ms: int) -> list[_Planned]:
+        """One whole session of the user after ``after_ms``: every kind of event, in time order."""
         rng = self._rng
         p = user.profile
         t = self._next_session_start(user, after_ms)
@@ -444,8 +542,7 @@ class Simulator:
             campaign = user.favourites[int(rng.random() * len(user.favourites))]
             out.append((t, "email_open", None, campaign, None))
             if rng.random() >= p.email_click:
-                self._set_session(user, out)  # opened, read, left
-                return
+                return out  # opened, read, left
             t += _gap(rng, 20_000)
             out.append((t, "email_click", None, campaign, None))
             # The email's link lands on a product of the campaign's category.
@@ -458,7 +555,18 @@ class Simulator:
         for _ in range(pages):
             t = self._feed_page(out, cart, user, t + _gap(rng, 3_000))
         self._checkout(out, cart, user, t)
-        self._set_session(user, out)
+        return out
+
+    def _rated(self, planned: list[_Planned]) -> list[_Planned]:
+        """``planned`` with each purchase's value replaced by a star rating of its item."""
+        bases, rng = self._rating_bases, self._rating_rng
+        rated: list[_Planned] = []
+        for ts, kind, item_id, category, value in planned:
+            if value is not None:
+                stars = round(2 * (bases[item_id] + rng.gauss(0.0, RATING_NOISE))) / 2
+                value = min(5.0, max(0.5, stars))
+            rated.append((ts, kind, item_id, category, value))
+        return rated
 
     def _feed_page(self, out: list[_Planned], cart: list[Item], user: _User, t: int) -> int:
         """A page of impressions, then clicks on some of them; returns the clock."""
@@ -503,10 +611,6 @@ class Simulator:
                 price = item.sale_price if factor == 1.0 else round(item.sale_price * factor, 2)
                 out.append((t, "purchase", item.item_id, item.category, price))
 
-    def _set_session(self, user: _User, planned: list[_Planned]) -> None:
-        user.session = planned
-        user.pos = 0
-
 
 _PROFILE_LIST = tuple(PROFILES.values())
 _PROFILE_SHARES = tuple(p.share for p in _PROFILE_LIST)
@@ -535,6 +639,24 @@ def _pick_favourites(rng: random.Random, profile: Profile, available: tuple[str,
         chosen.append(names.pop(i))
         weights.pop(i)
     return tuple(chosen)
+
+
+def _rating_bases(catalog: Catalog) -> dict[str, float]:
+    """Per item, the mean rating it gets: higher the higher its price ranks within its category.
+
+    Examples
+    --------
+    >>> bases = _rating_bases(build_catalog(CATALOG_SEED))
+    >>> min(bases.values()), max(bases.values())
+    (1.5, 4.5)
+    """
+    bases: dict[str, float] = {}
+    for category in catalog.categories:
+        items = sorted(catalog.in_category(category), key=lambda i: (i.price, i.item_id))
+        last = max(1, len(items) - 1)
+        for rank, item in enumerate(items):
+            bases[item.item_id] = RATING_LOW + (RATING_HIGH - RATING_LOW) * rank / last
+    return bases
 
 
 def _item_pools(catalog: Catalog, profile: Profile) -> dict[str, list[Item]]:
