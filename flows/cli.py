@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: mostly email_driven); 'none' keeps profiles, for a price drift only")
     sim.add_argument("--drift-price-factor", type=_positive_float, default=1.0, metavar="F",
                      help="multiply purchase values from the drift on by F (default 1.0)")
+    from engine.simulate import SHAPES
+
+    sim.add_argument("--shape", choices=tuple(SHAPES), default="sessions",
+                     help="shape of the traffic (default sessions): "
+                          + "; ".join(f"{name}: {what}" for name, what in SHAPES.items()))
 
     replay = sub.add_parser("replay", help="produce events from a JSONL file to Kafka")
     replay.add_argument("file", help="JSONL file, one event per line")

@@ -104,19 +104,22 @@ def run_simulate(settings: Settings, args) -> int:
     carry the simulated clock, which starts at ``--start`` (default: now).
     ``--drift-at N`` switches the profile mix (``--drift-mix``) and/or prices
     (``--drift-price-factor``) at event N; the summary says whether it happened.
+    ``--shape`` picks the shape of traffic (`engine.simulate.SHAPES`); live
+    time stamps replace the simulated clock, ``years``' idle gaps included.
     """
     try:
         start_ms = parse_start(args.start) if args.start else now_ms()
         drift = drift_of(args)
+        simulator = Simulator(users=args.users, seed=args.seed, start_ms=start_ms, drift=drift, shape=args.shape)
     except ValueError as exc:
         print(f"tailor simulate: {exc}", file=sys.stderr)
         return 2
-    simulator = Simulator(users=args.users, seed=args.seed, start_ms=start_ms, drift=drift)
     events = paced(simulator.events(args.events) if args.events > 0 else simulator, args.rate)
     if args.rate > 0 and not args.start:
         events = live(events)
+    shape = "" if args.shape == "sessions" else f", {args.shape} shape"
     return _deliver(settings, records_of(events), args.out, command="tailor simulate",
-                    source=f"{args.users} users", total=args.events or None,
+                    source=f"{args.users} users{shape}", total=args.events or None,
                     remark=lambda: drift_remark(simulator))
 
 

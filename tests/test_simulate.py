@@ -1,5 +1,6 @@
 """The catalog and the simulator: deterministic, valid, and behaviourally distinct profiles."""
 
+import hashlib
 from collections import Counter, defaultdict
 
 import msgspec
@@ -9,9 +10,11 @@ from engine.catalog import CATEGORIES, CATEGORY_SPECS, build_catalog
 from engine.events import EVENT_TYPES, Event, decode_event, encode_event
 from engine.settings import Settings
 from engine.simulate import (
+    DAY_MS,
     DEFAULT_DRIFT_SHARES,
     PEAK_HOUR_UTC,
     PROFILES,
+    SHAPES,
     Drift,
     Simulator,
 )
@@ -399,4 +402,202 @@ def test_cli_drift_options_that_do_not_add_up_say_why(argv, message, tmp_path, c
     out = tmp_path / "never.jsonl"
     assert simulate("--events", "10", "--out", str(out), *argv) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+# -- simulator: shapes of traffic ---------------------------------------------
+
+SESSION_KINDS = set(EVENT_TYPES) - {"conversion"}
+SHAPE_KINDS = {"sessions": SESSION_KINDS, "clicks_purchases": {"click", "purchase"},
+               "ratings": {"click", "purchase"}, "years": SESSION_KINDS}
+
+
+def stream_digest(events):
+    digest = hashlib.sha256()
+    for e in events:
+        digest.update(encode_event(e) + b"\n")
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def shaped():
+    """Per shape, a simulator of the `sim` fixture's users and 20,000 of its events."""
+    out = {}
+    for shape in SHAPES:
+        simulator = Simulator(users=400, seed=3, start_ms=START_MS, shape=shape)
+        simulator.sample = list(simulator.events(20_000))
+        out[shape] = simulator
+    return out
+
+
+def test_sessions_shape_is_the_stream_from_before_shapes(sim):
+    # Digests of the JSON lines the simulator wrote before shapes existed (commit 156f891).
+    assert stream_digest(sim.sample[:20_000]) == "4d41db69b0330c5920d15d2767d59b568728ef92c508c65d2f46922708cd07b7"
+    drift = Drift(at_event=5_000, shares=DEFAULT_DRIFT_SHARES, price_factor=1.2)
+    drifting = Simulator(users=400, seed=3, start_ms=START_MS, drift=drift, shape="sessions")
+    assert stream_digest(drifting.events(20_000)) == "09e3a52ec6f9b582124e901482085196dcbec61d44a802fd512976d4c3fb4641"
+    assert list(Simulator(users=400, seed=3, start_ms=START_MS, shape="sessions").events(2_000)) == sim.sample[:2_000]
+
+
+def test_shapes_are_named_and_described():
+    assert list(SHAPES) == ["sessions", "clicks_purchases", "ratings", "years"]
+    assert all(isinstance(what, str) and what and "\n" not in what for what in SHAPES.values())
+
+
+def test_an_unknown_shape_is_rejected_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown simulator shape 'movies'; known: sessions, clicks_purchases, "
+                                         "ratings, years"):
+        Simulator(users=10, shape="movies")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_each_shape_emits_only_its_kinds(shaped, shape):
+    assert {e.type for e in shaped[shape].sample} == SHAPE_KINDS[shape]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_shapes_are_deterministic_time_ordered_and_numbered(shaped, shape):
+    sample = shaped[shape].sample
+    assert list(Simulator(users=400, seed=3, start_ms=START_MS, shape=shape).events(3_000)) == sample[:3_000]
+    other = list(Simulator(users=400, seed=4, start_ms=START_MS, shape=shape).events(3_000))
+    assert [(e.user_id, e.ts) for e in other] != [(e.user_id, e.ts) for e in sample[:3_000]]
+    ts = [e.ts for e in sample]
+    assert ts == sorted(ts) and ts[0] >= START_MS
+    assert [e.event_id for e in sample] == [f"3-{START_MS}-{n}" for n in range(len(sample))]
+    for e in sample[:2_000]:
+        assert decode_event(encode_event(e)) == e
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_shape_keeps_the_users_latent_profiles(sim, shaped, shape):
+    simulator = shaped[shape]
+    assert simulator.users == sim.users
+    assert all(simulator.profile_of(u) == sim.profile_of(u) for u in sim.users)
+    assert {simulator.profile_of(e.user_id) for e in simulator.sample} == set(PROFILES)
+
+
+def test_clicks_and_purchases_still_tell_the_profiles_apart(shaped):
+    simulator = shaped["clicks_purchases"]
+    counts, spend = defaultdict(Counter), defaultdict(list)
+    for e in simulator.sample:
+        profile = simulator.profile_of(e.user_id)
+        counts[profile][e.type] += 1
+        if e.type == "purchase":
+            spend[profile].append(e.value)
+            item = simulator.catalog.item(e.item_id)
+            assert e.value == item.sale_price and e.category == item.category
+    users = Counter(simulator.profile_of(u) for u in simulator.users)
+
+    def buys_per_click(profile):
+        return counts[profile]["purchase"] / counts[profile]["click"]
+
+    def clicks_per_user(profile):
+        return counts[profile]["click"] / users[profile]
+
+    def mean_spend(profile):
+        return sum(spend[profile]) / len(spend[profile])
+
+    assert buys_per_click("window_shopper") * 10 < buys_per_click("loyal_high_spender")
+    assert buys_per_click("window_shopper") < buys_per_click("bargain_hunter")
+    assert clicks_per_user("window_shopper") > 2 * clicks_per_user("bargain_hunter") > 2 * clicks_per_user("email_driven")
+    assert mean_spend("loyal_high_spender") > 2 * mean_spend("bargain_hunter")
+
+
+def test_ratings_are_half_stars_that_follow_the_profiles_tastes(shaped):
+    simulator = shaped["ratings"]
+    ratings = defaultdict(list)
+    for e in simulator.sample:
+        if e.type == "purchase":
+            assert 0.5 <= e.value <= 5 and (2 * e.value).is_integer(), e
+            ratings[simulator.profile_of(e.user_id)].append(e.value)
+        else:
+            assert e.value is None
+    assert len({v for values in ratings.values() for v in values}) >= 8
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    # Premium tastes buy the dearer items of a category, which rate higher.
+    assert mean(ratings["loyal_high_spender"]) > mean(ratings["bargain_hunter"]) + 0.5
+
+
+def test_ratings_are_the_clicks_and_purchases_with_stars_for_values(shaped):
+    bought = shaped["clicks_purchases"].sample
+    rated = shaped["ratings"].sample
+    assert len(rated) == len(bought)
+    for stars, money in zip(rated, bought):
+        assert stars == msgspec.structs.replace(money, value=stars.value)
+
+
+def test_ratings_refuse_a_drift_of_prices():
+    with pytest.raises(ValueError, match="not money"):
+        Simulator(users=10, shape="ratings", drift=Drift(at_event=10, price_factor=1.5))
+    drift = Drift(at_event=10, shares=DEFAULT_DRIFT_SHARES)
+    assert len(list(Simulator(users=10, shape="ratings", drift=drift).events(50))) == 50
+
+
+def test_years_spans_years_with_long_idle_gaps():
+    simulator = Simulator(users=50, seed=3, start_ms=START_MS, shape="years")
+    events = list(simulator.events(30_000))
+    assert (events[-1].ts - events[0].ts) > 2 * 365 * DAY_MS
+    last_seen, longest = {}, Counter()
+    for e in events:
+        if e.user_id in last_seen:
+            longest[e.user_id] = max(longest[e.user_id], e.ts - last_seen[e.user_id])
+        last_seen[e.user_id] = e.ts
+    assert sum(gap > 30 * DAY_MS for gap in longest.values()) > 0.8 * len(simulator.users)
+    # ... and within a spell, sessions are hours apart, as in the sessions shape.
+    starts = defaultdict(list)
+    for e in events:
+        if e.type in ("app_open", "email_open"):
+            starts[e.user_id].append(e.ts)
+    gaps = sorted(b - a for ts in starts.values() for a, b in zip(ts, ts[1:]))
+    assert gaps[len(gaps) // 4] < DAY_MS
+
+
+def test_drift_works_with_a_shape_and_counts_its_events(shaped):
+    plain = shaped["clicks_purchases"].sample
+    drifting = Simulator(users=400, seed=3, start_ms=START_MS, shape="clicks_purchases",
+                         drift=Drift(at_event=5_000, shares={"email_driven": 1}, price_factor=2.0))
+    before = list(drifting.events(5_000))
+    assert before == plain[:5_000] and not drifting.drifted
+    after = list(drifting.events(5_000))
+    assert drifting.drifted
+    assert all(drifting.profile_of(u) == "email_driven" for u in drifting.users)
+    assert {e.type for e in after} == {"click", "purchase"}
+    assert [e.event_id for e in after] == [e.event_id for e in plain[5_000:10_000]]
+    ts = [e.ts for e in before + after]
+    assert ts == sorted(ts)
+    for e in after:
+        if e.type == "purchase":
+            assert e.value == round(drifting.catalog.item(e.item_id).sale_price * 2.0, 2)
+
+
+# -- tailor simulate --shape ----------------------------------------------------
+
+
+def test_cli_shape_writes_only_its_kinds(tmp_path, capsys):
+    out = tmp_path / "shop.jsonl"
+    assert simulate("--shape", "clicks_purchases", "--events", "100", "--users", "50",
+                    "--start", "2026-01-01T00:00:00Z", "--out", str(out)) == 0
+    events = [decode_event(line) for line in out.read_bytes().splitlines()]
+    assert len(events) == 100
+    assert {e.type for e in events} == {"click", "purchase"}
+    assert events == list(Simulator(users=50, seed=7, start_ms=START_MS, shape="clicks_purchases").events(100))
+    assert "clicks_purchases shape" in capsys.readouterr().err
+
+
+def test_cli_shape_defaults_to_sessions_and_rejects_unknown_shapes(capsys):
+    assert build_parser().parse_args(["simulate"]).shape == "sessions"
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["simulate", "--shape", "movies"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'movies'" in capsys.readouterr().err
+
+
+def test_cli_ratings_with_a_price_drift_says_why(tmp_path, capsys):
+    out = tmp_path / "never.jsonl"
+    assert simulate("--shape", "ratings", "--events", "10", "--out", str(out),
+                    "--drift-at", "5", "--drift-mix", "none", "--drift-price-factor", "2") == 2
+    assert "not money" in capsys.readouterr().err
     assert not out.exists()
