@@ -15,8 +15,9 @@ a daily rhythm (`diurnal_factor`, UTC, busiest in the evening).
 
 Events come out globally in event-time order: a heap holds each user's next
 event time, and a user's next session is planned only when the last one is
-used up. Pure Python with one `random.Random`, no I/O: the same
-``(users, seed, start_ms, catalog, drift, shape)`` always gives the same events.
+used up. Pure Python with one `random.Random` (and one more for ratings' noise),
+no I/O: the same ``(users, seed, start_ms, catalog, drift, shape)`` always gives
+the same events.
 
 Real shops send other shapes of traffic than these sessions, so the simulator
 has several (`SHAPES`), all played out from the same simulated behaviour and
@@ -325,7 +326,9 @@ class Simulator:
         (`SHAPE_KINDS`); in ``ratings`` a purchase's ``value`` is a star
         rating (`RATING_LOW` .. `RATING_HIGH`), not money, so a drift there
         must not move prices. ``years`` spaces sessions out by idle gaps
-        (`YEARS_IDLE_PROBABILITY`, `YEARS_IDLE_MEAN_DAYS`).
+        (`YEARS_IDLE_PROBABILITY`, `YEARS_IDLE_MEAN_DAYS`); events must still
+        fall before 2100 (`engine.events.MAX_TS_MS`), which a few users'
+        millions of events would pass.
 
     Notes
     -----
