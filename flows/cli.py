@@ -111,10 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shape of the traffic (default sessions): "
                           + "; ".join(f"{name}: {what}" for name, what in SHAPES.items()))
 
-    replay = sub.add_parser("replay", help="produce events from a JSONL file to Kafka")
+    replay = sub.add_parser("replay", help="produce events from a JSONL file to Kafka, skipping and listing bad lines "
+                                           "(exit status 1 if any); --dry-run checks the file only")
     replay.add_argument("file", help="JSONL file, one event per line")
-    replay.add_argument("--rebase-time", action="store_true", help="shift event times so the last lands at now, keeping gaps")
+    replay.add_argument("--rebase-time", action="store_true",
+                        help="shift event times so the newest lands at now, keeping gaps; events are checked after "
+                             "the shift, so times before 2000 are fine once shifted into 2000-2100")
     replay.add_argument("--rate", type=float, default=0, help="events per second; 0 = as fast as possible (default 0)")
+    replay.add_argument("--allow-bad-lines", action="store_true",
+                        help="exit 0 although bad lines were skipped (they are still listed and counted)")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="check the file without producing (no broker needed): print one JSON object with the "
+                             "counts of lines, valid, bad and blank ones, users, types, first and last times, the "
+                             "shift and the first bad lines")
 
     train = sub.add_parser("train", help="train the copy model (tokenizer + small GPT-2) on the generated corpus")
     train.add_argument("--out", default="models/artifacts/trained", help="output folder (default models/artifacts/trained)")

@@ -2,23 +2,38 @@
 
 The events themselves come from `engine.simulate` or a file; this module is the
 I/O around them: pacing, live time stamps, progress, the Kafka producer and a
-one-line summary. The record helpers (`simulated_records`, `paced`, `live`) are
-reused by the demo and the benchmarks.
+one-line summary, or for ``tailor replay --dry-run`` a JSON check of the file
+in place of producing it. The record helpers (`simulated_records`, `paced`,
+`live`) are reused by the demo and the benchmarks.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 from tqdm import tqdm
 
-from engine.events import Event, InvalidEvent, decode_event, encode_event
+from engine.events import (
+    MAX_TS_MS,
+    MIN_TS_MS,
+    Event,
+    InvalidEvent,
+    decode_event,
+    decode_shifted_event,
+    encode_event,
+    ts_to_datetime,
+    unbounded_event_time,
+)
 from engine.settings import Settings
 from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator
 
@@ -87,12 +102,6 @@ def live(events: Iterable[Event], clock_ms: Callable[[], int] = now_ms) -> Itera
         yield msgspec.structs.replace(event, ts=clock_ms())
 
 
-def rebased(events: Iterable[Event], shift_ms: int) -> Iterator[Event]:
-    """Shift every event time by ``shift_ms``, keeping the gaps between them."""
-    for event in events:
-        yield msgspec.structs.replace(event, ts=event.ts + shift_ms)
-
-
 # -- tailor simulate --------------------------------------------------------
 
 
@@ -158,55 +167,157 @@ def drift_remark(simulator: Simulator) -> str:
 
 
 def run_replay(settings: Settings, args) -> int:
-    """Produce the events of a JSONL file; bad lines are reported and skipped, never fatal."""
+    """Produce the events of a JSONL file to Kafka, or with ``--dry-run`` only check them.
+
+    Two passes over the file. The first finds the newest event time; with
+    ``--rebase-time`` every event moves by the same shift, so the newest lands
+    at now and the gaps between events stay. The second pass judges each event
+    as it will be produced, after the shift (`decode_shifted_event`): an event
+    stamped before 2000 is fine once the shift brings it into 2000-2100, and
+    without ``--rebase-time`` it is a bad line whose reason says so. Valid
+    events go to the events topic at ``--rate`` with a progress bar; bad lines
+    are skipped and listed with their numbers and reasons, and make the exit
+    status 1 unless ``--allow-bad-lines``. ``--dry-run`` produces nothing, needs
+    no broker and prints one JSON object (`replay_check`), under the same rule.
+    """
     path = Path(args.file)
     if not path.is_file():
         print(f"tailor replay: no such file {str(path)!r}; pass a JSONL file with one event per line", file=sys.stderr)
         return 1
-    n_good, last_ts = scan_jsonl(path)
+    scan = scan_jsonl(path)
+    rebase_ms = now_ms() - scan.newest_ms if scan.newest_ms is not None else 0
+    shift_ms = rebase_ms if args.rebase_time else 0
     bad: list[tuple[int, str]] = []
-    events: Iterable[Event] = read_jsonl(path, bad)
-    if args.rebase_time and last_ts is not None:
-        events = rebased(events, now_ms() - last_ts)
-    events = paced(events, args.rate)
-    code = _deliver(settings, records_of(events), None, command="tailor replay", source=path.name,
-                    total=n_good)
-    report_bad_lines(bad, path)
-    return code
+    events = read_jsonl(path, bad, shift_ms=shift_ms, hint_shift_ms=None if args.rebase_time else rebase_ms)
+    if args.dry_run:
+        print(json.dumps(replay_check(events, scan, bad, shift_ms)))
+        if bad and not args.allow_bad_lines:
+            print(f"tailor replay: {len(bad)} bad line(s) in {path} (see bad_lines); exit status 1, "
+                  "or pass --allow-bad-lines to accept them", file=sys.stderr)
+        code = 0
+    else:
+        code = _deliver(settings, records_of(paced(events, args.rate)), None, command="tailor replay",
+                        source=path.name, total=scan.shiftable if args.rebase_time else scan.in_range,
+                        remark=lambda: replay_remark(bad, shift_ms))
+        report_bad_lines(bad, path, allowed=args.allow_bad_lines)
+    return code or (1 if bad and not args.allow_bad_lines else 0)
 
 
-def scan_jsonl(path: Path) -> tuple[int, int | None]:
-    """First pass over a file: how many valid events it holds and the newest event time."""
-    n_good = 0
-    last_ts: int | None = None
+@dataclass
+class FileScan:
+    """What the first pass over a replay file found."""
+
+    lines: int = 0
+    blank: int = 0
+    #: Lines that are events in every respect but the 2000-2100 bound, stamped before 2100.
+    shiftable: int = 0
+    #: Of those, the ones inside the bound: the valid events when nothing is shifted.
+    in_range: int = 0
+    #: The newest time of the shiftable lines (None without any): ``--rebase-time`` moves it to now.
+    newest_ms: int | None = None
+
+
+def scan_jsonl(path: Path) -> FileScan:
+    """First pass over a replay file: its lines and the newest event time a shift can start from.
+
+    A time from 2100 on is left out of the newest: it is a unit slip (microseconds,
+    say), and shifting it to now would push every real event out of range.
+    """
+    scan = FileScan()
     with path.open("rb") as f:
         for line in f:
+            scan.lines += 1
+            if not line.strip():
+                scan.blank += 1
+                continue
             try:
-                ts = decode_event(line).ts
+                ts = unbounded_event_time(line)
             except InvalidEvent:
                 continue
-            n_good += 1
-            if last_ts is None or ts > last_ts:
-                last_ts = ts
-    return n_good, last_ts
+            if ts >= MAX_TS_MS:
+                continue
+            scan.shiftable += 1
+            if ts >= MIN_TS_MS:
+                scan.in_range += 1
+            if scan.newest_ms is None or ts > scan.newest_ms:
+                scan.newest_ms = ts
+    return scan
 
 
-def read_jsonl(path: Path, bad: list[tuple[int, str]]) -> Iterator[Event]:
-    """The valid events of a JSONL file; each bad line's (number, reason) goes to ``bad``.
+def read_jsonl(path: Path, bad: list[tuple[int, str]], *, shift_ms: int = 0,
+               hint_shift_ms: int | None = None) -> Iterator[Event]:
+    """The valid events of a JSONL file, shifted by ``shift_ms`` and judged as shifted.
 
-    Blank lines are layout, not events, and are skipped without a word.
+    Each bad line's (number, reason) goes to ``bad``. Blank lines are layout,
+    not events, and are skipped without a word. ``hint_shift_ms`` is the shift
+    ``--rebase-time`` would apply: a line it would keep says so in its reason.
     """
+    decode = partial(decode_shifted_event, shift_ms=shift_ms) if shift_ms else decode_event
     with path.open("rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield decode_event(line)
+                event = decode(line)
             except InvalidEvent as exc:
-                bad.append((number, exc.reason))
+                hint = rebase_hint(line, hint_shift_ms) if hint_shift_ms else None
+                bad.append((number, hint or exc.reason))
+                continue
+            yield event
 
 
-def report_bad_lines(bad: list[tuple[int, str]], path: Path, out=None) -> None:
+def rebase_hint(line: bytes, shift_ms: int) -> str | None:
+    """The reason for a line that only the 2000-2100 bound rejects and a shift by ``shift_ms`` keeps, else None."""
+    try:
+        shifted = decode_shifted_event(line, shift_ms).ts
+    except InvalidEvent:
+        return None
+    ts = shifted - shift_ms
+    side = "before 2000" if ts < MIN_TS_MS else "from 2100 on"
+    return (f"`ts` {ts} is {rfc3339(ts)}, {side}: --rebase-time would shift it to {rfc3339(shifted)} "
+            "with the rest of the file, keeping the gaps")
+
+
+def replay_check(events: Iterable[Event], scan: FileScan, bad: list[tuple[int, str]], shift_ms: int) -> dict:
+    """``--dry-run``'s summary of a replay file, once ``events`` (the second pass) are used up.
+
+    ``first_ts`` and ``last_ts`` are the times the events would be produced
+    with, after ``shift_ms``; ``bad_lines`` lists the first bad lines.
+    """
+    valid = 0
+    users: set[str] = set()
+    types: Counter[str] = Counter()
+    first_ms = last_ms = None
+    for event in events:
+        valid += 1
+        users.add(event.user_id)
+        types[event.type] += 1
+        first_ms = event.ts if first_ms is None else min(first_ms, event.ts)
+        last_ms = event.ts if last_ms is None else max(last_ms, event.ts)
+    return {
+        "lines": scan.lines,
+        "valid": valid,
+        "bad": len(bad),
+        "blank": scan.blank,
+        "users": len(users),
+        "types": dict(sorted(types.items())),
+        "first_ts": None if first_ms is None else rfc3339(first_ms),
+        "last_ts": None if last_ms is None else rfc3339(last_ms),
+        "shift_ms": shift_ms,
+        "bad_lines": [{"line": number, "reason": reason} for number, reason in bad[:MAX_LISTED_BAD_LINES]],
+    }
+
+
+def replay_remark(bad: list[tuple[int, str]], shift_ms: int) -> str:
+    """What a replay's summary line adds: the shift and the bad lines ('' for neither)."""
+    remark = f"; times shifted by {shift_ms / 86_400_000:+,.1f} days" if shift_ms else ""
+    if bad:
+        remark += f"; {len(bad)} bad line(s) skipped"
+    return remark
+
+
+def report_bad_lines(bad: list[tuple[int, str]], path: Path, out=None, *, allowed: bool = False) -> None:
+    """List the skipped lines (the first `MAX_LISTED_BAD_LINES`) and what they do to the exit status."""
     out = out or sys.stderr
     if not bad:
         return
@@ -215,6 +326,17 @@ def report_bad_lines(bad: list[tuple[int, str]], path: Path, out=None) -> None:
         print(f"  line {number}: {reason}", file=out)
     if len(bad) > MAX_LISTED_BAD_LINES:
         print(f"  ... and {len(bad) - MAX_LISTED_BAD_LINES} more", file=out)
+    if not allowed:
+        print("tailor replay: exit status 1 for the skipped lines; pass --allow-bad-lines to accept them", file=out)
+
+
+def rfc3339(ts_ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 in UTC, e.g. 2026-01-01T00:00:00.000Z (the number where no date fits)."""
+    try:
+        moment = ts_to_datetime(ts_ms)
+    except (ValueError, OverflowError, OSError):
+        return f"epoch ms {ts_ms}"
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- shared plumbing --------------------------------------------------------

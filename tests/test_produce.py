@@ -1,15 +1,19 @@
 """``tailor simulate`` and ``tailor replay``: files, pacing, bad lines, and a real broker."""
 
 import json
+import re
 import time
 import uuid
+from collections import Counter
+from datetime import datetime, timezone
 
+import msgspec
 import pytest
 
-from engine.events import decode_event, encode_event
+from engine.events import MIN_TS_MS, decode_event, encode_event
 from engine.settings import Settings
 from engine.simulate import Simulator
-from flows.cli import build_parser
+from flows.cli import build_parser, main
 from flows.produce import paced, parse_start, run_replay, run_simulate, simulated_records
 
 START = "2026-01-01T00:00:00Z"
@@ -22,6 +26,31 @@ def args(*argv):
 
 def no_broker():
     return Settings(brokers="")
+
+
+DAY_MS = 86_400_000
+JAN_1997_MS = 852_076_800_000  # 1997-01-01T00:00:00Z
+
+
+def rfc3339(ts_ms):
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def restamped(events, times):
+    """The events as JSON lines stamped with ``times``, every third as RFC 3339 (the Event type refuses pre-2000)."""
+    lines = []
+    for n, (event, ts) in enumerate(zip(events, times)):
+        stamp = rfc3339(ts) if n % 3 == 0 else ts
+        lines.append(json.dumps(msgspec.to_builtins(event) | {"ts": stamp}))
+    return lines
+
+
+def across_2000(n=400):
+    """``n`` simulated events a week apart from 1997 on (157 of 400 before 2000): (events, their times)."""
+    events = list(Simulator(users=40, seed=3, start_ms=START_MS).events(n))
+    times = [JAN_1997_MS + i * 7 * DAY_MS + (i % 5) * 1000 for i in range(n)]
+    return events, times
 
 
 # -- without a broker --------------------------------------------------------
@@ -159,13 +188,20 @@ def test_replay_reports_bad_lines_and_produces_the_good_ones(broker, tmp_path, c
     path.write_text("\n".join(lines) + "\n")
     settings = broker_settings(broker)
 
-    assert run_replay(settings, args("replay", str(path))) == 0
+    assert run_replay(settings, args("replay", str(path))) == 1  # lines were skipped
     err = capsys.readouterr().err
-    assert "3 bad line" in err
+    assert "3 bad line" in err and "--allow-bad-lines" in err
     assert "line 5: " in err and "line 40: " in err and "$.type" in err and "line 41: " in err and "user_id" in err
     messages = consume_all(settings, len(good))
     assert sorted(decode_event(m.value()).event_id for m in messages) == sorted(e.event_id for e in good)
     assert all(m.key() == decode_event(m.value()).user_id.encode() for m in messages)
+
+    allowed = broker_settings(broker)
+    assert run_replay(allowed, args("replay", str(path), "--allow-bad-lines")) == 0
+    err = capsys.readouterr().err
+    assert f"{len(good)} events from events.jsonl" in err and "3 bad line(s) skipped" in err
+    assert "line 41: " in err and "exit status 1" not in err
+    assert len(consume_all(allowed, len(good))) == len(good)
 
 
 @pytest.mark.integration
@@ -184,3 +220,187 @@ def test_replay_rebase_time_lands_the_last_event_now_keeping_gaps(broker, tmp_pa
     assert before - 1 <= newest <= after + 1
     shift = replayed[original[0].event_id].ts - original[0].ts
     assert all(replayed[e.event_id].ts - e.ts == shift for e in original)
+
+
+@pytest.mark.integration
+def test_replay_rebase_time_produces_every_event_stamped_before_2000(broker, tmp_path, capsys):
+    """The bug: each line was checked against the 2000 bound before the shift, so older events were dropped."""
+    events, times = across_2000()
+    assert sum(ts < MIN_TS_MS for ts in times) == 157
+    path = tmp_path / "years.jsonl"
+    path.write_text("\n".join(restamped(events, times)) + "\n")
+    settings = broker_settings(broker)
+
+    before = time.time() * 1000
+    assert run_replay(settings, args("replay", str(path), "--rebase-time")) == 0
+    after = time.time() * 1000
+    err = capsys.readouterr().err
+    assert "400 events from years.jsonl" in err and "times shifted by +" in err and "bad line" not in err
+    messages = consume_all(settings, len(events))
+    assert len(messages) == len(events)
+    replayed = {e.event_id: e for e in (decode_event(m.value()) for m in messages)}
+    assert sorted(replayed) == sorted(e.event_id for e in events)
+    assert all(m.key() == replayed[decode_event(m.value()).event_id].user_id.encode() for m in messages)
+    shift = replayed[events[0].event_id].ts - times[0]
+    assert all(replayed[e.event_id].ts - ts == shift for e, ts in zip(events, times))  # the gaps are kept
+    assert before - 1 <= times[-1] + shift <= after + 1  # the newest lands at now
+    assert all(replayed[e.event_id] == msgspec.structs.replace(e, ts=ts + shift) for e, ts in zip(events, times))
+
+
+@pytest.mark.integration
+def test_replay_without_rebase_time_lists_events_before_2000_and_exits_1(broker, tmp_path, capsys):
+    events, times = across_2000()
+    path = tmp_path / "years.jsonl"
+    path.write_text("\n".join(restamped(events, times)) + "\n")
+    kept = sorted(e.event_id for e, ts in zip(events, times) if ts >= MIN_TS_MS)
+    settings = broker_settings(broker)
+
+    assert run_replay(settings, args("replay", str(path))) == 1
+    err = capsys.readouterr().err
+    assert "157 bad line(s)" in err and "... and 137 more" in err and "pass --allow-bad-lines" in err
+    listed = [line for line in err.splitlines() if line.startswith("  line ")]
+    assert [line.split(":")[0] for line in listed] == [f"  line {n}" for n in range(1, 21)]
+    assert re.fullmatch(f"  line 1: `ts` {times[0]} is 1997-01-01T00:00:00.000Z, before 2000: --rebase-time would "
+                        "shift it to 20..-..-..T..:..:..\\....Z with the rest of the file, keeping the gaps", listed[0])
+    assert all("before 2000: --rebase-time would shift it to 20" in line for line in listed)
+    assert sorted(decode_event(m.value()).event_id for m in consume_all(settings, len(kept))) == kept
+
+    allowed = broker_settings(broker)
+    assert run_replay(allowed, args("replay", str(path), "--allow-bad-lines")) == 0
+    err = capsys.readouterr().err
+    assert f"{len(kept)} events from years.jsonl" in err and "157 bad line(s) skipped" in err
+    assert len(consume_all(allowed, len(kept))) == len(kept)
+
+
+# -- tailor replay --dry-run ---------------------------------------------------------
+
+JAN_2001_MS = 978_307_200_000  # 2001-01-01T00:00:00Z
+JUN_1998_MS = 896_659_200_000  # 1998-06-01T00:00:00Z
+
+
+def mixed_file(tmp_path):
+    """Good lines (2001-2002), pre-2000 lines (1998-1999), bad and blank lines: (path, good, old, kinds by line)."""
+    events = list(Simulator(users=8, seed=4, start_ms=START_MS).events(40))
+    good = list(zip(events[10:], [JAN_2001_MS + i * 20 * DAY_MS for i in range(30)]))
+    old = list(zip(events[:10], [JUN_1998_MS + i * 30 * DAY_MS for i in range(10)]))
+    template = msgspec.to_builtins(events[0]) | {"type": "click"}
+    rows = [("old", line) for line in restamped(*zip(*old))] + [("blank", "")]
+    bad = [
+        ("malformed", "{not json"),
+        ("teleport", json.dumps({**template, "type": "teleport", "ts": JAN_2001_MS})),
+        ("seconds", json.dumps({**template, "ts": 1_000_000_000})),  # seconds, or a 1970 time: kept out
+        ("microseconds", json.dumps({**template, "ts": JAN_2001_MS * 1000})),  # year 33000: never the newest
+        ("purchase", json.dumps({**template, "type": "purchase", "value": None, "ts": JUN_1998_MS})),
+    ]
+    good_lines = restamped(*zip(*good))
+    for n, line in enumerate(good_lines):
+        rows.append(("good", line))
+        if n % 6 == 2:
+            rows.append(bad.pop(0))
+        if n == 20:
+            rows.append(("blank", "   "))
+    rows.append(("blank", ""))
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(line for _, line in rows) + "\n")
+    kinds = {n: kind for n, (kind, _) in enumerate(rows, 1)}
+    return path, good, old, kinds
+
+
+def dry_run(capsys, *argv):
+    code = run_replay(no_broker(), args("replay", *argv, "--dry-run"))
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1
+    return code, json.loads(out), err
+
+
+KEYS = ["lines", "valid", "bad", "blank", "users", "types", "first_ts", "last_ts", "shift_ms", "bad_lines"]
+
+
+def test_dry_run_reports_the_file_as_it_stands_without_a_broker(tmp_path, capsys):
+    path, good, old, kinds = mixed_file(tmp_path)
+    code, check, err = dry_run(capsys, str(path))
+    assert code == 1
+    assert "15 bad line(s)" in err and "--allow-bad-lines" in err
+    assert list(check) == KEYS
+    assert check | {"bad_lines": None} == {
+        "lines": 48, "valid": 30, "bad": 15, "blank": 3,
+        "users": len({e.user_id for e, _ in good}),
+        "types": dict(sorted(Counter(e.type for e, _ in good).items())),
+        "first_ts": "2001-01-01T00:00:00.000Z", "last_ts": rfc3339(good[-1][1]), "shift_ms": 0, "bad_lines": None,
+    }
+    listed = check["bad_lines"]
+    assert [b["line"] for b in listed] == [n for n, kind in kinds.items() if kind not in ("good", "blank")]
+    reasons = {kinds[b["line"]]: b["reason"] for b in listed}
+    old_reasons = [b["reason"] for b in listed if kinds[b["line"]] == "old"]
+    assert len(old_reasons) == 10
+    assert re.fullmatch("`ts` 896659200000 is 1998-06-01T00:00:00.000Z, before 2000: --rebase-time would shift it "
+                        "to 20..-..-..T..:..:..\\....Z with the rest of the file, keeping the gaps", old_reasons[0])
+    assert all("before 2000: --rebase-time would shift it to " in reason for reason in old_reasons)
+    assert "JSON is malformed" in reasons["malformed"] and "$.type" in reasons["teleport"]
+    assert reasons["seconds"] == "`ts` 1000000000 is not epoch milliseconds between 2000 and 2100"
+    assert reasons["microseconds"] == f"`ts` {JAN_2001_MS * 1000} is not epoch milliseconds between 2000 and 2100"
+    assert reasons["purchase"] == "a purchase needs a `value`"
+
+
+def test_dry_run_with_rebase_time_judges_the_shifted_events(tmp_path, capsys):
+    path, good, old, kinds = mixed_file(tmp_path)
+    newest = good[-1][1]
+    before = int(time.time() * 1000)
+    code, check, err = dry_run(capsys, str(path), "--rebase-time")
+    after = int(time.time() * 1000)
+    assert code == 1 and "5 bad line(s)" in err
+    shift = check["shift_ms"]
+    assert before - newest <= shift <= after - newest
+    assert check | {"bad_lines": None} == {
+        "lines": 48, "valid": 40, "bad": 5, "blank": 3,
+        "users": len({e.user_id for e, _ in good + old}),
+        "types": dict(sorted(Counter(e.type for e, _ in good + old).items())),
+        "first_ts": rfc3339(JUN_1998_MS + shift), "last_ts": rfc3339(newest + shift), "shift_ms": shift,
+        "bad_lines": None,
+    }
+    assert before <= datetime.fromisoformat(check["last_ts"]).timestamp() * 1000 <= after
+    reasons = {kinds[b["line"]]: b["reason"] for b in check["bad_lines"]}
+    assert sorted(reasons) == ["malformed", "microseconds", "purchase", "seconds", "teleport"]
+    assert reasons["seconds"] == (f"`ts` 1000000000 shifted by {shift:+} ms is {1_000_000_000 + shift}, "
+                                  "not epoch milliseconds between 2000 and 2100")
+    assert reasons["purchase"] == "a purchase needs a `value`"
+
+    code, allowed, err = dry_run(capsys, str(path), "--rebase-time", "--allow-bad-lines")
+    assert code == 0 and err == ""
+    assert allowed["valid"] == 40 and allowed["bad"] == 5
+
+
+def test_dry_run_of_a_clean_file_exits_0_and_lists_at_most_20_bad_lines(tmp_path, capsys):
+    path = tmp_path / "clean.jsonl"
+    events = Simulator(users=5, seed=1, start_ms=START_MS).events(50)
+    path.write_bytes(b"".join(encode_event(e) + b"\n" for e in events))
+    code, check, err = dry_run(capsys, str(path))
+    assert (code, check["valid"], check["bad"], check["bad_lines"], err) == (0, 50, 0, [], "")
+    path.write_text("{}\n" * 25)
+    code, check, _ = dry_run(capsys, str(path))
+    assert code == 1 and check["bad"] == 25 and len(check["bad_lines"]) == 20
+    assert (check["valid"], check["users"], check["types"]) == (0, 0, {})
+    assert check["first_ts"] is None and check["last_ts"] is None
+
+
+def test_dry_run_needs_no_tailor_brokers(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TAILOR_BROKERS", raising=False)
+    path, _, _, _ = mixed_file(tmp_path)
+    assert main(["replay", str(path), "--dry-run", "--rebase-time", "--allow-bad-lines"]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] == 40
+    assert main(["replay", str(path), "--rebase-time"]) == 2  # a real replay does need a broker
+    assert "TAILOR_BROKERS" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_dry_run_produces_nothing(broker, tmp_path, capsys):
+    from confluent_kafka.admin import AdminClient
+
+    events, times = across_2000(100)
+    path = tmp_path / "years.jsonl"
+    path.write_text("\n".join(restamped(events, times)) + "\n")
+    settings = broker_settings(broker)
+    assert run_replay(settings, args("replay", str(path), "--rebase-time", "--dry-run")) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] == 100
+    topics = AdminClient({"bootstrap.servers": broker.address}).list_topics(timeout=10).topics
+    assert settings.topic not in topics
