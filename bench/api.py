@@ -166,7 +166,8 @@ def write_population(settings: Settings, n_users: int) -> Population:
         state = states.get(event.user_id)
         if state is None:
             state = states[event.user_id] = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
-            behaviours[event.user_id] = Behaviour(settings.behaviour_half_life_s)
+            behaviours[event.user_id] = Behaviour(settings.behaviour_half_life_s, settings.session_gap_s,
+                                                 settings.behaviour_max_idle_s)
         if state.update(event):
             behaviours[event.user_id].update(event)
         events += 1
@@ -176,7 +177,8 @@ def write_population(settings: Settings, n_users: int) -> Population:
     segment_of: dict[str, int] = {}
     if settings.segments:
         audience = Audience(settings.segments, warmup=settings.segment_warmup)
-        updates = [UserUpdate(u, states[u].newest_ms, 1, 0, 0, b.vector(settings.min_sessions))
+        updates = [UserUpdate(u, states[u].newest_ms, 1, 0, 0,
+                              b.evidence() if b.visits_total >= settings.min_sessions else None)
                    for u, b in behaviours.items()]
         assignments = audience.observe(updates).assignments
         writer.write_segments({pseudonym(u): a for u, a in assignments})

@@ -16,7 +16,15 @@ import time
 
 from tqdm import tqdm
 
-from engine.segments import FEATURE_NAMES, Behaviour, SegmentModel, _model_space, adjusted_rand_index
+from engine.segments import (
+    FEATURE_NAMES,
+    Behaviour,
+    SegmentModel,
+    TrafficPriors,
+    _model_space,
+    adjusted_rand_index,
+    feature_vector,
+)
 from engine.settings import Settings
 from engine.simulate import Simulator
 
@@ -47,6 +55,7 @@ def run_clusterers(settings: Settings, args) -> int:
         else:
             models[name] = [clusterer, preprocessing.StandardScaler(), 0.0, 0]
     behaviours: dict[str, Behaviour] = {}
+    priors = TrafficPriors()
     latest: dict[str, dict[str, float]] = {}
     batch: dict[str, list] = {}
     events = tqdm(sim.events(args.events), total=args.events, desc="simulated stream", unit="ev", file=sys.stderr,
@@ -55,13 +64,18 @@ def run_clusterers(settings: Settings, args) -> int:
         batch.setdefault(event.user_id, []).append(event)
         if n % settings.batch_size and n != args.events:
             continue
+        evidence = {}
         for user_id, user_events in batch.items():
-            b = behaviours.get(user_id) or behaviours.setdefault(user_id, Behaviour(settings.behaviour_half_life_s))
-            for e in user_events:
-                b.update(e)
-            vector = b.vector(settings.min_sessions)
-            if vector is None:
-                continue
+            b = behaviours.get(user_id) or behaviours.setdefault(
+                user_id, Behaviour(settings.behaviour_half_life_s, settings.session_gap_s,
+                                                 settings.behaviour_max_idle_s))
+            b.update_many(user_events)
+            if b.visits_total >= settings.min_sessions:
+                evidence[user_id] = b.evidence()
+        priors.observe(list(evidence.values()))  # as the audience step does: priors from the traffic itself
+        prior = priors.values()
+        for user_id, e in evidence.items():
+            vector = feature_vector(e, prior)[0]
             latest[user_id] = vector
             for model in models.values():
                 started = time.perf_counter()

@@ -3,14 +3,22 @@
 The flow's per-user step sends a `UserUpdate` for each user a batch changed;
 all of them reach one `Audience` (in Bytewax, a stateful step keyed by one
 constant key, so it lives on one worker and in that worker's recovery
-snapshots). For each update it learns, assigns the user a segment, keeps count
-of who is where, and watches for drift; an alert can re-fit the model.
+snapshots). For each update it turns the user's evidence into features,
+smoothed towards the traffic's own pooled values (`TrafficPriors`), learns,
+assigns the user a segment, keeps count of who is where, and watches for
+drift; an alert can re-fit the model.
 
 Examples
 --------
+>>> from engine.events import Event
+>>> from engine.segments import Behaviour
 >>> audience = Audience(n_segments=2, warmup=4, drift_warmup=100, drift_reference=100)
->>> updates = [UserUpdate(f"u{i}", 1_767_225_600_000, 4, 1, 3, {n: 0.1 + 0.8 * (i % 2) for n in FEATURE_NAMES})
-...            for i in range(6)]
+>>> updates = []
+>>> for i in range(6):
+...     b = Behaviour(3 * 86_400)
+...     kinds = ["app_open", "impression", "click", "app_open"] + ["impression"] * (1 + 8 * (i % 2))
+...     b.update_many(Event(f"e{i}-{j}", kind, f"u{i}", 1_767_225_600_000 + j) for j, kind in enumerate(kinds))
+...     updates.append(UserUpdate(f"u{i}", 1_767_225_600_000, len(kinds), *b.take_clicks(), b.evidence()))
 >>> result = audience.observe(updates)
 >>> audience.model.version, len(result.assignments), sorted(audience.sizes.values())
 (1, 6, [3, 3])
@@ -20,10 +28,12 @@ Examples
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from engine.drift import DriftAlert, DriftMonitor
-from engine.segments import FEATURE_NAMES, SegmentModel, SegmentProfile
+from engine.segments import FEATURE_NAMES, SegmentModel, SegmentProfile, TrafficPriors, feature_vector
 
 #: What a drift alert does: report only, or re-fit the segmentation too.
 DRIFT_ACTIONS = ("alert", "refit")
@@ -40,8 +50,8 @@ class UserUpdate(msgspec.Struct, frozen=True, array_like=True):
     #: Clicks and impressions in this batch (for the click-through detector).
     clicks: int
     impressions: int
-    #: The behaviour vector, or None while the user has too little history.
-    vector: dict[str, float] | None
+    #: The user's behaviour evidence (`Behaviour.evidence`), or None while they have too few visits.
+    evidence: tuple[float, ...] | None
 
 
 class SegmentAssignment(msgspec.Struct, frozen=True, array_like=True):
@@ -90,6 +100,7 @@ class Audience:
         if drift_action not in DRIFT_ACTIONS:
             raise ValueError(f"drift_action must be one of {DRIFT_ACTIONS}, got {drift_action!r}")
         self.model = SegmentModel(n_segments, warmup=warmup, halflife=halflife, seed=seed)
+        self.priors = TrafficPriors()
         self.monitor = DriftMonitor(
             FEATURE_NAMES, n_segments, warmup=drift_warmup, reference=min(drift_reference, drift_warmup),
             window=drift_window, patience=drift_patience,
@@ -119,16 +130,19 @@ class Audience:
         segments: list[int] = []
         weights: list[int] = []
         version_before = model.version
+        self.priors.observe([u.evidence for u in updates if u.evidence is not None])
+        priors = self.priors.values()
         for update in updates:
             if update.ts > self.newest_ms:
                 self.newest_ms = update.ts
-            if update.clicks or update.impressions:
+            if update.impressions:
                 alerts += monitor.observe_clicks(update.clicks, update.impressions, time_ms=self.newest_ms,
                                                  model_version=model.version)
-            if update.vector is None:
+            if update.evidence is None:
                 continue
+            vector, fed = feature_vector(update.evidence, priors)
             version = model.version
-            segment, distance = model.learn(update.vector, update.user_id, update.ts)
+            segment, distance = model.learn(vector, update.user_id, update.ts, fed)
             if segment < 0:
                 continue  # still warming up
             if model.version != version:  # the first fit: everyone waiting gets a segment now
@@ -137,10 +151,15 @@ class Audience:
                 assignments.append(
                     (update.user_id, SegmentAssignment(segment, round(distance, 4), model.version, update.ts))
                 )
-            vectors.append(update.vector)
+            vectors.append(vector)
             segments.append(segment)
             weights.append(update.events)
         if vectors:
+            # Features the model leaves out (no signal in this traffic) are no data to the drift monitor.
+            unused = [name for name in FEATURE_NAMES if name not in model.features]
+            for vector in vectors if unused else ():
+                for name in unused:
+                    vector[name] = math.nan
             alerts += monitor.observe(vectors, segments, weights, time_ms=self.newest_ms, model_version=model.version)
         if alerts:
             alerts, reassigned = self._act_on(alerts)
@@ -194,3 +213,8 @@ class Audience:
 
     def profiles(self) -> list[SegmentProfile]:
         return self.model.profiles(self.sizes)
+
+    def __setstate__(self, state):
+        # Snapshots from before the traffic's own priors: they start afresh.
+        state.setdefault("priors", TrafficPriors())
+        self.__dict__.update(state)

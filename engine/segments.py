@@ -1,15 +1,27 @@
 """Segments: who a user is, learned incrementally from how they behave.
 
-Two pieces, both pure:
+Three pieces, all pure:
 
 `Behaviour` is per user (it lives beside the tiles in the flow's per-user
-state): counts of each kind of event, exponentially decayed in *event* time
-with a half-life of days, so a user's segment follows a change of habits
-without forgetting them overnight. Its `vector` is a handful of rates that
-separate kinds of shoppers and do not drift with the hour of day: how often a
-visit starts from an email, click-through, cart and purchase rates, order
-value, browsing depth. Rates are smoothed towards neutral priors, so a user
-with little history sits near the middle instead of at an extreme.
+state): counts of each kind of event and of visits, exponentially decayed in
+*event* time with a half-life of days, so a user's segment follows a change of
+habits without forgetting them overnight. A visit starts with an explicit open
+(``app_open``, ``email_open``) or with any event after an inactivity gap
+(``session_gap_s``, 30 minutes by default, as analytics tools define a
+session), so a stream of page views, clicks and purchases has visits too.
+`Behaviour.evidence` is what the user's counts say, sent to the audience step.
+
+`feature_vector` turns evidence into the segmentation features (`FEATURES`):
+rates (email share of visits, click-through, cart rate, purchase rate,
+conversion) that stay in [0, 1] whatever the stream holds (a numerator is
+capped by its denominator: purchases without carts cannot make a rate above
+1), plus order value, browsing depth and visit frequency. Each is smoothed
+towards a prior, the pooled value of the traffic itself (`TrafficPriors`), so a
+user with little history sits near the traffic's middle instead of at an
+extreme or at a number chosen for the simulator. A feature rests on some kinds
+of events (`FEATURE_EVIDENCE`); one the stream never feeds (click-through
+without impressions) carries no weight: the model leaves it out (see
+`SegmentModel.features`).
 
 `SegmentModel` is shared by all users (the flow keeps one, on one worker):
 River's `StandardScaler` then River's `KMeans`. It waits for a warm-up sample of
@@ -28,8 +40,17 @@ Examples
 >>> b = Behaviour(half_life_s=3 * 86_400)
 >>> for i, kind in enumerate(["email_open", "email_click", "page_view", "add_to_cart", "purchase"]):
 ...     b.update(Event(f"e{i}", kind, "u1", 1_767_225_600_000 + 1_000 * i, value=40.0 if kind == "purchase" else None))
->>> round(b.sessions, 3), round(b.vector()["email_share"], 3), b.vector(min_sessions=2) is None
-(1.0, 0.5, True)
+>>> b.visits_total, round(b.sessions, 3)
+(1, 1.0)
+
+A purchase an hour later, with nothing before it, starts a second visit:
+
+>>> b.update(Event("e5", "purchase", "u1", 1_767_229_200_000, value=60.0))
+>>> b.visits_total, round(b.sessions, 3)
+(2, 1.99)
+>>> vector, fed = feature_vector(b.evidence(), TrafficPriors().values())
+>>> round(vector["email_share"], 3), vector["purchase_rate"] <= 1.0, fed & FEATURE_BIT["ctr"] == 0
+(0.248, True, True)
 """
 
 from __future__ import annotations
@@ -45,11 +66,15 @@ from scipy.optimize import linear_sum_assignment
 
 from engine.events import Event
 
-# Behaviour counts, in this order.
+# Behaviour counts, in this order; then spend (money of purchases) and visits.
 _KINDS = ("page_view", "click", "add_to_cart", "purchase", "impression", "email_open", "email_click", "app_open")
 _INDEX = {kind: i for i, kind in enumerate(_KINDS)}
 _PV, _CLICK, _CART, _BUY, _IMP, _EOPEN, _ECLICK, _APP = range(8)
-_SPEND = 8
+_SPEND, _VISITS = 8, 9
+_N_COUNTS = 10
+#: Evidence is the decayed counts, then the decayed days of exposure (see `Behaviour.evidence`).
+_EXPOSURE = 10
+_OPENS = frozenset((_EOPEN, _APP))
 
 #: The segmentation features, with what a high and a low value says about a user.
 FEATURES: dict[str, tuple[str, str]] = {
@@ -57,26 +82,60 @@ FEATURES: dict[str, tuple[str, str]] = {
     "ctr": ("click-happy", "rarely clicks"),
     "cart_rate": ("fills carts", "rarely carts"),
     "purchase_rate": ("buys what they cart", "abandons carts"),
+    "conversion": ("clicks to buy", "browses without buying"),
     "order_value": ("high spend", "budget"),
     "browse_depth": ("deep browser", "quick looks"),
+    "visit_frequency": ("frequent visitor", "occasional visitor"),
 }
 FEATURE_NAMES = tuple(FEATURES)
-# Order values are heavy-tailed: the model sees log1p of them; profiles show money.
-_LOG_FEATURES = frozenset({"order_value"})
-# Pseudo-counts: (prior rate, weight). Chosen near the middle of plausible rates.
-_PRIOR_EMAIL, _PRIOR_CTR, _PRIOR_CART, _PRIOR_BUY = (0.25, 2.0), (0.15, 2.0), (0.1, 2.0), (0.5, 1.0)
-_PRIOR_ORDER_VALUE = 50.0
+#: Features that are rates: always within [0, 1].
+RATE_FEATURES = frozenset({"email_share", "ctr", "cart_rate", "purchase_rate", "conversion"})
+#: The kinds of events each feature rests on (a tuple inside: any one of them): where the
+#: traffic has too few users with each of them (`MIN_COVERAGE`), the feature has no signal
+#: and carries no weight.
+FEATURE_EVIDENCE: dict[str, tuple[str, ...]] = {
+    "email_share": ("email_open",),
+    "ctr": ("impression",),
+    "cart_rate": ("page_view", "add_to_cart"),
+    "purchase_rate": ("add_to_cart", "purchase"),
+    "conversion": ("click", "purchase"),
+    "order_value": ("purchase",),
+    "browse_depth": (("page_view", "click"),),
+    "visit_frequency": (),
+}
+#: One bit per feature, for the masks of features a user (or the traffic) has evidence for.
+FEATURE_BIT = {name: 1 << i for i, name in enumerate(FEATURE_NAMES)}
+ALL_FEATURES = (1 << len(FEATURE_NAMES)) - 1
+_EVIDENCE_KINDS = {name: tuple((_INDEX[k],) if isinstance(k, str) else tuple(_INDEX[j] for j in k) for k in kinds)
+                   for name, kinds in FEATURE_EVIDENCE.items()}
+#: A feature is used when at least this share of the users in the fit sample have its evidence.
+MIN_COVERAGE = 0.05
+# Order values and visit frequencies are heavy-tailed: the model sees log1p of them; profiles show units.
+_LOG_FEATURES = frozenset({"order_value", "visit_frequency"})
+#: Pseudo-counts of each feature's prior (in its denominator's units: impressions, carts, days ...).
+PRIOR_WEIGHTS: dict[str, float] = {
+    "email_share": 2.0, "ctr": 2.0, "cart_rate": 2.0, "purchase_rate": 1.0, "conversion": 2.0,
+    "order_value": 1.0, "browse_depth": 1.0, "visit_frequency": 1.0,
+}
+_LN2 = math.log(2.0)
 
 
 class Behaviour:
-    """One user's decayed event counts; `vector` turns them into features.
+    """One user's decayed event and visit counts; `evidence` is what they say.
 
     Parameters
     ----------
     half_life_s
         Event-time half-life of the counts. Long enough for rates to be
-        measured (a few sessions), short enough that a change of habits shows
+        measured (a few visits), short enough that a change of habits shows
         within days.
+    session_gap_s
+        An event this long after the user's previous one starts a new visit,
+        whatever its kind (explicit opens always do).
+    max_idle_s
+        The longest idle gap that decays the counts: a user back after months
+        is read from their habits, not from their last visit alone. Decay runs
+        on the user's own clock, in which no gap lasts longer than this.
 
     Notes
     -----
@@ -84,22 +143,35 @@ class Behaviour:
     ``2 ** ((t - base) / half_life)``, and reading divides by the same factor at
     the newest event time. That is one power per event instead of decaying
     every count on every event; the base moves forward before the factors
-    could grow large.
+    could grow large. ``visits_total`` is not decayed: it decides whether a
+    user has enough history to be segmented, also after months away.
     """
 
-    __slots__ = ("half_life_ms", "_per_ms", "base_ms", "ref_ms", "counts", "clicks", "impressions")
+    __slots__ = ("half_life_ms", "_per_ms", "session_gap_ms", "max_idle_ms", "base_ms", "ref_ms", "clock_ms",
+                 "first_ms", "counts", "visits_total", "clicks", "impressions")
 
     #: Move the base forward once the newest event is this many half-lives past it.
     REBASE_HALF_LIVES = 64
 
-    def __init__(self, half_life_s: float):
+    def __init__(self, half_life_s: float, session_gap_s: float = 1800.0, max_idle_s: float = 86_400.0):
         if half_life_s <= 0:
             raise ValueError(f"half_life_s must be positive, got {half_life_s}")
+        if session_gap_s <= 0:
+            raise ValueError(f"session_gap_s must be positive, got {session_gap_s}")
+        if max_idle_s < session_gap_s:
+            raise ValueError(f"max_idle_s must be at least session_gap_s ({session_gap_s}), got {max_idle_s}")
         self.half_life_ms = half_life_s * 1000.0
         self._per_ms = 1.0 / self.half_life_ms
-        self.base_ms: int | None = None
+        self.session_gap_ms = session_gap_s * 1000.0
+        self.max_idle_ms = max_idle_s * 1000.0
+        # base_ms, clock_ms and first_ms are on the user's own clock (idle gaps capped);
+        # ref_ms is the newest event time itself.
+        self.base_ms: float | None = None
         self.ref_ms: int | None = None  # newest event time
-        self.counts = [0.0] * 9
+        self.clock_ms: float | None = None  # the newest event on the user's clock
+        self.first_ms: float | None = None  # the oldest event on the user's clock
+        self.counts = [0.0] * _N_COUNTS
+        self.visits_total = 0
         #: Raw clicks and impressions since the last `take_clicks` (for the click-through detector).
         self.clicks = self.impressions = 0
 
@@ -115,7 +187,8 @@ class Behaviour:
 
     def update_many(self, events: Iterable[Event]) -> None:
         """Count (already de-duplicated) events: the flow's per-batch call, lookups hoisted."""
-        index, per_ms, counts = _INDEX, self._per_ms, self.counts
+        index, per_ms, counts, gap_ms, opens = _INDEX, self._per_ms, self.counts, self.session_gap_ms, _OPENS
+        max_idle_ms = self.max_idle_ms
         exp2 = math.exp2
         for event in events:
             i = index.get(event.type)
@@ -123,13 +196,27 @@ class Behaviour:
                 continue  # conversions and the like say nothing about shopping habits
             ts = event.ts
             if self.base_ms is None:
-                self.base_ms = self.ref_ms = ts
-            elif ts > self.ref_ms:
+                self.base_ms = self.clock_ms = self.first_ms = float(ts)
                 self.ref_ms = ts
-                if ts - self.base_ms > self.REBASE_HALF_LIVES * self.half_life_ms:
-                    self._rebase(ts)
-            weight = exp2((ts - self.base_ms) * per_ms)
+                clock = self.clock_ms
+                new_visit = True
+            else:
+                since = ts - self.ref_ms
+                new_visit = i in opens or since >= gap_ms
+                if since > 0:
+                    self.ref_ms = ts
+                    clock = self.clock_ms = self.clock_ms + (since if since < max_idle_ms else max_idle_ms)
+                    if clock - self.base_ms > self.REBASE_HALF_LIVES * self.half_life_ms:
+                        self._rebase(clock)
+                else:  # a late event: as far behind on the user's clock as in time
+                    clock = self.clock_ms + since
+                    if clock < self.first_ms:
+                        self.first_ms = clock
+            weight = exp2((clock - self.base_ms) * per_ms)
             counts[i] += weight
+            if new_visit:
+                counts[_VISITS] += weight
+                self.visits_total += 1
             if i == _IMP:
                 self.impressions += 1
             elif i == _CLICK:
@@ -137,7 +224,7 @@ class Behaviour:
             elif i == _BUY and event.value:
                 counts[_SPEND] += weight * event.value
 
-    def _rebase(self, base_ms: int) -> None:
+    def _rebase(self, base_ms: float) -> None:
         factor = 2.0 ** ((self.base_ms - base_ms) / self.half_life_ms)
         counts = self.counts
         for k in range(len(counts)):  # in place: update_many holds a reference to the list
@@ -147,41 +234,143 @@ class Behaviour:
     def decayed(self) -> list[float]:
         """The counts as of the newest event (each event's weight halved per half-life since)."""
         if self.ref_ms is None:
-            return [0.0] * 9
-        factor = 2.0 ** ((self.base_ms - self.ref_ms) / self.half_life_ms)
+            return [0.0] * _N_COUNTS
+        factor = 2.0 ** ((self.base_ms - self.clock_ms) / self.half_life_ms)
         return [c * factor for c in self.counts]
+
+    def evidence(self) -> tuple[float, ...]:
+        """The decayed counts, then the decayed days the user has been around.
+
+        The days are the integral of the decay from the first event to the
+        newest (on the user's clock), so visits over days is a visit rate
+        whatever the user's tenure (a user seen for a day is not read as rare).
+        """
+        out = self.decayed()
+        if self.ref_ms is None:
+            return (*out, 0.0)
+        span = (self.clock_ms - self.first_ms) / self.half_life_ms
+        days = self.half_life_ms / 86_400_000 / _LN2 * (1.0 - 2.0 ** -span)
+        return (*out, days)
 
     @property
     def sessions(self) -> float:
-        """Decayed visits (app opens plus email opens)."""
-        c = self.decayed()
-        return c[_EOPEN] + c[_APP]
+        """Decayed visits (explicit opens and starts after an inactivity gap)."""
+        return self.decayed()[_VISITS]
 
-    def vector(self, min_sessions: float = 0.0) -> dict[str, float] | None:
-        """The user's features (see `FEATURES`), smoothed towards the priors;
-        None with fewer than ``min_sessions`` decayed visits."""
-        c = self.decayed()
-        sessions = c[_EOPEN] + c[_APP]
-        if sessions < min_sessions:
+    def vector(self, min_sessions: float = 0.0, priors: dict[str, float] | None = None) -> dict[str, float] | None:
+        """The user's features (see `feature_vector`), smoothed towards ``priors``
+        (default: this user's own rates' neutral `TrafficPriors`); None with fewer
+        than ``min_sessions`` visits in all."""
+        if self.visits_total < min_sessions:
             return None
-        return {
-            "email_share": (c[_EOPEN] + _PRIOR_EMAIL[0] * _PRIOR_EMAIL[1]) / (sessions + _PRIOR_EMAIL[1]),
-            "ctr": (c[_CLICK] + _PRIOR_CTR[0] * _PRIOR_CTR[1]) / (c[_IMP] + _PRIOR_CTR[1]),
-            "cart_rate": (c[_CART] + _PRIOR_CART[0] * _PRIOR_CART[1]) / (c[_PV] + _PRIOR_CART[1]),
-            "purchase_rate": (c[_BUY] + _PRIOR_BUY[0] * _PRIOR_BUY[1]) / (c[_CART] + _PRIOR_BUY[1]),
-            "order_value": (c[_SPEND] + _PRIOR_ORDER_VALUE) / (c[_BUY] + 1.0),
-            "browse_depth": (c[_PV] + 1.0) / (c[_CLICK] + c[_ECLICK] + 1.0),
-        }
+        return feature_vector(self.evidence(), priors or TrafficPriors().values())[0]
 
     def __getstate__(self):
-        return (self.half_life_ms, self.base_ms, self.ref_ms, self.counts, self.clicks, self.impressions)
+        return (self.half_life_ms, self.base_ms, self.ref_ms, self.counts, self.clicks, self.impressions,
+                self.session_gap_ms, self.max_idle_ms, self.clock_ms, self.first_ms, self.visits_total)
 
     def __setstate__(self, state):
-        self.half_life_ms, self.base_ms, self.ref_ms, self.counts, self.clicks, self.impressions = state
+        if len(state) == 6:  # a snapshot from before visits were counted: opens were the visits
+            half_life_ms, base_ms, ref_ms, counts, clicks, impressions = state
+            counts = [*counts, counts[_EOPEN] + counts[_APP]]
+            visits = round(2.0 ** ((base_ms - ref_ms) / half_life_ms) * counts[_VISITS]) if ref_ms else 0
+            state = (half_life_ms, base_ms, ref_ms, counts, clicks, impressions, 1_800_000.0, 86_400_000.0,
+                     ref_ms, base_ms, visits)
+        (self.half_life_ms, self.base_ms, self.ref_ms, self.counts, self.clicks, self.impressions,
+         self.session_gap_ms, self.max_idle_ms, self.clock_ms, self.first_ms, self.visits_total) = state
         self._per_ms = 1.0 / self.half_life_ms
 
     def __eq__(self, other):
         return isinstance(other, Behaviour) and self.__getstate__() == other.__getstate__()
+
+
+def _ratio_parts(e: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """(numerator, denominator) of every feature from one user's evidence; rates capped at 1."""
+    visits, clicks = e[_VISITS], e[_CLICK] + e[_ECLICK]
+    return {
+        "email_share": (min(e[_EOPEN], visits), visits),
+        "ctr": (min(e[_CLICK], e[_IMP]), e[_IMP]),
+        "cart_rate": (min(e[_CART], e[_PV]), e[_PV]),
+        "purchase_rate": (min(e[_BUY], e[_CART]), e[_CART]),
+        "conversion": (min(e[_BUY], clicks), clicks),
+        "order_value": (e[_SPEND], e[_BUY]),
+        "browse_depth": (e[_PV] + clicks, visits),
+        "visit_frequency": (visits, e[_EXPOSURE]),
+    }
+
+
+def evidence_mask(e: Sequence[float]) -> int:
+    """Bits (`FEATURE_BIT`) of the features this user's evidence feeds: each kind it rests on was seen."""
+    mask = 0
+    for name, groups in _EVIDENCE_KINDS.items():
+        if all(any(e[k] > 0 for k in group) for group in groups):
+            mask |= FEATURE_BIT[name]
+    return mask
+
+
+def feature_vector(e: Sequence[float], priors: dict[str, float]) -> tuple[dict[str, float], int]:
+    """The features of one user's evidence, and the mask of those it feeds.
+
+    Each feature is ``(numerator + w * prior) / (denominator + w)`` with the
+    prior's weight ``w`` from `PRIOR_WEIGHTS`: with no evidence it is the
+    prior, with much it is the user's own ratio. Rates stay in [0, 1] (their
+    numerators are capped and their priors are rates).
+
+    >>> e = [0.0] * 11
+    >>> e[_CLICK], e[_BUY], e[_SPEND], e[_VISITS], e[_EXPOSURE] = 1.0, 5.0, 150.0, 2.0, 1.0
+    >>> v, fed = feature_vector(e, {**TrafficPriors().values(), "conversion": 0.1})
+    >>> round(v["conversion"], 3), v["ctr"]  # 5 purchases after 1 click convert at most 1: (1 + 0.2) / 3
+    (0.4, 0.0)
+    >>> [name for name in FEATURE_NAMES if fed & FEATURE_BIT[name]]
+    ['conversion', 'order_value', 'browse_depth', 'visit_frequency']
+    """
+    out = {}
+    for name, (num, den) in _ratio_parts(e).items():
+        w = PRIOR_WEIGHTS[name]
+        out[name] = (num + w * priors[name]) / (den + w)
+    return out, evidence_mask(e)
+
+
+class TrafficPriors:
+    """Each feature's pooled value over the traffic, the prior users are smoothed towards.
+
+    Sums of every update's numerators and denominators (rates capped, as in
+    `feature_vector`), forgetting with a horizon of ``horizon`` updates, so the
+    priors follow the traffic as it changes. Before any evidence a rate's
+    prior is 0 and it waits for data; nothing comes from the simulator.
+
+    >>> p = TrafficPriors()
+    >>> e = [0.0] * 11
+    >>> e[_IMP], e[_CLICK], e[_VISITS], e[_EXPOSURE] = 10.0, 30.0, 1.0, 1.0
+    >>> p.observe([e])
+    >>> p.values()["ctr"]  # 30 clicks on 10 impressions is a click-through of 1, not 3
+    1.0
+    """
+
+    def __init__(self, horizon: int = 10_000):
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1 update, got {horizon}")
+        self.horizon = horizon
+        self.num = dict.fromkeys(FEATURE_NAMES, 0.0)
+        self.den = dict.fromkeys(FEATURE_NAMES, 0.0)
+
+    def observe(self, evidences: Sequence[Sequence[float]]) -> None:
+        """Add a batch of users' evidence (the older sums fade by the batch's size)."""
+        if not evidences:
+            return
+        keep = (1.0 - 1.0 / self.horizon) ** len(evidences)
+        num, den = self.num, self.den
+        for name in FEATURE_NAMES:
+            num[name] *= keep
+            den[name] *= keep
+        for e in evidences:
+            for name, (n, d) in _ratio_parts(e).items():
+                num[name] += n
+                den[name] += d
+
+    def values(self) -> dict[str, float]:
+        """Prior per feature: pooled numerator over pooled denominator (0 with no denominator yet)."""
+        return {name: (self.num[name] / d if (d := self.den[name]) > 0 else 0.0) for name in FEATURE_NAMES}
 
 
 class SegmentProfile(msgspec.Struct, frozen=True, kw_only=True):
@@ -212,6 +401,10 @@ class SegmentModel:
         Users whose latest vectors are kept for a re-fit (the most recently active).
     seed
         Seed of the clusterer and of the fit: fits are reproducible.
+    min_coverage
+        A feature is used by a fit only if at least this share of the users in
+        the sample have evidence for it (``learn``'s ``fed`` mask); the others
+        carry no weight until a re-fit finds them fed.
 
     Examples
     --------
@@ -220,9 +413,10 @@ class SegmentModel:
     >>> rng = random.Random(0)
     >>> for i in range(40):
     ...     base = 0.1 if i % 2 else 0.8
-    ...     _ = model.learn({name: base + rng.random() / 50 for name in FEATURE_NAMES}, user_id=f"u{i}")
-    >>> model.version
-    1
+    ...     _ = model.learn({name: base + rng.random() / 50 for name in FEATURE_NAMES}, user_id=f"u{i}",
+    ...                     fed=ALL_FEATURES & ~FEATURE_BIT["ctr"])
+    >>> model.version, "ctr" in model.features
+    (1, False)
     >>> low, _ = model.assign({name: 0.1 for name in FEATURE_NAMES})
     >>> high, _ = model.assign({name: 0.8 for name in FEATURE_NAMES})
     >>> low != high
@@ -230,21 +424,26 @@ class SegmentModel:
     """
 
     def __init__(self, n_segments: int = 4, *, warmup: int = 300, halflife: float = 0.05,
-                 sample: int = 5000, seed: int = 1):
+                 sample: int = 5000, seed: int = 1, min_coverage: float = MIN_COVERAGE):
         if n_segments < 2:
             raise ValueError(f"n_segments must be at least 2, got {n_segments}")
         if warmup < n_segments:
             raise ValueError(f"warmup must be at least n_segments ({n_segments}), got {warmup}")
         if not 0 < halflife <= 1:
             raise ValueError(f"halflife must be in (0, 1], got {halflife}")
+        if not 0 <= min_coverage <= 1:
+            raise ValueError(f"min_coverage must be in [0, 1], got {min_coverage}")
         self.n_segments = n_segments
         self.warmup = warmup
         self.halflife = halflife
         self.seed = seed
+        self.min_coverage = min_coverage
         self.version = 0
         self.sample = max(sample, warmup)
-        #: Per recently active user: (vector in model space, newest event time).
-        self.recent: OrderedDict[str, tuple[dict[str, float], int]] = OrderedDict()
+        #: The features the current fit uses (those the traffic feeds), in `FEATURE_NAMES` order.
+        self.features: tuple[str, ...] = FEATURE_NAMES
+        #: Per recently active user: (vector in model space, newest event time, mask of fed features).
+        self.recent: OrderedDict[str, tuple[dict[str, float], int, int]] = OrderedDict()
         self.scaler = preprocessing.StandardScaler()
         self.clusterer = self._new_clusterer()
 
@@ -256,16 +455,18 @@ class SegmentModel:
     def fitted(self) -> bool:
         return self.version > 0
 
-    def learn(self, vector: dict[str, float], user_id: str, ts: int = 0) -> tuple[int, float]:
+    def learn(self, vector: dict[str, float], user_id: str, ts: int = 0, fed: int = ALL_FEATURES) -> tuple[int, float]:
         """Learn from one user's latest vector and assign it: ``(segment, distance)``.
 
+        ``fed`` is the mask (`FEATURE_BIT`) of the features the user has
+        evidence for; it decides, over the sample, which features a fit uses.
         The distance is to the segment's centre (after this update moved it), in
         standard units. Before the
         first fit (the warm-up) nothing is assigned: ``(-1, nan)``.
         """
         x = _model_space(vector)
         recent = self.recent
-        recent[user_id] = (x, ts)
+        recent[user_id] = (x, ts, fed)
         recent.move_to_end(user_id)
         if len(recent) > self.sample:
             recent.popitem(last=False)
@@ -273,6 +474,7 @@ class SegmentModel:
             if len(self.recent) < self.warmup:
                 return -1, math.nan
             self.refit()
+        x = {name: x[name] for name in self.features}
         self.scaler.learn_one(x)
         scaled = self.scaler.transform_one(x)
         # The centre the update moves is the nearest before and (closer now) after it.
@@ -284,7 +486,10 @@ class SegmentModel:
         """(segment, distance to its centre in standard units), without learning; (-1, nan) before the first fit."""
         if not self.fitted:
             return -1, math.nan
-        return self._nearest(self.scaler.transform_one(_model_space(vector)))
+        return self._nearest(self._scaled(_model_space(vector)))
+
+    def _scaled(self, x: dict[str, float]) -> dict[str, float]:
+        return self.scaler.transform_one({name: x[name] for name in self.features})
 
     def assign_sample(self) -> list[tuple[str, int, float, int]]:
         """``(user_id, segment, distance, ts)`` for every user in the re-fit sample.
@@ -293,8 +498,8 @@ class SegmentModel:
         new version) without waiting for their next event.
         """
         out = []
-        for user_id, (x, ts) in self.recent.items():
-            segment, distance = self._nearest(self.scaler.transform_one(x))
+        for user_id, (x, ts, _) in self.recent.items():
+            segment, distance = self._nearest(self._scaled(x))
             out.append((user_id, segment, distance, ts))
         return out
 
@@ -303,31 +508,48 @@ class SegmentModel:
         centre = self.clusterer.centers[segment]
         return segment, math.sqrt(sum((value - centre[name]) ** 2 for name, value in scaled.items()))
 
+    def coverage(self) -> dict[str, float]:
+        """Per feature, the share of the users in the sample who have evidence for it."""
+        n = len(self.recent) or 1
+        counts = dict.fromkeys(FEATURE_NAMES, 0)
+        bits = FEATURE_BIT.items()
+        for _, _, fed in self.recent.values():
+            for name, bit in bits:
+                if fed & bit:
+                    counts[name] += 1
+        return {name: c / n for name, c in counts.items()}
+
     def refit(self) -> None:
         """A fresh scaler and clusterer fitted on the recent sample; ``version`` + 1.
 
-        The fit is batch k-means (k-means++ seeding, Lloyd iterations) on the
-        scaled sample; its centres become the River KMeans' starting centres,
-        which then follow the stream one update at a time.
+        The fit uses the features enough of the sample has evidence for
+        (``min_coverage``), is batch k-means (k-means++ seeding, Lloyd
+        iterations) on the scaled sample, and its centres become the River
+        KMeans' starting centres, which then follow the stream one update at a time.
         """
         if len(self.recent) < self.n_segments:
             raise ValueError(f"a re-fit needs at least {self.n_segments} recent vectors, have {len(self.recent)}")
         old = self.centres_scaled() if self.fitted else None
-        sample = [x for x, _ in self.recent.values()]
+        old_features = self.features
+        coverage = self.coverage()
+        features = tuple(name for name in FEATURE_NAMES if coverage[name] >= self.min_coverage)
+        # Visit frequency needs no particular kind of event, so a fit always has a feature.
+        self.features = features or ("visit_frequency",)
+        sample = [{name: x[name] for name in self.features} for x, _, _ in self.recent.values()]
         self.version += 1
         self.scaler = preprocessing.StandardScaler()
         for x in sample:
             self.scaler.learn_one(x)
-        scaled = np.array([[z[f] for f in FEATURE_NAMES] for z in map(self.scaler.transform_one, sample)])
+        scaled = np.array([[z[f] for f in self.features] for z in map(self.scaler.transform_one, sample)])
         centres = kmeans(scaled, self.n_segments, seed=self.seed + self.version)
         self.clusterer = self._new_clusterer()
         for k, centre in enumerate(centres):
-            self.clusterer.centers[k].update(zip(FEATURE_NAMES, map(float, centre)))
-        if old is not None:
+            self.clusterer.centers[k].update(zip(self.features, map(float, centre)))
+        if old is not None and old_features == self.features:
             self._keep_ids(old)
 
     def centres_scaled(self) -> np.ndarray:
-        return np.array([[self.clusterer.centers[k][f] for f in FEATURE_NAMES] for k in range(self.n_segments)])
+        return np.array([[self.clusterer.centers[k][f] for f in self.features] for k in range(self.n_segments)])
 
     def _keep_ids(self, old: np.ndarray) -> None:
         """Renumber the new clusters so each takes the id of the old one it is closest to."""
@@ -339,15 +561,19 @@ class SegmentModel:
             self.clusterer.centers[int(old_id)] = centres[int(new_id)]
 
     def centres(self) -> dict[int, dict[str, float]]:
-        """Segment centres in the features' own units."""
+        """Segment centres in the features' own units (rates within [0, 1]), for the features in use."""
         out = {}
         for segment, centre in self.clusterer.centers.items():
             row = {}
-            for name in FEATURE_NAMES:
+            for name in self.features:
                 mean = self.scaler.means.get(name, 0.0)
                 std = math.sqrt(self.scaler.vars.get(name, 0.0)) or 1.0
-                value = centre[name] * std + mean
-                row[name] = math.expm1(value) if name in _LOG_FEATURES else value
+                value = centre.get(name, 0.0) * std + mean
+                if name in _LOG_FEATURES:
+                    value = math.expm1(value)
+                # The scaler keeps learning after the fit, so a centre mapped back can
+                # step just past a bound its points never cross.
+                row[name] = min(max(value, 0.0), 1.0) if name in RATE_FEATURES else max(value, 0.0)
             out[segment] = row
         return out
 
@@ -356,8 +582,7 @@ class SegmentModel:
         if not self.fitted:
             return []
         total = sum(sizes.values()) or 1
-        scaled = {k: self.clusterer.centers[k] for k in range(self.n_segments)}
-        labels = unique_labels({k: label_of(c) for k, c in scaled.items()})
+        labels = segment_labels({k: dict(self.clusterer.centers[k]) for k in range(self.n_segments)})
         return [
             SegmentProfile(
                 segment=k, label=labels[k], size=sizes.get(k, 0), share=sizes.get(k, 0) / total,
@@ -365,6 +590,18 @@ class SegmentModel:
             )
             for k, centre in sorted(self.centres().items())
         ]
+
+    def __setstate__(self, state):
+        # Snapshots from before feature masks: every feature was used, every user fed them all.
+        self.__dict__.update(state)
+        if "features" not in state:
+            self.features = tuple(name for name in FEATURE_NAMES if name in _OLD_FEATURES)
+            self.min_coverage = MIN_COVERAGE
+            self.recent = OrderedDict((u, (x, ts, ALL_FEATURES)) for u, (x, ts) in self.recent.items())
+
+
+# The features of snapshots taken before `SegmentModel.features` existed.
+_OLD_FEATURES = ("email_share", "ctr", "cart_rate", "purchase_rate", "order_value", "browse_depth")
 
 
 class _EuclideanKMeans(cluster.KMeans):
@@ -413,7 +650,14 @@ def kmeans(points: np.ndarray, k: int, *, seed: int, restarts: int = 4, iteratio
 
 
 def _model_space(vector: dict[str, float]) -> dict[str, float]:
-    return {name: (math.log1p(vector[name]) if name in _LOG_FEATURES else vector[name]) for name in FEATURE_NAMES}
+    return {name: (math.log1p(value) if name in _LOG_FEATURES else value) for name, value in vector.items()}
+
+
+def _standing_out(scaled_centre: dict[str, float], min_z: float) -> list[tuple[str, str]]:
+    """(feature, phrase) of the features that stand out, most first."""
+    ranked = sorted(((abs(z), name, z) for name, z in scaled_centre.items() if name in FEATURES and abs(z) >= min_z),
+                    reverse=True)
+    return [(name, FEATURES[name][0 if z > 0 else 1]) for _, name, z in ranked]
 
 
 def label_of(scaled_centre: dict[str, float], *, top: int = 2, min_z: float = 0.5) -> str:
@@ -424,20 +668,55 @@ def label_of(scaled_centre: dict[str, float], *, top: int = 2, min_z: float = 0.
     >>> label_of({"ctr": 0.1})
     'typical'
     """
-    standing_out = sorted(
-        ((abs(z), name, z) for name, z in scaled_centre.items() if name in FEATURES and abs(z) >= min_z), reverse=True
-    )[:top]
-    if not standing_out:
-        return "typical"
-    return ", ".join(FEATURES[name][0 if z > 0 else 1] for _, name, z in standing_out)
+    phrases = [phrase for _, phrase in _standing_out(scaled_centre, min_z)[:top]]
+    return ", ".join(phrases) or "typical"
+
+
+def segment_labels(scaled_centres: dict[int, dict[str, float]], *, top: int = 2, min_z: float = 0.5) -> dict[int, str]:
+    """Labels of all segments, distinct from one another.
+
+    Each names its ``top`` most distinctive features; two labels of the same
+    words (in any order) take more of their features until they differ, and
+    only segments that still read alike get their id appended. A label names
+    only the features the model uses (those in the centres).
+
+    >>> segment_labels({0: {"order_value": 1.0, "ctr": 0.8, "cart_rate": 0.6},
+    ...                 1: {"ctr": 1.0, "order_value": 0.9, "cart_rate": -0.7},
+    ...                 2: {"ctr": 0.1}, 3: {"ctr": -0.1}})
+    {0: 'high spend, click-happy, fills carts', 1: 'click-happy, high spend, rarely carts', 2: 'typical (2)', 3: 'typical (3)'}
+    """
+    standing = {k: _standing_out(c, min_z) for k, c in scaled_centres.items()}
+    take = dict.fromkeys(standing, top)
+
+    def words(k: int) -> frozenset[str]:
+        return frozenset(phrase for _, phrase in standing[k][:take[k]])
+
+    while True:
+        groups: dict[frozenset[str], list[int]] = {}
+        for k in standing:
+            groups.setdefault(words(k), []).append(k)
+        grown = False
+        for members in groups.values():
+            if len(members) > 1:
+                for k in members:
+                    if take[k] < len(standing[k]):
+                        take[k] += 1
+                        grown = True
+        if not grown:
+            break
+    labels = {k: ", ".join(phrase for _, phrase in standing[k][:take[k]]) or "typical" for k in standing}
+    return unique_labels(labels)
 
 
 def unique_labels(labels: dict[int, str]) -> dict[int, str]:
-    """Labels made unique by appending the segment id where two would read the same."""
-    seen: dict[str, int] = {}
+    """Labels made unique by appending the segment id where two would read the same (in any word order)."""
+    def key(label: str) -> frozenset[str]:
+        return frozenset(label.split(", "))
+
+    seen: dict[frozenset[str], int] = {}
     for label in labels.values():
-        seen[label] = seen.get(label, 0) + 1
-    return {k: (f"{label} ({k})" if seen[label] > 1 else label) for k, label in labels.items()}
+        seen[key(label)] = seen.get(key(label), 0) + 1
+    return {k: (f"{label} ({k})" if seen[key(label)] > 1 else label) for k, label in labels.items()}
 
 
 def adjusted_rand_index(truth: Sequence, predicted: Sequence) -> float:
@@ -464,11 +743,3 @@ def adjusted_rand_index(truth: Sequence, predicted: Sequence) -> float:
     if best == expected:
         return 1.0
     return (index - expected) / (best - expected)
-
-
-def sizes_of(assignments: Iterable[int]) -> dict[int, int]:
-    """Counts per segment id."""
-    out: dict[int, int] = {}
-    for segment in assignments:
-        out[segment] = out.get(segment, 0) + 1
-    return out

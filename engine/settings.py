@@ -52,7 +52,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     segment_warmup: int = 300
     #: Event-time half-life of each user's behaviour counts (3 days).
     behaviour_half_life_s: float = 259_200.0
-    #: Visits (decayed) a user needs before being segmented.
+    #: An event this long after a user's previous one starts a new visit (explicit app and
+    #: email opens always do): sessions by inactivity gap, as analytics tools count them.
+    session_gap_s: float = 1800.0
+    #: The longest idle gap that decays a user's behaviour counts (1 day): a user back after
+    #: months is read from their habits, not from their last visit alone.
+    behaviour_max_idle_s: float = 86_400.0
+    #: Visits (in all, not decayed) a user needs before being segmented.
     min_sessions: float = 2.0
     #: A user's segment row is rewritten when the segment or model changes, or the
     #: distance to the centre moved by this much (standard units) since the last write.
@@ -151,6 +157,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"TAILOR_DRIFT_ACTION must be 'alert' or 'refit', got {self.drift_action!r}")
         if self.segments == 1 or self.segments < 0:
             raise ValueError(f"TAILOR_SEGMENTS must be 0 (off) or at least 2, got {self.segments}")
+        if not self.behaviour_max_idle_s >= self.session_gap_s:
+            raise ValueError(f"TAILOR_BEHAVIOUR_MAX_IDLE_S must be at least TAILOR_SESSION_GAP_S "
+                             f"({self.session_gap_s}), got {self.behaviour_max_idle_s}")
+        if not self.session_gap_s > 0:
+            raise ValueError(f"TAILOR_SESSION_GAP_S must be a positive number of seconds, got {self.session_gap_s}")
         if not self.model_reload_s > 0:
             raise ValueError(f"TAILOR_MODEL_RELOAD_S must be a positive number of seconds, got {self.model_reload_s}")
         for name in ("retrain_min_interval_s", "retrain_feedback_days", "retrain_ppl_tolerance",

@@ -67,10 +67,13 @@ def print_table(profiles: list[SegmentProfile], file=None) -> None:
 
 
 def _fmt(name: str, value: float | None) -> str:
+    """A centre's value as people read it; "-" for a feature the model does not use (no signal in the traffic)."""
     if value is None:
         return "-"
     if name == "order_value":
         return f"{value:,.2f}"
     if name == "browse_depth":
-        return f"{value:.2f}"
+        return f"{value:.1f}/visit"
+    if name == "visit_frequency":
+        return f"{value:.2f}/day"
     return f"{value:.1%}"

@@ -221,8 +221,8 @@ _CATEGORY_WORDS = {"shoes": "shoes", "outerwear": "outerwear", "electronics": "t
                    "beauty": "beauty", "sports": "sports gear", "books": "books", "grocery": "pantry staples"}
 
 #: Segment-label phrases (engine.segments.FEATURES words) -> (style, weight). Strong cues weigh 2:
-# they match the simulator profile nearly one to one; weak cues 1. "quick looks" says
-# nothing a style is about, so it is left out on purpose.
+# they match the simulator profile nearly one to one; weak cues 1. "quick looks" and
+# "occasional visitor" say nothing a style is about, so they are left out on purpose.
 LABEL_CUES: dict[str, tuple[str, float]] = {
     "budget": ("bargain_hunter", 2.0),
     "buys what they cart": ("bargain_hunter", 1.0),
@@ -235,9 +235,12 @@ LABEL_CUES: dict[str, tuple[str, float]] = {
     "abandons carts": ("window_shopper", 2.0),
     "app-first": ("window_shopper", 1.0),
     "rarely carts": ("window_shopper", 1.0),
+    "clicks to buy": ("loyal_high_spender", 1.0),
+    "browses without buying": ("window_shopper", 1.0),
+    "frequent visitor": ("window_shopper", 1.0),
 }
 #: Segment-label words deliberately mapped to no style.
-NEUTRAL_LABEL_WORDS = frozenset({"quick looks", "typical"})
+NEUTRAL_LABEL_WORDS = frozenset({"quick looks", "typical", "occasional visitor"})
 #: Style of a label with no cue ("typical", "quick looks"): most simulated users browse.
 DEFAULT_STYLE = "window_shopper"
 # The first phrase of a label is the feature that stands out most (engine.segments.label_of).

@@ -60,7 +60,8 @@ def uninterrupted_run(settings, folder):
 
 
 def feed_audience(audience, events, batch_size: int = 2000, half_life_s: float = 259_200.0,
-                  min_sessions: float = 2.0, behaviours: dict | None = None):
+                  min_sessions: float = 2.0, behaviours: dict | None = None, session_gap_s: float = 1800.0,
+                  max_idle_s: float = 86_400.0):
     """What the flow does, without Kafka: batches of events -> per-user behaviour -> the audience.
 
     Yields ``(events handed out so far, AudienceResult)`` per batch.
@@ -77,12 +78,12 @@ def feed_audience(audience, events, batch_size: int = 2000, half_life_s: float =
         for user_id, user_events in batch.items():
             b = behaviours.get(user_id)
             if b is None:
-                b = behaviours[user_id] = Behaviour(half_life_s)
+                b = behaviours[user_id] = Behaviour(half_life_s, session_gap_s, max_idle_s)
             for e in user_events:
                 b.update(e)
             clicks, impressions = b.take_clicks()
             updates.append(UserUpdate(user_id, user_events[-1].ts, len(user_events), clicks, impressions,
-                                      b.vector(min_sessions)))
+                                      b.evidence() if b.visits_total >= min_sessions else None))
         batch.clear()
         return audience.observe(updates)
 

@@ -6,6 +6,8 @@ import math
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.audience import Audience
 from engine.events import Event
@@ -14,7 +16,11 @@ from engine.segments import (
     Behaviour,
     SegmentModel,
     adjusted_rand_index,
+    RATE_FEATURES,
+    TrafficPriors,
+    feature_vector,
     label_of,
+    segment_labels,
     unique_labels,
 )
 from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator
@@ -38,7 +44,8 @@ def test_behaviour_halves_per_half_life_and_weighs_late_events():
     assert b.sessions == pytest.approx(1.5)  # the first visit is one half-life old
     b.update(ev(3, "email_open", T0 + DAY_MS // 2))  # late: half a half-life old
     assert b.sessions == pytest.approx(1.5 + 2 ** -0.5)
-    assert b.vector()["email_share"] == pytest.approx((2 ** -0.5 + 0.25 * 2) / (1.5 + 2 ** -0.5 + 2))
+    # No traffic priors yet (all 0): the share is shrunk towards 0 by the prior's weight of 2 visits.
+    assert b.vector()["email_share"] == pytest.approx(2 ** -0.5 / (1.5 + 2 ** -0.5 + 2))
 
 
 def test_behaviour_rebases_without_changing_values_and_pickles():
@@ -57,9 +64,11 @@ def test_behaviour_rebases_without_changing_values_and_pickles():
 def test_behaviour_needs_enough_visits_and_ignores_conversions():
     b = Behaviour(half_life_s=86_400)
     b.update(ev(1, "conversion", T0))
-    assert b.decayed() == [0.0] * 9 and b.vector(min_sessions=1) is None
+    assert b.decayed() == [0.0] * 10 and b.vector(min_sessions=1) is None
     b.update(ev(2, "purchase", T0, value=80.0))
-    assert b.vector()["order_value"] == pytest.approx((80 + 50) / 2)
+    assert b.visits_total == 1  # a purchase out of nowhere starts a visit
+    assert b.vector(priors={**TrafficPriors().values(), "order_value": 20.0})["order_value"] == pytest.approx(
+        (80 + 20) / 2)
 
 
 def test_bad_parameters_are_clear_errors():
@@ -190,3 +199,144 @@ def test_update_many_equals_one_by_one():
     for user_id in one:
         assert one[user_id].decayed() == pytest.approx(many[user_id].decayed())
         assert one[user_id].take_clicks() == many[user_id].take_clicks()
+
+
+# -- other shapes of traffic: sessions from gaps, bounded rates, unfed features ------
+
+
+def visits_of(kinds_and_minutes, gap_s=1800.0):
+    b = Behaviour(3 * 86_400, session_gap_s=gap_s)
+    for i, (kind, minute) in enumerate(kinds_and_minutes):
+        b.update(Event(f"e{i}", kind, "u1", T0 + minute * 60_000, value=10.0 if kind == "purchase" else None))
+    return b.visits_total
+
+
+def test_visits_start_at_explicit_opens_and_after_an_inactivity_gap():
+    assert visits_of([("page_view", 0), ("click", 10), ("purchase", 29)]) == 1  # gaps under 30 minutes
+    assert visits_of([("page_view", 0), ("click", 31), ("purchase", 100)]) == 3  # each after 30+ minutes idle
+    assert visits_of([("app_open", 0), ("impression", 1), ("email_open", 5)]) == 2  # an open is a visit
+    assert visits_of([("app_open", 0), ("page_view", 45)]) == 2
+    assert visits_of([("click", 0), ("click", 45)], gap_s=3600) == 1  # the gap is a setting
+    assert visits_of([("click", 60), ("click", 0)]) == 1  # a late event after a visit does not start one
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["page_view", "click", "add_to_cart", "purchase", "impression",
+                                           "email_open", "email_click", "app_open"]),
+                          st.integers(0, 90 * 86_400_000)), min_size=1, max_size=60),
+       st.lists(st.floats(0, 1), min_size=5, max_size=5))
+def test_every_rate_stays_within_zero_and_one_whatever_the_stream(stream, rates):
+    b = Behaviour(3 * 86_400)
+    for i, (kind, dt) in enumerate(stream):
+        b.update(Event(f"e{i}", kind, "u1", T0 + dt, value=5.0 if kind == "purchase" else None))
+    priors = TrafficPriors()
+    priors.observe([b.evidence()])
+    for prior in (priors.values(), {**TrafficPriors().values(), **dict(zip(sorted(RATE_FEATURES), rates))}):
+        vector, _ = feature_vector(b.evidence(), prior)
+        for name in RATE_FEATURES:
+            assert 0.0 <= vector[name] <= 1.0, (name, vector[name], stream)
+        assert all(math.isfinite(v) and v >= 0 for v in vector.values())
+
+
+def test_priors_are_the_traffics_pooled_rates():
+    priors = TrafficPriors(horizon=10**9)
+    users = []
+    for clicks, impressions in ((1, 10), (3, 10), (40, 0)):  # the last clicks without impressions
+        b = Behaviour(3 * 86_400)
+        b.update_many([Event(f"i{k}", "impression", "u", T0 + k) for k in range(impressions)]
+                      + [Event(f"c{k}", "click", "u", T0 + 100 + k) for k in range(clicks)])
+        users.append(b.evidence())
+    priors.observe(users)
+    assert priors.values()["ctr"] == pytest.approx(4 / 20, rel=1e-6)  # 40 clicks on no impression add nothing
+    assert priors.values()["order_value"] == 0.0  # no purchase anywhere yet
+
+
+def test_a_user_back_after_months_is_read_from_their_habits():
+    b = Behaviour(3 * 86_400)
+    for day in range(10):  # ten days of a click on every other impression
+        t = T0 + day * DAY_MS
+        b.update_many([Event(f"{day}-i{k}", "impression", "u1", t + k) for k in range(10)]
+                      + [Event(f"{day}-c{k}", "click", "u1", t + 100 + k) for k in range(5)])
+    back = T0 + 200 * DAY_MS  # half a year away, then one impression, not clicked
+    b.update(Event("back", "impression", "u1", back))
+    vector = b.vector(priors=TrafficPriors().values())
+    assert vector["ctr"] > 0.4  # the habit, not the one unclicked impression
+    assert b.visits_total == 11 and b.ref_ms == back
+
+
+def test_a_snapshot_of_the_old_behaviour_state_resumes():
+    old = Behaviour(3 * 86_400)
+    old.update(ev(1, "app_open", T0))
+    old.update(ev(2, "page_view", T0 + 1000))
+    state = (old.half_life_ms, old.base_ms, old.ref_ms, old.counts[:9], 0, 0)  # the 6-tuple of before
+    b = Behaviour.__new__(Behaviour)
+    b.__setstate__(state)
+    assert b.visits_total == 1 and b.sessions == pytest.approx(1.0, rel=1e-4)
+    b.update(ev(3, "click", T0 + 2 * 3_600_000))  # and counts on: a new visit after two hours
+    assert b.visits_total == 2
+
+
+def test_labels_of_the_same_words_in_another_order_are_told_apart():
+    centres = {0: {"order_value": 1.2, "email_share": 1.0, "ctr": 0.6},
+               1: {"email_share": 1.3, "order_value": 1.1, "ctr": -0.9},
+               2: {"ctr": 0.2}}
+    labels = segment_labels(centres)
+    assert labels == {0: "high spend, email-driven, click-happy", 1: "email-driven, high spend, rarely clicks",
+                      2: "typical"}
+    assert unique_labels({0: "budget, deep browser", 1: "deep browser, budget"}) == {
+        0: "budget, deep browser (0)", 1: "deep browser, budget (1)"}
+
+
+SHAPE_EVENTS = 300_000
+
+
+@pytest.fixture(scope="module")
+def clicks_and_purchases():
+    sim = Simulator(users=USERS, seed=7, shape="clicks_purchases")
+    audience = Audience(4, drift_warmup=100_000, drift_reference=50_000, drift_window=20_000)
+    alerts = []
+    for _, result in feed_audience(audience, sim.events(SHAPE_EVENTS)):
+        alerts += result.alerts
+    return sim, audience, alerts
+
+
+def test_users_of_a_clicks_and_purchases_stream_are_segmented(clicks_and_purchases):
+    sim, audience, _ = clicks_and_purchases
+    users = sorted(audience.members)
+    assert len(users) >= 0.95 * USERS
+    # What the stream feeds, the model uses; what it never feeds carries no weight.
+    assert set(audience.model.features) == {"conversion", "order_value", "browse_depth", "visit_frequency"}
+    profiles = audience.profiles()
+    assert sum(p.size for p in profiles) == len(users)
+    assert len({p.label for p in profiles}) == len(profiles) == 4
+    for p in profiles:
+        assert set(p.centre) == set(audience.model.features)
+        assert all(0.0 <= p.centre[name] <= 1.0 for name in RATE_FEATURES & set(p.centre)), p
+        assert not {"email-driven", "app-first", "click-happy", "rarely clicks"} & set(p.label.split(", "))
+    # Chance would be ~0; the profiles still show through clicks and purchases alone.
+    ari = adjusted_rand_index([sim.profile_of(u) for u in users], [audience.segment_of(u) for u in users])
+    assert ari >= 0.4
+
+
+def test_a_missing_signal_raises_no_drift_alert_and_says_it_is_skipped(clicks_and_purchases):
+    _, audience, alerts = clicks_and_purchases
+    monitor = audience.monitor
+    assert monitor.ready  # checks ran
+    signals = monitor.signals
+    assert signals["click_through"] is False and signals["ctr"] is False and signals["email_share"] is False
+    assert signals["conversion"] is True and signals["segment_sizes"] is True
+    assert not any(key[0] in ("ctr", "email_share", "cart_rate", "purchase_rate", "click_through")
+                   for key in monitor.scores)
+    assert not [a for a in alerts if a.feature in ("click_through", "ctr", "email_share")]
+    assert monitor.adwin.width == 0  # clicks without impressions never reached ADWIN
+
+
+def test_the_years_shape_keeps_segments_through_long_idle_gaps():
+    sim = Simulator(users=USERS, seed=7, shape="years")
+    audience = Audience(4, drift_warmup=100_000, drift_reference=50_000, drift_window=20_000)
+    for _ in feed_audience(audience, sim.events(SHAPE_EVENTS)):
+        pass
+    users = sorted(audience.members)
+    assert len(users) >= 0.95 * USERS
+    ari = adjusted_rand_index([sim.profile_of(u) for u in users], [audience.segment_of(u) for u in users])
+    assert ari >= 0.8
