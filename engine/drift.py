@@ -14,6 +14,11 @@ hundred (a replay); and River's ADWIN over a per-event click-through stream for 
 changes. A score above its threshold for ``patience`` consecutive checks is a
 `DriftAlert`; it re-arms once the score falls back below.
 
+A signal with no data is skipped, not scored: a feature whose values are NaN
+(the segmentation does not use it, because the traffic never feeds it) in the
+reference or in the current window, and click-through on a stream without
+impressions. `DriftMonitor.signals` says which signals are watched.
+
 Examples
 --------
 >>> round(kl_divergence([50, 50], [90, 10], smoothing=0.0), 4)  # 0.9 ln 1.8 + 0.1 ln 0.2
@@ -193,9 +198,12 @@ class DriftMonitor:
         self.adwin_delta = adwin_delta
         self.smoothing = smoothing
         self.adwin = river_drift.ADWIN(delta=adwin_delta) if adwin_delta else None
+        self._clicks_seen = False
         #: Latest score per (feature, method), for metrics; and the highest since the reference was set.
         self.scores: dict[tuple[str, str], float] = {}
         self.peak_scores: dict[tuple[str, str], float] = {}
+        #: Features (and segment sizes) skipped at the last check for want of data.
+        self.no_data: set[str] = set()
         self.rebase()
 
     # -- reference ------------------------------------------------------------
@@ -208,6 +216,7 @@ class DriftMonitor:
         self._warm: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
         self._warm_count = 0.0  # weight seen since the warm-up began
         self._warm_kept = 0.0  # weight of the parts kept in _warm
+        self._fed: set[str] = set()  # features observed with a value (not NaN) since the rebase
         self._reset_window()
 
     def _reset_window(self) -> None:
@@ -241,15 +250,19 @@ class DriftMonitor:
     def _freeze_reference(self) -> None:
         values, segments, weights = (np.concatenate(parts) for parts in zip(*self._warm))
         quantiles = np.linspace(0, 1, self.bins + 1)[1:-1]
-        self.edges = {f: np.unique(_weighted_quantiles(values[:, i], weights, quantiles))
-                      for i, f in enumerate(self.features)}
+        self.edges = {}
+        for i, f in enumerate(self.features):
+            known = ~np.isnan(values[:, i])
+            self.edges[f] = (np.unique(_weighted_quantiles(values[known, i], weights[known], quantiles))
+                             if known.any() else np.array([]))
         self.reference = self._histograms(values, segments, weights)
         self._warm, self._warm_kept = deque(), 0.0
 
     def _histograms(self, values: np.ndarray, segments: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+        # NaN (no data) lands in the last bin with weight 0: it counts nowhere.
         out = {
-            f: np.bincount(np.searchsorted(self.edges[f], values[:, i], side="right"), weights=weights,
-                           minlength=self.edges[f].size + 1)
+            f: np.bincount(np.searchsorted(self.edges[f], values[:, i], side="right"),
+                           weights=np.where(np.isnan(values[:, i]), 0.0, weights), minlength=self.edges[f].size + 1)
             for i, f in enumerate(self.features)
         }
         out[SEGMENT_SIZES] = np.bincount(segments, weights=weights, minlength=self.n_segments)[: self.n_segments]
@@ -269,6 +282,9 @@ class DriftMonitor:
         if not vectors:
             return []
         values = np.array([[v[f] for f in self.features] for v in vectors], dtype=float)
+        if len(self._fed) < len(self.features):
+            has_value = ~np.isnan(values).all(axis=0)
+            self._fed.update(f for f, fed in zip(self.features, has_value) if fed)
         segs = np.asarray(segments, dtype=np.int64)
         w = np.asarray(weights, dtype=float)
         ends = np.cumsum(w)
@@ -305,10 +321,38 @@ class DriftMonitor:
             start = stop
         return alerts
 
+    @property
+    def signals(self) -> dict[str, bool]:
+        """Per signal (each feature, `SEGMENT_SIZES`, `CLICK_THROUGH`): whether it is watched (has data).
+
+        A feature is watched once it was observed with a value (not NaN) and while
+        the last check had data for it; click-through once an impression was seen
+        (and ADWIN is on).
+        """
+        out = {name: name in self._fed and name not in self.no_data for name in self.features}
+        out[SEGMENT_SIZES] = SEGMENT_SIZES not in self.no_data
+        out[CLICK_THROUGH] = self._clicks_seen
+        return out
+
+    def __setstate__(self, state):
+        # Snapshots from before signals without data were skipped.
+        state.setdefault("no_data", set())
+        state.setdefault("_fed", set(state.get("features", ())))
+        state.setdefault("_clicks_seen", state.get("adwin") is not None and state["adwin"].width > 0)
+        self.__dict__.update(state)
+
     def _check(self, time_ms: int, model_version: int) -> list[DriftAlert]:
         alerts = []
+        self.no_data = set()
         for name, reference in self.reference.items():
             current = sum(block[name] for block in self._recent)
+            if not reference.sum() > 0 or not current.sum() > 0:
+                # Nothing to compare: the signal is skipped, its score forgotten, its alarm re-armed.
+                self.no_data.add(name)
+                for method in ("kl", "js"):
+                    self.scores.pop((name, method), None)
+                    self._above[(name, method)] = 0
+                continue
             for method, measure in (("kl", kl_divergence), ("js", js_distance)):
                 score = measure(reference, current, self.smoothing)
                 key = (name, method)
@@ -326,15 +370,20 @@ class DriftMonitor:
 
     def observe_clicks(self, clicks: int, impressions: int, *, time_ms: int,
                        model_version: int = 0) -> list[DriftAlert]:
-        """Feed ADWIN one user's impressions (0) and clicks (1), clicks spread evenly among them.
+        """Feed ADWIN one user's impressions: 1 for each clicked, 0 for the others, clicks spread evenly.
 
-        An alert's ``score`` is the click-through of the window ADWIN keeps (after
-        the change), ``reference`` that of the older part it dropped (before it).
+        Click-through is clicks per impression: without impressions there is no
+        signal (clicks alone are skipped), and clicks beyond the impressions
+        count as every impression clicked. An alert's ``score`` is the
+        click-through of the window ADWIN keeps (after the change),
+        ``reference`` that of the older part it dropped (before it).
         """
         adwin = self.adwin
-        if adwin is None or clicks + impressions == 0:
+        if adwin is None or impressions <= 0:
             return []
-        total = clicks + impressions
+        self._clicks_seen = True
+        total = impressions
+        clicks = min(clicks, impressions)
         alerts = []
         fed = 0
         # The window as of the last bit fed; River's ADWIN starts afresh after a detection.

@@ -22,12 +22,37 @@ DRIFT_SCORE = Gauge("tailor_drift_score", "Latest drift score per feature and me
 DRIFT_ALERTS = Counter("tailor_drift_alerts_total", "Drift alerts raised.", ["feature", "method"])
 
 
+DRIFT_SIGNAL = Gauge(
+    "tailor_drift_signal_watched",
+    "1 while the drift monitor watches this signal, 0 while it skips it for want of data (a feature the "
+    "traffic never feeds, click-through without impressions); its tailor_drift_score is then absent.",
+    ["feature"],
+)
+SEGMENT_FEATURE_USED = Gauge(
+    "tailor_segment_feature_used",
+    "1 if the segment model uses this feature, 0 if it leaves it out (too few users have evidence for it).",
+    ["feature"],
+)
+
+
 def observe_audience(audience) -> None:
-    """Copy the audience step's model version, segment sizes and drift scores into gauges."""
+    """Copy the audience step's model version, segment sizes, features, drift signals and scores into gauges."""
     SEGMENT_MODEL_VERSION.set(audience.model.version)
     for segment, size in audience.sizes.items():
         SEGMENT_SIZE.labels(str(segment)).set(size)
-    for (feature, method), score in audience.monitor.scores.items():
+    used = set(audience.model.features) if audience.model.fitted else set()
+    for name in audience.monitor.features:
+        SEGMENT_FEATURE_USED.labels(name).set(1 if name in used else 0)
+    monitor = audience.monitor
+    for signal, watched in monitor.signals.items():
+        DRIFT_SIGNAL.labels(signal).set(1 if watched else 0)
+        if not watched:
+            for method in ("kl", "js", "adwin"):
+                try:
+                    DRIFT_SCORE.remove(signal, method)
+                except KeyError:
+                    pass
+    for (feature, method), score in monitor.scores.items():
         DRIFT_SCORE.labels(feature, method).set(score)
 
 EXPERIMENT_EVENTS = Counter(
