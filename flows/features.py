@@ -31,6 +31,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import bytewax.operators as op
@@ -133,7 +134,8 @@ class UserActivityLogic(StatefulBatchLogic):
         else:
             self.state, self.behaviour = resume
         if settings.segments and self.behaviour is None:
-            self.behaviour = Behaviour(settings.behaviour_half_life_s)
+            self.behaviour = Behaviour(settings.behaviour_half_life_s, settings.session_gap_s,
+                                       settings.behaviour_max_idle_s)
         self.min_sessions = settings.min_sessions
 
     def on_batch(self, events: list[Event]):
@@ -148,8 +150,9 @@ class UserActivityLogic(StatefulBatchLogic):
         behaviour.update_many(counted)
         clicks, impressions = behaviour.take_clicks()
         # The state object itself goes downstream: the sink packs it once per write.
+        evidence = behaviour.evidence() if behaviour.visits_total >= self.min_sessions else None
         return [(user_id, self.state, UserUpdate(user_id, self.state.newest_ms, len(counted), clicks, impressions,
-                                                 behaviour.vector(self.min_sessions)))], False
+                                                 evidence))], False
 
     def snapshot(self) -> tuple[UserActivity, Behaviour | None]:
         return self.state, self.behaviour
@@ -196,11 +199,26 @@ class AudienceLogic(StatefulBatchLogic):
             self.on_audience(self.audience)
         return out, False
 
+    def notify_at(self) -> datetime | None:
+        # Profiles left stale by the last batch are written once the stream idles
+        # (a live stream that stops, a backfill ahead of its end), not only while events flow.
+        if not self._stale:
+            return None
+        return datetime.now(timezone.utc) + timedelta(seconds=max(self._profiles_due - time.monotonic(), 0.0))
+
+    def on_notify(self):
+        return self._final_profiles(), False
+
     def on_eof(self):
         # The end of a finite input (a replay, a backfill): leave the final profiles behind.
-        if self._stale and self.audience.model.fitted:
-            return [(PROFILES_KEY, self.audience.profiles())], False
-        return [], False
+        return self._final_profiles(), False
+
+    def _final_profiles(self) -> list:
+        if not (self._stale and self.audience.model.fitted):
+            return []
+        self._stale = False
+        self._profiles_due = time.monotonic() + self.PROFILES_EVERY_S
+        return [(PROFILES_KEY, self.audience.profiles())]
 
     def snapshot(self) -> Audience:
         return self.audience
