@@ -19,6 +19,12 @@ In one invocation, on one broker:
   the highest score each drift measure reached (what thresholds must clear);
 * one run over the drifted topic: the first alert after the drift point, as a
   delay in events (and simulated hours), per method.
+
+``--shape`` picks the simulator's traffic shape (`engine.simulate.SHAPES`):
+its sessions, clicks and purchases only, ratings instead of money, or years of
+history with long idle gaps. The JSON says which features the segments used,
+which drift signals were skipped for want of data, and the largest rate of any
+profile (``profile_rate_max``, at most 1 by construction).
 """
 
 from __future__ import annotations
@@ -47,12 +53,14 @@ def run_segment(settings: Settings, args) -> int:
     n, users = args.burn_in + args.events, args.users
     drift_at = args.drift_at if args.drift_at is not None else args.burn_in + args.events // 2
     os.environ["TAILOR_BENCH_USERS"] = str(users)  # the children rebuild the simulator's ground truth
+    os.environ["TAILOR_BENCH_SHAPE"] = args.shape
     with bench_settings(settings, segments=settings.segments or 4, drift_warmup=args.burn_in) as bench:
         drifted = msgspec.structs.replace(bench, topic=bench.topic + ".drifted")
         ensure_topics(bench.brokers, [drifted.topic], bench.partitions)
         producer = make_producer(bench.brokers)
         for target, drift in ((bench, None), (drifted, Drift(at_event=drift_at, shares=_default_shares()))):
-            events = Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS, drift=drift).events(n)
+            events = Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS, drift=drift,
+                               shape=args.shape).events(n)
             label = "pre-filling stationary topic" if drift is None else f"pre-filling topic drifted at {drift_at}"
             bar = tqdm(records_of(events), total=n, desc=label, unit="ev", file=sys.stderr, mininterval=0.5)
             produce_all(producer, target.topic, bar)
@@ -80,9 +88,10 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
     rate_on = statistics.median(r["consumed"] / r["seconds"] for r in on)
     rate_off = statistics.median(r["consumed"] / r["seconds"] for r in off)
     false_alarms = [len(r["alerts"]) for r in on]
-    delays = detection_delays(args.burn_in + args.events, args.users, drift_at, drift_run["alerts"])
+    delays = detection_delays(args.burn_in + args.events, args.users, drift_at, drift_run["alerts"], args.shape)
     return {
         "bench": "segment",
+        "shape": args.shape,
         "events": args.burn_in + args.events,
         "burn_in_events": args.burn_in,
         "users": args.users,
@@ -97,6 +106,11 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
         "ari": statistics.median(r["ari"] for r in on),
         "ari_runs": [r["ari"] for r in on],
         "segmented_users": on[0]["segmented_users"],
+        "segmented_share": round(on[0]["segmented_users"] / args.users, 3),
+        "profile_rate_max": max(r["profile_rate_max"] for r in (*on, drift_run)),
+        "profile_sizes_sum": on[0]["profile_sizes_sum"],
+        "features_used": on[0]["features_used"],
+        "drift_signals_skipped": on[0]["drift_signals_skipped"],
         "model_version": on[0]["model_version"],
         "profiles": on[0]["profiles"],
         "false_alarms": false_alarms,
@@ -116,9 +130,9 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
     }
 
 
-def detection_delays(n: int, users: int, drift_at: int, alerts: list[dict]) -> dict:
+def detection_delays(n: int, users: int, drift_at: int, alerts: list[dict], shape: str = "sessions") -> dict:
     """Events (and simulated hours) from the drift point to each measure's first alert after it."""
-    stamps = [e.ts for e in Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS,
+    stamps = [e.ts for e in Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS, shape=shape,
                                       drift=Drift(at_event=drift_at, shares=_default_shares())).events(n)]
     drift_ms = stamps[drift_at] if drift_at < n else None
     if drift_ms is None:
@@ -187,15 +201,24 @@ def quality(settings: Settings, audience) -> dict:
     got = store.get_online_features(
         features=["user_segment:segment", "user_segment:model_version"], entity_rows=[{"user_id": u} for u in users]
     ).to_dict()
-    truth_sim = Simulator(users=int(os.environ["TAILOR_BENCH_USERS"]), seed=SEED)
+    truth_sim = Simulator(users=int(os.environ["TAILOR_BENCH_USERS"]), seed=SEED,
+                          shape=os.environ.get("TAILOR_BENCH_SHAPE", "sessions"))
     pairs = [(truth_sim.profile_of(u), s) for u, s in zip(got["user_id"], got["segment"]) if s is not None and s >= 0]
     alerts = [msgspec.json.decode(m.value())
               for m in read_topic(settings.brokers, settings.drift_topic, audience.alerts_total, timeout_s=10)]
+    from engine.segments import RATE_FEATURES
+
+    profiles = audience.profiles()
+    rates = [value for p in profiles for name, value in p.centre.items() if name in RATE_FEATURES]
     return {
         "ari": round(adjusted_rand_index([t for t, _ in pairs], [s for _, s in pairs]), 3) if len(pairs) > 1 else None,
         "segmented_users": len(pairs),
+        "profile_rate_max": round(max(rates), 4) if rates else None,
+        "profile_sizes_sum": sum(p.size for p in profiles),
+        "features_used": list(audience.model.features),
+        "drift_signals_skipped": sorted(name for name, watched in audience.monitor.signals.items() if not watched),
         "model_version": audience.model.version,
-        "profiles": {p.segment: f"{p.label} ({p.share:.0%})" for p in audience.profiles()},
+        "profiles": {p.segment: f"{p.label} ({p.share:.0%})" for p in profiles},
         "alerts": alerts,
         "peak_scores": {f"{f}/{m}": round(v, 4) for (f, m), v in sorted(audience.monitor.peak_scores.items())},
     }

@@ -115,7 +115,7 @@ _LOG_FEATURES = frozenset({"order_value", "visit_frequency"})
 #: Pseudo-counts of each feature's prior (in its denominator's units: impressions, carts, days ...).
 PRIOR_WEIGHTS: dict[str, float] = {
     "email_share": 2.0, "ctr": 2.0, "cart_rate": 2.0, "purchase_rate": 1.0, "conversion": 2.0,
-    "order_value": 1.0, "browse_depth": 1.0, "visit_frequency": 1.0,
+    "order_value": 1.0, "browse_depth": 1.0, "visit_frequency": 3.0,
 }
 _LN2 = math.log(2.0)
 

@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--drift-at", type=int, default=None,
                      help="event of the injected drift (default: half-way through the measured events)")
     seg.add_argument("--repeat", type=_positive_int, default=3, help="runs with and without segmentation (default 3)")
+    seg.add_argument("--shape", choices=tuple(SHAPES), default="sessions",
+                     help="the simulated traffic's shape (default sessions): " + "; ".join(
+                         f"{name}: {text}" for name, text in SHAPES.items()))
     gen = bench_sub.add_parser("generate", help="copy generation: Tailor's runtime vs Optimum vs PyTorch")
     gen.add_argument("--model", default="models/artifacts/onnx", help="exported model folder")
     gen.add_argument("--trained", default="models/artifacts/trained", help="trained model folder (PyTorch leg)")

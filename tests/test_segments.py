@@ -340,3 +340,29 @@ def test_the_years_shape_keeps_segments_through_long_idle_gaps():
     assert len(users) >= 0.95 * USERS
     ari = adjusted_rand_index([sim.profile_of(u) for u in users], [audience.segment_of(u) for u in users])
     assert ari >= 0.8
+
+
+def test_the_audience_step_writes_stale_profiles_once_the_stream_idles():
+    from datetime import datetime, timezone
+
+    from engine.settings import Settings
+    from flows.features import PROFILES_KEY, AudienceLogic
+
+    logic = AudienceLogic(Settings(segments=2, segment_warmup=4), None)
+    from engine.audience import UserUpdate
+
+    behaviours = {}  # forty users' behaviour, as the flow's per-user step keeps it
+    for _ in feed_audience(Audience(2, warmup=4), Simulator(users=40, seed=3).events(20_000), behaviours=behaviours):
+        pass
+    updates = [UserUpdate(u, b.ref_ms, 5, 0, 0, b.evidence()) for u, b in behaviours.items()]
+    out, _ = logic.on_batch(updates[:20])  # the first batch writes profiles ...
+    assert any(item[0] == PROFILES_KEY for item in out if isinstance(item, tuple))
+    assert logic.notify_at() is None
+    out, _ = logic.on_batch(updates[20:])  # ... the next, within a second, only assignments
+    assert not any(item[0] == PROFILES_KEY for item in out if isinstance(item, tuple))
+    due = logic.notify_at()
+    assert due is not None and (due - datetime.now(timezone.utc)).total_seconds() <= 1.0
+    written, _ = logic.on_notify()  # the stream idled: the profiles count everyone
+    [(key, profiles)] = written
+    assert key == PROFILES_KEY and sum(p.size for p in profiles) == len(logic.audience.members) == 40
+    assert logic.notify_at() is None and logic.on_eof() == ([], False)
