@@ -58,12 +58,14 @@ def print_table(profiles: list[SegmentProfile], file=None) -> None:
     table.add_column("label")
     table.add_column("users", justify="right")
     table.add_column("share", justify="right")
-    for name in FEATURE_NAMES:
+    # Only the features the model uses: one the traffic never feeds has no column.
+    used = [name for name in FEATURE_NAMES if any(name in p.centre for p in profiles)]
+    for name in used:
         table.add_column(name.replace("_", " "), justify="right")
     for p in profiles:
         table.add_row(str(p.segment), p.label, str(p.size), f"{p.share:.0%}",
-                      *(_fmt(name, p.centre.get(name)) for name in FEATURE_NAMES))
-    Console(file=file or sys.stdout, width=160).print(table)
+                      *(_fmt(name, p.centre.get(name)) for name in used))
+    Console(file=file or sys.stdout, width=220).print(table)
 
 
 def _fmt(name: str, value: float | None) -> str:
