@@ -134,6 +134,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: ... and its tone/length obedience and brand-rule pass rate at least the current's minus this.
     retrain_metric_tolerance: float = 0.02
 
+    # -- the flow process's start-up (flows/features.py) ---------------------------
+    #: A file the flow process writes (one JSON line: pid, seconds to ready) once it has
+    #: loaded Feast, opened the online store and its consumers fetch, and removes when it
+    #: stops; a supervisor waits for it. Empty: none (readiness is still logged and in
+    #: the tailor_flow_ready gauge).
+    ready_file: str = ""
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
         """Read ``TAILOR_*`` variables; a malformed one is a clear `ValueError`."""

@@ -12,11 +12,21 @@ import socket
 import subprocess
 import tempfile
 import time
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -222,7 +232,21 @@ class RawKafkaSource(KafkaSource):
     `KafkaSourceMessage` wrapper is skipped, which halves the source's cost per
     message (measured in bench/ingest: ~11 us -> ~5.5 us here). Consumer
     errors stop the flow, as with the connector's ``raise_on_errors=True``.
+
+    ``stop``, once set, ends every partition at its next poll, as the end of a
+    finite topic does: Bytewax then drains the flow, snapshots and exits.
+    ``on_assigned`` and ``on_fetching`` are told each partition's name when it
+    is built and at its first poll once its start offset is known (the broker
+    answered; the consumer fetches from there).
     """
+
+    def __init__(self, brokers: list[str], topics: list[str], *, stop: threading.Event | None = None,
+                 on_assigned: Callable[[str], None] | None = None,
+                 on_fetching: Callable[[str], None] | None = None, **kwargs):
+        super().__init__(brokers, topics, **kwargs)
+        self._stop = stop
+        self._on_assigned = on_assigned
+        self._on_fetching = on_fetching
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "_RawKafkaPartition":
         idx, topic = for_part.split("-", 1)
@@ -237,14 +261,51 @@ class RawKafkaSource(KafkaSource):
             "statistics.interval.ms": 1000,
         }
         config.update(self._add_config)
-        return _RawKafkaPartition(
+        part = _RawKafkaPartition(
             step_id, config, topic, int(idx), self._starting_offset, resume_state, self._batch_size, True
         )
+        part.watch(for_part, self._stop, self._on_fetching)
+        if self._on_assigned is not None:
+            self._on_assigned(for_part)
+        return part
 
 
 class _RawKafkaPartition(_KafkaSourcePartition):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._name = ""
+        self._stop = None
+        self._on_fetching = None
+        self._resolved = self._resolve_start()
+
+    def _resolve_start(self) -> bool:
+        """Turn a logical start offset (a fresh flow's: the beginning) into a real one, now.
+
+        librdkafka looks a logical offset up only once it knows the partition's
+        leader; assigned before any metadata, as here, it retries on a fixed
+        500 ms timer (measured on Tansu). Asking the broker directly and assigning
+        the answer starts the fetch at once, and tells that the broker answers.
+        """
+        if self._offset >= 0:
+            return True
+        try:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._part_idx), timeout=10)
+        except KafkaException:
+            return False  # no broker yet: the consumer keeps trying on its own
+        if self._offset == OFFSET_BEGINNING:
+            self._offset = low
+        elif self._offset == OFFSET_END:
+            self._offset = high
+        else:
+            return False  # another logical offset: librdkafka resolves it
+        self._consumer.assign([TopicPartition(self._topic, self._part_idx, self._offset)])
+        return True
+
+    def watch(self, name: str, stop: threading.Event | None, on_fetching: Callable[[str], None] | None) -> None:
+        self._name, self._stop, self._on_fetching = name, stop, on_fetching
+
     def next_batch(self) -> list[Message]:
-        if self._eof:
+        if self._eof or (self._stop is not None and self._stop.is_set()):
             raise StopIteration()
         batch = self._consumer.consume(self._batch_size, 0.001)
         for i, msg in enumerate(batch):
@@ -259,6 +320,10 @@ class _RawKafkaPartition(_KafkaSourcePartition):
             break
         if batch:
             self._offset = batch[-1].offset() + 1
+        if self._on_fetching is not None and (self._resolved or batch):
+            # Told at the first poll, not when built: by then Bytewax has built every partition.
+            self._on_fetching(self._name)
+            self._on_fetching = None
         return batch
 
 

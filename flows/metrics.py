@@ -62,3 +62,9 @@ EXPERIMENT_EVENTS = Counter(
     "unattributed (no experiment named, none seen by then), ignored (no experiment or variant to count).",
     ["outcome"],
 )
+
+FLOW_READY = Gauge(
+    "tailor_flow_ready",
+    "1 once the flow process can write (Feast loaded, online store open, consumers fetching); 0 while "
+    "starting or stopping.",
+)

@@ -161,7 +161,28 @@ class FeatureWriter:
         self._offline_rows: list[tuple] = []
         self._entity_keys: dict[str, bytes] = {}
         self._sqlite = self._sqlite_upsert()
-        self._views = {}  # other views, looked up when first written
+        self._views = {}  # other views, looked up by warm_up (or when first written)
+
+    def warm_up(self) -> None:
+        """Do now what the first writes would do lazily, so that the first event is written at once.
+
+        Looks every view up (an unregistered one fails here, at start-up, saying what to
+        run), reads one absent row of each through the online store (its connection and
+        tables, or Redis, answer now) and runs protobuf's and Parquet's first encodings.
+        """
+        keys = {
+            TILES_VIEW: _entity_key(""),
+            SEGMENT_VIEW: _entity_key(""),
+            PROFILE_VIEW: EntityKey(join_keys=["segment_id"], entity_values=[Value(int64_val=-1)]),
+            ARM_VIEW: arm_entity_key("", ""),
+            FIRST_EXPOSURE_VIEW: first_exposure_key("", ""),
+        }
+        for name, key in keys.items():
+            view = self.view if name == TILES_VIEW else self._view(name)
+            self.online.online_read(self.config, view, [key])
+        self._entity_key_bin("")
+        Value(bytes_val=b"").SerializeToString()
+        pq.write_table(OFFLINE_SCHEMA.empty_table(), pa.BufferOutputStream())
 
     def _view(self, name: str):
         view = self._views.get(name)
