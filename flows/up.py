@@ -4,7 +4,8 @@ What runs, and who owns it::
 
     this process ── Tansu broker (child, unless TAILOR_BROKERS is set)
                  ├─ the copy model: built first if there is none (tailor train + export)
-                 ├─ the features flow (child: python -m bytewax.run, own process group)
+                 ├─ the features flow (child: python -m bytewax.run, own process group;
+                 │  the traffic waits for its ready file)
                  ├─ the API (child: tailor api, own process group)
                  ├─ simulated traffic (thread: paced, stamped with the wall clock,
                  │  user ids pseudonymized as the API's edge does)
@@ -55,6 +56,8 @@ WATCH_IDLE_S = 60.0
 STOP_GRACE_S = 10.0
 #: Lines of a dead child's log shown with the error.
 LOG_TAIL_LINES = 20
+#: Longest the demo waits for the flow to be ready (a busy 2-core machine imports Feast slowly).
+FLOW_READY_TIMEOUT_S = 180.0
 #: The features shown per watched user, in column order.
 COLUMNS = (
     "clicks_5m",
@@ -146,6 +149,9 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     settings = _demo_keys(settings, data)
     flow = _start_flow(settings, recovery, data / "logs" / "flow.log", stack)
     api = _start_api(settings, args.api_port, data / "logs" / "api.log", stack)
+    # Traffic starts once the flow can write, so that the first features shown measure
+    # the pipeline, not Feast's import (the API goes on starting meanwhile).
+    _wait_ready(flow)
     from engine.privacy import Pseudonymizer
 
     base = f"http://127.0.0.1:{args.api_port}"
@@ -199,6 +205,7 @@ class _Child:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
         self.name = name
         self.log_path = log_path
+        self.ready_file: Path | None = None  # the flow's TAILOR_READY_FILE
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -229,10 +236,27 @@ def _start_flow(settings: Settings, recovery: Path, log_path: Path, stack: conte
     from flows.features import flow_command, init_recovery
 
     init_recovery(recovery)
+    ready_file = recovery.parent / "flow.ready"
+    ready_file.unlink(missing_ok=True)  # a killed run's: not this flow's readiness
+    settings = msgspec.structs.replace(settings, ready_file=str(ready_file))
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     flow = _Child("flow", flow_command(settings, str(recovery)), env, log_path)
+    flow.ready_file = ready_file
     stack.callback(flow.stop)
     return flow
+
+
+def _wait_ready(flow: _Child, timeout_s: float = FLOW_READY_TIMEOUT_S) -> None:
+    """Wait for the flow's ready file (Feast loaded, online store open, consumers fetching)."""
+    _say("waiting for the flow to load Feast and start reading ...")
+    started = time.monotonic()
+    while not flow.ready_file.is_file():
+        flow.check()
+        if time.monotonic() - started > timeout_s:
+            raise ChildDied(f"the flow (pid {flow.pid}) was not ready after {timeout_s:.0f} s; "
+                            f"last lines of {flow.log_path}:\n{_tail(flow.log_path)}")
+        time.sleep(0.05)
+    _say(f"flow ready after {time.monotonic() - started:.1f} s")
 
 
 def _start_api(settings: Settings, port: int, log_path: Path, stack: contextlib.ExitStack) -> _Child:
@@ -457,7 +481,7 @@ class FeatureView:
         self.size = watch
         self.watched: list[str] = []
         self.started = time.monotonic()
-        #: Seconds from the start to the first features read back (the flow starts slowly: Feast imports).
+        #: Seconds from the start to the first features read back (the flow is ready by then).
         self.first_features_s: float | None = None
         self._dlq = _DeadLetterCount(settings)
 
