@@ -10,6 +10,18 @@ on the previous probe.
 Side by side, a plain Kafka consumer in a thread of the probe process records
 when each probe becomes readable from the broker at all (``kafka_*``): the
 part of the latency that no stream processor can remove.
+
+``--cold`` measures a fresh start instead of a warm flow: the topic already
+holds ``--backlog`` simulated events and the load runs, then a new flow
+process starts (recovery on, a fresh recovery folder, as a new deployment)
+with ``TAILOR_READY_FILE``. ``ready_ms``: process start to the ready file.
+At that moment a probe is produced; ``cold_servable_ms``: its broker ack to
+the first Feast read that sees it. It queues behind the backlog and what the
+load produced while the flow started (``--rate`` times ``ready_ms``), so it
+is mostly that catch-up; ``kafka_cold_ms`` is the plain consumer's view. ``first_probes_*``: the first
+``--first-probes`` probes (that one included), spaced as usual. Then the warm
+probes for ``--seconds`` on the same flow (``p50_ms``, ``p99_ms``), and
+``stop_ms``: SIGTERM to the flow's exit (``exit_code``).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import tempfile
 import threading
 import time
 
+import msgspec
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from tqdm import tqdm
 
@@ -34,6 +47,8 @@ PROBE_USER = "probe-freshness"
 
 
 def run_freshness(settings: Settings, args) -> int:
+    if getattr(args, "cold", False):
+        return run_cold(settings, args)
     from flows.features import flow_command, init_recovery
     from flows.kafka import make_producer
     from flows.store import open_store
@@ -104,6 +119,112 @@ def run_freshness(settings: Settings, args) -> int:
     }
     print(json.dumps(result))
     return 0
+
+
+def run_cold(settings: Settings, args) -> int:
+    from flows.features import flow_command, init_recovery
+    from flows.kafka import make_producer, produce_all
+    from flows.produce import simulated_records
+    from flows.store import open_store
+
+    with bench_settings(settings) as bench, tempfile.TemporaryDirectory(prefix="tailor-recovery-") as tmp:
+        recovery, ready_file = os.path.join(tmp, "recovery"), os.path.join(tmp, "flow.ready")
+        flow_log = os.path.join(tmp, "flow.log")
+        init_recovery(recovery)
+        producer = make_producer(bench.brokers, **{"linger.ms": 0})
+        start_ms = int(time.time() * 1000) - 3_600_000  # the hour before now
+        produce_all(producer, bench.topic, simulated_records(args.users, seed=3, n=args.backlog, start_ms=start_ms))
+        producer.flush()
+        bench = msgspec.structs.replace(bench, ready_file=ready_file)
+        env = {**os.environ, **settings_env(bench)}
+        load = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        flow = None
+        try:
+            store = open_store(bench)
+            read = _reader(store)
+            read()  # the probe's own Feast client is warm before the clock starts
+            gc.freeze()
+            observer = _KafkaObserver(bench)
+            observer.start()
+            time.sleep(2.0)  # the load's own start-up, so that it runs at its rate when the flow starts
+            started = time.perf_counter()
+            with open(flow_log, "wb") as log:
+                flow = subprocess.Popen(flow_command(bench, None if args.no_recovery else recovery), env=env,
+                                        stdout=subprocess.DEVNULL, stderr=log)
+            while not os.path.exists(ready_file):
+                if flow.poll() is not None:
+                    raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
+                if time.perf_counter() - started > 300:
+                    raise RuntimeError("the flow was not ready within five minutes")
+                time.sleep(0.001)
+            ready_ms = (time.perf_counter() - started) * 1000
+            firsts, kafka_cold, timeouts = [], None, 0
+            for seq in range(1, args.first_probes + 1):
+                # The first probe may wait behind the backlog: give it longer than a warm one.
+                acked, latency = _probe(producer, bench, read, seq, timeout_s=60.0 if seq == 1 else 5.0)
+                if seq == 1:
+                    cold_servable = latency
+                    seen = observer.seen.get("probe-1")
+                    kafka_cold = None if seen is None else (seen - acked) * 1000
+                if latency is None:
+                    timeouts += 1
+                else:
+                    firsts.append(latency)
+                time.sleep(0.05)
+            latencies, seq = [], args.first_probes
+            deadline = time.monotonic() + args.seconds
+            while time.monotonic() < deadline:
+                seq += 1
+                _, latency = _probe(producer, bench, read, seq)
+                if latency is None:
+                    timeouts += 1
+                else:
+                    latencies.append(latency)
+                time.sleep(0.05)
+            observer.stop()
+            if flow.poll() is not None:
+                raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
+            stopping = time.perf_counter()
+            flow.terminate()  # SIGTERM, as a supervisor stops it
+            exit_code = flow.wait(30)
+            stop_ms = (time.perf_counter() - stopping) * 1000
+        finally:
+            load.terminate()
+            load.wait(10)
+            if flow is not None and flow.poll() is None:
+                flow.kill()
+                flow.wait()
+    result = {
+        "bench": "freshness_cold",
+        "rate": args.rate,
+        "backlog": args.backlog,
+        "ready_ms": round(ready_ms, 1),
+        "cold_servable_ms": None if cold_servable is None else round(cold_servable, 2),
+        "kafka_cold_ms": None if kafka_cold is None else round(kafka_cold, 2),
+        "first_probes": args.first_probes,
+        "first_probes_p50_ms": round(percentile(firsts, 50), 2),
+        "first_probes_p99_ms": round(percentile(firsts, 99), 2),
+        "probes": len(firsts) + len(latencies),
+        "timeouts": timeouts,
+        "seconds": args.seconds,
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "stop_ms": round(stop_ms, 1),
+        "exit_code": exit_code,
+        "online_store": "redis" if settings.redis_url else "sqlite",
+        "recovery": not args.no_recovery,
+        "epoch_s": bench.epoch_s,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def _tail(path: str, chars: int = 2000) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()[-chars:]
 
 
 def _reader(store):

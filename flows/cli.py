@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     fresh.add_argument("--seconds", type=float, default=20.0)
     fresh.add_argument("--users", type=_positive_int, default=10_000)
     fresh.add_argument("--no-recovery", action="store_true", help="run the flow without Bytewax recovery snapshots")
+    fresh.add_argument("--cold", action="store_true",
+                       help="measure a fresh flow's start: ready_ms, cold_servable_ms, first_probes_p99_ms, then warm")
+    fresh.add_argument("--backlog", type=_non_negative_int, default=20_000,
+                       help="--cold: simulated events already in the topic when the flow starts (default 20,000)")
+    fresh.add_argument("--first-probes", type=_positive_int, default=20,
+                       help="--cold: probes sent right after ready, the first at the moment of readiness (default 20)")
     seg = bench_sub.add_parser("segment", help="segmentation and drift: cost, ARI, false alarms, detection delay")
     seg.add_argument("--events", type=_positive_int, default=1_000_000,
                      help="measured events per stream, after the burn-in (default 1,000,000)")

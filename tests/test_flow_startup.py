@@ -173,3 +173,17 @@ def test_an_in_process_flow_reports_ready_in_its_gauge_and_on_stderr(make_settin
     assert FLOW_READY._value.get() == 1
     assert "tailor flow: ready in" in capsys.readouterr().err
     assert lifetime_events(settings, "in-process") == 2
+
+
+def test_bench_freshness_cold_prints_one_json_object(broker, capsys):
+    from argparse import Namespace
+
+    from bench.freshness import run_cold
+    from engine.settings import Settings
+
+    args = Namespace(cold=True, rate=200.0, users=100, backlog=500, first_probes=3, seconds=0.0, no_recovery=False)
+    assert run_cold(Settings(brokers=broker.address), args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["bench"] == "freshness_cold" and result["exit_code"] == 0, result
+    assert result["ready_ms"] > 0 and result["cold_servable_ms"] is not None, result
+    assert result["probes"] == 3 and result["timeouts"] == 0, result
