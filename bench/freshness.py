@@ -168,7 +168,8 @@ def run_cold(settings: Settings, args) -> int:
                 if seq == 1:
                     cold_servable = latency
                     seen = observer.seen.get("probe-1")
-                    kafka_cold = None if seen is None else (seen - acked) * 1000
+                    # The observer may see it a hair before flush() returns here: that reads as 0.
+                    kafka_cold = None if seen is None else max(0.0, (seen - acked) * 1000)
                 if latency is None:
                     timeouts += 1
                 else:
