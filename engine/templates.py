@@ -80,6 +80,19 @@ class TemplateError(ValueError):
         self.reason = reason
 
 
+class RenderFailed(TemplateError):
+    """A valid template whose render raised (a filter's error, a compile limit): the template's fault.
+
+    Unlike a plain `TemplateError` (context or an item the request lacks, the
+    caller's to fix), the request can still be served with another template.
+    """
+
+    def __init__(self, template_id: str, version: int, failure: str):
+        super().__init__(f"template {template_id} v{version} could not render: {failure}")
+        #: What went wrong, without the template's name.
+        self.failure = failure
+
+
 class TemplateFields(Base, frozen=True):
     """What a template body uses: the context a render needs.
 
@@ -273,13 +286,15 @@ def new_template(template_id: str, slot: str, body: str, *, default_copy: Mappin
                  created: str = "") -> tuple[Template, TemplateFields]:
     """Version 1 of a template, validated, with the fields its body uses."""
     template = Template(template_id, 1, slot, body, dict(default_copy or {}), tuple(segments), tone, created=created)
+    check_renders(template)
     return template, template.fields
 
 
 def revise(template: Template, **changes: Any) -> Template:
     """The next version of ``template`` with ``changes``; the given one is left as it was.
 
-    ``created`` is cleared unless given (the new version was not created then).
+    ``created`` is cleared unless given (the new version was not created then). A new
+    ``body`` must render (`check_renders`).
 
     >>> t, _ = new_template("cta-plain", "cta", "{{ ai.cta }}", default_copy={"cta": "Shop now"})
     >>> t2 = revise(t, default_copy={"cta": "Take a look"})
@@ -291,7 +306,10 @@ def revise(template: Template, **changes: Any) -> Template:
     unknown = set(changes) - set(template.__struct_fields__)
     if unknown:
         raise TemplateError(f"templates have no field {sorted(unknown)[0]!r}")
-    return msgspec.structs.replace(template, version=template.version + 1, **{"created": "", **changes})
+    revised = msgspec.structs.replace(template, version=template.version + 1, **{"created": "", **changes})
+    if "body" in changes:  # the render check reads the body only: archiving a stale one must still work
+        check_renders(revised)
+    return revised
 
 
 class RenderResult(Base, frozen=True):
@@ -316,10 +334,20 @@ _ENV.filters = {name: _ENV.filters[name] for name in FILTERS if name != "money"}
 _SPACES = re.compile(r"[ \t]{2,}")
 
 
+def _failure(exc: BaseException) -> str:
+    """One line on why compiling or rendering raised."""
+    if isinstance(exc, (SyntaxError, RecursionError)):  # Python's limits: 100 indents, 20 nested blocks
+        return f"it nests too deeply to compile ({exc.msg if isinstance(exc, SyntaxError) else exc}): simplify it"
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 @lru_cache(maxsize=256)
-def _compiled(template_id: str, version: int, body: str) -> jinja2.Template:
-    # Keyed by the body too: an edited copy that kept its id and version must not render stale code.
-    return _ENV.from_string(body)
+def _compiled(body: str) -> jinja2.Template | str:
+    """The compiled body, or why it does not compile: failures are cached too (a compile can take 40 ms)."""
+    try:
+        return _ENV.from_string(body)
+    except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the template is at fault
+        return _failure(exc)
 
 
 def _item_values(item: Item | Mapping[str, Any]) -> dict[str, Any]:
@@ -338,7 +366,8 @@ def render(template: Template, *, user: Mapping[str, Any] | None = None, item: I
 
     ``user`` is the caller's context, ``item`` a catalog item or a dict of `ITEM_FIELDS`,
     ``ai`` the generator's text per slot: a slot it lacks or leaves blank takes the
-    default copy (listed in ``used_defaults``). A needed field missing raises `TemplateError`.
+    default copy (listed in ``used_defaults``). A needed field missing raises `TemplateError`;
+    a body that does not compile, or whose render raises anything, raises `RenderFailed`.
     """
     fields = template.fields
     # Only the fields the body uses reach the sandbox: nothing else of the caller's context can matter.
@@ -355,14 +384,92 @@ def render(template: Template, *, user: Mapping[str, Any] | None = None, item: I
     ai = ai or {}
     used_defaults = tuple(slot for slot in fields.ai if not (ai.get(slot) or "").strip())
     ai_values = {slot: template.default_copy[slot] if slot in used_defaults else ai[slot] for slot in fields.ai}
-    try:
-        text = _compiled(template.template_id, template.version, template.body).render(
-            user=SimpleNamespace(**user_values), item=SimpleNamespace(**item_values),
-            ai=SimpleNamespace(**ai_values), discount_pct=discount_pct)
-    except (jinja2.TemplateError, TypeError, ValueError, RecursionError) as exc:
-        raise TemplateError(f"template {template.template_id} v{template.version} could not render: {exc}") from None
+    compiled = _compiled(template.body)  # by body: an edited copy that kept its id and version is not stale
+    failure = compiled if isinstance(compiled, str) else None
+    if failure is None:
+        try:
+            text = compiled.render(user=SimpleNamespace(**user_values), item=SimpleNamespace(**item_values),
+                                   ai=SimpleNamespace(**ai_values), discount_pct=discount_pct)
+        except Exception as exc:  # noqa: BLE001 - any error of a render is the template's, never a crash
+            failure = _failure(exc)
+    if failure is not None:
+        raise RenderFailed(template.template_id, template.version, failure)
     return RenderResult(_SPACES.sub(" ", text).strip(), used_defaults, fields,
                         template.template_id, template.version)
+
+
+#: What `check_renders` renders a body with: user fields as text, then as numbers (a caller may send
+#: either), with an item on sale and one at full price (so both sides of `{% if discount_pct %}` run).
+_SAMPLE_USER_VALUES: tuple[Any, ...] = ("Sample", 1)
+_SAMPLE_ITEMS: tuple[dict[str, Any], ...] = (
+    {"title": "Sample item", "brand": "Sample brand", "category": "sample", "price": 120.0, "discount_pct": 25},
+    {"title": "Sample item", "brand": "Sample brand", "category": "sample", "price": 120.0},
+)
+
+
+def check_renders(template: Template) -> None:
+    """Raise `TemplateError` unless ``template`` renders: what saving a template checks, beyond the language.
+
+    The body is compiled, every constant expression evaluated (a branch no
+    sample reaches still fails on ``{{ 1e400 | money }}``), then rendered with
+    sample values: with each sample item it must render with user fields as
+    text or as numbers. Cached per body.
+
+    >>> check_renders(Template("big", 1, "cta", "{{ " + "9" * 400 + " | money }}"))
+    Traceback (most recent call last):
+    ...
+    engine.templates.TemplateError: the template cannot render on line 1: OverflowError: int too large to convert to float: fix that expression
+    """
+    problem = _render_problem(template.body)
+    if problem is not None:
+        raise TemplateError(f"the template cannot render {problem}")
+
+
+def _constant_failure(body: str) -> str | None:
+    """Why a constant expression of ``body`` fails when evaluated (as Jinja's optimizer would), or None."""
+    context = nodes.EvalContext(_ENV)
+    for node in _ENV.parse(body).find_all(nodes.Expr):
+        try:
+            node.as_const(context)
+        except nodes.Impossible as exc:
+            cause = exc.__cause__
+            while isinstance(cause, nodes.Impossible):  # not constant (a placeholder inside) unless a real error
+                cause = cause.__cause__
+            if cause is not None:
+                return f"line {node.lineno}: {_failure(cause)}"
+        except Exception as exc:  # noqa: BLE001 - a constant that cannot even be folded fails at render too
+            return f"line {node.lineno}: {_failure(exc)}"
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _render_problem(body: str) -> str | None:
+    """Why ``body`` cannot render, as the end of a sentence that starts "the template cannot render"."""
+    fields = validate_body(body)
+    compiled = _compiled(body)
+    if isinstance(compiled, str):
+        return f"because {compiled}"
+    try:
+        problem = _constant_failure(body)
+    except RecursionError:
+        return "because it nests too deeply: simplify it"
+    if problem is not None:
+        return f"on {problem}: fix that expression"
+    sample = Template("sample", 1, "cta", body, {slot: "Sample copy" for slot in fields.ai})
+    for item in _SAMPLE_ITEMS:
+        failures = []
+        for value in _SAMPLE_USER_VALUES:
+            user = {name: value for name in fields.user + fields.optional_user}
+            try:
+                render(sample, user=user, item=item, discount_pct=item.get("discount_pct"))
+                break
+            except RenderFailed as exc:
+                failures.append(exc.failure)
+        else:
+            on_sale = "on sale" if item.get("discount_pct") else "at full price"
+            return (f"with sample values (user fields as text or as numbers, an item {on_sale}): {failures[0]}; "
+                    "fix the body so that it renders for values like these")
+    return None
 
 
 #: Built-in templates, at least one per slot; every name here renders with a catalog item.

@@ -264,3 +264,69 @@ def test_default_templates_cover_every_slot_and_render():
     assert render(subject, user={"first_name": ""}).text.startswith("Hi there")
     description = render(DEFAULT_TEMPLATES["description-item"], item=ON_SALE).text
     assert ON_SALE.title in description and f"{ON_SALE.sale_price:.2f}" in description
+
+
+# -- templates that validate but cannot render (issue 13) ----------------------------------------
+
+NINES = "9" * 400  # past the largest float: `| money` overflows (300 nines still fit, at 1e300)
+#: Bodies the small language allows that cannot render for any caller, and what the refusal says.
+UNRENDERABLE = [
+    ("{% if 1 %}" * 99 + "x" + "{% endif %}" * 99, "nests too deeply"),
+    ("{{ " + NINES + " | money }}", "OverflowError"),
+    ("{% if user.vip == 'yes' %}{{ " + NINES + " | money }}{% endif %}", "OverflowError"),  # a branch samples miss
+    ("{{ 1.5 | round(2, 'sideways') }}", "method"),
+    ("{{ 'x' | trim(5) }}", "TypeError"),
+    ("{{ item.title | money }}", "ValueError"),
+    ("{% if item.price > 'cheap' %}x{% endif %}", "not supported"),
+]
+
+
+@pytest.mark.parametrize("body, says", UNRENDERABLE)
+def test_a_template_that_cannot_render_is_refused_when_made(body, says):
+    with pytest.raises(TemplateError, match="cannot render") as refused:
+        new_template("t1", "cta", body)
+    assert says in refused.value.reason
+    assert len(refused.value.reason) < 400  # one line, not a traceback
+
+
+def test_a_revised_body_that_cannot_render_is_refused_and_other_changes_are_not_rechecked():
+    t, _ = new_template("t1", "cta", "{{ ai.cta }}", default_copy={"cta": "Shop"})
+    with pytest.raises(TemplateError, match="cannot render"):
+        revise(t, body=UNRENDERABLE[0][0])
+    assert revise(t, archived=True).archived
+
+
+def test_a_template_that_renders_for_some_values_is_saved():
+    # Text or a number in user.age: a number renders, so the template is fine for some callers.
+    t, _ = new_template("t1", "cta", "{% if user.age > 30 %}mature{% else %}young{% endif %} {{ user.score | round }}")
+    assert render(t, user={"age": 40, "score": 2.4}).text == "mature 2.0"
+
+
+def test_a_render_error_of_any_kind_is_a_render_failure_with_the_reason():
+    from engine.templates import RenderFailed
+
+    t, _ = new_template("t1", "cta", "{{ user.age | money }}")
+    with pytest.raises(RenderFailed, match=r"^template t1 v1 could not render: ValueError") as failed:
+        render(t, user={"age": "forty"})
+    assert isinstance(failed.value, TemplateError)
+    # A body stored before save-time checks (built directly): the compile error is a RenderFailed, not a SyntaxError.
+    deep = Template("deep", 1, "cta", UNRENDERABLE[0][0])
+    with pytest.raises(RenderFailed, match="nests too deeply"):
+        render(deep)
+    overflow = Template("big", 1, "cta", UNRENDERABLE[1][0])
+    with pytest.raises(RenderFailed, match="OverflowError"):
+        render(overflow)
+
+
+def test_a_failed_compile_is_compiled_once(monkeypatch):
+    from engine import templates
+
+    compiles = []
+    real = templates._ENV.from_string
+    monkeypatch.setattr(templates._ENV, "from_string", lambda body: compiles.append(body) or real(body))
+    body = "{% if 1 %}" * 99 + "y" + "{% endif %}" * 99  # a body no other test compiled
+    deep = Template("deep", 1, "cta", body)
+    for _ in range(5):
+        with pytest.raises(TemplateError):
+            render(deep)
+    assert compiles == [body]
