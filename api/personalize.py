@@ -15,7 +15,10 @@ One request, in order:
    grounded or broke a rule is replaced by the template's default copy, and the
    explanation says why (late copy still lands in the cache for the next request);
 6. the template rendered with the caller's context (used for this response,
-   never stored) and the featured item.
+   never stored) and the featured item. A template that cannot render (a filter
+   fails on the caller's value, a body stored before save-time checks) is
+   replaced by the slot's default template (`engine.personalize.default_templates`),
+   and ``explanation.fallbacks`` says why: never a 500.
 """
 
 from __future__ import annotations
@@ -35,15 +38,23 @@ from prometheus_client import Counter, Gauge, Histogram
 from api.cache import CachedCopy, CopyCache, copy_key
 from engine.brand import BrandRules, Slot, check
 from engine.events import Event
-from engine.personalize import choose_item, choose_template, explaining_features, ground_copy, tone_for
-from engine.templates import ITEM_FIELDS, render
+from engine.personalize import (
+    choose_item,
+    choose_template,
+    default_templates,
+    explaining_features,
+    ground_copy,
+    tone_for,
+)
+from engine.templates import ITEM_FIELDS, RenderFailed, TemplateError, render
 
 log = logging.getLogger("tailor.api")
 
 COPY_CACHE = Counter("tailor_copy_cache_lookups_total", "Generated-copy cache lookups, by result.", ["result"])
 COPY_CACHE_RATIO = Gauge("tailor_copy_cache_hit_ratio", "Share of copy-cache lookups that hit, since start.")
-FALLBACKS = Counter("tailor_copy_fallbacks_total", "Default copy served instead of generated copy, by reason.",
-                    ["reason"])
+FALLBACKS = Counter("tailor_copy_fallbacks_total",
+                    "Default copy served instead of generated copy (or, reason 'template', the slot's default "
+                    "template instead of one that could not render), by reason.", ["reason"])
 GENERATOR_BATCH = Histogram("tailor_generator_batch_size", "Prompts per generator batch.",
                             buckets=(1, 2, 4, 8, 16, 32, 64))
 GENERATOR_WAIT = Histogram("tailor_generator_queue_wait_seconds", "Time a prompt waited for its batch to start.",
@@ -389,8 +400,17 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
             copy[slot] = text
 
     item_values = {k: v for k, v in item.items() if k in ITEM_FIELDS and v is not None} if item else None
-    rendered = render(template, user=request.context, item=item_values, ai=copy,
-                      discount_pct=item.get("discount_pct") if item else None)
+    discount_pct = item.get("discount_pct") if item else None
+    try:
+        rendered = render(template, user=request.context, item=item_values, ai=copy, discount_pct=discount_pct)
+    except RenderFailed as failed:
+        template, rendered = _render_default(failed, template, live, request, item_values, copy, discount_pct)
+        template_why = f"the slot's default template, because {failed.reason}"
+        fallbacks.append(Fallback(request.slot, f"{failed.reason}: served {template.template_id} "
+                                                f"v{template.version} instead"))
+        FALLBACKS.labels("template").inc()
+        copy = {slot: template.default_copy[slot] if slot in rendered.used_defaults else copy[slot]
+                for slot in rendered.fields.ai}
     model_version = None if default_copy else (version or writer.model_version)
     experiment = assignment.experiment if assignment is not None else None
     variant = assignment.variant if assignment is not None else None
@@ -431,6 +451,23 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
 
 
 _PINNED: dict[tuple[str, int], Any] = {}
+_WARNED: set[tuple[str, int]] = set()
+
+
+def _render_default(failed: RenderFailed, template, live, request: PersonalizeRequest, item_values, copy,
+                    discount_pct):
+    """(template, RenderResult) of the first of the slot's defaults that renders this request, else the reason."""
+    if (template.template_id, template.version) not in _WARNED:  # once per version: not a log line per request
+        _WARNED.add((template.template_id, template.version))
+        log.warning("%s; serving the slot's default template instead: fix or archive it", failed.reason)
+    why = "there is none"
+    for candidate in default_templates(live, slot=request.slot, failed=template):
+        try:
+            return candidate, render(candidate, user=request.context, item=item_values, ai=copy,
+                                     discount_pct=discount_pct)
+        except TemplateError as exc:
+            why = exc.reason
+    raise TemplateError(f"{failed.reason}; no default {request.slot} template could serve instead ({why})")
 
 
 def _pinned(templates, template_id: str, version: int | None, slot: str):

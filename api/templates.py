@@ -514,7 +514,8 @@ def _errors(*codes: int) -> dict[int, ResponseSpec]:
     """The error answers a template route gives, for its OpenAPI ``responses``."""
     texts = {401: "no API key, or an unknown one", 403: "the API key lacks the route's scope",
              404: "there is no such template (or version)", 409: "a template with that id exists already",
-             413: "the body is over the size limit", 422: "the template is invalid: the reason says why"}
+             413: "the body is over the size limit",
+             422: "the template is invalid or cannot render: the reason says why"}
     return {code: ResponseSpec(ErrorBody, description=texts[code]) for code in (401, 403, *codes)}
 
 
@@ -599,8 +600,10 @@ class TemplateController(Controller):
 
         The body is checked before it is saved: placeholders are `user.<field>`,
         `item.<field>`, `ai.<slot>` and `discount_pct`, with a few filters and
-        `{% if %}`; each `ai.<slot>` used needs `default_copy` for that slot.
-        Answers 409 if the id is taken, 422 with the reason if the template is invalid.
+        `{% if %}`; each `ai.<slot>` used needs `default_copy` for that slot. It is
+        then rendered with sample values and must render (user fields as text or
+        as numbers, an item on sale and one at full price).
+        Answers 409 if the id is taken, 422 with the reason if the template is invalid or cannot render.
         """
         live = _live(request)
         with _http_errors():
@@ -650,7 +653,7 @@ class TemplateController(Controller):
 
         Send only the fields to change; `archived: false` restores an archived
         template. Answers 400 for an empty change, 404 for an unknown id, 422
-        with the reason if the changed template is invalid.
+        with the reason if the changed template is invalid (a new body must render, as on create).
         """
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         if not changes:

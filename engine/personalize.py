@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.catalog import CATEGORY_SPECS
-from engine.templates import Template
+from engine.templates import DEFAULT_TEMPLATES, Template
 
 #: The tone copy takes for each segment style when the template names none.
 STYLE_TONES: dict[str, str] = {
@@ -70,6 +70,27 @@ def choose_template(templates: Sequence[Template], *, slot: str, style: str, lab
     if generic:
         return generic[0], f"the first of {len(generic)} live {slot} templates for any segment, by id"
     raise NoTemplate(f"no live {slot} template serves {style} shoppers: create one with POST /v1/templates")
+
+
+def default_templates(templates: Sequence[Template], *, slot: str, failed: Template) -> list[Template]:
+    """What may serve ``slot`` instead of ``failed``, a template that could not render, best first.
+
+    The slot's default content (the live templates for any segment, by id, as
+    a holdout gets), then the built-in ones (`DEFAULT_TEMPLATES`); never one
+    with ``failed``'s body, which would fail the same way.
+
+    >>> broken = Template("cta-broken", 1, "cta", "{{ ai.cta }}!", {"cta": "Go"})
+    >>> [t.template_id for t in default_templates([broken], slot="cta", failed=broken)]
+    ['cta-ai']
+    """
+    live = sorted((t for t in templates if t.slot == slot and not t.archived and not t.segments),
+                  key=lambda t: t.template_id)
+    builtin = sorted((t for t in DEFAULT_TEMPLATES.values() if t.slot == slot), key=lambda t: t.template_id)
+    out: dict[tuple[str, int, str], Template] = {}  # a seeded built-in is live too: once
+    for template in (*live, *builtin):
+        if template.body != failed.body:
+            out.setdefault((template.template_id, template.version, template.body), template)
+    return list(out.values())
 
 
 def tone_for(template: Template, style: str) -> tuple[str, str]:

@@ -424,3 +424,69 @@ def test_template_out_shows_every_template_field():
     assert TemplateOut.__struct_fields__ == Template.__struct_fields__
     out = msgspec.json.decode(msgspec.json.encode(TemplateOut.of(cta())))
     assert out["archived"] is False and out["segments"] == [] and out["tone"] is None
+
+
+# -- templates that cannot render (issue 13) --------------------------------------------------------
+
+from tests.test_templates import UNRENDERABLE  # noqa: E402 - the engine's cases, through the routes
+
+#: The small language's own refusals, for what a render could not survive either.
+REFUSED_BY_LANGUAGE = ["{{ 1 / 0 }}", "{% for i in range(10**9) %}x{% endfor %}", "{{ range(10**9) | length }}",
+                       "{{ 10 ** 10 ** 10 }}"]
+
+
+@pytest.mark.parametrize("body", [b for b, _ in UNRENDERABLE] + REFUSED_BY_LANGUAGE)
+def test_a_body_that_cannot_render_is_a_422_at_save_and_nothing_is_stored(client, body):
+    created = client.post("/v1/templates", json=NEW | {"body": body}, headers=ADMIN)
+    assert created.status_code == 422, created.text
+    assert created.json()["detail"].startswith(("the template cannot render", "line 1: "))
+    assert client.get("/v1/templates/cta-soft", headers=READER).status_code == 404
+    assert client.post("/v1/templates", json=NEW, headers=ADMIN).status_code == 201
+    patched = client.patch("/v1/templates/cta-soft", json={"body": body}, headers=ADMIN)
+    assert patched.status_code == 422, patched.text
+    assert [v["version"] for v in client.get("/v1/templates/cta-soft/versions", headers=READER).json()] == [1]
+
+
+def personalize(client, **body):
+    r = client.post("/v1/personalize", json={"user_id": "u1", "slot": "cta"} | body, headers=READER)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_render_that_fails_on_the_callers_value_serves_the_default_template_and_says_why(client):
+    # Saved: a number in user.age renders. Text in it fails, at request time only.
+    aged = {"template_id": "cta-aaa", "slot": "cta", "default_copy": {"cta": "Have a look"},
+            "body": "{% if user.age > 30 %}For the experienced{% else %}{{ ai.cta }}{% endif %}"}
+    assert client.post("/v1/templates", json=aged, headers=ADMIN).status_code == 201
+    assert personalize(client, context={"age": 40})["content"]["text"] == "For the experienced"
+    served = personalize(client, context={"age": "forty"})
+    assert (served["template_id"], served["template_version"]) == ("cta-ai", 1)  # the slot's default
+    assert served["content"]["text"] == served["content"]["copy"]["cta"]
+    reason = "template cta-aaa v1 could not render: TypeError: '>' not supported"
+    assert served["explanation"]["template"].startswith(f"cta-ai v1: the slot's default template, because {reason}")
+    assert {"slot": "cta", "reason": served["explanation"]["fallbacks"][-1]["reason"]} in \
+        served["explanation"]["fallbacks"]
+    assert served["explanation"]["fallbacks"][-1]["reason"].startswith(reason)
+    # Asked for by name, the same.
+    assert personalize(client, context={"age": "forty"}, template_id="cta-aaa")["template_id"] == "cta-ai"
+
+
+def test_a_stored_template_that_does_not_compile_is_never_a_500(client):
+    # Stored before save-time checks: straight into the store, as an old row would be.
+    live: LiveTemplates = client.app.state.templates
+    for template_id, (body, _) in (("cta-deep", UNRENDERABLE[0]), ("cta-huge", UNRENDERABLE[1])):
+        live.store.create(Template(template_id, 1, "cta", body))
+    live.invalidate()
+    for template_id in ("cta-deep", "cta-huge"):
+        for _ in range(3):
+            served = personalize(client, template_id=template_id)
+            assert served["template_id"] == "cta-ai"
+            assert f"template {template_id} v1 could not render" in served["explanation"]["fallbacks"][-1]["reason"]
+    # With no default that can serve (a description needs an item), a 422 that says so, still not a 500.
+    live.store.create(Template("desc-deep", 1, "description", UNRENDERABLE[0][0]))
+    live.invalidate()
+    r = client.post("/v1/personalize", json={"user_id": "u1", "slot": "description", "template_id": "desc-deep"},
+                    headers=READER)
+    assert r.status_code == 422, r.text
+    assert "no default description template could serve instead" in r.json()["detail"]
+    assert "pass one" in r.json()["detail"]
