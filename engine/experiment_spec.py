@@ -73,6 +73,11 @@ CELL_SEPARATOR = "|"
 MAX_CELLS = 100
 #: A variant (an arm's or a cell's name) travels in events, whose ``variant`` holds at most this many characters.
 MAX_VARIANT_CHARS = 64
+#: The smallest weight an open arm may have, absolute and as a share of the arms' total. Assignment
+#: divides by the weight: at 5e-324 every score overflows to infinity and the first arm takes every
+#: user, while the expected share said 0.5; under a millionth of the total an arm is measured by nobody.
+MIN_WEIGHT = 1e-6
+MIN_WEIGHT_SHARE = 1e-6
 
 
 class Variant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -183,6 +188,15 @@ def _check_variants(variants: Sequence[Variant], what: str) -> None:
         raise ValueError(f"{what}: {HOLDOUT!r} is reserved for the holdout")
     if not any(v.weight > 0 for v in variants):
         raise ValueError(f"{what}: at least one needs a weight above 0")
+    tiny = [f"{v.name!r} ({v.weight:g})" for v in variants if 0 < v.weight < MIN_WEIGHT]
+    if tiny:
+        raise ValueError(f"{what}: the weight of {', '.join(tiny)} is too small: a weight is 0 (the arm paused) "
+                         f"or at least {MIN_WEIGHT:g}")
+    total = sum(v.weight for v in variants)
+    rare = [f"{v.name!r} ({v.weight:g})" for v in variants if 0 < v.weight < MIN_WEIGHT_SHARE * total]
+    if rare:
+        raise ValueError(f"{what}: the weight of {', '.join(rare)} is under a millionth of the arms' total "
+                         f"({total:g}): raise it, or set it to 0 to pause the arm")
     for v in variants:
         if v.copy == "default" and v.model_version is not None:
             raise ValueError(f"{what}: {v.name!r} serves default copy, so a model_version means nothing")

@@ -8,7 +8,7 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from engine.experiment_spec import ExperimentSpec, Variant, variant_of
+from engine.experiment_spec import ExperimentSpec, Variant, allocation_shares, variant_of
 from engine.privacy import Pseudonymizer
 from tests.conftest import ADMIN, KEY, SERVE
 from tests.support import consume_all
@@ -202,3 +202,34 @@ def test_results_draws_shrink_past_twenty_arms_to_bound_a_read():
     from api.experiments import draws_for
 
     assert [draws_for(n) for n in (2, 3, 21, 22, 100, 1000)] == [100_000, 100_000, 100_000, 95_238, 20_202, 10_000]
+
+
+# -- weights (issue 13) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weights, says", [
+    ((5e-324, 5e-324), "a weight is 0 (the arm paused) or at least 1e-06"),
+    ((1.0, 5e-324), "a weight is 0 (the arm paused) or at least 1e-06"),
+    ((1e6, 0.5), "under a millionth of the arms' total"),
+])
+def test_weights_too_small_to_assign_honestly_are_a_422(make_settings, tmp_path, weights, says):
+    settings = make_settings(pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin",
+                             model_dir=str(tmp_path / "no-model"))
+    body = {"id": "tiny", "slot": "headline", "arms": [{"name": n, "weight": w} for n, w in zip("ab", weights)]}
+    with TestClient(app=create_app(settings)) as client:
+        refused = create(client, body, status=422)
+        assert says in refused["detail"] and "'b'" in refused["detail"]
+        fine = create(client, {**body, "id": "fine", "arms": [{"name": "a"}, {"name": "b"}]})
+        assert fine["status"] == "draft"
+        patched = client.patch("/v1/experiments/fine", json={"weights": dict(zip("ab", weights))},
+                               headers=ADMIN)
+        assert patched.status_code == 422 and says in patched.json()["detail"], patched.text
+        # 0 still pauses an arm, and the smallest weights allowed split users as the expected shares say.
+        paused = client.patch("/v1/experiments/fine", json={"weights": {"b": 0}}, headers=ADMIN)
+        assert paused.status_code == 200, paused.text
+        small = client.patch("/v1/experiments/fine", json={"weights": {"a": 1e-6, "b": 1e-6}},
+                             headers=ADMIN)
+        assert small.status_code == 200, small.text
+    spec = ExperimentSpec(id="fine", slot="headline", arms=[Variant("a", 1e-6), Variant("b", 1e-6)])
+    share_a = sum(variant_of(spec, f"user-{n}") == "a" for n in range(4000)) / 4000
+    assert share_a == pytest.approx(allocation_shares(spec)["a"], abs=0.03)
