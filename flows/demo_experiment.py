@@ -40,11 +40,17 @@ QUEUE_SIZE = 200
 
 
 class Storefront:
-    """Creates the demo experiment and serves headlines to simulated users as their sessions start."""
+    """Creates the demo experiment and serves headlines to simulated users as their sessions start.
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 2.0):
+    ``api_key`` serves the headlines: the ``serve`` scope is all it needs.
+    ``setup_key`` (``admin``; default ``api_key``) creates and starts the
+    experiment, is sent with those calls only and dropped once they are done.
+    """
+
+    def __init__(self, base_url: str, api_key: str, *, setup_key: str | None = None, timeout_s: float = 2.0):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self._setup_key = setup_key or api_key
         self.timeout_s = timeout_s
         self.experiment = EXPERIMENT["id"]
         #: "waiting for the API", "running", or why the experiment could not start.
@@ -113,13 +119,19 @@ class Storefront:
                 self.failed += 1
 
     def _start_experiment(self) -> bool:
-        status, body = self._call("POST", "/v1/experiments", EXPERIMENT)
+        try:
+            return self._set_up()
+        finally:
+            self._setup_key = None  # serving needs no admin key: do not keep one around
+
+    def _set_up(self) -> bool:
+        status, body = self._call("POST", "/v1/experiments", EXPERIMENT, key=self._setup_key)
         if status not in (201, 409):  # 409: it exists (a run on Redis, or on a kept repository)
             self.state = f"not started: creating it answered {status} {body.get('detail', '') if body else ''}"
             return False
         status, body = self._call("GET", f"/v1/experiments/{self.experiment}")
         if status == 200 and body["status"] == "draft":
-            status, body = self._call("POST", f"/v1/experiments/{self.experiment}/start")
+            status, body = self._call("POST", f"/v1/experiments/{self.experiment}/start", key=self._setup_key)
         if status != 200 or body["status"] != "running":
             detail = body.get("detail", body.get("status", "")) if body else ""
             self.state = f"not started: {status} {detail}"
@@ -127,10 +139,12 @@ class Storefront:
         self.state = "running"
         return True
 
-    def _call(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict | None]:
+    def _call(self, method: str, path: str, payload: dict | None = None,
+              key: str | None = None) -> tuple[int, dict | None]:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                         headers={"X-API-Key": self.api_key, "Content-Type": "application/json"})
+                                         headers={"X-API-Key": key or self.api_key,
+                                                  "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.status, json.loads(response.read() or b"null")

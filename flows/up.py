@@ -155,10 +155,10 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     from engine.privacy import Pseudonymizer
 
     base = f"http://127.0.0.1:{args.api_port}"
-    api_key = settings.api_keys.split(",")[0].split("=")[0]
+    api_key, setup_key = demo_api_keys(settings.api_keys)
     storefront = None
     if not getattr(args, "no_experiment", False):
-        storefront = Storefront(base, api_key)
+        storefront = Storefront(base, api_key, setup_key=setup_key)
         stack.callback(storefront.stop)
         storefront.start()
     traffic = Traffic(settings, users=args.users, rate=args.rate, seed=SEED,
@@ -172,7 +172,7 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     say(f"  topics        {settings.topic} (events), {settings.dlq_topic} (dead letters)")
     say(f"  flow          pid {flow.pid}, log {flow.log_path}, recovery {recovery}")
     say(f"  api           {base} (pid {api.pid}, log {api.log_path}); reference {base}/docs")
-    say(f"  api key       {api_key}  (TAILOR_API_KEYS, or {data / 'demo-api-keys'})")
+    say(f"  api key       {api_key}  (to serve; every key: TAILOR_API_KEYS, or {data / 'demo-api-keys'})")
     say(f"  try           curl -s {base}/v1/personalize -H 'X-API-Key: {api_key}' "
         "-H 'Content-Type: application/json' -d '{\"user_id\": \"u000003\", \"slot\": \"headline\"}'")
     if storefront is not None:
@@ -323,12 +323,21 @@ def _ensure_model(settings: Settings, log_path: Path) -> None:
 
 
 def _demo_keys(settings: Settings, data: Path) -> Settings:
-    """The pseudonym key and API keys: from the settings, else made once and kept in ``data``."""
+    """The pseudonym key and API keys: from the settings, else made once and kept in ``data``.
+
+    The demo's API keys are one with the ``serve`` scope (the storefront's and the
+    printed curl's) and one ``admin`` key (to set the demo experiment up); a file
+    from an older demo with only an admin key gets a serve key added.
+    """
     import secrets
+
+    def serve_key() -> str:
+        return f"demo-serve-{secrets.token_hex(8)}=serve"
 
     values = {}
     for field, name, make in (("pseudonym_key", "pseudonym-key", lambda: secrets.token_hex(32)),
-                              ("api_keys", "demo-api-keys", lambda: f"demo-{secrets.token_hex(8)}=admin")):
+                              ("api_keys", "demo-api-keys",
+                               lambda: f"{serve_key()},demo-admin-{secrets.token_hex(8)}=admin")):
         if getattr(settings, field):
             continue
         path = data / name
@@ -336,7 +345,32 @@ def _demo_keys(settings: Settings, data: Path) -> Settings:
             path.write_text(make())
             path.chmod(0o600)
         values[field] = path.read_text().strip()
+        if field == "api_keys" and len(set(demo_api_keys(values[field]))) == 1:
+            values[field] += f",{serve_key()}"
+            path.write_text(values[field])
     return msgspec.structs.replace(settings, **values)
+
+
+def demo_api_keys(api_keys: str) -> tuple[str, str]:
+    """(the key to serve with, the key to set the experiment up with) of ``TAILOR_API_KEYS``: the least scope each.
+
+    A key with the scope and fewest others wins; an ``admin`` key (every scope) only when
+    no other has it.
+
+    >>> demo_api_keys("boss=admin,front=serve,both=ingest+serve")
+    ('front', 'boss')
+    >>> demo_api_keys("boss=admin")
+    ('boss', 'boss')
+    """
+    scopes = {key.strip(): {s.strip() for s in names.split("+")}
+              for key, _, names in (entry.partition("=") for entry in api_keys.split(",") if entry.strip())}
+
+    def least(scope: str) -> str:
+        holding = [k for k, names in scopes.items() if scope in names or "admin" in names]
+        # An admin key holds every scope: rank it last for any other scope.
+        return min(holding or scopes, key=lambda k: ("admin" in scopes[k] and scope != "admin", len(scopes[k])))
+
+    return least("serve"), least("admin")
 
 
 def _signal_group(pgid: int, sig: int) -> None:

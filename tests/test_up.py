@@ -165,3 +165,64 @@ def test_values_are_formatted_for_people():
     assert format_value("seconds_since_last_event", None) == "-"
     assert format_value("ctr_24h", float("nan")) == "-"
     assert format_value("lifetime_events", 12) == "12"
+
+
+# -- the demo's API keys: the least scope each use needs (issue 13) ------------------------------
+
+
+def test_the_demo_serves_with_a_serve_only_key_and_keeps_admin_for_the_setup(tmp_path):
+    from api.app import parse_api_keys
+    from engine.settings import Settings
+    from flows.up import _demo_keys, demo_api_keys
+
+    settings = _demo_keys(Settings(), tmp_path)
+    keys = parse_api_keys(settings.api_keys)
+    serving, setup = demo_api_keys(settings.api_keys)
+    assert keys[serving] == {"serve"} and "admin" in keys[setup]
+    assert _demo_keys(Settings(), tmp_path).api_keys == settings.api_keys  # kept between runs
+    assert (tmp_path / "demo-api-keys").stat().st_mode & 0o077 == 0
+    # An older demo's file held one admin key: it gets a serve key, and the admin key stays.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "demo-api-keys").write_text("demo-0123=admin")
+    upgraded = _demo_keys(Settings(), old).api_keys
+    serving, setup = demo_api_keys(upgraded)
+    assert setup == "demo-0123" and parse_api_keys(upgraded)[serving] == {"serve"}
+    assert (old / "demo-api-keys").read_text() == upgraded
+    # Keys the user set are used as given, each use taking the least scope among them.
+    assert demo_api_keys("boss=admin,in=ingest,both=ingest+serve,front=serve") == ("front", "boss")
+
+
+@pytest.mark.integration
+def test_the_storefront_serves_with_the_serve_key_and_sets_up_with_the_admin_key(make_settings, tmp_path):
+    import contextlib
+
+    from flows.demo_experiment import Storefront
+    from flows.kafka import free_port
+    from flows.up import _start_api
+
+    settings = make_settings(pseudonym_key="0123456789abcdef0123456789abcdef", model_dir=str(tmp_path / "no-model"),
+                             api_keys="front=serve,boss=admin")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with contextlib.ExitStack() as stack:
+        api = _start_api(settings, port, tmp_path / "api.log", stack)
+        # Without the admin key the experiment cannot be set up: the serve key is refused there.
+        alone = Storefront(base, "front")
+        stack.callback(alone.stop)
+        alone.start()
+        deadline = time.monotonic() + 90
+        while alone.state == "waiting for the API" and time.monotonic() < deadline and api.proc.poll() is None:
+            time.sleep(0.2)
+        assert alone.state.startswith("not started: creating it answered 403"), (alone.state, api.log_path)
+        front = Storefront(base, "front", setup_key="boss")
+        stack.callback(front.stop)
+        front.start()
+        while front.state != "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert front.state == "running", front.state
+        assert front._setup_key is None  # dropped once the experiment runs
+        front.session_started("u000001")
+        while front.served + front.failed == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (front.served, front.failed) == (1, 0)
