@@ -96,6 +96,9 @@ class Readiness(msgspec.Struct):
     broker: str
     store: str
     model: str
+    #: With TAILOR_REDIS_URL: "ok" (saying what was restored if Redis lately lost its data), or
+    #: "unreachable: <why>"; "not used" without Redis.
+    redis: str = "not used"
 
 
 _EVENT_SCHEMA = msgspec.json.schema(Event)["$defs"]["Event"]
@@ -180,8 +183,14 @@ async def readyz(request: Request) -> Response[Readiness]:
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         store = f"unreachable: {type(exc).__name__}: {exc}"[:200]
     model = "ok" if state.writer.generator is not None else state.writer.unavailable
-    ready = broker == store == model == "ok"
-    return Response(Readiness(ready, broker, store, model), status_code=200 if ready else 503)
+    redis = "not used"
+    if state.redis_health is not None:  # pings Redis and restores what it lost (api/redis_health.py)
+        try:
+            redis = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, state.redis_health.check), 3)
+        except TimeoutError:
+            redis = "unreachable: no answer in 3 s"
+    ready = broker == store == model == "ok" and (redis == "not used" or redis.startswith("ok"))
+    return Response(Readiness(ready, broker, store, model, redis), status_code=200 if ready else 503)
 
 
 @get("/metrics", sync_to_thread=False, include_in_schema=False)
@@ -333,7 +342,10 @@ def open_copy_writer(settings: Settings, cache_redis=None):
     except ModelDirError as exc:
         unavailable = f"no copy model loaded: {exc}"
         log.warning("%s; serving default copy", unavailable)
-    cache = CopyCache(settings.copy_cache_size, redis=cache_redis, ttl_s=settings.copy_cache_redis_ttl_s)
+    from flows.redis_guard import breaker_for
+
+    cache = CopyCache(settings.copy_cache_size, redis=cache_redis, ttl_s=settings.copy_cache_redis_ttl_s,
+                      breaker=breaker_for(settings.redis_url, settings.redis_breaker_s) if cache_redis else None)
     writer = CopyWriter(cache, rules, settings.generation_budget_ms, unavailable, registry=settings.model_registry)
 
     def make_batcher(gen) -> BatchingGenerator:
@@ -374,10 +386,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if settings.redis_url and settings.copy_cache_redis_ttl_s > 0:
             from api.templates import redis_client
 
-            cache_redis = redis_client(settings.redis_url, use_async=True)
+            cache_redis = redis_client(settings.redis_url, use_async=True, timeout_ms=settings.redis_timeout_ms)
         app.state.writer = open_copy_writer(settings, cache_redis)
         app.state.experiments = open_experiments(settings, app.state.store)
         app.state.experiment_store = app.state.experiments.store
+        app.state.redis_health = None
+        if settings.redis_url:
+            from api.redis_health import open_redis_health
+
+            app.state.redis_health = open_redis_health(settings, [app.state.templates.store, app.state.experiment_store])
         app.state.producer = producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 2})
 
         def expose(event: Event) -> None:
@@ -395,11 +412,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         gc.freeze()
         watcher = asyncio.create_task(ModelWatcher(settings.model_dir, app.state.writer).run(settings.model_reload_s))
         refresher = asyncio.create_task(_refresh_experiments(app.state.experiments))
+        redis_watch = asyncio.create_task(app.state.redis_health.watch()) if app.state.redis_health else None
         try:
             yield
         finally:
             watcher.cancel()
             refresher.cancel()
+            if redis_watch is not None:
+                redis_watch.cancel()
+                app.state.redis_health.close()
             await app.state.writer.close()
             app.state.experiment_store.close()
             if cache_redis is not None:

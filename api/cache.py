@@ -8,13 +8,20 @@ text is cached; grounding in the item's facts and the brand rules run per reques
 (tens of microseconds), so a changed price or rule applies at once, and copy that
 fails them is not re-generated on every request. Redis (``TAILOR_COPY_CACHE_REDIS_TTL_S`` > 0 with ``TAILOR_REDIS_URL``)
 lets API replicas share what any of them generated; the LRU stays in front of it.
+Redis is only a cache here: while it cannot answer (each call bounded by the
+client's timeout, and skipped at once while the server's breaker is open), a
+lookup is a miss and a store is skipped, so personalize still answers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import msgspec
+
+log = logging.getLogger("tailor.api")
 
 
 class CachedCopy(msgspec.Struct, frozen=True, array_like=True):
@@ -46,7 +53,7 @@ class CopyCache:
     [CachedCopy(text='one'), None, CachedCopy(text='three')]
     """
 
-    def __init__(self, size: int, *, redis=None, ttl_s: int = 0, prefix: str = "tailor:copy:"):
+    def __init__(self, size: int, *, redis=None, ttl_s: int = 0, prefix: str = "tailor:copy:", breaker=None):
         if size < 1:
             raise ValueError(f"TAILOR_COPY_CACHE_SIZE must be at least 1, got {size}")
         self.size = size
@@ -54,6 +61,7 @@ class CopyCache:
         self._redis = redis
         self._ttl_s = ttl_s
         self._prefix = prefix
+        self._breaker = breaker
         self.hits = 0
         self.misses = 0
 
@@ -63,7 +71,7 @@ class CopyCache:
         if value is not None:
             self._lru.move_to_end(key)
         elif self._redis is not None:
-            raw = await self._redis.get(self._prefix + key)
+            raw = await self._shared("get", self._prefix + key)
             if raw is not None:
                 value = _decoder.decode(raw)
                 self._remember(key, value)
@@ -72,7 +80,20 @@ class CopyCache:
     async def put(self, key: str, value: CachedCopy) -> None:
         self._remember(key, value)
         if self._redis is not None:
-            await self._redis.set(self._prefix + key, _encoder.encode(value), ex=self._ttl_s)
+            await self._shared("set", self._prefix + key, _encoder.encode(value), ex=self._ttl_s)
+
+    async def _shared(self, command: str, *args, **kwargs):
+        """One Redis command, or None if Redis cannot answer now (the in-process LRU carries on)."""
+        from flows.redis_guard import OUTAGE_ERRORS, RedisUnavailable
+
+        try:
+            with self._breaker if self._breaker is not None else nullcontext():
+                return await getattr(self._redis, command)(*args, **kwargs)
+        except RedisUnavailable:
+            return None
+        except OUTAGE_ERRORS as exc:  # no breaker: every call pays its timeout, but still answers
+            log.debug("copy cache: Redis %s failed: %s", command, exc)
+            return None
 
     def _remember(self, key: str, value: CachedCopy) -> None:
         self._lru[key] = value

@@ -2,8 +2,9 @@
 
 Experiments are stored like templates: in SQLite (``TAILOR_EXPERIMENT_DB``,
 default ``<feature repo>/data/experiments.db``) or, with ``TAILOR_REDIS_URL``, in
-Redis so that every API replica serves the same ones. `LiveExperiments` keeps
-the running ones in memory by slot (re-read when the store's revision changes,
+Redis so that every API replica serves the same ones, with that SQLite file as the
+replica's local copy, restored to a Redis that lost its data
+(`RedisExperimentStore.recover`). `LiveExperiments` keeps the running ones in memory by slot (re-read when the store's revision changes,
 checked every half second) and answers, per personalize request, which
 experiment and variant a user is in (`engine.experiment_spec`).
 
@@ -34,7 +35,7 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
-from api.templates import ErrorBody, redis_client
+from api.templates import ErrorBody, redis_call, redis_client
 from engine.experiment_spec import (
     ExperimentSpec,
     FactorEffect,
@@ -139,20 +140,62 @@ class SQLiteExperimentStore(ExperimentStore):
     def revision(self):
         return self._query("SELECT value FROM experiment_meta WHERE key = 'revision'")[0][0]
 
+    def keep(self, specs: list[ExperimentSpec]) -> None:
+        """Replace every experiment with ``specs`` (as the local copy of a Redis store)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM experiments")
+                self._db.executemany("INSERT INTO experiments VALUES (?, ?)",
+                                     [(s.id, _ENCODER.encode(s).decode()) for s in specs])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def put(self, spec: ExperimentSpec) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?)",
+                             (spec.id, _ENCODER.encode(spec).decode()))
+
     def close(self):
         with self._lock:
             self._db.close()
 
 
 class RedisExperimentStore(ExperimentStore):
-    """A Redis hash of id -> spec JSON and a revision counter; writes WATCH the hash (one MULTI each)."""
+    """A Redis hash of id -> spec JSON and a revision counter; writes WATCH the hash (one MULTI each).
 
-    def __init__(self, client, prefix: str = REDIS_PREFIX):
+    ``breaker`` bounds an outage's cost (`StoreUnavailable`, a 503, while Redis is down);
+    ``copy``, a `SQLiteExperimentStore`, is the local copy `recover` restores from.
+    """
+
+    def __init__(self, client, prefix: str = REDIS_PREFIX, *, breaker=None,
+                 copy: SQLiteExperimentStore | None = None):
+        from flows.redis_guard import Breaker
+
         self._redis = client
         self._specs = f"{prefix}specs"
         self._revision = f"{prefix}revision"
+        self._breaker = breaker or Breaker(prefix, open_s=0)
+        self.copy = copy
+        self._copied: int | None = None  # the Redis revision the copy holds
+        self._recovering = threading.Lock()
+        #: (time.monotonic(), what) of the last restore (what: "" if none yet), for /readyz.
+        self.recovered: tuple[float, str] = (0.0, "")
+        self._restore = client.register_script(_RESTORE_EXPERIMENTS)
+
+    def _call(self):
+        return redis_call(self._breaker, "experiment store (Redis)")
 
     def update(self, experiment_id, make):
+        with self._call():
+            new = self._update(experiment_id, make)
+        if self.copy is not None:
+            self.copy.put(new)  # written through: this replica's own writes are kept at once
+        return new
+
+    def _update(self, experiment_id, make):
         def attempt(pipe) -> ExperimentSpec:
             raw = pipe.hget(self._specs, experiment_id)
             new = make(_DECODER.decode(raw) if raw else None)
@@ -164,24 +207,88 @@ class RedisExperimentStore(ExperimentStore):
         return self._redis.transaction(attempt, self._specs, value_from_callable=True)
 
     def get(self, experiment_id):
-        raw = self._redis.hget(self._specs, experiment_id)
+        with self._call():
+            raw = self._redis.hget(self._specs, experiment_id)
         return None if raw is None else _DECODER.decode(raw)
 
     def all(self):
-        return sorted((_DECODER.decode(v) for v in self._redis.hvals(self._specs)), key=lambda s: s.id)
+        with self._call():
+            raws = self._redis.hvals(self._specs)
+        return sorted((_DECODER.decode(v) for v in raws), key=lambda s: s.id)
 
     def revision(self):
-        return int(self._redis.get(self._revision) or 0)
+        with self._call():
+            raw = self._redis.get(self._revision)
+        if raw is None and self._copied:  # Redis lost them since the copy was taken: put them back first
+            self.recover()
+            with self._call():
+                raw = self._redis.get(self._revision)
+        return int(raw or 0)
+
+    def recover(self) -> str:
+        """Keep the local copy in step with Redis, or restore Redis from it; returns what was done ("" if nothing).
+
+        As `api.templates.RedisTemplateStore.recover`: a revision counter gone or gone
+        back means Redis lost its data; the copy's experiments are put back (those Redis
+        holds winning). The copy lags another replica's change by at most one check.
+        """
+        if self.copy is None:
+            return ""
+        with self._recovering:
+            with self._call():
+                raw = self._redis.get(self._revision)
+            revision = None if raw is None else int(raw)
+            if revision is not None and (self._copied is None or revision >= self._copied):
+                if revision != self._copied:
+                    self.copy.keep(self.all())
+                    self._copied = revision
+                return ""
+            kept = self.copy.all()
+            if not kept:
+                self._copied = revision
+                return ""
+            args: list[Any] = [self._copied or 0]
+            for spec in kept:
+                args += [spec.id, _ENCODER.encode(spec)]
+            with self._call():
+                self._copied = int(self._restore(keys=[self._specs, self._revision], args=args))
+        log.warning("Redis had lost the experiments: restored %d from the local copy", len(kept))
+        self.recovered = (time.monotonic(), f"restored {len(kept)} experiments from the local copy")
+        return self.recovered[1]
 
     def close(self):
         self._redis.close()
+        if self.copy is not None:
+            self.copy.close()
+
+
+#: Puts experiments back (HSETNX: what Redis holds wins) and moves the revision past both its
+#: own and the copy's. KEYS: the specs hash, the revision; ARGV: the copy's revision, then (id, JSON) pairs.
+_RESTORE_EXPERIMENTS = """
+for i = 2, #ARGV, 2 do
+  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+local revision = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[1]))
+redis.call('SET', KEYS[2], revision + 1)
+return revision + 1
+"""
 
 
 def open_experiment_store(settings: Settings) -> ExperimentStore:
-    if settings.redis_url:
-        return RedisExperimentStore(redis_client(settings.redis_url))
     path = Path(settings.experiment_db or Path(settings.feature_repo) / "data" / "experiments.db")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.redis_url:
+        from flows.redis_guard import breaker_for
+
+        store = RedisExperimentStore(redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
+                                     breaker=breaker_for(settings.redis_url, settings.redis_breaker_s),
+                                     copy=SQLiteExperimentStore(path))
+        try:
+            store.recover()  # a Redis that lost them gets this replica's copy back
+        except BaseException:
+            store.close()
+            raise
+        return store
     return SQLiteExperimentStore(path)
 
 

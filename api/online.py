@@ -11,12 +11,19 @@ the ones a plain Feast client reads (a test checks it); only the overhead goes.
 
 Segment profiles change at most once a second (the flow writes them), so they
 are read through Feast and kept for `PROFILE_TTL_S`.
+
+With Redis, every read is bounded (`flows.redis_online`: timeouts, one try, the
+server's circuit breaker); a read Redis cannot answer raises `StoreUnavailable`,
+a 503 that says to retry, within about one timeout (one per breaker window while
+Redis stays down, at once otherwise), so a dead Redis never holds the event loop.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -24,14 +31,25 @@ from feast.errors import FeatureViewNotFoundException
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
+from api.templates import StoreUnavailable
 from engine.segments import SegmentProfile
 from engine.tiles import finish
+from flows.redis_guard import RedisUnavailable
 from flows.store import FIRST_ARM, FIRST_EXPOSURE_VIEW, first_exposure_key
 
 log = logging.getLogger("tailor.api")
 
 #: Seconds a read of the segment profiles is reused.
 PROFILE_TTL_S = 2.0
+
+
+@contextmanager
+def _answering() -> Iterator[None]:
+    try:
+        yield
+    except RedisUnavailable as exc:
+        raise StoreUnavailable(detail=f"the online feature store is unavailable: {exc.reason}; "
+                                      "retry in a few seconds") from None
 
 
 class UserSegment(msgspec.Struct, frozen=True):
@@ -65,6 +83,10 @@ class OnlineReader:
 
     def features(self, user_id: str, now_ms: int | None = None) -> tuple[dict[str, Any], UserSegment | None]:
         """The finished activity features of ``user_id`` (a pseudonym) as of ``now_ms``, and its segment."""
+        with _answering():
+            return self._features(user_id, now_ms)
+
+    def _features(self, user_id: str, now_ms: int | None) -> tuple[dict[str, Any], UserSegment | None]:
         key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
         _, row = self._provider.online_read(self._config, self._tiles, [key], ["state"])[0]
         state = row["state"].bytes_val if row and "state" in row else None
@@ -87,16 +109,26 @@ class OnlineReader:
         if self._first is None:
             return None
         key = first_exposure_key(user_id, experiment)
-        _, row = self._provider.online_read(self._config, self._first, [key], [FIRST_ARM])[0]
+        with _answering():
+            _, row = self._provider.online_read(self._config, self._first, [key], [FIRST_ARM])[0]
         arm = row.get(FIRST_ARM) if row else None
         return arm.string_val if arm is not None and arm.HasField("string_val") else None
 
     def profiles(self) -> dict[int, SegmentProfile]:
-        """Segment id -> profile, re-read through Feast at most every `PROFILE_TTL_S` seconds."""
+        """Segment id -> profile, re-read through Feast at most every `PROFILE_TTL_S` seconds.
+
+        While the store cannot answer, the last profiles read are served (they change
+        slowly); with none read yet, `StoreUnavailable`.
+        """
         now = time.monotonic()
         if self._n_segments and now - self._profiles_read >= PROFILE_TTL_S:
             from flows.segments import read_profiles
 
-            self._profiles = {p.segment: p for p in read_profiles(self._store, self._n_segments)}
+            try:
+                self._profiles = {p.segment: p for p in read_profiles(self._store, self._n_segments)}
+            except RedisUnavailable:
+                if not self._profiles:
+                    with _answering():
+                        raise
             self._profiles_read = now
         return self._profiles

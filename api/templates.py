@@ -13,7 +13,12 @@ Two stores, one interface (`TemplateStore`):
   nothing to run, enough for one API process (or a few on one machine).
 - Redis (`RedisTemplateStore`) when ``TAILOR_REDIS_URL`` is set: API replicas
   on many machines share one set of templates, so an admin's edit through one
-  replica is served by all of them.
+  replica is served by all of them. Each replica keeps a local copy of every
+  version in the SQLite file (written through on its own writes, synced from
+  Redis when the revision moves), and `RedisTemplateStore.recover` puts them back
+  if Redis lost its data (a restart without persistence, a FLUSHALL). Every
+  Redis call is bounded (`flows.redis_guard`); one Redis cannot answer is a
+  `StoreUnavailable` (HTTP 503).
 
 Each store keeps a revision counter, bumped in the same transaction as every
 write. The personalize path reads templates through `LiveTemplates`, an
@@ -61,7 +66,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, patch, post
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
@@ -84,6 +89,22 @@ class TemplateStoreError(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class StoreUnavailable(ServiceUnavailableException):
+    """A store in Redis did not answer: a 503 whose detail says so and to retry (any route that needs it)."""
+
+
+@contextmanager
+def redis_call(breaker, what: str) -> Iterator[None]:
+    """A Redis call through ``breaker``; an outage becomes `StoreUnavailable` naming ``what``."""
+    from flows.redis_guard import RedisUnavailable
+
+    try:
+        with breaker:
+            yield
+    except RedisUnavailable as exc:
+        raise StoreUnavailable(detail=f"the {what} is unavailable: {exc.reason}; retry in a few seconds") from None
 
 
 class TemplateNotFound(TemplateStoreError, LookupError):
@@ -305,27 +326,43 @@ class SQLiteTemplateStore(TemplateStore):
     def revision(self) -> int:
         return self._query("SELECT value FROM template_meta WHERE key = 'revision'")[0][0]
 
+    # -- as the local copy of a Redis store -------------------------------------------
+
+    def all_versions(self) -> list[Template]:
+        """Every version of every template, by id then version."""
+        rows = self._query("SELECT template FROM template_versions ORDER BY template_id, version")
+        return _decode_all(r[0] for r in rows)
+
+    def keep(self, versions: Iterable[Template]) -> None:
+        """Add ``versions`` (those already here stay: a version never changes)."""
+        rows = [(t.template_id, t.version, _ENCODER.encode(t).decode()) for t in versions]
+        with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO template_versions VALUES (?, ?, ?)", rows)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def redis_client(url: str, *, use_async: bool = False):
+def redis_client(url: str, *, use_async: bool = False, timeout_ms: float = 2000.0):
     """A redis-py client for ``url``: ``host:port[,password=...,db=N,ssl=true]`` (Feast's form) or ``redis://...``.
 
     ``use_async``: a ``redis.asyncio`` client (the copy cache's) instead of a blocking one.
+    Every call waits at most ``timeout_ms`` to connect and for a reply, and is tried once
+    (`flows.redis_guard.client_options`): redis-py's own retries stalled a call for seconds.
     """
     import redis
     import redis.asyncio
 
+    from flows.redis_guard import client_options
+
     client = redis.asyncio.Redis if use_async else redis.Redis
+    bounds = client_options(timeout_ms, use_async=use_async)
     if "://" in url:
-        return client.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+        return client.from_url(url, **bounds)
     address, *options = url.split(",")
     host, _, port = address.rpartition(":")
-    # Bounded waits: a Redis that hangs must fail a request in seconds, not minutes.
-    kwargs: dict[str, Any] = {"host": host or "localhost", "port": int(port or 6379),
-                              "socket_connect_timeout": 2.0, "socket_timeout": 2.0}
+    kwargs: dict[str, Any] = {"host": host or "localhost", "port": int(port or 6379), **bounds}
     for option in options:
         key, _, value = option.partition("=")
         key = key.strip()
@@ -349,18 +386,41 @@ class RedisTemplateStore(TemplateStore):
     the template's version hash and commits the new version, ``latest`` and
     the revision in one MULTI, so concurrent writes to one template (two
     creates, two updates) cannot both land on the same version.
+
+    ``breaker`` (`flows.redis_guard.Breaker`) bounds an outage's cost; ``copy``, a
+    `SQLiteTemplateStore`, is the local copy `recover` restores from.
     """
 
-    def __init__(self, client, prefix: str = REDIS_PREFIX):
+    def __init__(self, client, prefix: str = REDIS_PREFIX, *, breaker=None, copy: SQLiteTemplateStore | None = None):
+        from flows.redis_guard import Breaker
+
         self._redis = client
         self.prefix = prefix
         self._latest_key = f"{prefix}latest"
         self._revision_key = f"{prefix}revision"
+        self._breaker = breaker or Breaker(prefix, open_s=0)
+        self.copy = copy
+        self._copied: int | None = None  # the Redis revision the copy holds
+        self._recovering = threading.Lock()  # one restore at a time in this process
+        self._seen = False  # whether Redis held templates once (then an empty one lost them)
+        #: (time.monotonic(), what) of the last restore (what: "" if none yet), for /readyz.
+        self.recovered: tuple[float, str] = (0.0, "")
+        self._restore = client.register_script(_RESTORE_TEMPLATES)
 
     def _versions_key(self, template_id: str) -> str:
         return f"{self.prefix}v:{template_id}"
 
+    def _call(self):
+        return redis_call(self._breaker, "template store (Redis)")
+
     def _write(self, template_id: str, make: Callable[[Template | None], Template]) -> Template:
+        with self._call():
+            new = self._write_redis(template_id, make)
+        if self.copy is not None:
+            self.copy.keep([new])  # written through: this replica's own writes are kept at once
+        return new
+
+    def _write_redis(self, template_id: str, make: Callable[[Template | None], Template]) -> Template:
         key = self._versions_key(template_id)
 
         def attempt(pipe) -> Template:  # re-run by redis-py when the watched hash changed meanwhile
@@ -378,35 +438,128 @@ class RedisTemplateStore(TemplateStore):
         return self._redis.transaction(attempt, key, value_from_callable=True)
 
     def _latest_all(self) -> list[Template]:
-        return _decode_all(self._redis.hvals(self._latest_key))
+        with self._call():
+            return _decode_all(self._redis.hvals(self._latest_key))
 
     def _versions(self, template_id: str) -> list[Template]:
-        stored = self._redis.hgetall(self._versions_key(template_id))
+        with self._call():
+            stored = self._redis.hgetall(self._versions_key(template_id))
         return [_DECODER.decode(stored[v]) for v in sorted(stored, key=int)]
 
     def _get_version(self, template_id: str, version: int | None) -> Template | None:
-        if version is None:
-            raw = self._redis.hget(self._latest_key, template_id)
-        else:
-            raw = self._redis.hget(self._versions_key(template_id), str(version))
+        with self._call():
+            if version is None:
+                raw = self._redis.hget(self._latest_key, template_id)
+            else:
+                raw = self._redis.hget(self._versions_key(template_id), str(version))
         return None if raw is None else _DECODER.decode(raw)
 
     def revision(self) -> int:
-        return int(self._redis.get(self._revision_key) or 0)
+        with self._call():
+            raw = self._redis.get(self._revision_key)
+        if raw is not None:
+            self._seen = True
+        elif self._seen:
+            # Redis lost the templates since this process saw them: put them back before anyone reads an empty set.
+            self.recover()
+            with self._call():
+                raw = self._redis.get(self._revision_key)
+        return int(raw or 0)
+
+    def recover(self) -> str:
+        """Keep the local copy in step with Redis, or restore Redis from it; returns what was done ("" if nothing).
+
+        Redis lost the templates when its revision counter is gone or went back (a
+        restart without persistence, FLUSHALL, an older snapshot): every version of
+        the copy is put back, versions Redis holds winning (one Lua script: replicas
+        restoring at once agree), else, with no copy, the default templates are seeded.
+        """
+        if self.copy is None:
+            return ""
+        with self._recovering:
+            return self._recover()
+
+    def _recover(self) -> str:
+        with self._call():
+            raw = self._redis.get(self._revision_key)
+        revision = None if raw is None else int(raw)
+        if revision is not None and (self._copied is None or revision >= self._copied):
+            if revision != self._copied:
+                self.copy.keep(self._all_versions())
+                self._copied = revision
+            self._seen = True
+            return ""
+        kept = self.copy.all_versions()
+        if not kept:
+            created = self.seed(DEFAULT_TEMPLATES.values())
+            self._copied = None
+            if not created:
+                return ""
+            what = f"seeded the {created} default templates (no local copy to restore)"
+            if self._seen:  # not a first start: Redis lost them
+                self.recovered = (time.monotonic(), what)
+            return what
+        args: list[Any] = [f"{self.prefix}v:", self._copied or 0]
+        for t in kept:
+            args += [t.template_id, t.version, _ENCODER.encode(t)]
+        with self._call():
+            self._copied = int(self._restore(keys=[self._latest_key, self._revision_key], args=args))
+        self._seen = True
+        log.warning("Redis had lost the templates: restored %d versions of %d templates from the local copy %s",
+                    len(kept), len({t.template_id for t in kept}), self.copy.path)
+        self.recovered = (time.monotonic(), f"restored {len({t.template_id for t in kept})} templates "
+                                            f"({len(kept)} versions) from the local copy")
+        return self.recovered[1]
+
+    def _all_versions(self) -> list[Template]:
+        with self._call():
+            ids = self._redis.hkeys(self._latest_key)
+            pipe = self._redis.pipeline(transaction=False)
+            for template_id in ids:
+                pipe.hgetall(self._versions_key(template_id.decode()))
+            stored = pipe.execute()
+        return _decode_all(raw for versions in stored for raw in versions.values())
 
     def close(self) -> None:
         self._redis.close()
+        if self.copy is not None:
+            self.copy.close()
+
+
+#: Puts versions back (HSETNX: what Redis holds wins), points ``latest`` at each one's highest
+#: version, and moves the revision past both its own and the copy's. KEYS: latest, revision;
+#: ARGV: the version-hash prefix, the copy's revision, then (template_id, version, JSON) triples.
+_RESTORE_TEMPLATES = """
+local touched = {}
+for i = 3, #ARGV, 3 do
+  redis.call('HSETNX', ARGV[1] .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  touched[ARGV[i]] = true
+end
+for id in pairs(touched) do
+  local key = ARGV[1] .. id
+  redis.call('HSET', KEYS[1], id, redis.call('HGET', key, tostring(redis.call('HLEN', key))))
+end
+local revision = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], revision + 1)
+return revision + 1
+"""
 
 
 def open_template_store(settings: Settings) -> TemplateStore:
     """The store ``settings`` name (Redis if ``redis_url`` is set, else SQLite), with the defaults on a first start."""
+    path = Path(settings.template_db or Path(settings.feature_repo) / "data" / "templates.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if settings.redis_url:
-        store: TemplateStore = RedisTemplateStore(redis_client(settings.redis_url))
+        from flows.redis_guard import breaker_for
+
+        store: TemplateStore = RedisTemplateStore(
+            redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
+            breaker=breaker_for(settings.redis_url, settings.redis_breaker_s), copy=SQLiteTemplateStore(path))
     else:
-        path = Path(settings.template_db or Path(settings.feature_repo) / "data" / "templates.db")
-        path.parent.mkdir(parents=True, exist_ok=True)
         store = SQLiteTemplateStore(path)
     try:
+        if isinstance(store, RedisTemplateStore):
+            store.recover()  # a Redis that lost them gets this replica's copy back, not only the defaults
         store.seed(DEFAULT_TEMPLATES.values())
     except BaseException:
         store.close()

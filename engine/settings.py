@@ -26,6 +26,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     feature_repo: str = str(_ROOT / "feature_repo")
     #: ``host:port`` of Redis; set it to use Redis as the Feast online store instead of SQLite.
     redis_url: str = ""
+    #: Longest one Redis call of the API may take (connect, or a reply) before it fails: a
+    #: healthy Redis answers in well under a millisecond, and an outage must cost a request
+    #: little (personalize answers within 100 ms while Redis is down or hung).
+    redis_timeout_ms: float = 50.0
+    #: The same bound for the flow's online writes (a batch of up to TAILOR_BATCH_SIZE users).
+    redis_write_timeout_ms: float = 2000.0
+    #: After a failed Redis call, calls fail at once this long before one tries the server
+    #: again: an outage costs one timeout per this many seconds, not one per request.
+    redis_breaker_s: float = 1.0
+    #: The flow retries a failed online write with backoff doubling from 0.1 s up to this.
+    redis_retry_max_s: float = 5.0
+    #: How often the API checks that Redis still holds the templates and experiments (and
+    #: restores them from its local copy if Redis lost them).
+    redis_check_s: float = 1.0
     #: How late (behind a user's newest event) an event may arrive and still count.
     lateness_s: float = 300.0
     #: Events stamped further ahead of their Kafka message time than this go to the DLQ.
@@ -171,6 +185,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"TAILOR_SESSION_GAP_S must be a positive number of seconds, got {self.session_gap_s}")
         if not self.model_reload_s > 0:
             raise ValueError(f"TAILOR_MODEL_RELOAD_S must be a positive number of seconds, got {self.model_reload_s}")
+        for name in ("redis_timeout_ms", "redis_write_timeout_ms", "redis_retry_max_s", "redis_check_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TAILOR_{name.upper()} must be a positive number, got {getattr(self, name)}")
+        if not self.redis_breaker_s >= 0:
+            raise ValueError(f"TAILOR_REDIS_BREAKER_S must be 0 or more seconds, got {self.redis_breaker_s}")
         for name in ("retrain_min_interval_s", "retrain_feedback_days", "retrain_ppl_tolerance",
                      "retrain_metric_tolerance"):
             if not getattr(self, name) >= 0:

@@ -1,11 +1,13 @@
 """The Feast side of the flow: open the store, apply definitions, write rows.
 
 Online writes skip Feast's DataFrame layer (see `FeatureWriter`); the same rows
-go to Parquet parts under the offline source, for training sets.
+go to Parquet parts under the offline source, for training sets. With Redis, a
+write Redis cannot take is retried with backoff until it lands (never dropped).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -34,6 +36,9 @@ from engine.segments import SegmentProfile
 from engine.settings import Settings
 from engine.tiles import FEATURES, UserActivity, finish
 from flows import metrics
+from flows.redis_guard import OUTAGE_ERRORS
+
+log = logging.getLogger("tailor.flow")
 
 TILES_VIEW = "user_activity_tiles"
 SEGMENT_VIEW = "user_segment"
@@ -57,8 +62,12 @@ OFFLINE_SCHEMA = pa.schema(
 )
 
 
-def open_store(settings: Settings) -> FeatureStore:
-    """The Feast store of ``settings.feature_repo``, on Redis when ``redis_url`` is set."""
+def open_store(settings: Settings, *, redis_timeout_ms: float | None = None) -> FeatureStore:
+    """The Feast store of ``settings.feature_repo``, on Redis when ``redis_url`` is set.
+
+    Redis calls wait at most ``redis_timeout_ms`` (default ``settings.redis_timeout_ms``)
+    and go through the server's circuit breaker (`flows.redis_online`).
+    """
     repo = Path(settings.feature_repo)
     yaml_path = repo / "feature_store.yaml"
     if not yaml_path.is_file():
@@ -67,7 +76,11 @@ def open_store(settings: Settings) -> FeatureStore:
     if settings.redis_url:
         # skip_dedup: every write is the user's newest state, so the read-before-write
         # timestamp check Feast would do costs a round trip and saves nothing.
-        raw["online_store"] = {"type": "redis", "connection_string": settings.redis_url, "skip_dedup": True}
+        from flows.redis_online import STORE_TYPE
+
+        raw["online_store"] = {"type": STORE_TYPE, "connection_string": settings.redis_url, "skip_dedup": True,
+                               "timeout_ms": redis_timeout_ms or settings.redis_timeout_ms,
+                               "breaker_s": settings.redis_breaker_s}
     (repo / "data").mkdir(exist_ok=True)
     return FeatureStore(repo_path=str(repo), config=RepoConfig(repo_path=repo, **raw))
 
@@ -146,12 +159,17 @@ class FeatureWriter:
     `write` is one online transaction for all the users given. On SQLite it
     upserts Feast's own table rows with one ``executemany`` (Feast's per-row
     Python costs ~10x more, measured in bench/ingest); any other online store
-    (Redis) goes through Feast's ``online_write_batch``. Offline rows go to a
-    new Parquet part on `flush_offline` or when the buffer is full.
+    (Redis) goes through Feast's ``online_write_batch``, retried with backoff
+    (0.1 s doubling to ``TAILOR_REDIS_RETRY_MAX_S``) while Redis cannot take it:
+    the flow waits for Redis instead of exiting, and loses nothing (every row is
+    a user's newest state or an absolute counter, so a write that landed before
+    its reply was lost is simply written again). Offline rows go to a new
+    Parquet part on `flush_offline` or when the buffer is full.
     """
 
     def __init__(self, settings: Settings, store: FeatureStore | None = None, offline: bool = True):
-        self.store = store or open_store(settings)
+        self.store = store or open_store(settings, redis_timeout_ms=settings.redis_write_timeout_ms)
+        self.retry_max_s = settings.redis_retry_max_s
         self.view = self.store.get_feature_view(TILES_VIEW)
         self.config = self.store.config
         self.online = self.store._get_provider().online_store
@@ -241,7 +259,7 @@ class FeatureWriter:
                 (_entity_key(u), {"state": Value(bytes_val=blob)}, datetime.fromtimestamp(ts / 1000, tz=timezone.utc), now)
                 for u, ts, blob in packed
             ]
-            self.online.online_write_batch(self.config, self.view, data, None)
+            self._online_write(self.view, data)
         if self.offline:
             self._offline_rows.extend((u, ts, now_ms, blob) for u, ts, blob in packed)
             if len(self._offline_rows) >= self.offline_flush_rows:
@@ -324,7 +342,24 @@ class FeatureWriter:
             data = [
                 (key, values, datetime.fromtimestamp(ts / 1000, tz=timezone.utc), now) for key, ts, values in rows
             ]
-            self.online.online_write_batch(self.config, view, data, None)
+            self._online_write(view, data)
+
+    def _online_write(self, view, data: list) -> None:
+        """``online_write_batch``, retried with backoff until it lands (see the class docstring)."""
+        delay, failures = 0.1, 0
+        while True:
+            try:
+                self.online.online_write_batch(self.config, view, data, None)
+                break
+            except OUTAGE_ERRORS as exc:
+                failures += 1
+                metrics.ONLINE_WRITE_RETRIES.inc()
+                log.warning("online write of %d %s rows failed (%s): retrying in %.1f s (retry %d)",
+                            len(data), view.name, exc, delay, failures)
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+        if failures:
+            log.warning("online write of %d %s rows landed after %d retries", len(data), view.name, failures)
 
     def _sqlite_upsert_flat(self, view, flat: list[tuple[bytes, str, bytes, int, int]]) -> None:
         """(entity key, feature name, serialized Value, event s, created s) rows into Feast's SQLite table."""
