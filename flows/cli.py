@@ -90,13 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     segs = sub.add_parser("segments", help="print the segment profiles the flow keeps in Feast")
     segs.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    sim = sub.add_parser("simulate", help="produce realistic simulated user events to Kafka")
+    pseudonymize = ("replace each user id with its pseudonym under TAILOR_PSEUDONYM_KEY (the API's key; the "
+                    "API's function, as POST /v1/events applies it) before producing; without it user ids are "
+                    "produced as given")
+    sim = sub.add_parser("simulate", help="produce realistic simulated user events to Kafka (user ids as given "
+                                          "unless --pseudonymize)")
     sim.add_argument("--users", type=_positive_int, default=1000, help="number of users (default 1000)")
     sim.add_argument("--events", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
     sim.add_argument("--rate", type=float, default=0, help="events per second; 0 = as fast as possible (default 0)")
     sim.add_argument("--seed", type=int, default=7, help="random seed (default 7): same seed, same events")
     sim.add_argument("--start", help="event time of the first event (RFC 3339; default: now)")
     sim.add_argument("--out", help="write JSONL to this file instead of producing to Kafka")
+    sim.add_argument("--pseudonymize", action="store_true", help=pseudonymize)
     sim.add_argument("--drift-at", type=_non_negative_int, metavar="N",
                      help="from event N on, users re-draw their behaviour profile from --drift-mix and purchases "
                           "cost --drift-price-factor times as much (default: no drift)")
@@ -112,12 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
                           + "; ".join(f"{name}: {what}" for name, what in SHAPES.items()))
 
     replay = sub.add_parser("replay", help="produce events from a JSONL file to Kafka, skipping and listing bad lines "
-                                           "(exit status 1 if any); --dry-run checks the file only")
+                                           "(exit status 1 if any); user ids as given unless --pseudonymize; "
+                                           "--dry-run checks the file only")
     replay.add_argument("file", help="JSONL file, one event per line")
     replay.add_argument("--rebase-time", action="store_true",
                         help="shift event times so the newest lands at now, keeping gaps; events are checked after "
                              "the shift, so times before 2000 are fine once shifted into 2000-2100")
     replay.add_argument("--rate", type=float, default=0, help="events per second; 0 = as fast as possible (default 0)")
+    replay.add_argument("--pseudonymize", action="store_true",
+                        help=pseudonymize + " (a file of ids that are pseudonyms already: leave it off)")
     replay.add_argument("--allow-bad-lines", action="store_true",
                         help="exit 0 although bad lines were skipped (they are still listed and counted)")
     replay.add_argument("--dry-run", action="store_true",

@@ -5,6 +5,10 @@ I/O around them: pacing, live time stamps, progress, the Kafka producer and a
 one-line summary, or for ``tailor replay --dry-run`` a JSON check of the file
 in place of producing it. The record helpers (`simulated_records`, `paced`,
 `live`) are reused by the demo and the benchmarks.
+
+User ids are produced as given unless ``--pseudonymize``: then each becomes its
+pseudonym under ``TAILOR_PSEUDONYM_KEY`` through the API's own `Pseudonymizer`,
+so replayed events meet the API's events and reads for the same user.
 """
 
 from __future__ import annotations
@@ -93,6 +97,35 @@ def paced(items: Iterable[T], rate: float, *, clock: Callable[[], float] = time.
         sent += 1
 
 
+def pseudonymizer_for(settings: Settings, args) -> Callable[[str], str] | None:
+    """The API's pseudonym function if ``--pseudonymize`` asks for it, else None (ids as given).
+
+    Raises ValueError, saying what to set, without a usable ``TAILOR_PSEUDONYM_KEY``.
+    """
+    if not getattr(args, "pseudonymize", False):
+        return None
+    from engine.privacy import Pseudonymizer
+
+    if not settings.pseudonym_key:
+        raise ValueError("--pseudonymize needs TAILOR_PSEUDONYM_KEY, the key the API pseudonymizes with: "
+                         "set it to the API's key")
+    return Pseudonymizer(settings.pseudonym_key).pseudonym
+
+
+def pseudonymized(events: Iterable[Event], pseudonym: Callable[[str], str] | None) -> Iterable[Event]:
+    """``events`` with each user id replaced by ``pseudonym`` of it (``None``: as given)."""
+    if pseudonym is None:
+        return events
+    return (msgspec.structs.replace(event, user_id=pseudonym(event.user_id)) for event in events)
+
+
+def ids_remark(pseudonym: Callable[[str], str] | None) -> str:
+    """What the summary line says about the user ids: the reader must not have to guess."""
+    if pseudonym is None:
+        return "; user ids as given (--pseudonymize applies the API's pseudonyms)"
+    return "; user ids pseudonymized with TAILOR_PSEUDONYM_KEY, as the API does"
+
+
 def live(events: Iterable[Event], clock_ms: Callable[[], int] = now_ms) -> Iterator[Event]:
     """Re-stamp each event with the wall clock as it passes, so features look live.
 
@@ -115,8 +148,10 @@ def run_simulate(settings: Settings, args) -> int:
     (``--drift-price-factor``) at event N; the summary says whether it happened.
     ``--shape`` picks the shape of traffic (`engine.simulate.SHAPES`); live
     time stamps replace the simulated clock, ``years``' idle gaps included.
+    ``--pseudonymize`` produces the API's pseudonyms of the simulated user ids.
     """
     try:
+        pseudonym = pseudonymizer_for(settings, args)
         start_ms = parse_start(args.start) if args.start else now_ms()
         drift = drift_of(args)
         simulator = Simulator(users=args.users, seed=args.seed, start_ms=start_ms, drift=drift, shape=args.shape)
@@ -127,9 +162,9 @@ def run_simulate(settings: Settings, args) -> int:
     if args.rate > 0 and not args.start:
         events = live(events)
     shape = "" if args.shape == "sessions" else f", {args.shape} shape"
-    return _deliver(settings, records_of(events), args.out, command="tailor simulate",
+    return _deliver(settings, records_of(pseudonymized(events, pseudonym)), args.out, command="tailor simulate",
                     source=f"{args.users} users{shape}", total=args.events or None,
-                    remark=lambda: drift_remark(simulator))
+                    remark=lambda: drift_remark(simulator) + ids_remark(pseudonym))
 
 
 def drift_of(args) -> Drift | None:
@@ -179,7 +214,13 @@ def run_replay(settings: Settings, args) -> int:
     are skipped and listed with their numbers and reasons, and make the exit
     status 1 unless ``--allow-bad-lines``. ``--dry-run`` produces nothing, needs
     no broker and prints one JSON object (`replay_check`), under the same rule.
+    ``--pseudonymize`` produces the API's pseudonyms of the file's user ids.
     """
+    try:
+        pseudonym = pseudonymizer_for(settings, args)
+    except ValueError as exc:
+        print(f"tailor replay: {exc}", file=sys.stderr)
+        return 2
     path = Path(args.file)
     if not path.is_file():
         print(f"tailor replay: no such file {str(path)!r}; pass a JSONL file with one event per line", file=sys.stderr)
@@ -188,7 +229,8 @@ def run_replay(settings: Settings, args) -> int:
     rebase_ms = now_ms() - scan.newest_ms if scan.newest_ms is not None else 0
     shift_ms = rebase_ms if args.rebase_time else 0
     bad: list[tuple[int, str]] = []
-    events = read_jsonl(path, bad, shift_ms=shift_ms, hint_shift_ms=None if args.rebase_time else rebase_ms)
+    events = pseudonymized(read_jsonl(path, bad, shift_ms=shift_ms,
+                                      hint_shift_ms=None if args.rebase_time else rebase_ms), pseudonym)
     if args.dry_run:
         print(json.dumps(replay_check(events, scan, bad, shift_ms)))
         if bad and not args.allow_bad_lines:
@@ -198,7 +240,7 @@ def run_replay(settings: Settings, args) -> int:
     else:
         code = _deliver(settings, records_of(paced(events, args.rate)), None, command="tailor replay",
                         source=path.name, total=scan.shiftable if args.rebase_time else scan.in_range,
-                        remark=lambda: replay_remark(bad, shift_ms))
+                        remark=lambda: replay_remark(bad, shift_ms) + ids_remark(pseudonym))
         report_bad_lines(bad, path, allowed=args.allow_bad_lines)
     return code or (1 if bad and not args.allow_bad_lines else 0)
 

@@ -404,3 +404,76 @@ def test_dry_run_produces_nothing(broker, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["valid"] == 100
     topics = AdminClient({"bootstrap.servers": broker.address}).list_topics(timeout=10).topics
     assert settings.topic not in topics
+
+
+# -- user ids: as given, or pseudonymized as the API does (issue 13) ----------------------------
+
+PSEUDONYM_KEY = "0123456789abcdef0123456789abcdef"
+
+
+def test_help_says_ids_are_produced_as_given_without_pseudonymize(capsys):
+    for command in ("replay", "simulate"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--pseudonymize" in text and "without it user ids are produced as given" in text, text
+
+
+def test_pseudonymize_needs_the_apis_key(tmp_path, capsys):
+    path = tmp_path / "events.jsonl"
+    path.write_text(encode_event(next(Simulator(users=1, seed=1, start_ms=START_MS).events(1))).decode() + "\n")
+    assert run_replay(no_broker(), args("replay", str(path), "--pseudonymize", "--dry-run")) == 2
+    assert "TAILOR_PSEUDONYM_KEY" in capsys.readouterr().err
+    assert run_simulate(no_broker(), args("simulate", "--events", "5", "--pseudonymize", "--out", "x")) == 2
+    assert "TAILOR_PSEUDONYM_KEY" in capsys.readouterr().err
+
+
+def test_simulate_pseudonymize_writes_the_apis_pseudonyms(tmp_path, capsys):
+    from engine.privacy import Pseudonymizer
+
+    raw, pseudo = tmp_path / "raw.jsonl", tmp_path / "pseudo.jsonl"
+    settings = Settings(brokers="", pseudonym_key=PSEUDONYM_KEY)
+    common = ("simulate", "--events", "200", "--users", "20", "--start", START)
+    assert run_simulate(settings, args(*common, "--out", str(raw))) == 0
+    assert "user ids as given" in capsys.readouterr().err
+    assert run_simulate(settings, args(*common, "--out", str(pseudo), "--pseudonymize")) == 0
+    assert "user ids pseudonymized" in capsys.readouterr().err
+    given = [decode_event(line) for line in raw.read_bytes().splitlines()]
+    made = [decode_event(line) for line in pseudo.read_bytes().splitlines()]
+    p = Pseudonymizer(PSEUDONYM_KEY)
+    assert [e.user_id for e in made] == [p.pseudonym(e.user_id) for e in given]
+    assert [msgspec.structs.replace(e, user_id="") for e in made] == [msgspec.structs.replace(e, user_id="")
+                                                                      for e in given]
+
+
+@pytest.mark.integration
+def test_replay_pseudonymize_produces_the_ids_the_api_produces(make_settings, tmp_path, capsys):
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+
+    settings = make_settings(pseudonym_key=PSEUDONYM_KEY, api_keys="in=ingest", model_dir=str(tmp_path / "none"))
+    raw = list(Simulator(users=12, seed=3, start_ms=START_MS).events(300))
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(encode_event(e).decode() + "\n" for e in raw))
+    assert run_replay(settings, args("replay", str(path), "--pseudonymize")) == 0
+    assert "user ids pseudonymized" in capsys.readouterr().err
+    # The same raw users through the API's edge, once each, under another event id.
+    firsts = {e.user_id: e for e in raw}
+    with TestClient(app=create_app(settings)) as client:
+        posted = [{**json.loads(encode_event(e)), "event_id": f"api-{e.event_id}", "ts": now_ms()}
+                  for e in firsts.values()]
+        r = client.post("/v1/events", json=posted, headers={"X-API-Key": "in"})
+        assert r.status_code == 202 and r.json()["accepted"] == len(posted), r.text
+    messages = consume_all(settings, len(raw) + len(firsts))
+    events = [(m.key(), decode_event(m.value())) for m in messages]
+    replayed = {e.event_id: (key, e.user_id) for key, e in events if not e.event_id.startswith("api-")}
+    from_api = {e.event_id.removeprefix("api-"): (key, e.user_id) for key, e in events if e.event_id.startswith("api-")}
+    assert len(replayed) == len(raw) and len(from_api) == len(firsts)
+    for raw_id, event in firsts.items():
+        assert replayed[event.event_id] == from_api[event.event_id]  # same key, same pseudonym
+        assert replayed[event.event_id][1].startswith("p_") and raw_id not in replayed[event.event_id][1]
+
+
+def now_ms():
+    return int(time.time() * 1000)
