@@ -16,8 +16,11 @@ A promoted copy model is swapped in without a restart (api/model_swap.py).
 ``/healthz`` says the process is alive, ``/readyz`` whether the broker, the
 store and the copy model answer, ``/metrics`` serves Prometheus request counts
 and latency histograms per route, the copy cache's hit ratio, the
-generator's batch sizes and queue waits, and impressions dropped because the
-producer's queue was full. The OpenAPI document is at
+generator's batch sizes and queue waits, events not delivered and impressions
+dropped. ``POST /v1/events`` answers 202 only once the broker acknowledged every
+valid event, and 503 with ``Retry-After`` otherwise (api/delivery.py). Every 500
+is logged with its traceback under a request id that its answer carries (header
+``X-Request-ID`` and the body). The OpenAPI document is at
 ``/docs/openapi.json`` and an interactive reference at ``/docs``.
 """
 
@@ -26,7 +29,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -47,9 +53,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, RequestBody, SecurityScheme
 from litestar.params import FromPath, JSONBody
-from litestar.status_codes import HTTP_202_ACCEPTED
-from prometheus_client import Counter
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_500_INTERNAL_SERVER_ERROR
 
+from api.delivery import EXPOSURES_DROPPED, EventProducer  # noqa: F401 - the counter's old home
 from api.experiments import ExperimentController, LiveExperiments, open_experiments
 from api.metrics import RequestMetrics
 from api.model_swap import ModelWatcher
@@ -57,14 +63,12 @@ from api.personalize import Personalized, PersonalizeRequest, personalize
 from api.templates import ErrorBody, TemplateController, open_templates
 from engine.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
 from engine.personalize import NoTemplate
-from engine.privacy import Pseudonymizer
+from engine.privacy import InvalidUserId, Pseudonymizer
 from engine.segments import SegmentProfile
 from engine.settings import Settings
 from engine.templates import TemplateError
 
 log = logging.getLogger("tailor.api")
-EXPOSURES_DROPPED = Counter("tailor_exposures_dropped_total",
-                            "Impression events not logged because the producer's queue was full.")
 
 SCOPES = ("ingest", "serve", "admin")
 #: Most events one POST /v1/events may carry.
@@ -79,10 +83,32 @@ class Rejected(msgspec.Struct):
 
 
 class EventsAccepted(msgspec.Struct):
-    """What POST /v1/events did: how many events went to Kafka, and why the others did not."""
+    """What POST /v1/events did: how many events the broker acknowledged, and why the others were invalid."""
 
     accepted: int
     rejected: list[Rejected]
+
+
+class EventsNotDelivered(msgspec.Struct):
+    """A 503 of POST /v1/events: valid events the broker did not acknowledge (``undelivered``, by index).
+
+    ``accepted`` of the batch were acknowledged; sending the whole batch again is
+    safe, since the flow counts an ``event_id`` once.
+    """
+
+    status_code: int
+    detail: str
+    accepted: int
+    rejected: list[Rejected]
+    undelivered: list[Rejected]
+
+
+class ServerError(msgspec.Struct):
+    """A 500: the request id to quote (also in the X-Request-ID header); the log has the traceback."""
+
+    status_code: int
+    detail: str
+    request_id: str
 
 
 class Health(msgspec.Struct):
@@ -168,15 +194,18 @@ def healthz() -> Health:
 @get("/readyz", security=[{}],
      responses={503: ResponseSpec(Readiness, description="a dependency does not answer: which, and why")})
 async def readyz(request: Request) -> Response[Readiness]:
-    """Ready to serve: the broker, the feature store and the copy model all answer (503 and which failed otherwise)."""
-    import asyncio
+    """Ready to serve: the broker takes events, the feature store and the copy model answer (503 and which otherwise).
 
+    The broker is not ready while the producer cannot deliver (every broker
+    down, a delivery just timed out, or its queue full), even if metadata answers.
+    """
     state = request.app.state
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, lambda: state.producer.list_topics(timeout=2))
-        broker = "ok"
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
-        broker = f"unreachable: {type(exc).__name__}: {exc}"[:200]
+    broker = state.events.problem() or "ok"
+    if broker == "ok":
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: state.producer.list_topics(timeout=2))
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            broker = f"unreachable: {type(exc).__name__}: {exc}"[:200]
     try:
         state.reader.features("p_ready")  # on the event loop: the reader is not thread-safe
         store = "ok"
@@ -205,19 +234,83 @@ def metrics() -> Response[bytes]:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
+_TOO_DEEP = "the JSON body nests too deeply (the decoder stops near 1,000 levels): send a flatter document"
+#: A body with fewer brackets than this cannot nest deep enough to trouble the decoder: it skips the check.
+_DEEP_BRACKETS = 200
+_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+
+
+async def refuse_deep_json(request: Request) -> None:
+    """Before every route: a POST, PUT or PATCH body nested too deeply for msgspec is a 400.
+
+    msgspec raises RecursionError on JSON nested about a thousand levels deep, which
+    Litestar would answer 500. The body is decoded untyped here first (microseconds a
+    kilobyte, and only for bodies with many brackets); `too_deep` answers the rare body
+    that passes here but not in the route, whose decoder runs a few frames deeper.
+    POST /v1/events (``reads_body``) splits its own body and catches the error there.
+    """
+    if request.method not in _BODY_METHODS or request.route_handler.opt.get("reads_body"):
+        return
+    body = await request.body()
+    if body.count(b"[") + body.count(b"{") < _DEEP_BRACKETS:
+        return
+    try:
+        msgspec.json.decode(body)
+    except RecursionError:
+        raise HTTPException(status_code=400, detail=_TOO_DEEP) from None
+    except msgspec.DecodeError:
+        pass  # malformed: the route's own decoding says how
+
+
+def too_deep(request: Request, exc: RecursionError) -> Response:
+    """A RecursionError decoding a body is the client's 400; anywhere else it is a 500 like any other."""
+    if request.method in _BODY_METHODS:
+        # Logged all the same: were it not the body's nesting, this is where the bug shows.
+        log.warning("RecursionError on %s %s answered 400 (body nested too deeply)", request.method,
+                    request.scope.get("path_template", "?"), exc_info=exc)
+        return Response(ErrorBody(400, _TOO_DEEP), status_code=400)
+    return server_error(request, exc)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def server_error(request: Request, exc: Exception) -> Response[ServerError]:
+    """Every 500: logged with its traceback under a request id that the answer carries (header and body).
+
+    A sane ``X-Request-ID`` from the caller (a load balancer's) is kept, so both logs meet.
+    The route's template is logged, not its path: a path can hold a raw user id.
+    """
+    given = request.headers.get("x-request-id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    log.error("500 on %s %s, request id %s", request.method, request.scope.get("path_template", "?"), request_id,
+              exc_info=exc)
+    return Response(ServerError(HTTP_500_INTERNAL_SERVER_ERROR,
+                                f"internal server error: quote request id {request_id} when you report it",
+                                request_id),
+                    status_code=HTTP_500_INTERNAL_SERVER_ERROR, headers={"X-Request-ID": request_id})
+
+
 _ERRORS = {code: ResponseSpec(ErrorBody, description=text) for code, text in (
-    (400, "the body is malformed: not JSON, wrong types or unknown fields"),
+    (400, "the body is malformed: not JSON, wrong types, unknown fields or nested too deeply"),
     (401, "no API key, or an unknown one"), (403, "the API key lacks the route's scope"),
 )}
 
 
-@post("/v1/events", status_code=HTTP_202_ACCEPTED, opt={"scope": "ingest"}, operation_class=EventsOperation,
-      responses={**_ERRORS, 413: ResponseSpec(ErrorBody, description="too many events or bytes")})
-async def post_events(request: Request) -> EventsAccepted:
+@post("/v1/events", status_code=HTTP_202_ACCEPTED, opt={"scope": "ingest", "reads_body": True},
+      operation_class=EventsOperation,
+      responses={**_ERRORS, 413: ResponseSpec(ErrorBody, description="too many events or bytes"),
+                 503: ResponseSpec(EventsNotDelivered, description="the broker did not acknowledge some valid "
+                                   "events: which, and why; send them again after Retry-After seconds")})
+async def post_events(request: Request) -> Response[EventsAccepted]:
     """One event (a JSON object) or a batch (a JSON array, at most 1,000).
 
-    Each event is validated on its own: the valid ones go to Kafka with the user
-    id pseudonymized; each invalid one is reported with its index and reason.
+    Each event is validated on its own, the whole batch before any of it is sent:
+    each invalid one is reported with its index and reason, the valid ones go to
+    Kafka with the user id pseudonymized. 202 once the broker acknowledged every
+    valid event; 503 (with Retry-After) listing those it did not, within
+    TAILOR_PRODUCE_TIMEOUT_MS. Sending an event again is safe: the flow counts an
+    ``event_id`` once.
     """
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
@@ -229,6 +322,8 @@ async def post_events(request: Request) -> EventsAccepted:
             items = [msgspec.json.decode(body, type=msgspec.Raw)]
     except msgspec.DecodeError as exc:
         raise HTTPException(status_code=400, detail=f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPException(status_code=400, detail=_TOO_DEEP) from None
     if not items:
         raise HTTPException(status_code=400, detail="no events: send an object or a non-empty array")
     if len(items) > MAX_BATCH:
@@ -237,19 +332,30 @@ async def post_events(request: Request) -> EventsAccepted:
     settings: Settings = state.settings
     now_ms = int(time.time() * 1000)
     rejected: list[Rejected] = []
-    accepted = 0
+    indices: list[int] = []
+    records: list[tuple[bytes, bytes]] = []
     for index, item in enumerate(items):
         try:
             event = check_not_ahead(decode_event(bytes(item)), now_ms, int(settings.max_ahead_s * 1000))
+            pseudonym = state.pseudonymizer.pseudonym(event.user_id)
         except InvalidEvent as exc:
             rejected.append(Rejected(index, exc.reason))
             continue
-        pseudonym = state.pseudonymizer.pseudonym(event.user_id)
-        event = msgspec.structs.replace(event, user_id=pseudonym)
-        state.producer.produce(settings.topic, encode_event(event), pseudonym.encode())
-        accepted += 1
-    state.producer.poll(0)
-    return EventsAccepted(accepted, rejected)
+        except InvalidUserId as exc:
+            rejected.append(Rejected(index, f"`user_id`: {exc}"))
+            continue
+        indices.append(index)
+        records.append((pseudonym.encode(), encode_event(msgspec.structs.replace(event, user_id=pseudonym))))
+    results = await state.events.deliver(settings.topic, records) if records else []
+    undelivered = [Rejected(index, why.text) for index, why in zip(indices, results) if why is not None]
+    accepted = len(records) - len(undelivered)
+    if not undelivered:
+        return Response(EventsAccepted(accepted, rejected), status_code=HTTP_202_ACCEPTED)
+    retry_after = max(1, math.ceil(settings.produce_timeout_ms / 1000))
+    detail = (f"{len(undelivered)} of {len(records)} valid events were not delivered to Kafka "
+              f"({undelivered[0].reason}): send them again, with the same event_id, after {retry_after} s")
+    return Response(EventsNotDelivered(503, detail, accepted, rejected, undelivered), status_code=503,
+                    headers={"Retry-After": str(retry_after)})
 
 
 @get("/v1/users/{user_id:str}/features", opt={"scope": "serve"}, sync_to_thread=False, responses=_ERRORS)
@@ -260,7 +366,11 @@ def user_features(user_id: FromPath[str], request: Request) -> dict[str, Any]:
     and the ``user_segment`` view, for the user's pseudonym.
     """
     state = request.app.state
-    features, segment = state.reader.features(state.pseudonymizer.pseudonym(user_id))
+    try:
+        pseudonym = state.pseudonymizer.pseudonym(user_id)
+    except InvalidUserId as exc:
+        raise HTTPException(status_code=400, detail=f"user id in the path: {exc}") from None
+    features, segment = state.reader.features(pseudonym)
     features["segment"] = segment.segment if segment is not None else None
     features["model_version"] = segment.model_version if segment is not None else None
     return features
@@ -280,7 +390,11 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
     """
     state = request.app.state
     try:
-        return await personalize(data, pseudonym=state.pseudonymizer.pseudonym(data.user_id), reader=state.reader,
+        pseudonym = state.pseudonymizer.pseudonym(data.user_id)
+    except InvalidUserId as exc:
+        raise HTTPException(status_code=400, detail=f"`user_id`: {exc}") from None
+    try:
+        return await personalize(data, pseudonym=pseudonym, reader=state.reader,
                                  templates=state.templates, writer=state.writer, experiments=state.experiments,
                                  expose=state.expose)
     except NoTemplate as exc:
@@ -371,8 +485,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
-        from confluent_kafka import Producer
-
         from api.online import OnlineReader
         from flows.store import open_store
 
@@ -395,14 +507,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             from api.redis_health import open_redis_health
 
             app.state.redis_health = open_redis_health(settings, [app.state.templates.store, app.state.experiment_store])
-        app.state.producer = producer = Producer({"bootstrap.servers": settings.brokers, "linger.ms": 2})
+        app.state.events = events = EventProducer(settings)
+        app.state.producer = events.producer
 
         def expose(event: Event) -> None:
-            """Log an impression to Kafka (the flow counts it; `tailor feedback export` learns from it)."""
-            try:
-                producer.produce(settings.topic, encode_event(event), event.user_id.encode())
-            except BufferError:  # the local queue is full (broker down for long): the response still goes out
-                EXPOSURES_DROPPED.inc()
+            """Log an impression to Kafka (the flow counts it; `tailor feedback export` learns from it).
+
+            Never waits: one that cannot be queued or delivered is counted in tailor_exposures_dropped_total.
+            """
+            events.expose(settings.topic, event.user_id.encode(), encode_event(event))
 
         app.state.expose = expose
         # The imports above (Feast, pandas, ONNX Runtime) leave about a million objects
@@ -426,9 +539,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if cache_redis is not None:
                 await cache_redis.aclose()
             app.state.templates.store.close()
-            app.state.producer.flush(10)
+            events.close(10)
             # Frees the client now (expose holds it too): no reconnect attempts after shutdown.
-            app.state.producer = app.state.expose = producer = None
+            app.state.producer = app.state.expose = app.state.events = events = None
 
     openapi = OpenAPIConfig(
         title="Tailor", version="0.1.0", path="/docs", use_handler_docstrings=True,
@@ -444,6 +557,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         TemplateController, ExperimentController],
         lifespan=[resources],
         guards=[require_scope],
+        before_request=refuse_deep_json,
+        # Litestar hands this every exception that is not an HTTPException below 500.
+        exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: server_error, RecursionError: too_deep},
         # Request counts, errors and latency histograms per route (path templates, not raw paths).
         middleware=[RequestMetrics],
         request_max_body_size=MAX_BODY_BYTES,

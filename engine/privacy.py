@@ -41,7 +41,15 @@ MAX_USER_ID_CHARS = 256
 #: Digest bytes kept: 120 bits, 24 base32 characters, no padding.
 _DIGEST_BYTES = 15
 _PSEUDONYM = re.compile(r"p_[a-z2-7]{24}")
+# Characters that are not whitespace to str.strip but show nothing: zero-width spaces and joiners,
+# the word joiner, the byte-order mark.
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+_DROP_INVISIBLE = dict.fromkeys(map(ord, _INVISIBLE))
 _KEY_HINT = 'generate one with: python -c "import secrets; print(secrets.token_hex(32))"'
+
+
+class InvalidUserId(ValueError):
+    """A raw user id the edge cannot pseudonymize (empty, blank, too long, not text); the message says why."""
 
 
 def is_pseudonym(value: object) -> bool:
@@ -108,17 +116,29 @@ class Pseudonymizer:
         return self._fingerprint
 
     def pseudonym(self, user_id: str) -> str:
-        """The pseudonym of ``user_id`` (1 to 256 characters, not blank) under this key."""
+        """The pseudonym of ``user_id`` (1 to 256 characters, not blank) under this key.
+
+        Blank means only whitespace (Unicode's, so a no-break space too) or
+        invisible format characters: such an id would merge unrelated users.
+
+        >>> Pseudonymizer("an example key, not a secret one").pseudonym("\\u00a0\\t")
+        Traceback (most recent call last):
+        ...
+        engine.privacy.InvalidUserId: a user id must not be empty or blank (only spaces or invisible characters): send the id the user is known by
+        """
         if not isinstance(user_id, str):
             raise TypeError(f"a user id must be a str, not {type(user_id).__name__}")
         if len(user_id) > MAX_USER_ID_CHARS:
-            raise ValueError(f"a user id is at most {MAX_USER_ID_CHARS} characters, got {len(user_id)}")
-        if not user_id.strip():
-            raise ValueError("a user id must not be empty or blank")
+            raise InvalidUserId(f"a user id is at most {MAX_USER_ID_CHARS} characters, got {len(user_id)}")
+        first = user_id[:1]
+        # Only an id that starts blank can be blank: the usual id costs one check.
+        if (first in _INVISIBLE or first.isspace()) and not user_id.translate(_DROP_INVISIBLE).strip():
+            raise InvalidUserId("a user id must not be empty or blank (only spaces or invisible characters): "
+                                "send the id the user is known by")
         try:
             data = user_id.encode()
         except UnicodeEncodeError:
-            raise ValueError("a user id must be valid Unicode text (it has a lone surrogate)") from None
+            raise InvalidUserId("a user id must be valid Unicode text (it has a lone surrogate)") from None
         mac = self._mac.copy()
         mac.update(data)
         return "p_" + base64.b32encode(mac.digest()[:_DIGEST_BYTES]).decode("ascii").lower()

@@ -126,6 +126,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     experiment_db: str = ""
     #: Thompson-sampling experiments re-weigh their arms from the counters this often.
     bandit_every_s: float = 5.0
+    #: Longest POST /v1/events waits for the broker to acknowledge its events (also the producer's
+    #: ``message.timeout.ms``: an event not acknowledged by then fails and the answer is 503, never 202).
+    produce_timeout_ms: int = 5000
+    #: Most messages the API's producer queues for the broker (``queue.buffering.max.messages``); a batch
+    #: that would overflow it is answered 503 at once.
+    producer_queue_messages: int = 100_000
 
     # -- the model registry and retraining (models/registry.py, models/retrain.py) ----
     #: Registry of exported model versions and the runs.jsonl of retrains; promotion points
@@ -183,6 +189,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                              f"({self.session_gap_s}), got {self.behaviour_max_idle_s}")
         if not self.session_gap_s > 0:
             raise ValueError(f"TAILOR_SESSION_GAP_S must be a positive number of seconds, got {self.session_gap_s}")
+        if not self.produce_timeout_ms > 0:
+            raise ValueError(f"TAILOR_PRODUCE_TIMEOUT_MS must be a positive number of milliseconds, "
+                             f"got {self.produce_timeout_ms}")
+        if not self.producer_queue_messages > 0:
+            raise ValueError(f"TAILOR_PRODUCER_QUEUE_MESSAGES must be at least 1, got {self.producer_queue_messages}")
         if not self.model_reload_s > 0:
             raise ValueError(f"TAILOR_MODEL_RELOAD_S must be a positive number of seconds, got {self.model_reload_s}")
         for name in ("redis_timeout_ms", "redis_write_timeout_ms", "redis_retry_max_s", "redis_check_s"):
