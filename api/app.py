@@ -115,16 +115,16 @@ class Health(msgspec.Struct):
     status: str
 
 
-class Readiness(msgspec.Struct):
+class Readiness(msgspec.Struct, omit_defaults=True):
     """Whether each dependency answers; ``ready`` only if all do."""
 
     ready: bool
     broker: str
     store: str
     model: str
-    #: With TAILOR_REDIS_URL: "ok" (saying what was restored if Redis lately lost its data), or
-    #: "unreachable: <why>"; "not used" without Redis.
-    redis: str = "not used"
+    #: Only with TAILOR_REDIS_URL: "ok" (saying what was restored if Redis lately lost its
+    #: data), or "unreachable: <why>".
+    redis: str = ""
 
 
 _EVENT_SCHEMA = msgspec.json.schema(Event)["$defs"]["Event"]
@@ -212,13 +212,13 @@ async def readyz(request: Request) -> Response[Readiness]:
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         store = f"unreachable: {type(exc).__name__}: {exc}"[:200]
     model = "ok" if state.writer.generator is not None else state.writer.unavailable
-    redis = "not used"
+    redis = ""
     if state.redis_health is not None:  # pings Redis and restores what it lost (api/redis_health.py)
         try:
             redis = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, state.redis_health.check), 3)
         except TimeoutError:
             redis = "unreachable: no answer in 3 s"
-    ready = broker == store == model == "ok" and (redis == "not used" or redis.startswith("ok"))
+    ready = broker == store == model == "ok" and (not redis or redis.startswith("ok"))
     return Response(Readiness(ready, broker, store, model, redis), status_code=200 if ready else 503)
 
 
@@ -412,12 +412,19 @@ def segments(request: Request) -> list[SegmentProfile]:
 async def _refresh_experiments(experiments: LiveExperiments, every_s: float = 0.5) -> None:
     """Re-read the running experiments when the store changed (and re-weigh bandits), off the event loop."""
     loop = asyncio.get_running_loop()
+    failing = False
     while True:
         await asyncio.sleep(every_s)
         try:
             await loop.run_in_executor(None, experiments.refresh)
         except Exception:  # noqa: BLE001 - keep serving the last snapshot
-            log.warning("could not re-read the experiments; serving the last ones", exc_info=True)
+            if not failing:  # once per outage, not twice a second
+                log.warning("could not re-read the experiments; serving the last ones", exc_info=True)
+            failing = True
+            continue
+        if failing:
+            log.warning("the experiment store answers again")
+        failing = False
 
 
 def run_api(settings: Settings, args) -> int:

@@ -18,7 +18,7 @@ template store also spares the feature reads.
 ...         raise ConnectionError("refused")
 ... except RedisUnavailable as exc:
 ...     print(exc)
-Redis at localhost:6379 is unreachable (ConnectionError: refused): retrying in 1 s
+Redis at localhost:6379 is unreachable (ConnectionError: refused)
 >>> try:
 ...     with b:
 ...         pass  # not attempted: the breaker is open
@@ -96,7 +96,7 @@ class Breaker:
         return False
 
     def _reason(self) -> str:
-        return f"Redis at {self.name} is unreachable ({self.failing}): retrying in {self.open_s:g} s"
+        return f"Redis at {self.name} is unreachable ({self.failing})"
 
 
 _breakers: dict[str, Breaker] = {}

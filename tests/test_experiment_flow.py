@@ -103,7 +103,9 @@ def test_arm_counters_on_redis(make_settings, redis_server):
     t = now_ms() - 3_600_000
     produce_events(settings, story_events(t))
     run_main(build_flow(settings, tail=False))
-    assert type(open_store(settings)._get_provider().online_store).__name__ == "RedisOnlineStore"
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    assert isinstance(open_store(settings)._get_provider().online_store, RedisOnlineStore)
     assert read_back(settings) == wanted(t)
 
 

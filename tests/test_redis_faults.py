@@ -325,7 +325,8 @@ def test_flow_survives_a_redis_outage_and_its_features_are_complete(make_setting
         _wait(lambda: all(online_states(settings, first_users).values()), 120, proc, tmp_path / "flow.log")
         redis.kill()
         produce_events(settings, second)
-        time.sleep(4)  # the flow meets the outage: it must retry, not exit
+        # Longer than redis-py's own retries (three, with backoff: about 7 s), which the flow outlived before.
+        time.sleep(12)  # the flow meets the outage: it must retry, not exit
         assert proc.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
         redis.start()
         reference = uninterrupted_run(msgspec.structs.replace(settings, redis_url="", ready_file=""),
