@@ -301,6 +301,24 @@ def test_flushed_redis_templates_and_experiments_come_back(make_settings, own_re
                             json={"default_copy": {"headline": "Third"}}).json()["version"] == 3
 
 
+def test_a_read_against_a_refused_redis_fails_at_once_and_then_without_trying(make_settings, feature_repo):
+    """redis-py's default retries held such a read 6.7-9.2 s; now one try, then the breaker answers."""
+    from api.online import OnlineReader
+    from api.templates import StoreUnavailable
+    from flows.store import open_store
+
+    settings = make_settings()  # definitions applied (the registry is a file)
+    refused = msgspec.structs.replace(settings, redis_url=f"127.0.0.1:{free_port()}")
+    reader = OnlineReader(open_store(refused), refused.segments)
+    times = []
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="unavailable.*retry in a few seconds"):
+            reader.features("ann")
+        times.append(time.monotonic() - started)
+    assert max(times) < 0.5, times
+
+
 def _events(n: int, users: int, start_ms: int, offset: int = 0) -> list[Event]:
     kinds = ["page_view", "click", "add_to_cart", "purchase"]
     return [Event(f"e{offset + i}", kinds[i % 4], f"u{i % users}", start_ms + i * 50, category="abcd"[i % 4],
