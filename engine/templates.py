@@ -10,6 +10,12 @@ runs in a `SandboxedEnvironment` with `StrictUndefined` and no globals, as a
 second wall. Context values are data, never evaluated. Output is plain text (no
 HTML escaping: that is the channel's job); ``None`` renders as empty text.
 
+A body the language allows may still not render (99 nested ifs pass Jinja but not
+Python's compiler; ``| money`` overflows on a 400-digit number): `new_template` and
+a `revise` of the body render it with sample values first (`check_renders`). At
+request time any render error is a `RenderFailed`, never a bare exception, and
+compiled bodies are cached per body, failed compiles too.
+
 Examples
 --------
 >>> body = "Hi {{ user.first_name | default('there') }}: {{ ai.email_subject }}"
