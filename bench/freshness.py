@@ -47,8 +47,15 @@ PROBE_USER = "probe-freshness"
 
 
 def run_freshness(settings: Settings, args) -> int:
+    if getattr(args, "cold", False) and getattr(args, "live", False):
+        print("tailor bench freshness: --cold and --live are separate measurements; pick one", file=sys.stderr)
+        return 2
     if getattr(args, "cold", False):
         return run_cold(settings, args)
+    if getattr(args, "live", False):
+        from bench.freshness_live import run_live
+
+        return run_live(settings, args)
     from flows.features import flow_command, init_recovery
     from flows.kafka import make_producer
     from flows.store import open_store

@@ -242,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--cold: simulated events already in the topic when the flow starts (default 20,000)")
     fresh.add_argument("--first-probes", type=_positive_int, default=20,
                        help="--cold: probes sent right after ready, the first at the moment of readiness (default 20)")
+    fresh.add_argument("--live", action="store_true",
+                       help="the load starts after the flow is ready, into an empty topic: max_lag_events, "
+                            "final_lag_events (lag when the load stops), drain_ms, probes' p99_ms")
+    fresh.add_argument("--drain-timeout", type=float, default=120.0,
+                       help="--live: longest wait for the flow to reach the end once the load stops (default 120 s)")
     seg = bench_sub.add_parser("segment", help="segmentation and drift: cost, ARI, false alarms, detection delay")
     seg.add_argument("--events", type=_positive_int, default=1_000_000,
                      help="measured events per stream, after the burn-in (default 1,000,000)")
