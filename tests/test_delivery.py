@@ -191,3 +191,35 @@ def test_a_batch_is_validated_whole_before_any_of_it_is_produced(make_settings, 
         assert [(r["index"], "user_id" in r["reason"]) for r in response.json()["rejected"]] == [(2, True)]
     expected = {"whole-0", "whole-1", "whole-3"}
     assert sorted(topic_ids(broker.address, settings.topic, expected)) == sorted(expected)
+
+
+def dropped_impressions(client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("tailor_exposures_dropped_total "):
+            return float(line.split()[1])
+    raise AssertionError("tailor_exposures_dropped_total is not exported")
+
+
+def test_impressions_never_wedge_personalize_and_are_logged_again_once_the_broker_is_back(events_settings,
+                                                                                            own_broker):
+    settings = events_settings(produce_timeout_ms=1000, producer_queue_messages=5)
+    ask = {"user_id": "ann", "slot": "headline"}
+    with TestClient(app=create_app(settings)) as client:
+        assert client.post("/v1/personalize", json=ask, headers=HEADERS).status_code == 200
+        before = dropped_impressions(client)
+        os.kill(own_broker._proc.pid, signal.SIGSTOP)
+        try:
+            took = []
+            for _ in range(12):  # more impressions than the queue holds
+                start = time.monotonic()
+                assert client.post("/v1/personalize", json=ask, headers=HEADERS).status_code == 200
+                took.append(time.monotonic() - start)
+            time.sleep(3)  # the queued ones time out (message.timeout.ms) and leave the queue
+            dropped = dropped_impressions(client) - before
+        finally:
+            os.kill(own_broker._proc.pid, signal.SIGCONT)
+        assert max(took) < 1.0, f"personalize waited {max(took):.2f} s on the producer"
+        assert dropped == 12, f"{dropped} of the 12 impressions sent while the broker was stopped counted as dropped"
+        wait_for_202(client, "back")
+        logged = client.post("/v1/personalize", json=ask, headers=HEADERS).json()["exposure_id"]
+    assert logged in topic_ids(own_broker.address, settings.topic, {logged})
