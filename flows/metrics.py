@@ -5,6 +5,8 @@ its own metrics on ``:3030/metrics`` when ``BYTEWAX_DATAFLOW_API_ENABLED=true``.
 Counted per batch, not per event, so they cost nothing measurable.
 """
 
+import warnings
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("tailor_events_total", "Events read by the features flow, by outcome.", ["outcome"])
@@ -53,10 +55,15 @@ def observe_audience(audience) -> None:
         DRIFT_SIGNAL.labels(signal).set(1 if watched else 0)
         if not watched:
             for method in ("kl", "js", "adwin"):
-                try:
-                    DRIFT_SCORE.remove(signal, method)
-                except KeyError:
-                    pass
+                with warnings.catch_warnings():
+                    # Importing Feast sets PROMETHEUS_MULTIPROC_DIR, so prometheus-client warns that
+                    # removal is not implemented in multi-process mode; these gauges live in this
+                    # process's own registry (served by Bytewax), where removal works.
+                    warnings.simplefilter("ignore", UserWarning)
+                    try:
+                        DRIFT_SCORE.remove(signal, method)
+                    except KeyError:
+                        pass
     for (feature, method), score in monitor.scores.items():
         DRIFT_SCORE.labels(feature, method).set(score)
 
