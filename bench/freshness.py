@@ -82,24 +82,7 @@ def run_freshness(settings: Settings, args) -> int:
             gc.freeze()
             observer = _KafkaObserver(bench)
             observer.start()
-            latencies, kafka_latencies, timeouts = [], [], 0
-            deadline = time.monotonic() + args.seconds
-            bar = tqdm(total=int(args.seconds), desc="probing", unit="s", file=sys.stderr, mininterval=1.0)
-            seq, started = 1, time.monotonic()
-            while time.monotonic() < deadline:
-                seq += 1
-                acked, latency = _probe(producer, bench, read, seq)
-                if latency is None:
-                    timeouts += 1
-                else:
-                    latencies.append(latency)
-                seen = observer.seen.get(f"probe-{seq}")
-                if seen is not None:
-                    kafka_latencies.append((seen - acked) * 1000)
-                bar.n = int(time.monotonic() - started)
-                bar.refresh()
-                time.sleep(0.05)
-            bar.close()
+            latencies, kafka_latencies, timeouts, _ = _probe_for(args.seconds, producer, bench, read, 1, observer)
             observer.stop()
             if flow.poll() is not None:
                 raise RuntimeError(f"the flow exited ({flow.returncode}): {flow.stderr.read()[-2000:]!r}")
@@ -182,16 +165,8 @@ def run_cold(settings: Settings, args) -> int:
                 else:
                     firsts.append(latency)
                 time.sleep(0.05)
-            latencies, seq = [], args.first_probes
-            deadline = time.monotonic() + args.seconds
-            while time.monotonic() < deadline:
-                seq += 1
-                _, latency = _probe(producer, bench, read, seq)
-                if latency is None:
-                    timeouts += 1
-                else:
-                    latencies.append(latency)
-                time.sleep(0.05)
+            latencies, _, warm_timeouts, _ = _probe_for(args.seconds, producer, bench, read, args.first_probes)
+            timeouts += warm_timeouts
             observer.stop()
             if flow.poll() is not None:
                 raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
@@ -261,6 +236,28 @@ def _probe(producer, settings: Settings, read, seq: int, timeout_s: float = 5.0)
         # A short pause between reads: a busy loop would steal the CPU the flow needs.
         time.sleep(0.003)
     return acked, None
+
+
+def _probe_for(seconds: float, producer, settings: Settings, read, last_seq: int, observer=None
+               ) -> tuple[list[float], list[float], int, int]:
+    """Probes one after another for ``seconds``: latencies, the observer's Kafka latencies, timeouts, last seq."""
+    latencies, kafka_latencies, timeouts, seq = [], [], 0, last_seq
+    bar = tqdm(total=int(seconds), desc="probing", unit="s", file=sys.stderr, mininterval=1.0)
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        seq += 1
+        acked, latency = _probe(producer, settings, read, seq)
+        if latency is None:
+            timeouts += 1
+        else:
+            latencies.append(latency)
+        seen = observer.seen.get(f"probe-{seq}") if observer is not None else None
+        if seen is not None:
+            kafka_latencies.append((seen - acked) * 1000)
+        bar.update(min(int(seconds), int(time.monotonic() - started)) - bar.n)
+        time.sleep(0.05)
+    bar.close()
+    return latencies, kafka_latencies, timeouts, seq
 
 
 class _KafkaObserver(threading.Thread):
