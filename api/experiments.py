@@ -35,7 +35,7 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
-from api.templates import ErrorBody, redis_call, redis_client
+from api.templates import ErrorBody, StoreUnavailable, redis_call, redis_client
 from engine.experiment_spec import (
     ExperimentSpec,
     FactorEffect,
@@ -181,6 +181,7 @@ class RedisExperimentStore(ExperimentStore):
         self.copy = copy
         self._copied: int | None = None  # the Redis revision the copy holds
         self._recovering = threading.Lock()
+        self._seen = copy is not None and bool(copy.all())  # whether Redis should hold experiments
         #: (time.monotonic(), what) of the last restore (what: "" if none yet), for /readyz.
         self.recovered: tuple[float, str] = (0.0, "")
         self._restore = client.register_script(_RESTORE_EXPERIMENTS)
@@ -219,7 +220,9 @@ class RedisExperimentStore(ExperimentStore):
     def revision(self):
         with self._call():
             raw = self._redis.get(self._revision)
-        if raw is None and self._copied:  # Redis lost them since the copy was taken: put them back first
+        if raw is not None:
+            self._seen = True
+        elif self._seen:  # Redis lost them since this process saw them: put them back first
             self.recover()
             with self._call():
                 raw = self._redis.get(self._revision)
@@ -285,6 +288,8 @@ def open_experiment_store(settings: Settings) -> ExperimentStore:
                                      copy=SQLiteExperimentStore(path))
         try:
             store.recover()  # a Redis that lost them gets this replica's copy back
+        except StoreUnavailable as exc:  # down at start: LiveExperiments serves the copy; /readyz says so
+            log.warning("%s: starting from the local copy %s", exc.detail, path)
         except BaseException:
             store.close()
             raise
@@ -320,21 +325,35 @@ class LiveExperiments:
         self._by_slot: dict[str, list[ExperimentSpec]] = {}
         self._revision: int | None = None
         self._bandit_due = 0.0
-        self.refresh()
+        from flows.redis_guard import RedisUnavailable
+
+        try:
+            self.refresh()
+        except (StoreUnavailable, RedisUnavailable):
+            # Redis is down at start: serve the local copy's experiments until it answers (refresh then reloads).
+            copy = getattr(store, "copy", None)
+            if copy is None:
+                raise
+            self._load(copy.all(), None)
+            log.warning("the experiment store cannot be reached: serving its local copy (%d experiments) "
+                        "until it answers", len(copy.all()))
 
     def refresh(self, force: bool = False) -> None:
         revision = self.store.revision()
         if force or revision != self._revision:
-            by_slot: dict[str, list[ExperimentSpec]] = {}
-            for spec in sorted((s for s in self.store.all() if s.status == "running"), key=lambda s: s.started):
-                for slot in spec.slots:
-                    by_slot.setdefault(slot, []).append(spec)
-            self._by_slot, self._revision = by_slot, revision
-            self._bandit_due = 0.0
+            self._load(self.store.all(), revision)
         if self.read_counters is not None and time.monotonic() >= self._bandit_due:
             self._bandit_due = time.monotonic() + self.bandit_every_s
             self.weights = {spec.id: bandit_weights(spec, self.read_counters(spec))
                             for specs in self._by_slot.values() for spec in specs if spec.allocation == "thompson"}
+
+    def _load(self, specs: list[ExperimentSpec], revision: int | None) -> None:
+        by_slot: dict[str, list[ExperimentSpec]] = {}
+        for spec in sorted((s for s in specs if s.status == "running"), key=lambda s: s.started):
+            for slot in spec.slots:
+                by_slot.setdefault(slot, []).append(spec)
+        self._by_slot, self._revision = by_slot, revision
+        self._bandit_due = 0.0
 
     def running(self, slot: str) -> list[ExperimentSpec]:
         return self._by_slot.get(slot, [])

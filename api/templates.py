@@ -402,7 +402,8 @@ class RedisTemplateStore(TemplateStore):
         self.copy = copy
         self._copied: int | None = None  # the Redis revision the copy holds
         self._recovering = threading.Lock()  # one restore at a time in this process
-        self._seen = False  # whether Redis held templates once (then an empty one lost them)
+        # Whether Redis should hold templates (it did, or this replica's copy has some): then an empty one lost them.
+        self._seen = copy is not None and bool(copy.list(include_archived=True))
         #: (time.monotonic(), what) of the last restore (what: "" if none yet), for /readyz.
         self.recovered: tuple[float, str] = (0.0, "")
         self._restore = client.register_script(_RESTORE_TEMPLATES)
@@ -559,7 +560,11 @@ def open_template_store(settings: Settings) -> TemplateStore:
         store = SQLiteTemplateStore(path)
     try:
         if isinstance(store, RedisTemplateStore):
-            store.recover()  # a Redis that lost them gets this replica's copy back, not only the defaults
+            try:
+                store.recover()  # a Redis that lost them gets this replica's copy back, not only the defaults
+            except StoreUnavailable as exc:  # down at start: LiveTemplates serves the copy; /readyz says so
+                log.warning("%s: starting from the local copy %s", exc.detail, path)
+                return store
         store.seed(DEFAULT_TEMPLATES.values())
     except BaseException:
         store.close()
@@ -625,14 +630,9 @@ class LiveTemplates:
             # Revision first: a write landing between the two reads is seen now, and again next check.
             revision = self.store.revision()
             if self._by_slot is None or wanted != self._loaded or revision != self._revision:
-                served = self.store.list()
-                by_slot: dict[str, list[Template]] = {}
-                for template in served:
-                    by_slot.setdefault(template.slot, []).append(template)
-                self._by_id = {t.template_id: t for t in served}
-                self._by_slot, self._revision = by_slot, revision
+                self._set(self.store.list(), revision)
         except Exception:
-            if self._by_slot is None:
+            if self._by_slot is None and not self._load_copy():
                 raise
             if not self._failing:
                 log.warning("could not re-read the template store; serving the last snapshot and retrying "
@@ -646,6 +646,25 @@ class LiveTemplates:
         self._failing = False
         self._loaded = wanted
         self._next_check = self._clock() + self.check_s
+
+
+    def _set(self, served: list[Template], revision: int | None) -> None:
+        by_slot: dict[str, list[Template]] = {}
+        for template in served:
+            by_slot.setdefault(template.slot, []).append(template)
+        self._by_id = {t.template_id: t for t in served}
+        self._by_slot, self._revision = by_slot, revision
+
+    def _load_copy(self) -> bool:
+        """A first snapshot from the store's local copy (a Redis store's) when the store cannot answer at start."""
+        copy = getattr(self.store, "copy", None)
+        served = copy.list() if copy is not None else []
+        if not served:
+            return False
+        self._set(served, None)  # no revision: the first check that reaches the store reloads
+        log.warning("the template store cannot be reached: serving its local copy (%d templates) until it answers",
+                    len(served))
+        return True
 
 
 def open_templates(settings: Settings, check_s: float = 0.5) -> LiveTemplates:

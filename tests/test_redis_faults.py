@@ -258,6 +258,23 @@ def test_hung_redis_api_answers_fast_and_recovers(make_settings, own_redis, tmp_
         api.close()
 
 
+TEMPLATE = {"template_id": "hl-own", "slot": "headline", "body": "{{ ai.headline }}",
+            "default_copy": {"headline": "Our own headline"}}
+EXPERIMENT = {"id": "hl-test", "slot": "headline",
+              "arms": [{"name": "control"}, {"name": "own", "template_id": "hl-own"}]}
+
+
+def _own_templates_and_experiment(client) -> None:
+    """Two templates of an admin's (one with two versions) and a running experiment."""
+    assert client.post("/v1/templates", headers=ADMIN, json=TEMPLATE).status_code == 201
+    assert client.post("/v1/templates", headers=ADMIN, json={**TEMPLATE, "template_id": "hl-two"}).status_code == 201
+    assert client.patch("/v1/templates/hl-two", headers=ADMIN,
+                        json={"default_copy": {"headline": "Second"}}).status_code == 200
+    created = client.post("/v1/experiments", headers=ADMIN, json=EXPERIMENT)
+    assert created.status_code == 201, created.text
+    assert client.post("/v1/experiments/hl-test/start", headers=ADMIN).status_code == 200
+
+
 def test_flushed_redis_templates_and_experiments_come_back(make_settings, own_redis, tmp_path):
     from litestar.testing import TestClient
 
@@ -265,19 +282,8 @@ def test_flushed_redis_templates_and_experiments_come_back(make_settings, own_re
 
     redis = own_redis()
     settings = _api_settings(make_settings, tmp_path, redis)
-    template = {"template_id": "hl-own", "slot": "headline", "body": "{{ ai.headline }}",
-                "default_copy": {"headline": "Our own headline"}}
-    experiment = {"id": "hl-test", "slot": "headline",
-                  "arms": [{"name": "control"}, {"name": "own", "template_id": "hl-own"}]}
     with TestClient(app=create_app(settings)) as client:
-        assert client.post("/v1/templates", headers=ADMIN, json=template).status_code == 201
-        assert client.post("/v1/templates", headers=ADMIN, json={**template, "template_id": "hl-two"}
-                           ).status_code == 201
-        assert client.patch("/v1/templates/hl-two", headers=ADMIN,
-                            json={"default_copy": {"headline": "Second"}}).status_code == 200
-        created = client.post("/v1/experiments", headers=ADMIN, json=experiment)
-        assert created.status_code == 201, created.text
-        assert client.post("/v1/experiments/hl-test/start", headers=ADMIN).status_code == 200
+        _own_templates_and_experiment(client)
         before = client.get("/v1/templates", headers=SERVE).json()
 
         redis.flushall()
@@ -299,6 +305,38 @@ def test_flushed_redis_templates_and_experiments_come_back(make_settings, own_re
         # A write after the restore lands on top of it: versions keep counting.
         assert client.patch("/v1/templates/hl-two", headers=ADMIN,
                             json={"default_copy": {"headline": "Third"}}).json()["version"] == 3
+
+
+def test_api_started_while_redis_is_down_answers_and_recovers_from_its_local_copy(make_settings, own_redis,
+                                                                                  tmp_path):
+    from litestar.testing import TestClient
+
+    from api.app import create_app
+
+    redis = own_redis()
+    settings = _api_settings(make_settings, tmp_path, redis)
+    with TestClient(app=create_app(settings)) as client:  # an earlier run left the local copy
+        _own_templates_and_experiment(client)
+    redis.kill()
+    api = ApiProcess(settings, tmp_path / "api.log")  # a restart during the outage
+    try:
+        ready = httpx.get(f"{api.base}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["redis"].startswith("unreachable"), ready.text
+        answer = httpx.post(f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"), timeout=10)
+        assert answer.status_code == 503 and "retry in a few seconds" in answer.json()["detail"], answer.text
+        redis.start()  # back, empty: the templates and the experiment come from the copy
+        deadline = time.monotonic() + 15
+        while True:
+            answer = httpx.post(f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"),
+                                timeout=10)
+            if answer.status_code == 200 and answer.json()["experiment"] == "hl-test":
+                break
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        versions = httpx.get(f"{api.base}/v1/templates/hl-two/versions", headers=SERVE, timeout=10).json()
+        assert [v["version"] for v in versions] == [1, 2]
+    finally:
+        api.close()
 
 
 def test_a_read_against_a_refused_redis_fails_at_once_and_then_without_trying(make_settings, feature_repo):
