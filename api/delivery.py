@@ -45,6 +45,8 @@ EXPOSURES_DROPPED = Counter("tailor_exposures_dropped_total",
 
 #: How often the poll thread asks a producer that cannot deliver whether the broker answers again.
 PROBE_EVERY_S = 1.0
+#: Undelivered events are logged at most this often per reason, with the count since the last line.
+LOG_EVERY_S = 1.0
 
 
 class Undelivered:
@@ -128,6 +130,9 @@ class EventProducer:
         })
         # Why the producer cannot deliver, or None; set by the poll thread and its callbacks, read anywhere.
         self._unable: str | None = None
+        # Undelivered events not logged yet, and when the next line may be, per reason (the event loop's).
+        self._unlogged: dict[str, int] = {}
+        self._log_after: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="tailor-delivery-reports", daemon=True)
         self._thread.start()
@@ -199,16 +204,23 @@ class EventProducer:
         return results
 
     def _count(self, results: list[Undelivered | None]) -> None:
+        """Count undelivered events by reason; log each reason at most once a second (an outage is many requests)."""
         failed: dict[str, Undelivered] = {}
         counts: dict[str, int] = {}
         for result in results:
             if result is not None:
                 failed.setdefault(result.reason, result)
                 counts[result.reason] = counts.get(result.reason, 0) + 1
+        now = time.monotonic()
         for reason, count in counts.items():
             DELIVERY_FAILED.labels(reason).inc(count)
-            log.warning("%d of %d events not delivered to Kafka (%s): %s", count, len(results), reason,
+            unlogged = self._unlogged.get(reason, 0) + count
+            if now < self._log_after.get(reason, 0.0):
+                self._unlogged[reason] = unlogged
+                continue
+            log.warning("%d events not delivered to Kafka (%s) since the last such line: %s", unlogged, reason,
                         failed[reason].text)
+            self._unlogged[reason], self._log_after[reason] = 0, now + LOG_EVERY_S
 
     # -- the poll thread's side ----------------------------------------------------------
 
