@@ -187,6 +187,7 @@ class FeatureWriter:
         Looks every view up (an unregistered one fails here, at start-up, saying what to
         run), reads one absent row of each through the online store (its connection and
         tables, or Redis, answer now) and runs protobuf's and Parquet's first encodings.
+        A Redis that cannot answer yet is waited for, with the writes' backoff.
         """
         keys = {
             TILES_VIEW: _entity_key(""),
@@ -197,7 +198,8 @@ class FeatureWriter:
         }
         for name, key in keys.items():
             view = self.view if name == TILES_VIEW else self._view(name)
-            self.online.online_read(self.config, view, [key])
+            self._retrying(f"start-up read of {name}", lambda: self.online.online_read(self.config, view, [key]),
+                           count=False)
         self._entity_key_bin("")
         Value(bytes_val=b"").SerializeToString()
         pq.write_table(OFFLINE_SCHEMA.empty_table(), pa.BufferOutputStream())
@@ -346,20 +348,26 @@ class FeatureWriter:
 
     def _online_write(self, view, data: list) -> None:
         """``online_write_batch``, retried with backoff until it lands (see the class docstring)."""
+        self._retrying(f"online write of {len(data)} {view.name} rows",
+                       lambda: self.online.online_write_batch(self.config, view, data, None))
+
+    def _retrying(self, what: str, call, count: bool = True) -> None:
+        """``call()`` until the online store takes it: backoff from 0.1 s doubling to `retry_max_s`, each retry
+        logged (and counted in tailor_online_write_retries_total when ``count``)."""
         delay, failures = 0.1, 0
         while True:
             try:
-                self.online.online_write_batch(self.config, view, data, None)
+                call()
                 break
             except OUTAGE_ERRORS as exc:
                 failures += 1
-                metrics.ONLINE_WRITE_RETRIES.inc()
-                log.warning("online write of %d %s rows failed (%s): retrying in %.1f s (retry %d)",
-                            len(data), view.name, exc, delay, failures)
+                if count:
+                    metrics.ONLINE_WRITE_RETRIES.inc()
+                log.warning("%s failed (%s): retrying in %.1f s (retry %d)", what, exc, delay, failures)
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
         if failures:
-            log.warning("online write of %d %s rows landed after %d retries", len(data), view.name, failures)
+            log.warning("%s landed after %d retries", what, failures)
 
     def _sqlite_upsert_flat(self, view, flat: list[tuple[bytes, str, bytes, int, int]]) -> None:
         """(entity key, feature name, serialized Value, event s, created s) rows into Feast's SQLite table."""

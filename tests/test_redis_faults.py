@@ -357,6 +357,45 @@ def test_a_read_against_a_refused_redis_fails_at_once_and_then_without_trying(ma
     assert max(times) < 0.5, times
 
 
+def test_feature_writer_waits_for_redis_at_start_and_retries_a_write_until_it_lands(make_settings, own_redis):
+    from flows import metrics
+    from flows.store import FeatureWriter
+    from tests.support import online_states
+
+    redis = own_redis()
+    settings = make_settings(redis_url=redis.url)
+    redis.kill()
+    opened: list = []
+
+    def start() -> None:  # what build_flow does before Bytewax reads an event
+        writer = FeatureWriter(settings)
+        writer.warm_up()
+        opened.append(writer)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    time.sleep(8)  # longer than redis-py's own retries (about 7 s)
+    assert not opened and starting.is_alive()  # waiting for Redis, not failed
+    redis.start()
+    starting.join(30)
+    writer = opened[0]
+
+    from engine.tiles import UserActivity
+
+    state = UserActivity()
+    state.update(Event("w1", "click", "wendy", now_ms(), category="a"))
+    redis.kill()
+    retries = metrics.ONLINE_WRITE_RETRIES._value.get()
+    writing = threading.Thread(target=writer.write, args=({"wendy": state},))
+    writing.start()
+    time.sleep(8)
+    assert writing.is_alive() and metrics.ONLINE_WRITE_RETRIES._value.get() > retries
+    redis.start()  # empty (no persistence): the retried write is what lands
+    writing.join(30)
+    assert not writing.is_alive()
+    assert online_states(settings, ["wendy"])["wendy"] == state.packed()
+
+
 def _events(n: int, users: int, start_ms: int, offset: int = 0) -> list[Event]:
     kinds = ["page_view", "click", "add_to_cart", "purchase"]
     return [Event(f"e{offset + i}", kinds[i % 4], f"u{i % users}", start_ms + i * 50, category="abcd"[i % 4],
