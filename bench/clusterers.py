@@ -89,6 +89,12 @@ def run_clusterers(settings: Settings, args) -> int:
                     model[0].predict_one(scaled)
                 model[2] += time.perf_counter() - started
                 model[3] += 1
+        for model in models.values():
+            if model[1] is None:  # as the audience step does after each batch (its cost counts too)
+                started = time.perf_counter()
+                if model[0].consolidate():
+                    model[0].refit()
+                model[2] += time.perf_counter() - started
         batch.clear()
     users = sorted(latest)
     truth = [sim.profile_of(u) for u in users]

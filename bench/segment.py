@@ -24,7 +24,9 @@ In one invocation, on one broker:
 its sessions, clicks and purchases only, ratings instead of money, or years of
 history with long idle gaps. The JSON says which features the segments used,
 which drift signals were skipped for want of data, and the largest rate of any
-profile (``profile_rate_max``, at most 1 by construction).
+profile (``profile_rate_max``, at most 1 by construction), and the ARI a batch
+k-means reaches on the same users' latest vectors (``batch_ceiling_ari``: what
+the shape's features allow at all).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
                           for a, b in zip(on, off)],
         "ari": statistics.median(r["ari"] for r in on),
         "ari_runs": [r["ari"] for r in on],
+        # What the shape's signal allows at all: batch k-means on the same users' latest vectors.
+        "batch_ceiling_ari": on[0].get("batch_ceiling_ari"),
         "segmented_users": on[0]["segmented_users"],
         "segmented_share": round(on[0]["segmented_users"] / args.users, 3),
         "profile_rate_max": max(r["profile_rate_max"] for r in (*on, drift_run)),
@@ -190,6 +194,25 @@ def flow_child() -> None:
     print(json.dumps(result))
 
 
+def batch_ceiling(model, sim: Simulator) -> float | None:
+    """ARI against the latent profiles of a batch k-means (10 restarts) on the model's sample: each
+    user's latest vector, the features in use, in standard units of the sample. What an online
+    procedure can at best recover from this shape's features, whatever its order of updates."""
+    import numpy as np
+
+    from engine.segments import adjusted_rand_index, kmeans
+
+    if len(model.recent) < model.n_segments:
+        return None
+    raw = np.array([[x[name] for name in model.features] for x, _, _ in model.recent.values()])
+    std = raw.std(0)
+    std[std == 0] = 1.0
+    points = (raw - raw.mean(0)) / std
+    centres = kmeans(points, model.n_segments, seed=SEED, restarts=10)
+    labels = ((points[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    return round(adjusted_rand_index([sim.profile_of(u) for u in model.recent], labels.tolist()), 3)
+
+
 def quality(settings: Settings, audience) -> dict:
     """ARI of the segments read through Feast vs. the latent profiles; alerts from the drift topic."""
     from engine.segments import adjusted_rand_index
@@ -213,6 +236,7 @@ def quality(settings: Settings, audience) -> dict:
     return {
         "ari": round(adjusted_rand_index([t for t, _ in pairs], [s for _, s in pairs]), 3) if len(pairs) > 1 else None,
         "segmented_users": len(pairs),
+        "batch_ceiling_ari": batch_ceiling(audience.model, truth_sim),
         "profile_rate_max": round(max(rates), 4) if rates else None,
         "profile_sizes_sum": sum(p.size for p in profiles),
         "features_used": list(audience.model.features),

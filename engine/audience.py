@@ -33,7 +33,7 @@ import math
 import msgspec
 
 from engine.drift import DriftAlert, DriftMonitor
-from engine.segments import FEATURE_NAMES, SegmentModel, SegmentProfile, TrafficPriors, feature_vector
+from engine.segments import FEATURE_NAMES, SegmentModel, SegmentProfile, TrafficPriors, feature_vector, ratio_parts
 
 #: What a drift alert does: report only, or re-fit the segmentation too.
 DRIFT_ACTIONS = ("alert", "refit")
@@ -75,8 +75,9 @@ class Audience:
 
     Parameters
     ----------
-    n_segments, warmup, halflife, seed
-        The `SegmentModel`'s.
+    n_segments, warmup, seed, refit_gain
+        The `SegmentModel`'s. A re-fit the model finds due (`SegmentModel.consolidate`: a
+        fresh fit on its sample is better by ``refit_gain``) is made like one after drift.
     drift_warmup, drift_reference, drift_window, drift_patience, kl_threshold, segment_kl_threshold,
     js_threshold, adwin_delta
         The `DriftMonitor`'s (its ``warmup``, ``reference``, ``window``, ``patience`` ...).
@@ -91,7 +92,7 @@ class Audience:
         a reader would act on, and skipping them saves most segment writes.
     """
 
-    def __init__(self, n_segments: int = 4, *, warmup: int = 300, halflife: float = 0.05, seed: int = 1,
+    def __init__(self, n_segments: int = 4, *, warmup: int = 300, seed: int = 1, refit_gain: float = 0.03,
                  drift_warmup: int = 300_000, drift_reference: int = 100_000, drift_window: int = 50_000,
                  drift_patience: int = 3,
                  kl_threshold: float = 0.4, segment_kl_threshold: float = 0.05, js_threshold: float = 0.0,
@@ -99,7 +100,7 @@ class Audience:
                  drift_action: str = "alert", distance_step: float = 0.1):
         if drift_action not in DRIFT_ACTIONS:
             raise ValueError(f"drift_action must be one of {DRIFT_ACTIONS}, got {drift_action!r}")
-        self.model = SegmentModel(n_segments, warmup=warmup, halflife=halflife, seed=seed)
+        self.model = SegmentModel(n_segments, warmup=warmup, seed=seed, refit_gain=refit_gain)
         self.priors = TrafficPriors()
         self.monitor = DriftMonitor(
             FEATURE_NAMES, n_segments, warmup=drift_warmup, reference=min(drift_reference, drift_warmup),
@@ -130,9 +131,11 @@ class Audience:
         segments: list[int] = []
         weights: list[int] = []
         version_before = model.version
-        self.priors.observe([u.evidence for u in updates if u.evidence is not None])
+        # Each update's ratio parts, once: the priors pool them and the features smooth them.
+        parts = [None if u.evidence is None else ratio_parts(u.evidence) for u in updates]
+        self.priors.observe_parts([p for p in parts if p is not None])
         priors = self.priors.values()
-        for update in updates:
+        for update, update_parts in zip(updates, parts):
             if update.ts > self.newest_ms:
                 self.newest_ms = update.ts
             if update.impressions:
@@ -140,7 +143,7 @@ class Audience:
                                                  model_version=model.version)
             if update.evidence is None:
                 continue
-            vector, fed = feature_vector(update.evidence, priors)
+            vector, fed = feature_vector(update.evidence, priors, update_parts)
             version = model.version
             segment, distance = model.learn(vector, update.user_id, update.ts, fed)
             if segment < 0:
@@ -164,6 +167,12 @@ class Audience:
         if alerts:
             alerts, reassigned = self._act_on(alerts)
             assignments += reassigned
+        if model.version == version_before:
+            due = model.consolidate()
+            if due:  # a better fit than the current segments exists: the histories matured past the fit
+                assignments += self.refit()
+            elif due is not None:  # the same segments, refined: users whose segment moved are re-sent
+                assignments += self._assign_sample()
         refitted = model.version != version_before
         wanted = refitted or (profiles and bool(assignments))
         return AudienceResult(assignments, alerts, model.profiles(self.sizes) if wanted else None)

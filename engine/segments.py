@@ -27,11 +27,14 @@ without impressions) carries no weight: the model leaves it out (see
 River's `StandardScaler` then River's `KMeans`. It waits for a warm-up sample of
 distinct users (so the fit means the same whether a batch brings a user one
 event or a hundred), fits on it (batch k-means), then keeps learning from every updated
-vector. A re-fit (after drift, or on request) starts a fresh scaler and
-clusterer on the latest vectors of the most recently active users (one per
-user, so heavy users do not dominate the fit) and bumps `version`; new clusters are
-matched to the old ones (Hungarian on centre distance) so segment ids stay put
-where the segments did. Why KMeans: see ``tailor bench clusterers`` and the
+vector: a centre is the mean of the latest vectors of the users in it, so each user
+weighs once however often they come back. Every so often (`SegmentModel.consolidate`)
+it refines the centres on the whole sample and checks whether a fresh fit would be
+clearly better, as it is once young histories have matured. A re-fit (then, after
+drift, or on request) starts a fresh scaler and clusterer on the latest vectors of
+the most recently active users (one per user, so heavy users do not dominate the
+fit) and bumps `version`; new clusters are matched to the old ones (Hungarian on
+centre distance) so segment ids stay put where the segments did. Why KMeans: see ``tailor bench clusterers`` and the
 README (best adjusted Rand index on simulated traffic, ~20 µs an update).
 
 Examples
@@ -259,8 +262,8 @@ class Behaviour:
 
     def vector(self, min_sessions: float = 0.0, priors: dict[str, float] | None = None) -> dict[str, float] | None:
         """The user's features (see `feature_vector`), smoothed towards ``priors``
-        (default: this user's own rates' neutral `TrafficPriors`); None with fewer
-        than ``min_sessions`` visits in all."""
+        (default: those of a `TrafficPriors` that has seen no traffic yet, every
+        prior 0); None with fewer than ``min_sessions`` visits in all."""
         if self.visits_total < min_sessions:
             return None
         return feature_vector(self.evidence(), priors or TrafficPriors().values())[0]
@@ -284,8 +287,11 @@ class Behaviour:
         return isinstance(other, Behaviour) and self.__getstate__() == other.__getstate__()
 
 
-def _ratio_parts(e: Sequence[float]) -> dict[str, tuple[float, float]]:
-    """(numerator, denominator) of every feature from one user's evidence; rates capped at 1."""
+def ratio_parts(e: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """(numerator, denominator) of every feature from one user's evidence; rates capped at 1.
+
+    The audience computes them once per update, for the priors and the features both.
+    """
     visits, clicks = e[_VISITS], e[_CLICK] + e[_ECLICK]
     return {
         "email_share": (min(e[_EOPEN], visits), visits),
@@ -299,17 +305,33 @@ def _ratio_parts(e: Sequence[float]) -> dict[str, tuple[float, float]]:
     }
 
 
-def evidence_mask(e: Sequence[float]) -> int:
-    """Bits (`FEATURE_BIT`) of the features this user's evidence feeds: each kind it rests on was seen."""
+def _fed_by(seen: int) -> int:
+    """Bits of the features fed when the kinds in ``seen`` (one bit per `_KINDS` index) were seen."""
     mask = 0
     for name, groups in _EVIDENCE_KINDS.items():
-        if all(any(e[k] > 0 for k in group) for group in groups):
+        if all(any(seen >> k & 1 for k in group) for group in groups):
             mask |= FEATURE_BIT[name]
     return mask
 
 
-def feature_vector(e: Sequence[float], priors: dict[str, float]) -> tuple[dict[str, float], int]:
+# Every combination of kinds seen, worked out once: the mask is a table look-up per update.
+_FED_BY_KINDS_SEEN = tuple(_fed_by(seen) for seen in range(1 << len(_KINDS)))
+
+
+def evidence_mask(e: Sequence[float]) -> int:
+    """Bits (`FEATURE_BIT`) of the features this user's evidence feeds: each kind it rests on was seen."""
+    seen = 0
+    for k in range(len(_KINDS)):
+        if e[k] > 0:
+            seen |= 1 << k
+    return _FED_BY_KINDS_SEEN[seen]
+
+
+def feature_vector(e: Sequence[float], priors: dict[str, float],
+                   parts: dict[str, tuple[float, float]] | None = None) -> tuple[dict[str, float], int]:
     """The features of one user's evidence, and the mask of those it feeds.
+
+    ``parts`` are the evidence's `ratio_parts`, when the caller has them already.
 
     Each feature is ``(numerator + w * prior) / (denominator + w)`` with the
     prior's weight ``w`` from `PRIOR_WEIGHTS`: with no evidence it is the
@@ -325,7 +347,7 @@ def feature_vector(e: Sequence[float], priors: dict[str, float]) -> tuple[dict[s
     ['conversion', 'order_value', 'browse_depth', 'visit_frequency']
     """
     out = {}
-    for name, (num, den) in _ratio_parts(e).items():
+    for name, (num, den) in (parts or ratio_parts(e)).items():
         w = PRIOR_WEIGHTS[name]
         out[name] = (num + w * priors[name]) / (den + w)
     return out, evidence_mask(e)
@@ -356,15 +378,19 @@ class TrafficPriors:
 
     def observe(self, evidences: Sequence[Sequence[float]]) -> None:
         """Add a batch of users' evidence (the older sums fade by the batch's size)."""
-        if not evidences:
+        self.observe_parts([ratio_parts(e) for e in evidences])
+
+    def observe_parts(self, batch: Sequence[dict[str, tuple[float, float]]]) -> None:
+        """`observe` for evidence already split into its `ratio_parts`."""
+        if not batch:
             return
-        keep = (1.0 - 1.0 / self.horizon) ** len(evidences)
+        keep = (1.0 - 1.0 / self.horizon) ** len(batch)
         num, den = self.num, self.den
         for name in FEATURE_NAMES:
             num[name] *= keep
             den[name] *= keep
-        for e in evidences:
-            for name, (n, d) in _ratio_parts(e).items():
+        for parts in batch:
+            for name, (n, d) in parts.items():
                 num[name] += n
                 den[name] += d
 
@@ -387,7 +413,7 @@ class SegmentProfile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SegmentModel:
-    """Scaler + River KMeans with a warm-up fit, online updates and versioned re-fits.
+    """Scaler + River KMeans: a warm-up fit, then each user's latest vector in the centres; versioned re-fits.
 
     Parameters
     ----------
@@ -395,8 +421,6 @@ class SegmentModel:
         Clusters (segments).
     warmup
         Distinct users' vectors collected before the first fit; until then nothing is assigned.
-    halflife
-        River KMeans' step towards each new point (smaller: steadier centres).
     sample
         Users whose latest vectors are kept for a re-fit (the most recently active).
     seed
@@ -405,6 +429,27 @@ class SegmentModel:
         A feature is used by a fit only if at least this share of the users in
         the sample have evidence for it (``learn``'s ``fed`` mask); the others
         carry no weight until a re-fit finds them fed.
+    refit_gain
+        `consolidate` says a re-fit is due when a fresh fit on the sample would
+        lower its within-segment sum of squares by at least this share: the
+        traffic's structure has outgrown the fit (a first fit on young
+        histories, which mature for weeks). Smaller gains are the noise
+        between near-equal fits and would only churn the segments.
+    check_every
+        That comparison (a batch fit of the sample) runs once per this many
+        updates per user in the sample, so its cost spread over the updates stays small.
+
+    Notes
+    -----
+    A centre is the mean of the latest vectors (in standard units) of the
+    sample's users assigned to it: an update takes the user's previous vector
+    out of its centre and puts the new one in the nearest. So every user weighs
+    once, however often they come back, as in the fit, and the centres stay
+    where the fit's objective has them. River's own KMeans step (a centre moves
+    a fixed 5 % towards every update) let frequent users pull the centres: on
+    clicks-and-purchases traffic (100 updates per user) a good fit wandered off
+    within thousands of updates. The scaler is fitted with the clusters and
+    kept until the next fit, so the centres stay exact means.
 
     Examples
     --------
@@ -419,37 +464,46 @@ class SegmentModel:
     (1, False)
     >>> low, _ = model.assign({name: 0.1 for name in FEATURE_NAMES})
     >>> high, _ = model.assign({name: 0.8 for name in FEATURE_NAMES})
-    >>> low != high
-    True
+    >>> low != high, sorted(model.counts)
+    (True, [20, 20])
     """
 
-    def __init__(self, n_segments: int = 4, *, warmup: int = 300, halflife: float = 0.05,
-                 sample: int = 5000, seed: int = 1, min_coverage: float = MIN_COVERAGE):
+    def __init__(self, n_segments: int = 4, *, warmup: int = 300, sample: int = 5000, seed: int = 1,
+                 min_coverage: float = MIN_COVERAGE, refit_gain: float = 0.03, check_every: int = 20):
         if n_segments < 2:
             raise ValueError(f"n_segments must be at least 2, got {n_segments}")
         if warmup < n_segments:
             raise ValueError(f"warmup must be at least n_segments ({n_segments}), got {warmup}")
-        if not 0 < halflife <= 1:
-            raise ValueError(f"halflife must be in (0, 1], got {halflife}")
         if not 0 <= min_coverage <= 1:
             raise ValueError(f"min_coverage must be in [0, 1], got {min_coverage}")
+        if not 0 < refit_gain <= 1:
+            raise ValueError(f"refit_gain must be in (0, 1] (1: never re-fit on its own), got {refit_gain}")
+        if check_every < 1:
+            raise ValueError(f"check_every must be at least 1 update per user, got {check_every}")
         self.n_segments = n_segments
         self.warmup = warmup
-        self.halflife = halflife
         self.seed = seed
         self.min_coverage = min_coverage
+        self.refit_gain = refit_gain
+        self.check_every = check_every
         self.version = 0
         self.sample = max(sample, warmup)
         #: The features the current fit uses (those the traffic feeds), in `FEATURE_NAMES` order.
         self.features: tuple[str, ...] = FEATURE_NAMES
         #: Per recently active user: (vector in model space, newest event time, mask of fed features).
         self.recent: OrderedDict[str, tuple[dict[str, float], int, int]] = OrderedDict()
+        #: Per user in the sample: (segment, scaled vector) that user holds in that segment's centre.
+        self.placed: dict[str, tuple[int, dict[str, float]]] = {}
+        #: Users in each segment's centre.
+        self.counts = [0] * n_segments
+        #: Updates learnt since the last `consolidate`, and the gain it measured.
+        self.updates = 0
+        self.last_gain = 0.0
         self.scaler = preprocessing.StandardScaler()
         self.clusterer = self._new_clusterer()
 
     def _new_clusterer(self) -> cluster.KMeans:
-        return _EuclideanKMeans(n_clusters=self.n_segments, halflife=self.halflife, sigma=1.0,
-                                seed=self.seed + self.version)
+        return _EuclideanKMeans(n_clusters=self.n_segments, sigma=1.0, seed=self.seed + self.version)
 
     @property
     def fitted(self) -> bool:
@@ -469,18 +523,42 @@ class SegmentModel:
         recent[user_id] = (x, ts, fed)
         recent.move_to_end(user_id)
         if len(recent) > self.sample:
-            recent.popitem(last=False)
+            gone, _ = recent.popitem(last=False)
+            self._unplace(gone)
         if not self.fitted:
-            if len(self.recent) < self.warmup:
+            if len(recent) < self.warmup:
                 return -1, math.nan
-            self.refit()
-        x = {name: x[name] for name in self.features}
-        self.scaler.learn_one(x)
-        scaled = self.scaler.transform_one(x)
-        # The centre the update moves is the nearest before and (closer now) after it.
-        segment = self.clusterer.learn_predict_one(scaled)
+            self.refit()  # places every user of the sample, this one included
+            segment, scaled = self.placed[user_id]
+        else:
+            self._unplace(user_id)
+            scaled = self._scaled(x)
+            segment = self._place(user_id, scaled)
+        self.updates += 1
         centre = self.clusterer.centers[segment]
         return segment, math.sqrt(sum((value - centre[name]) ** 2 for name, value in scaled.items()))
+
+    def _place(self, user_id: str, scaled: dict[str, float]) -> int:
+        """Put the user's vector in its nearest centre (a running mean); returns the segment."""
+        segment = self.clusterer.predict_one(scaled)
+        n = self.counts[segment] = self.counts[segment] + 1
+        centre = self.clusterer.centers[segment]
+        for name, value in scaled.items():
+            centre[name] += (value - centre[name]) / n
+        self.placed[user_id] = (segment, scaled)
+        return segment
+
+    def _unplace(self, user_id: str) -> None:
+        """Take the user's vector out of the centre holding it (an empty centre stays where it was)."""
+        held = self.placed.pop(user_id, None)
+        if held is None:
+            return
+        segment, scaled = held
+        n = self.counts[segment] = self.counts[segment] - 1
+        if n:
+            centre = self.clusterer.centers[segment]
+            for name, value in scaled.items():
+                centre[name] -= (value - centre[name]) / n
 
     def assign(self, vector: dict[str, float]) -> tuple[int, float]:
         """(segment, distance to its centre in standard units), without learning; (-1, nan) before the first fit."""
@@ -519,13 +597,58 @@ class SegmentModel:
                     counts[name] += 1
         return {name: c / n for name, c in counts.items()}
 
+    def consolidate(self) -> bool | None:
+        """The periodic look at the whole sample: None while not due, else whether a re-fit is due.
+
+        Due once per ``check_every`` updates per user in the sample. A user is
+        placed in the nearest centre when they update, so the placements of
+        users who have not come back since the centres moved go stale, and the
+        scaler was fitted on the sample of the last fit. So this fits a fresh
+        scaler on the sample and refines the current centres by Lloyd
+        iterations from where they are (the same segments, ids kept, no new
+        version), then places every user of the sample anew (`assign_sample`
+        says where). Unless a fresh fit on the sample lowers the within-segment
+        sum of squares by ``refit_gain`` (``last_gain``): then nothing is
+        changed and True says the caller should re-fit (`refit`), as after drift.
+        """
+        if not self.fitted or self.updates < self.check_every * len(self.recent):
+            return None
+        self.updates = 0
+        old_scale = np.array([math.sqrt(self.scaler.vars.get(name, 0.0)) or 1.0 for name in self.features])
+        old_shift = np.array([self.scaler.means.get(name, 0.0) for name in self.features])
+        raw_centres = self.centres_scaled() * old_scale + old_shift
+        scaler, scaled, points = self._scaled_sample()
+        scale = np.array([math.sqrt(scaler.vars.get(name, 0.0)) or 1.0 for name in self.features])
+        shift = np.array([scaler.means.get(name, 0.0) for name in self.features])
+        refined = _lloyd(points, (raw_centres - shift) / scale)
+        fresh = kmeans(points, self.n_segments, seed=self.seed + self.version + 1)
+        now, better = _inertia(points, refined), _inertia(points, fresh)
+        self.last_gain = 1.0 - better / now if now > 0 else 0.0
+        if self.last_gain >= self.refit_gain:
+            return True
+        self.scaler = scaler
+        for k, centre in enumerate(refined):
+            self.clusterer.centers[k].update(zip(self.features, map(float, centre)))
+        self._place_sample(scaled)
+        return False
+
+    def _scaled_sample(self) -> tuple[preprocessing.StandardScaler, list[dict[str, float]], np.ndarray]:
+        """A scaler fitted on the sample (the features in use), the scaled sample, and it as an array."""
+        sample = [{name: x[name] for name in self.features} for x, _, _ in self.recent.values()]
+        scaler = preprocessing.StandardScaler()
+        for x in sample:
+            scaler.learn_one(x)
+        scaled = list(map(scaler.transform_one, sample))
+        return scaler, scaled, np.array([[z[f] for f in self.features] for z in scaled])
+
     def refit(self) -> None:
         """A fresh scaler and clusterer fitted on the recent sample; ``version`` + 1.
 
         The fit uses the features enough of the sample has evidence for
         (``min_coverage``), is batch k-means (k-means++ seeding, Lloyd
         iterations) on the scaled sample, and its centres become the River
-        KMeans' starting centres, which then follow the stream one update at a time.
+        KMeans' centres: each the mean of the sample's users nearest it, whom
+        later updates move one at a time (see Notes).
         """
         if len(self.recent) < self.n_segments:
             raise ValueError(f"a re-fit needs at least {self.n_segments} recent vectors, have {len(self.recent)}")
@@ -535,18 +658,29 @@ class SegmentModel:
         features = tuple(name for name in FEATURE_NAMES if coverage[name] >= self.min_coverage)
         # Visit frequency needs no particular kind of event, so a fit always has a feature.
         self.features = features or ("visit_frequency",)
-        sample = [{name: x[name] for name in self.features} for x, _, _ in self.recent.values()]
         self.version += 1
-        self.scaler = preprocessing.StandardScaler()
-        for x in sample:
-            self.scaler.learn_one(x)
-        scaled = np.array([[z[f] for f in self.features] for z in map(self.scaler.transform_one, sample)])
-        centres = kmeans(scaled, self.n_segments, seed=self.seed + self.version)
+        self.scaler, scaled, points = self._scaled_sample()
+        centres = kmeans(points, self.n_segments, seed=self.seed + self.version)
         self.clusterer = self._new_clusterer()
         for k, centre in enumerate(centres):
             self.clusterer.centers[k].update(zip(self.features, map(float, centre)))
         if old is not None and old_features == self.features:
             self._keep_ids(old)
+        self._place_sample(scaled)
+        self.updates = 0
+
+    def _place_sample(self, scaled: list[dict[str, float]]) -> None:
+        """Each centre becomes the mean of the sample's users nearest it (one Lloyd step: the fit's own centres)."""
+        self.placed, self.counts = {}, [0] * self.n_segments
+        nearest = [self.clusterer.predict_one(z) for z in scaled]
+        for k in set(nearest):  # a centre no user is nearest keeps the fit's position
+            self.clusterer.centers[k].update(dict.fromkeys(self.features, 0.0))
+        for user_id, z, segment in zip(self.recent, scaled, nearest):
+            n = self.counts[segment] = self.counts[segment] + 1
+            centre = self.clusterer.centers[segment]
+            for name, value in z.items():
+                centre[name] += (value - centre[name]) / n
+            self.placed[user_id] = (segment, z)
 
     def centres_scaled(self) -> np.ndarray:
         return np.array([[self.clusterer.centers[k][f] for f in self.features] for k in range(self.n_segments)])
@@ -598,6 +732,14 @@ class SegmentModel:
             self.features = tuple(name for name in FEATURE_NAMES if name in _OLD_FEATURES)
             self.min_coverage = MIN_COVERAGE
             self.recent = OrderedDict((u, (x, ts, ALL_FEATURES)) for u, (x, ts) in self.recent.items())
+        if "placed" not in state:
+            # Snapshots from before centres held each user once (River's step moved them): the
+            # sample's users go into their nearest centres now, and re-fits are compared from here on.
+            self.refit_gain, self.check_every, self.updates, self.last_gain = 0.03, 20, 0, 0.0
+            if self.fitted:
+                self._place_sample([self._scaled(x) for x, _, _ in self.recent.values()])
+            else:
+                self.placed, self.counts = {}, [0] * self.n_segments
 
 
 # The features of snapshots taken before `SegmentModel.features` existed.
@@ -607,8 +749,9 @@ _OLD_FEATURES = ("email_share", "ctr", "cart_rate", "purchase_rate", "order_valu
 class _EuclideanKMeans(cluster.KMeans):
     """River's KMeans, with its nearest-centre search specialised to p=2 and known features.
 
-    River's generic search (any p, any feature set) is most of the cost of a
-    learning step; the update rule and everything else are River's own.
+    River's generic search (any p, any feature set) is most of the cost of an
+    update. `SegmentModel` moves the centres itself (each user's latest vector
+    once, see its Notes), not with River's fixed step.
     """
 
     def predict_one(self, x):
@@ -647,6 +790,23 @@ def kmeans(points: np.ndarray, k: int, *, seed: int, restarts: int = 4, iteratio
         if inertia < best_inertia:
             best, best_inertia = centres, inertia
     return best
+
+
+def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Lloyd iterations from the given centres (a centre no point is nearest stays put)."""
+    for _ in range(iterations):
+        labels = ((points[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+        moved = np.array([points[labels == j].mean(0) if np.any(labels == j) else centres[j]
+                          for j in range(len(centres))])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    return centres
+
+
+def _inertia(points: np.ndarray, centres: np.ndarray) -> float:
+    """Within-segment sum of squares: each point's squared distance to its nearest centre."""
+    return float(((points[:, None, :] - centres[None]) ** 2).sum(-1).min(1).sum())
 
 
 def _model_space(vector: dict[str, float]) -> dict[str, float]:

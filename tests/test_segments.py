@@ -18,6 +18,7 @@ from engine.segments import (
     adjusted_rand_index,
     RATE_FEATURES,
     TrafficPriors,
+    _model_space,
     feature_vector,
     label_of,
     segment_labels,
@@ -80,6 +81,10 @@ def test_bad_parameters_are_clear_errors():
         SegmentModel(4, warmup=2)
     with pytest.raises(ValueError, match="drift_action"):
         Audience(drift_action="panic")
+    with pytest.raises(ValueError, match="refit_gain"):
+        SegmentModel(4, refit_gain=0)
+    with pytest.raises(ValueError, match="check_every"):
+        SegmentModel(4, check_every=0)
 
 
 # -- model, labels, ARI ----------------------------------------------------------
@@ -109,6 +114,125 @@ def test_model_fits_after_warmup_and_refit_keeps_segment_ids():
     assert [model.assign(x)[0] for _, x in points] == before  # same clusters, same ids
     centres = model.centres()
     assert sorted(round(c["ctr"], 1) for c in centres.values()) == [0.1, 0.4, 0.7, 1.0]  # own units
+
+
+def test_a_frequent_user_weighs_once_in_their_centre():
+    """River's step moved a centre 5 % towards every update: one user coming back a thousand
+    times dragged their segment's centre onto themselves. A centre is its users' mean instead."""
+    model = SegmentModel(4, warmup=400, seed=3)
+    points = blobs(400)
+    for i, (_, x) in enumerate(points):
+        model.learn(x, f"u{i}")
+    segment, _ = model.assign(points[0][1])
+    before = dict(model.clusterer.centers[segment])
+    members = sum(model.assign(x)[0] == segment for _, x in points)
+    odd = {name: value + 0.1 for name, value in points[0][1].items()}  # u0 drifts a little, and keeps coming
+    for _ in range(1000):
+        assert model.learn(odd, "u0")[0] == segment
+    after = model.clusterer.centers[segment]
+    step = max(abs(after[name] - before[name]) for name in model.features)
+    # u0's move, in standard units, divided among the segment's users: one user's share, not the whole way.
+    scaled_move = max(abs(a - b) for a, b in zip(model._scaled(_model_space(odd)).values(),
+                                                   model._scaled(_model_space(points[0][1])).values()))
+    assert step <= scaled_move / members * 1.01
+    assert model.counts[segment] == members and len(model.placed) == 400
+
+
+def test_a_fit_stuck_in_a_poorer_optimum_is_replaced():
+    """A first fit on young histories can leave the centres in a poorer optimum than the matured
+    vectors allow (online updates only ever refine it): two centres share one profile, one
+    centre holds two. The periodic check finds a fresh fit clearly better and says to re-fit."""
+    model = SegmentModel(4, warmup=400, seed=3, check_every=2)
+    points = blobs(400)
+    for i, (_, x) in enumerate(points):
+        model.learn(x, f"u{i}")
+    assert model.consolidate() is None  # not due yet: under 2 updates per user since the fit
+    # The stuck configuration: blob 0.1 split in two, blobs 0.7 and 1.0 under one centre.
+    scaled = {k: model._scaled(_model_space(x)) for k, x in points[:4]}
+    low, high = scaled[0], {name: (scaled[2][name] + scaled[3][name]) / 2 for name in model.features}
+    stuck = [{n: v - 0.05 for n, v in low.items()}, {n: v + 0.05 for n, v in low.items()}, scaled[1], high]
+    for k, centre in enumerate(stuck):
+        model.clusterer.centers[k].update(centre)
+    model._place_sample([model._scaled(x) for x, _, _ in model.recent.values()])
+    for _ in range(2):
+        for i, (_, x) in enumerate(points):
+            model.learn(x, f"u{i}")
+    assert adjusted_rand_index([k for k, _ in points], [model.assign(x)[0] for _, x in points]) < 0.9
+    assert model.consolidate() is True and model.last_gain >= model.refit_gain
+    assert model.version == 1  # the check changes nothing itself: the caller re-fits
+    model.refit()
+    assert model.version == 2
+    assert adjusted_rand_index([k for k, _ in points], [model.assign(x)[0] for _, x in points]) == 1.0
+    for _ in range(2):
+        for i, (_, x) in enumerate(points):
+            model.learn(x, f"u{i}")
+    assert model.consolidate() is False  # as good as any fit now: refined in place, no new version
+    assert model.version == 2 and model.last_gain < model.refit_gain
+
+
+def test_consolidating_keeps_segment_ids_and_refreshes_stale_placements():
+    model = SegmentModel(4, warmup=400, seed=3, check_every=1)
+    points = blobs(400)
+    for i, (_, x) in enumerate(points):
+        model.learn(x, f"u{i}")
+    ids = [model.assign(x)[0] for _, x in points]
+    for i, (_, x) in enumerate(points):
+        model.learn(x, f"u{i}")
+    assert model.consolidate() is False and model.version == 1
+    assert [model.assign(x)[0] for _, x in points] == ids
+    assert [model.placed[f"u{i}"][0] for i in range(400)] == ids
+
+
+def test_the_ratio_parts_are_computed_once_per_update(monkeypatch):
+    import engine.audience
+    import engine.segments
+
+    calls = []
+    real = engine.segments.ratio_parts
+
+    def counted(e):
+        calls.append(1)
+        return real(e)
+
+    monkeypatch.setattr(engine.segments, "ratio_parts", counted)
+    monkeypatch.setattr(engine.audience, "ratio_parts", counted)
+    audience = Audience(2, warmup=4)
+    for _ in feed_audience(audience, Simulator(users=30, seed=3).events(3000), batch_size=500):
+        pass
+    assert audience.model.fitted
+    # One call per update with evidence, not two (once for the priors, once more for the features).
+    expected = _updates_with_evidence(Simulator(users=30, seed=3).events(3000), 500)
+    assert expected > 30 and len(calls) == expected
+
+
+def _updates_with_evidence(events, batch_size: int) -> int:
+    """How many updates with evidence `feed_audience` hands the audience for this stream."""
+    count, behaviours = 0, {}
+    events = list(events)
+    for start in range(0, len(events), batch_size):
+        batch = {}
+        for e in events[start:start + batch_size]:
+            batch.setdefault(e.user_id, []).append(e)
+        for user_id, user_events in batch.items():
+            b = behaviours.setdefault(user_id, Behaviour(259_200.0))
+            b.update_many(user_events)
+            count += b.visits_total >= 2
+    return count
+
+
+def test_an_old_snapshot_of_the_model_resumes_with_its_users_placed():
+    model = SegmentModel(4, warmup=400, seed=3)
+    points = blobs(400)
+    for i, (_, x) in enumerate(points):
+        model.learn(x, f"u{i}")
+    state = dict(model.__dict__)
+    for name in ("placed", "counts", "updates", "last_gain", "refit_gain", "check_every"):
+        del state[name]  # what a snapshot from before users were placed holds
+    old = SegmentModel.__new__(SegmentModel)
+    old.__setstate__(state)
+    assert sum(old.counts) == 400 and old.refit_gain == 0.03
+    assert [old.assign(x)[0] for _, x in points] == [model.assign(x)[0] for _, x in points]
+    assert old.learn(points[0][1], "u0")[0] == model.assign(points[0][1])[0]
 
 
 def test_labels_name_what_stands_out_and_stay_unique():
@@ -313,9 +437,11 @@ def test_users_of_a_clicks_and_purchases_stream_are_segmented(clicks_and_purchas
         assert set(p.centre) == set(audience.model.features)
         assert all(0.0 <= p.centre[name] <= 1.0 for name in RATE_FEATURES & set(p.centre)), p
         assert not {"email-driven", "app-first", "click-happy", "rarely clicks"} & set(p.label.split(", "))
-    # Chance would be ~0; the profiles still show through clicks and purchases alone.
+    # The profiles show through clicks and purchases alone (0.90 measured; 0.4 bound when River's step
+    # let frequent users drag the centres and a first fit on young histories was never revisited).
     ari = adjusted_rand_index([sim.profile_of(u) for u in users], [audience.segment_of(u) for u in users])
-    assert ari >= 0.4
+    assert ari >= 0.8
+    assert audience.model.version >= 2  # the first fit, on young histories, was replaced once they matured
 
 
 def test_a_missing_signal_raises_no_drift_alert_and_says_it_is_skipped(clicks_and_purchases):
@@ -329,6 +455,20 @@ def test_a_missing_signal_raises_no_drift_alert_and_says_it_is_skipped(clicks_an
                    for key in monitor.scores)
     assert not [a for a in alerts if a.feature in ("click_through", "ctr", "email_share")]
     assert monitor.adwin.width == 0  # clicks without impressions never reached ADWIN
+
+
+def test_star_ratings_carry_the_profiles_too():
+    """A purchase's value is a star rating, not money: a weaker cue of taste, but the profiles still show
+    (a batch k-means on the same users' final vectors reaches 0.85 at 1,000 users and 600k events)."""
+    sim = Simulator(users=USERS, seed=7, shape="ratings")
+    audience = Audience(4, drift_warmup=100_000, drift_reference=50_000, drift_window=20_000)
+    for _ in feed_audience(audience, sim.events(SHAPE_EVENTS)):
+        pass
+    users = sorted(audience.members)
+    assert len(users) >= 0.95 * USERS
+    ari = adjusted_rand_index([sim.profile_of(u) for u in users], [audience.segment_of(u) for u in users])
+    assert ari >= 0.8
+    assert all(0.5 <= p.centre["order_value"] <= 5.0 for p in audience.profiles())  # in stars
 
 
 def test_the_years_shape_keeps_segments_through_long_idle_gaps():
