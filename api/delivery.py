@@ -105,6 +105,40 @@ class _Batch:
             self.future.set_result(None)
 
 
+class _Health:
+    """What the producer's callbacks learn: why it cannot deliver (`unable`), or None.
+
+    Set by the poll thread and its callbacks, read anywhere. The callbacks hold this, not
+    the `EventProducer`: were they to hold it, the librdkafka client would hold itself
+    (client -> callback -> EventProducer -> client) and, frozen by the lifespan's
+    ``gc.freeze()``, keep reconnecting after shutdown.
+    """
+
+    __slots__ = ("brokers", "timeout_ms", "unable")
+
+    def __init__(self, brokers: str, timeout_ms: int):
+        self.brokers, self.timeout_ms = brokers, timeout_ms
+        self.unable: str | None = None
+
+    def on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback."""
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self.unable is None:
+            self.unable = f"no broker answers at {self.brokers} ({err.str()})"
+            log.warning("producer: %s; refusing events until it answers", self.unable)
+
+    def on_failure(self, err: KafkaError) -> None:
+        """A delivery failed: one that timed out means the broker cannot take events now."""
+        if err.code() == KafkaError._MSG_TIMED_OUT and self.unable is None:
+            self.unable = f"a delivery to {self.brokers} timed out after {self.timeout_ms} ms"
+            log.warning("producer: %s; refusing events until the broker answers", self.unable)
+
+    def on_exposure(self, err: KafkaError | None, _msg) -> None:
+        """An impression's delivery report."""
+        if err is not None:
+            EXPOSURES_DROPPED.inc()
+            self.on_failure(err)
+
+
 class EventProducer:
     """The API's producer: awaited deliveries for events, fire-and-forget impressions, and its health."""
 
@@ -113,6 +147,7 @@ class EventProducer:
         self.timeout_ms = settings.produce_timeout_ms
         self.capacity = settings.producer_queue_messages
         self.probe_topic = settings.topic
+        self._health = health = _Health(settings.brokers, self.timeout_ms)
         self.producer = Producer({
             "bootstrap.servers": settings.brokers,
             # Each request waits for its acknowledgement, so lingering adds straight to its latency
@@ -125,11 +160,9 @@ class EventProducer:
             "queue.buffering.max.messages": self.capacity,
             # A broker back after an outage is reconnected within a second, not librdkafka's 10 s.
             "reconnect.backoff.max.ms": 1000,
-            "error_cb": self._on_error,
+            "error_cb": health.on_error,
             **config,
         })
-        # Why the producer cannot deliver, or None; set by the poll thread and its callbacks, read anywhere.
-        self._unable: str | None = None
         # Undelivered events not logged yet, and when the next line may be, per reason (the event loop's).
         self._unlogged: dict[str, int] = {}
         self._log_after: dict[str, float] = {}
@@ -146,15 +179,15 @@ class EventProducer:
         whole batch cannot be (queue full, producer unable to deliver).
         """
         n = len(records)
-        if self._unable is not None:
-            return self._refuse(n, Undelivered("unavailable", f"the broker cannot take events now: {self._unable}"))
+        if self._health.unable is not None:
+            return self._refuse(n, Undelivered("unavailable", f"the broker cannot take events now: {self._health.unable}"))
         queued = len(self.producer)
         if queued + n > self.capacity:
             return self._refuse(n, Undelivered("queue_full", f"the producer's queue is full ({queued} of "
                                                              f"{self.capacity} messages wait for the broker)"))
         batch = _Batch(asyncio.get_running_loop(), n,
                        Undelivered("timed_out", f"the broker did not acknowledge it within {self.timeout_ms} ms"),
-                       self._note)
+                       self._health.on_failure)
         produced = 0
         for key, value in records:
             try:
@@ -175,18 +208,18 @@ class EventProducer:
 
     def expose(self, topic: str, key: bytes, value: bytes) -> None:
         """Log an impression without waiting: one that cannot be queued or delivered is counted and dropped."""
-        if self._unable is not None:
+        if self._health.unable is not None:
             EXPOSURES_DROPPED.inc()
             return
         try:
-            self.producer.produce(topic, value, key, on_delivery=self._exposure_report)
+            self.producer.produce(topic, value, key, on_delivery=self._health.on_exposure)
         except BufferError:  # the local queue is full: the response still goes out
             EXPOSURES_DROPPED.inc()
 
     def problem(self) -> str | None:
         """Why the producer cannot deliver now (for ``/readyz``), or None."""
-        if self._unable is not None:
-            return f"cannot deliver: {self._unable}"[:200]
+        if self._health.unable is not None:
+            return f"cannot deliver: {self._health.unable}"[:200]
         queued = len(self.producer)
         if queued >= self.capacity:
             return f"cannot deliver: the producer's queue is full ({queued} of {self.capacity} messages waiting)"
@@ -229,7 +262,7 @@ class EventProducer:
         next_probe = 0.0
         while not self._stop.is_set():
             self.producer.poll(0.05)
-            if self._unable is not None and time.monotonic() >= next_probe:
+            if self._health.unable is not None and time.monotonic() >= next_probe:
                 self._probe()
                 next_probe = time.monotonic() + PROBE_EVERY_S
 
@@ -240,22 +273,7 @@ class EventProducer:
             return
         if topic is not None and topic.error is None:
             log.warning("the broker at %s answers again: accepting events", self.brokers)
-            self._unable = None
-
-    def _on_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN and self._unable is None:
-            self._unable = f"no broker answers at {self.brokers} ({err.str()})"
-            log.warning("producer: %s; refusing events until it answers", self._unable)
-
-    def _note(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._MSG_TIMED_OUT and self._unable is None:
-            self._unable = f"a delivery to {self.brokers} timed out after {self.timeout_ms} ms"
-            log.warning("producer: %s; refusing events until the broker answers", self._unable)
-
-    def _exposure_report(self, err: KafkaError | None, _msg) -> None:
-        if err is not None:
-            EXPOSURES_DROPPED.inc()
-            self._note(err)
+            self._health.unable = None
 
 
 def _undelivered(err: KafkaError) -> Undelivered:

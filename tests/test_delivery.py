@@ -224,3 +224,17 @@ def test_impressions_never_wedge_personalize_and_are_logged_again_once_the_broke
         wait_for_202(client, "back")
         logged = client.post("/v1/personalize", json=ask, headers=HEADERS).json()["exposure_id"]
     assert logged in topic_ids(own_broker.address, settings.topic, {logged})
+
+
+def test_the_producer_is_freed_at_shutdown_and_stops_reconnecting(make_settings):
+    """Nothing may keep the client alive after the app stops (the lifespan's gc.freeze() would keep a cycle)."""
+    import threading
+    import weakref
+
+    settings = make_settings(pseudonym_key=KEY, api_keys="ingester=ingest+serve")
+    dead = msgspec.structs.replace(settings, brokers=f"127.0.0.1:{free_port()}")
+    with TestClient(app=create_app(dead)) as client:
+        assert post(client, batch("gone", 2))[0].status_code == 503
+        producer = weakref.ref(client.app.state.events)
+    assert producer() is None, "the event producer outlives the app: its client keeps reconnecting"
+    assert not [t for t in threading.enumerate() if t.name == "tailor-delivery-reports"]
