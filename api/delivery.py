@@ -180,7 +180,8 @@ class EventProducer:
         """
         n = len(records)
         if self._health.unable is not None:
-            return self._refuse(n, Undelivered("unavailable", f"the broker cannot take events now: {self._health.unable}"))
+            return self._refuse(n, Undelivered("unavailable",
+                                               f"the broker cannot take events now: {self._health.unable}"))
         queued = len(self.producer)
         if queued + n > self.capacity:
             return self._refuse(n, Undelivered("queue_full", f"the producer's queue is full ({queued} of "

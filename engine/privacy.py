@@ -121,10 +121,10 @@ class Pseudonymizer:
         Blank means only whitespace (Unicode's, so a no-break space too) or
         invisible format characters: such an id would merge unrelated users.
 
-        >>> Pseudonymizer("an example key, not a secret one").pseudonym("\\u00a0\\t")
+        >>> Pseudonymizer("an example key, not a secret one").pseudonym("\\u00a0\\t")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        engine.privacy.InvalidUserId: a user id must not be empty or blank (only spaces or invisible characters): send the id the user is known by
+        engine.privacy.InvalidUserId: a user id must not be empty or blank (only spaces or invisible ...
         """
         if not isinstance(user_id, str):
             raise TypeError(f"a user id must be a str, not {type(user_id).__name__}")
