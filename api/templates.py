@@ -72,7 +72,15 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from engine.brand import MAX_CHARS, Slot, Tone
 from engine.settings import Settings
-from engine.templates import DEFAULT_TEMPLATES, MAX_BODY_CHARS, Template, TemplateError, new_template, revise
+from engine.templates import (
+    DEFAULT_TEMPLATES,
+    MAX_BODY_CHARS,
+    Template,
+    TemplateError,
+    check_renders,
+    new_template,
+    revise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,65 @@ class TemplateNotFound(TemplateStoreError, LookupError):
 
 class TemplateConflict(TemplateStoreError):
     """A template with that id exists already."""
+
+
+class StaleTemplate(TemplateConflict):
+    """A stored version that no longer validates (saved before a rule was tightened, or written by hand)."""
+
+
+class _Stale:
+    """What a stale stored version holds, undecoded: enough to replace its body and nothing else."""
+
+    __slots__ = ("fields", "reason")
+
+    def __init__(self, fields: dict[str, Any], reason: str):
+        self.fields, self.reason = fields, reason
+
+    def error(self) -> StaleTemplate:
+        return _stale_error(self.fields.get("template_id"), self.fields.get("version"), self.reason)
+
+
+def _stale_error(template_id, version, reason: str) -> StaleTemplate:
+    return StaleTemplate(f"template {template_id!r} v{version} is stored but no longer validates ({reason}): "
+                         f"give it a new body with PATCH /v1/templates/{template_id}")
+
+
+def _decode_stored(raw: bytes | str) -> Template:
+    """One stored version; `StaleTemplate` (a 409 that says what to do) when it no longer validates."""
+    try:
+        return _DECODER.decode(raw)
+    except (msgspec.ValidationError, TemplateError) as exc:
+        stale = _Stale(_fields_of(raw), str(exc))
+        raise stale.error() from None
+
+
+def _decode_current(raw: bytes | str) -> Template | _Stale:
+    """The latest version for a write: a stale one comes back as `_Stale`, so a new body can replace it."""
+    try:
+        return _DECODER.decode(raw)
+    except (msgspec.ValidationError, TemplateError) as exc:
+        return _Stale(_fields_of(raw), str(exc))
+
+
+def _fields_of(raw: bytes | str) -> dict[str, Any]:
+    try:
+        fields = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def _replace_stale(stale: _Stale, changes: dict[str, Any]) -> Template:
+    """The next version of a stale template: only a new body makes it whole (it is then checked as any body is)."""
+    if "body" not in changes:
+        raise stale.error()
+    fields = {**stale.fields, **changes, "version": int(stale.fields.get("version", 0)) + 1}
+    try:
+        template = msgspec.convert(fields, Template)
+    except msgspec.ValidationError as exc:
+        raise TemplateError(str(exc)) from None
+    check_renders(template)
+    return template
 
 
 def _now() -> str:
@@ -223,9 +290,11 @@ class TemplateStore:
         if not changes:
             raise TemplateError("nothing to change: give at least one field")
 
-        def make(current: Template | None) -> Template:
+        def make(current: Template | _Stale | None) -> Template:
             if current is None:
                 raise _not_found(template_id)
+            if isinstance(current, _Stale):
+                return _replace_stale(current, {**changes, "created": _now()})
             return revise(current, **{**changes, "created": _now()})
 
         return self._write(template_id, make)
@@ -233,9 +302,11 @@ class TemplateStore:
     def archive(self, template_id: str) -> Template:
         """A new version with ``archived=True`` (not served, still readable); an archived one is returned as is."""
 
-        def make(current: Template | None) -> Template:
+        def make(current: Template | _Stale | None) -> Template:
             if current is None:
                 raise _not_found(template_id)
+            if isinstance(current, _Stale):
+                raise current.error()
             return current if current.archived else revise(current, archived=True, created=_now())
 
         return self._write(template_id, make)
@@ -291,7 +362,7 @@ class SQLiteTemplateStore(TemplateStore):
         with self._transaction() as db:
             row = db.execute("SELECT template FROM template_versions WHERE template_id = ? "
                              "ORDER BY version DESC LIMIT 1", (template_id,)).fetchone()
-            current = _DECODER.decode(row[0]) if row else None
+            current = _decode_current(row[0]) if row else None
             new = make(current)
             if new is not current:
                 db.execute("INSERT INTO template_versions VALUES (?, ?, ?)",
@@ -312,7 +383,7 @@ class SQLiteTemplateStore(TemplateStore):
     def _versions(self, template_id: str) -> list[Template]:
         rows = self._query("SELECT template FROM template_versions WHERE template_id = ? ORDER BY version",
                            (template_id,))
-        return [_DECODER.decode(r[0]) for r in rows]
+        return [_decode_stored(r[0]) for r in rows]
 
     def _get_version(self, template_id: str, version: int | None) -> Template | None:
         if version is None:
@@ -321,7 +392,7 @@ class SQLiteTemplateStore(TemplateStore):
         else:
             rows = self._query("SELECT template FROM template_versions WHERE template_id = ? AND version = ?",
                                (template_id, version))
-        return _DECODER.decode(rows[0][0]) if rows else None
+        return _decode_stored(rows[0][0]) if rows else None
 
     def revision(self) -> int:
         return self._query("SELECT value FROM template_meta WHERE key = 'revision'")[0][0]
@@ -426,7 +497,7 @@ class RedisTemplateStore(TemplateStore):
 
         def attempt(pipe) -> Template:  # re-run by redis-py when the watched hash changed meanwhile
             latest = pipe.hlen(key)  # versions are 1..n, so the count is the latest
-            current = _DECODER.decode(pipe.hget(key, str(latest))) if latest else None
+            current = _decode_current(pipe.hget(key, str(latest))) if latest else None
             new = make(current)
             if new is not current:
                 data = _ENCODER.encode(new)
@@ -445,7 +516,7 @@ class RedisTemplateStore(TemplateStore):
     def _versions(self, template_id: str) -> list[Template]:
         with self._call():
             stored = self._redis.hgetall(self._versions_key(template_id))
-        return [_DECODER.decode(stored[v]) for v in sorted(stored, key=int)]
+        return [_decode_stored(stored[v]) for v in sorted(stored, key=int)]
 
     def _get_version(self, template_id: str, version: int | None) -> Template | None:
         with self._call():
@@ -453,7 +524,7 @@ class RedisTemplateStore(TemplateStore):
                 raw = self._redis.hget(self._latest_key, template_id)
             else:
                 raw = self._redis.hget(self._versions_key(template_id), str(version))
-        return None if raw is None else _DECODER.decode(raw)
+        return None if raw is None else _decode_stored(raw)
 
     def revision(self) -> int:
         with self._call():

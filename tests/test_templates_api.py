@@ -490,3 +490,30 @@ def test_a_stored_template_that_does_not_compile_is_never_a_500(client):
     assert r.status_code == 422, r.text
     assert "no default description template could serve instead" in r.json()["detail"]
     assert "pass one" in r.json()["detail"]
+
+
+def test_a_stored_version_that_no_longer_validates_is_a_409_that_says_what_to_do(client):
+    # Rows written before a rule was tightened (or by hand): they fail Template's own checks when read.
+    store = client.app.state.templates.store
+    if not isinstance(store, SQLiteTemplateStore):
+        pytest.skip("raw rows are written through SQLite here")
+    stale = {"cta-stale-syntax": "{% if %}", "cta-stale-call": "{{ range(10) }}"}
+    for template_id, body in stale.items():
+        row = {"template_id": template_id, "version": 1, "slot": "cta", "body": body}
+        store._db.execute("INSERT INTO template_versions VALUES (?, ?, ?)",
+                          (template_id, 1, msgspec.json.encode(row).decode()))
+    client.app.state.templates.invalidate()
+    for template_id in stale:
+        for path in (f"/v1/templates/{template_id}", f"/v1/templates/{template_id}?version=1",
+                     f"/v1/templates/{template_id}/versions"):
+            r = client.get(path, headers=READER)
+            assert r.status_code == 409, (path, r.status_code, r.text)
+            assert "no longer validates" in r.json()["detail"] and "PATCH" in r.json()["detail"], r.text
+        r = client.patch(f"/v1/templates/{template_id}", json={"default_copy": {"cta": "x"}}, headers=ADMIN)
+        assert r.status_code == 409, r.text
+        # A new body replaces the stale one; the template is whole again.
+        r = client.patch(f"/v1/templates/{template_id}", json={"body": "{{ ai.cta }}",
+                                                               "default_copy": {"cta": "Have a look"}}, headers=ADMIN)
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        assert client.get(f"/v1/templates/{template_id}", headers=READER).json()["body"] == "{{ ai.cta }}"
+    assert client.get("/v1/templates", headers=READER).status_code == 200
