@@ -68,6 +68,32 @@ class ExperimentError(Exception):
         self.status = status
 
 
+def _decode_spec(raw: bytes | str) -> ExperimentSpec:
+    """One stored spec; a 409 that says what to do when it no longer validates (stored before a rule was tightened)."""
+    try:
+        return _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        try:
+            stored = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            stored = {}
+        name = stored.get("id") if isinstance(stored, dict) else None
+        raise ExperimentError(f"experiment {name!r} is stored but no longer validates ({exc}): create it anew "
+                              f"under another id and stop serving this one (ask an operator to delete its row)",
+                              409) from None
+
+
+def _decode_specs(raws) -> list[ExperimentSpec]:
+    """Stored specs, skipping (and logging) any that no longer validate: one stale row must not stop every experiment."""
+    specs = []
+    for raw in raws:
+        try:
+            specs.append(_decode_spec(raw))
+        except ExperimentError as exc:
+            log.warning("skipping a stored experiment: %s", exc.reason)
+    return specs
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -116,7 +142,7 @@ class SQLiteExperimentStore(ExperimentStore):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT spec FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
-                new = make(_DECODER.decode(row[0]) if row else None)
+                new = make(_decode_spec(row[0]) if row else None)
                 self._db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?)",
                                  (experiment_id, _ENCODER.encode(new).decode()))
                 self._db.execute("UPDATE experiment_meta SET value = value + 1 WHERE key = 'revision'")
@@ -132,10 +158,10 @@ class SQLiteExperimentStore(ExperimentStore):
 
     def get(self, experiment_id):
         rows = self._query("SELECT spec FROM experiments WHERE id = ?", (experiment_id,))
-        return _DECODER.decode(rows[0][0]) if rows else None
+        return _decode_spec(rows[0][0]) if rows else None
 
     def all(self):
-        return [_DECODER.decode(r[0]) for r in self._query("SELECT spec FROM experiments ORDER BY id")]
+        return _decode_specs(r[0] for r in self._query("SELECT spec FROM experiments ORDER BY id"))
 
     def revision(self):
         return self._query("SELECT value FROM experiment_meta WHERE key = 'revision'")[0][0]
@@ -199,7 +225,7 @@ class RedisExperimentStore(ExperimentStore):
     def _update(self, experiment_id, make):
         def attempt(pipe) -> ExperimentSpec:
             raw = pipe.hget(self._specs, experiment_id)
-            new = make(_DECODER.decode(raw) if raw else None)
+            new = make(_decode_spec(raw) if raw else None)
             pipe.multi()
             pipe.hset(self._specs, experiment_id, _ENCODER.encode(new))
             pipe.incr(self._revision)
@@ -210,12 +236,12 @@ class RedisExperimentStore(ExperimentStore):
     def get(self, experiment_id):
         with self._call():
             raw = self._redis.hget(self._specs, experiment_id)
-        return None if raw is None else _DECODER.decode(raw)
+        return None if raw is None else _decode_spec(raw)
 
     def all(self):
         with self._call():
             raws = self._redis.hvals(self._specs)
-        return sorted((_DECODER.decode(v) for v in raws), key=lambda s: s.id)
+        return sorted(_decode_specs(raws), key=lambda s: s.id)
 
     def revision(self):
         with self._call():

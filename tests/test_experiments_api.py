@@ -233,3 +233,21 @@ def test_weights_too_small_to_assign_honestly_are_a_422(make_settings, tmp_path,
     spec = ExperimentSpec(id="fine", slot="headline", arms=[Variant("a", 1e-6), Variant("b", 1e-6)])
     share_a = sum(variant_of(spec, f"user-{n}") == "a" for n in range(4000)) / 4000
     assert share_a == pytest.approx(allocation_shares(spec)["a"], abs=0.03)
+
+
+def test_a_stored_experiment_that_no_longer_validates_is_a_409_and_the_others_still_serve(make_settings, tmp_path):
+    # A spec stored by another version of Tailor (a field this one does not know): read, it fails its own checks.
+    settings = make_settings(pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin",
+                             model_dir=str(tmp_path / "no-model"))
+    with TestClient(app=create_app(settings)) as client:
+        create(client, {"id": "fine", "slot": "headline", "arms": [{"name": "a"}, {"name": "b"}]})
+        store = client.app.state.experiment_store
+        stale = {"id": "stale", "slot": "cta", "arms": [{"name": "a"}, {"name": "b"}], "retired_option": True}
+        store._db.execute("INSERT INTO experiments VALUES (?, ?)", ("stale", json.dumps(stale)))
+        got = client.get("/v1/experiments/stale", headers=ADMIN)
+        assert got.status_code == 409 and "no longer validates" in got.json()["detail"], got.text
+        patched = client.patch("/v1/experiments/stale", json={"weights": {"a": 1, "b": 1}}, headers=ADMIN)
+        assert patched.status_code == 409, patched.text
+        listed = client.get("/v1/experiments", headers=ADMIN)
+        assert listed.status_code == 200 and [e["id"] for e in listed.json()] == ["fine"], listed.text
+        assert client.post("/v1/experiments/fine/start", headers=ADMIN).status_code == 200
