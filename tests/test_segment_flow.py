@@ -59,8 +59,9 @@ def test_segments_recover_profiles_through_feast_with_one_and_two_workers(make_s
     ari_two, _ = segments_read_back(settings, sim)
     # Two workers hand the one shared model its updates in other batches and orders, which vary with
     # timing; on this short stream (300k events) the online fit is sensitive to that: 0.68-0.73
-    # measured against ~0.9 for one worker (0.97 before the features of issue 12; see the README).
-    # Chance is ~0: the bound says the profiles still show, not that the fit is as good.
+    # measured against ~0.9 for one worker (0.97 before the features of issue 12; see the README),
+    # and 0.77 against 0.85 once each user weighed once in the centres (one run each, a loaded machine:
+    # not enough to raise the bound). Chance is ~0: the bound says the profiles still show.
     assert ari_two >= 0.5
 
     # The profiles: in Feast, and printed by `tailor segments`.
