@@ -711,12 +711,27 @@ class SegmentModel:
             out[segment] = row
         return out
 
+    def _centres_in_sample_units(self) -> dict[int, dict[str, float]]:
+        """The centres in standard units of the users now in the sample, what labels compare them with.
+
+        The scaler is the one of the last fit or look at the sample (see `consolidate`); users' vectors
+        move on since (young users' visit frequency falls as their tenure grows), and a label read
+        off the old scale would call every segment an occasional visitor.
+        """
+        raw = np.array([[x[name] for name in self.features] for x, _, _ in self.recent.values()])
+        mean, std = raw.mean(0), raw.std(0)
+        std[std == 0] = 1.0
+        scale = np.array([math.sqrt(self.scaler.vars.get(name, 0.0)) or 1.0 for name in self.features])
+        shift = np.array([self.scaler.means.get(name, 0.0) for name in self.features])
+        z = ((self.centres_scaled() * scale + shift) - mean) / std
+        return {k: dict(zip(self.features, map(float, row))) for k, row in enumerate(z)}
+
     def profiles(self, sizes: dict[int, int]) -> list[SegmentProfile]:
         """Profiles of every segment, given how many users each holds now."""
         if not self.fitted:
             return []
         total = sum(sizes.values()) or 1
-        labels = segment_labels({k: dict(self.clusterer.centers[k]) for k in range(self.n_segments)})
+        labels = segment_labels(self._centres_in_sample_units())
         return [
             SegmentProfile(
                 segment=k, label=labels[k], size=sizes.get(k, 0), share=sizes.get(k, 0) / total,
