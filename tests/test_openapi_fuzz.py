@@ -100,20 +100,21 @@ def fuzz(operation, mode: GenerationMode) -> str | None:
     return None
 
 
-def fixed(operation, body, path_parameters=None) -> str | None:
-    """One case of ``operation`` with ``body``, under the same checks; None if it answers a documented 422."""
+def fixed(operation, body, path_parameters=None, status: int | None = 422, what: str = "") -> str | None:
+    """One case of ``operation`` with ``body``, under the same checks; None if it answers ``status`` (any, if None)."""
+    given = {"body": body} if body is not None else {}
 
     @hypothesis.settings(max_examples=1, deadline=None, derandomize=True, database=None,
                          suppress_health_check=list(hypothesis.HealthCheck))
-    @hypothesis.given(case=operation.as_strategy(headers=HEADERS, body=body, path_parameters=path_parameters))
+    @hypothesis.given(case=operation.as_strategy(headers=HEADERS, path_parameters=path_parameters, **given))
     def run(case):
         response = case.call_and_validate(checks=CHECKS)
-        assert response.status_code == 422, response.text
+        assert status is None or response.status_code == status, response.text
 
     try:
         run()
     except (AssertionError, FailureGroup) as exc:
-        return f"{operation.label} with {body!r:.80}: {exc}"
+        return f"{operation.label} with {what or repr(body)[:80]}: {exc}"
     return None
 
 
@@ -149,7 +150,43 @@ def test_every_operation_answers_as_documented(make_settings, exported):
             fixed(by_label["POST /v1/templates"], {"template_id": "fuzz-bad", "slot": "cta", "body": body}),
             fixed(by_label["PATCH /v1/templates/{template_id}"], {"body": body}, {"template_id": "cta-ai"}),
         ])
+    # Blank user ids (issue 13: a 500 each): a 400 where the id is the request's, a per-event rejection in a batch.
+    for blank in BLANK_IDS:
+        failures += filter(None, [
+            fixed(by_label["POST /v1/personalize"], {"user_id": blank, "slot": "cta"}, status=400),
+            fixed(by_label["GET /v1/users/{user_id}/features"], None, {"user_id": blank}, status=400),
+            fixed(by_label["POST /v1/events"], [{"event_id": "e-blank", "type": "click", "user_id": blank,
+                                                 "ts": 1_767_225_600_000}], status=None),
+        ])
+    # JSON nested deeper than msgspec decodes (issue 13: a 500 on every POST and PATCH route): a 400.
+    deep = _nested(DEEP)
+    for label, operation in by_label.items():
+        if label.split()[0] in ("POST", "PATCH") and operation.definition.raw.get("requestBody"):
+            params = {name: "cta-ai" if "template" in name else "fuzz-ab" for name in _path_names(operation.path)}
+            # The events route decodes a batch item by item: each item nested too deep is rejected in its 202.
+            status = None if operation.path == "/v1/events" else 400
+            failures += filter(None, [fixed(operation, deep, params or None, status=status,
+                                            what=f"a list nested {DEEP} deep")])
     assert not failures, "\n\n".join(failures)
+
+
+#: User ids that are blank: whitespace only, Unicode whitespace, invisible characters.
+BLANK_IDS = (" ", "\t", "\u00a0", "\u3000", "\u200b")
+#: Deeper than msgspec's decoder goes (about 1,000 levels); shallow enough for the client's own json.dumps.
+DEEP = 1_200
+
+
+def _nested(depth: int):
+    body: list = []
+    for _ in range(depth - 1):
+        body = [body]
+    return body
+
+
+def _path_names(path: str) -> list[str]:
+    import re
+
+    return re.findall(r"{(\w+)}", path)
 
 
 def test_what_the_fuzzing_found_stays_fixed(make_settings, tmp_path):
