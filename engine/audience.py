@@ -170,7 +170,8 @@ class Audience:
         if model.version == version_before:
             due = model.consolidate()
             if due:  # a better fit than the current segments exists: the histories matured past the fit
-                assignments += self.refit()
+                # The traffic did not move, only the segments: the features keep their drift reference.
+                assignments += self.refit(features_moved=False)
             elif due is not None:  # the same segments, refined: users whose segment moved are re-sent
                 assignments += self._assign_sample()
         refitted = model.version != version_before
@@ -213,11 +214,18 @@ class Audience:
         self.alerts_total += len(alerts)
         return alerts, reassigned
 
-    def refit(self) -> list[tuple[str, SegmentAssignment]]:
+    def refit(self, *, features_moved: bool = True) -> list[tuple[str, SegmentAssignment]]:
         """Re-fit the model on recent vectors and re-base the drift reference; returns the
-        re-assignments of the users in the sample (new version)."""
+        re-assignments of the users in the sample (new version).
+
+        After drift (``features_moved``) the whole reference is re-learned; after a
+        re-fit of matured histories only the segment sizes' (`DriftMonitor.rebase_segment_sizes`).
+        """
         self.model.refit()
-        self.monitor.rebase()
+        if features_moved:
+            self.monitor.rebase()
+        else:
+            self.monitor.rebase_segment_sizes()
         return self._assign_sample()
 
     def profiles(self) -> list[SegmentProfile]:

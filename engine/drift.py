@@ -217,7 +217,29 @@ class DriftMonitor:
         self._warm_count = 0.0  # weight seen since the warm-up began
         self._warm_kept = 0.0  # weight of the parts kept in _warm
         self._fed: set[str] = set()  # features observed with a value (not NaN) since the rebase
+        self._segments_warm: np.ndarray | None = None  # segment sizes re-learned after a re-fit (rebase_segment_sizes)
+        self._segments_warm_count = 0.0
         self._reset_window()
+
+    def rebase_segment_sizes(self) -> None:
+        """Re-learn only the segment-size reference (the segments were re-fit; the features did not move).
+
+        The feature references stay; segment sizes are skipped (no data) until
+        the next ``reference`` weight of observations has set their new reference.
+        Before the monitor is ready this does nothing: the warm-up sets both.
+        """
+        if self.reference is None:
+            return
+        self.reference[SEGMENT_SIZES] = np.zeros(self.n_segments)
+        self._segments_warm = np.zeros(self.n_segments)
+        self._segments_warm_count = 0.0
+
+    def _learn_segment_sizes(self, segments: np.ndarray, weights: np.ndarray) -> None:
+        self._segments_warm += np.bincount(segments, weights=weights, minlength=self.n_segments)[: self.n_segments]
+        self._segments_warm_count += float(weights.sum())
+        if self._segments_warm_count >= self.reference_size:
+            self.reference[SEGMENT_SIZES] = self._segments_warm
+            self._segments_warm = None
 
     def _reset_window(self) -> None:
         self._block: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -311,6 +333,8 @@ class DriftMonitor:
                 if self._warm_count >= self.warmup:
                     self._freeze_reference()
             else:
+                if getattr(self, "_segments_warm", None) is not None:
+                    self._learn_segment_sizes(part[1], part[2])
                 self._block.append(part)
                 self._block_count += added
                 if self._block_count >= self.block_size:

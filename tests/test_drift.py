@@ -157,3 +157,21 @@ def test_click_through_alerts_carry_before_and_after():
     assert alerts and alerts[0].feature == CLICK_THROUGH and alerts[0].method == "adwin"
     assert alerts[0].reference > alerts[0].score  # click-through fell
     assert 200 <= alerts[0].time_ms < 230
+
+
+def test_a_refit_of_the_segments_relearns_only_their_sizes():
+    # After a re-fit of matured histories the features did not move: their reference (and the
+    # checks on them) stay, segment sizes are skipped until a new reference of them is learned.
+    rng = np.random.default_rng(3)
+    monitor = DriftMonitor(["x"], n_segments=2, warmup=400, reference=200, window=100, blocks=2, bins=4)
+    feed(monitor, rng.normal(size=400), [0, 1] * 200)
+    assert monitor.ready
+    edges, x_reference = monitor.edges["x"].copy(), monitor.reference["x"].copy()
+    monitor.rebase_segment_sizes()
+    feed(monitor, rng.normal(size=100), [1] * 100)  # one window: a check, the sizes still being learned
+    assert SEGMENT_SIZES in monitor.no_data and ("x", "kl") in monitor.scores
+    assert (monitor.edges["x"] == edges).all() and (monitor.reference["x"] == x_reference).all()
+    feed(monitor, rng.normal(size=200), [1] * 200)  # the new reference: every observation in segment 1
+    assert list(monitor.reference[SEGMENT_SIZES]) == [0.0, 200.0]
+    assert SEGMENT_SIZES not in monitor.no_data and (SEGMENT_SIZES, "kl") in monitor.scores
+    assert monitor.scores[(SEGMENT_SIZES, "kl")] < 0.01  # the new sizes match the new segments
