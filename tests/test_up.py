@@ -131,8 +131,10 @@ def test_sigterm_stops_everything_cleanly(feature_repo):
             if "stop          Ctrl-C" in line:
                 break
         if not any("flow          pid" in line for line in lines):
-            proc.kill()  # before reading its stderr: a live process would block the read
-            pytest.fail("".join(lines) + proc.communicate(timeout=30)[1])
+            # Stopped before reading its stderr (a live process would block the read), by SIGTERM so that
+            # it stops its broker, flow and API too (SIGKILL would leave them running).
+            proc.terminate()
+            pytest.fail("".join(lines) + proc.communicate(timeout=60)[1])
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=40)
