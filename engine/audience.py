@@ -145,7 +145,7 @@ class Audience:
                 continue
             vector, fed = feature_vector(update.evidence, priors, update_parts)
             version = model.version
-            segment, distance = model.learn(vector, update.user_id, update.ts, fed)
+            segment, distance = model.learn(vector, update.user_id, update.ts, fed, update.events)
             if segment < 0:
                 continue  # still warming up
             if model.version != version:  # the first fit: everyone waiting gets a segment now
