@@ -144,12 +144,7 @@ def run_cold(settings: Settings, args) -> int:
             with open(flow_log, "wb") as log:
                 flow = subprocess.Popen(flow_command(bench, None if args.no_recovery else recovery), env=env,
                                         stdout=subprocess.DEVNULL, stderr=log)
-            while not os.path.exists(ready_file):
-                if flow.poll() is not None:
-                    raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
-                if time.perf_counter() - started > 300:
-                    raise RuntimeError("the flow was not ready within five minutes")
-                time.sleep(0.001)
+            _wait_ready(flow, ready_file, flow_log)
             ready_ms = (time.perf_counter() - started) * 1000
             firsts, kafka_cold, timeouts = [], None, 0
             for seq in range(1, args.first_probes + 1):
@@ -205,6 +200,18 @@ def run_cold(settings: Settings, args) -> int:
     return 0
 
 
+def _wait_ready(flow: subprocess.Popen, ready_file: str, flow_log: str, poll_s: float = 0.001,
+                timeout_s: float = 300.0) -> None:
+    """Until the flow's ready file appears; a flow that exits or takes over ``timeout_s`` is an error."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(ready_file):
+        if flow.poll() is not None:
+            raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the flow was not ready within five minutes")
+        time.sleep(poll_s)
+
+
 def _tail(path: str, chars: int = 2000) -> str:
     with open(path, errors="replace") as f:
         return f.read()[-chars:]
@@ -238,11 +245,15 @@ def _probe(producer, settings: Settings, read, seq: int, timeout_s: float = 5.0)
     return acked, None
 
 
-def _probe_for(seconds: float, producer, settings: Settings, read, last_seq: int, observer=None
+def _probe_for(seconds: float, producer, settings: Settings, read, last_seq: int, observer=None, *,
+               pause_s: float = 0.05, desc: str = "probing", after=None
                ) -> tuple[list[float], list[float], int, int]:
-    """Probes one after another for ``seconds``: latencies, the observer's Kafka latencies, timeouts, last seq."""
+    """Probes one after another for ``seconds``: latencies, the observer's Kafka latencies, timeouts, last seq.
+
+    ``after(bar)``, if given, runs after each probe (to check on the flow, or show more on the bar).
+    """
     latencies, kafka_latencies, timeouts, seq = [], [], 0, last_seq
-    bar = tqdm(total=int(seconds), desc="probing", unit="s", file=sys.stderr, mininterval=1.0)
+    bar = tqdm(total=int(seconds), desc=desc, unit="s", file=sys.stderr, mininterval=1.0)
     started = time.monotonic()
     while time.monotonic() - started < seconds:
         seq += 1
@@ -254,8 +265,10 @@ def _probe_for(seconds: float, producer, settings: Settings, read, last_seq: int
         seen = observer.seen.get(f"probe-{seq}") if observer is not None else None
         if seen is not None:
             kafka_latencies.append((seen - acked) * 1000)
+        if after is not None:
+            after(bar)
         bar.update(min(int(seconds), int(time.monotonic() - started)) - bar.n)
-        time.sleep(0.05)
+        time.sleep(pause_s)
     bar.close()
     return latencies, kafka_latencies, timeouts, seq
 

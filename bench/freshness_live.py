@@ -32,7 +32,6 @@ import urllib.request
 
 import msgspec
 from confluent_kafka import Consumer, TopicPartition
-from tqdm import tqdm
 
 from bench.common import bench_settings, percentile
 from engine.settings import Settings, settings_env
@@ -42,7 +41,7 @@ SAMPLE_S = 1.0
 
 
 def run_live(settings: Settings, args) -> int:
-    from bench.freshness import _probe, _reader, _tail
+    from bench.freshness import _probe_for, _reader, _tail, _wait_ready
     from flows.features import flow_command, init_recovery
     from flows.kafka import PRODUCER_DEFAULTS, EmbeddedBroker, free_port, make_producer
     from flows.store import open_store
@@ -65,13 +64,7 @@ def run_live(settings: Settings, args) -> int:
             flow = subprocess.Popen(flow_command(bench, None if args.no_recovery else recovery), env=env,
                                     stdout=subprocess.DEVNULL, stderr=log)
         stack.callback(_stop, flow)
-        deadline = time.monotonic() + 300
-        while not os.path.exists(ready_file):
-            if flow.poll() is not None:
-                raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the flow was not ready within five minutes")
-            time.sleep(0.05)
+        _wait_ready(flow, ready_file, flow_log, poll_s=0.05)
         store = open_store(bench)
         read = _reader(store)
         producer = make_producer(bench.brokers, **{"linger.ms": 0})
@@ -84,22 +77,14 @@ def run_live(settings: Settings, args) -> int:
         )
         stack.callback(_stop, load)
         lag.start()
-        latencies, timeouts, seq = [], 0, 0
-        started = time.monotonic()
-        bar = tqdm(total=int(args.seconds), desc="live load", unit="s", file=sys.stderr, mininterval=1.0)
-        while time.monotonic() - started < args.seconds:
-            seq += 1
-            _, latency = _probe(producer, bench, read, seq)
-            if latency is None:
-                timeouts += 1
-            else:
-                latencies.append(latency)
+
+        def check_flow(bar) -> None:
             if flow.poll() is not None:
                 raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
             bar.set_postfix(lag=lag.last, refresh=False)
-            bar.update(int(time.monotonic() - started) - bar.n)
-            time.sleep(0.2)
-        bar.close()
+
+        latencies, _, timeouts, _ = _probe_for(args.seconds, producer, bench, read, 0, pause_s=0.2,
+                                               desc="live load", after=check_flow)
         producer.flush(5)
         del producer  # no reconnect attempts once the broker stops
         _stop(load)
