@@ -136,21 +136,17 @@ class _Stale:
         self.fields, self.reason = fields, reason
 
     def error(self) -> StaleTemplate:
-        return _stale_error(self.fields.get("template_id"), self.fields.get("version"), self.reason)
-
-
-def _stale_error(template_id, version, reason: str) -> StaleTemplate:
-    return StaleTemplate(f"template {template_id!r} v{version} is stored but no longer validates ({reason}): "
-                         f"give it a new body with PATCH /v1/templates/{template_id}")
+        template_id, version = self.fields.get("template_id"), self.fields.get("version")
+        return StaleTemplate(f"template {template_id!r} v{version} is stored but no longer validates "
+                             f"({self.reason}): give it a new body with PATCH /v1/templates/{template_id}")
 
 
 def _decode_stored(raw: bytes | str) -> Template:
     """One stored version; `StaleTemplate` (a 409 that says what to do) when it no longer validates."""
-    try:
-        return _DECODER.decode(raw)
-    except (msgspec.ValidationError, TemplateError) as exc:
-        stale = _Stale(_fields_of(raw), str(exc))
-        raise stale.error() from None
+    template = _decode_current(raw)
+    if isinstance(template, _Stale):
+        raise template.error()
+    return template
 
 
 def _decode_current(raw: bytes | str) -> Template | _Stale:
