@@ -333,7 +333,7 @@ class DriftMonitor:
                 if self._warm_count >= self.warmup:
                     self._freeze_reference()
             else:
-                if getattr(self, "_segments_warm", None) is not None:
+                if self._segments_warm is not None:
                     self._learn_segment_sizes(part[1], part[2])
                 self._block.append(part)
                 self._block_count += added
@@ -363,6 +363,9 @@ class DriftMonitor:
         state.setdefault("no_data", set())
         state.setdefault("_fed", set(state.get("features", ())))
         state.setdefault("_clicks_seen", state.get("adwin") is not None and state["adwin"].width > 0)
+        # Snapshots from before a re-fit could re-learn the segment sizes alone.
+        state.setdefault("_segments_warm", None)
+        state.setdefault("_segments_warm_count", 0.0)
         self.__dict__.update(state)
 
     def _check(self, time_ms: int, model_version: int) -> list[DriftAlert]:

@@ -531,7 +531,7 @@ class SegmentModel:
         first fit (the warm-up) nothing is assigned: ``(-1, nan)``.
         """
         x = _model_space(vector)
-        self.events_seen = getattr(self, "events_seen", 0) + events
+        self.events_seen += events
         recent = self.recent
         recent[user_id] = (x, ts, fed)
         recent.move_to_end(user_id)
@@ -624,8 +624,8 @@ class SegmentModel:
         sum of squares by ``refit_gain`` (``last_gain``): then nothing is
         changed and True says the caller should re-fit (`refit`), as after drift.
         """
-        seen = getattr(self, "events_seen", 0)
-        doubled = 0 < getattr(self, "next_look_events", 0) <= seen
+        seen = self.events_seen
+        doubled = 0 < self.next_look_events <= seen
         if not self.fitted or (self.updates < self.check_every * len(self.recent) and not doubled):
             return None
         self.updates = 0
@@ -684,7 +684,7 @@ class SegmentModel:
             self._keep_ids(old)
         self._place_sample(scaled)
         self.updates = 0
-        self.next_look_events = 2 * getattr(self, "events_seen", 0)
+        self.next_look_events = 2 * self.events_seen
 
     def _place_sample(self, scaled: list[dict[str, float]]) -> None:
         """Each centre becomes the mean of the sample's users nearest it (one Lloyd step: the fit's own centres)."""
@@ -758,6 +758,9 @@ class SegmentModel:
         ]
 
     def __setstate__(self, state):
+        # Snapshots from before looks at doublings of the events: the next look comes at the next fit or look.
+        state.setdefault("events_seen", 0)
+        state.setdefault("next_look_events", 0)
         # Snapshots from before feature masks: every feature was used, every user fed them all.
         self.__dict__.update(state)
         if "features" not in state:
