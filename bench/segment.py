@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from bench.common import bench_settings, peak_rss_mb, run_child
 from engine.settings import Settings
-from engine.simulate import DEFAULT_START_MS, Drift, Simulator
+from engine.simulate import Drift, Simulator, history_start_ms
 
 SEED = 7
 
@@ -56,12 +56,13 @@ def run_segment(settings: Settings, args) -> int:
     drift_at = args.drift_at if args.drift_at is not None else args.burn_in + args.events // 2
     os.environ["TAILOR_BENCH_USERS"] = str(users)  # the children rebuild the simulator's ground truth
     os.environ["TAILOR_BENCH_SHAPE"] = args.shape
+    start_ms = start_of(args, drift_at)
     with bench_settings(settings, segments=settings.segments or 4, drift_warmup=args.burn_in) as bench:
         drifted = msgspec.structs.replace(bench, topic=bench.topic + ".drifted")
         ensure_topics(bench.brokers, [drifted.topic], bench.partitions)
         producer = make_producer(bench.brokers)
         for target, drift in ((bench, None), (drifted, Drift(at_event=drift_at, shares=_default_shares()))):
-            events = Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS, drift=drift,
+            events = Simulator(users=users, seed=SEED, start_ms=start_ms, drift=drift,
                                shape=args.shape).events(n)
             label = "pre-filling stationary topic" if drift is None else f"pre-filling topic drifted at {drift_at}"
             bar = tqdm(records_of(events), total=n, desc=label, unit="ev", file=sys.stderr, mininterval=0.5)
@@ -82,21 +83,35 @@ def run_segment(settings: Settings, args) -> int:
             child = msgspec.structs.replace(run_settings, tail=False, drift_topic=f"{drifted.topic}.alerts")
             ensure_topics(child.brokers, [child.drift_topic], 1)
             drift_run = run_child("bench.segment:flow_child", child)
-    print(json.dumps(summarize(args, bench, on, off, drift_run, drift_at)))
+    print(json.dumps(summarize(args, bench, on, off, drift_run, drift_at, start_ms)))
     return 0
 
 
-def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run: dict, drift_at: int) -> dict:
+def start_of(args, drift_at: int) -> int:
+    """The simulated clock's start: both streams end before now, as history does (a flow
+    dead-letters events ahead of its clock, and ``years`` spans years)."""
+    now_ms = int(time.time() * 1000)
+    return min(history_start_ms(args.burn_in + args.events, now_ms, users=args.users, seed=SEED, shape=args.shape,
+                                drift=drift)
+               for drift in (None, Drift(at_event=drift_at, shares=_default_shares())))
+
+
+def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run: dict, drift_at: int,
+              start_ms: int) -> dict:
     rate_on = statistics.median(r["consumed"] / r["seconds"] for r in on)
     rate_off = statistics.median(r["consumed"] / r["seconds"] for r in off)
     false_alarms = [len(r["alerts"]) for r in on]
-    delays = detection_delays(args.burn_in + args.events, args.users, drift_at, drift_run["alerts"], args.shape)
+    delays = detection_delays(args.burn_in + args.events, args.users, drift_at, drift_run["alerts"], args.shape,
+                              start_ms)
     return {
         "bench": "segment",
         "shape": args.shape,
         "events": args.burn_in + args.events,
         "burn_in_events": args.burn_in,
         "users": args.users,
+        "start": time.strftime("%Y-%m-%d", time.gmtime(start_ms / 1000)),
+        # Events the flow dead-lettered (none expected: a simulated stream is all valid, and in the past).
+        "dead_letters": max(r["dead_letters"] for r in (*on, *off, drift_run)),
         "events_per_s": round(rate_on),
         "events_per_s_runs": [round(r["consumed"] / r["seconds"]) for r in on],
         "events_per_s_without": round(rate_off),
@@ -134,9 +149,9 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
     }
 
 
-def detection_delays(n: int, users: int, drift_at: int, alerts: list[dict], shape: str = "sessions") -> dict:
+def detection_delays(n: int, users: int, drift_at: int, alerts: list[dict], shape: str, start_ms: int) -> dict:
     """Events (and simulated hours) from the drift point to each measure's first alert after it."""
-    stamps = [e.ts for e in Simulator(users=users, seed=SEED, start_ms=DEFAULT_START_MS, shape=shape,
+    stamps = [e.ts for e in Simulator(users=users, seed=SEED, start_ms=start_ms, shape=shape,
                                       drift=Drift(at_event=drift_at, shares=_default_shares())).events(n)]
     drift_ms = stamps[drift_at] if drift_at < n else None
     if drift_ms is None:
@@ -187,8 +202,10 @@ def flow_child() -> None:
         seen["audience"] = audience
 
     run_main(build_flow(settings, on_consume=on_consume, on_write=on_write, on_audience=on_audience))
+    from prometheus_client import REGISTRY
+
     result = {"consumed": marks["consumed"], "seconds": round(marks["last"] - marks["first"], 3),
-              "peak_rss_mb": peak_rss_mb()}
+              "dead_letters": int(REGISTRY.get_sample_value("tailor_events_total", {"outcome": "dead_letter"}) or 0), "peak_rss_mb": peak_rss_mb()}
     if settings.segments:
         result.update(quality(settings, seen["audience"]))
     print(json.dumps(result))

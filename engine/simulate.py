@@ -619,6 +619,27 @@ _PROFILE_LIST = tuple(PROFILES.values())
 _PROFILE_SHARES = tuple(p.share for p in _PROFILE_LIST)
 
 
+def history_start_ms(events: int, now_ms: int, **simulator) -> int:
+    """A start, at midnight UTC, from which the first ``events`` events of
+    ``Simulator(**simulator)`` all fall at least a day before ``now_ms``.
+
+    A finite stream is history up to the present: a flow judges event times
+    against the clock (``TAILOR_MAX_AHEAD_S``), so a stream that started now and
+    ran on for years would reach it largely dead-lettered. The stream only
+    depends on the time of day, so it is the same stream moved by whole days.
+
+    >>> now = DEFAULT_START_MS + 30 * DAY_MS + 5 * HOUR_MS
+    >>> start = history_start_ms(5_000, now, users=10, seed=1, shape="years")
+    >>> start % DAY_MS, list(Simulator(users=10, seed=1, start_ms=start, shape="years").events(5_000))[-1].ts < now
+    (0, True)
+    """
+    last = DEFAULT_START_MS
+    for event in Simulator(**{**simulator, "start_ms": DEFAULT_START_MS}).events(events):
+        last = event.ts
+    days = (last - DEFAULT_START_MS) // DAY_MS + 2
+    return (now_ms // DAY_MS - days) * DAY_MS
+
+
 def _gap(rng: random.Random, mean_ms: float) -> int:
     """An exponential pause of ``mean_ms`` on average, at least 1 ms."""
     return int(rng.expovariate(1.0 / mean_ms)) + 1

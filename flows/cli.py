@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--events", type=int, default=0, help="stop after this many events (default: run until Ctrl-C)")
     sim.add_argument("--rate", type=float, default=0, help="events per second; 0 = as fast as possible (default 0)")
     sim.add_argument("--seed", type=int, default=7, help="random seed (default 7): same seed, same events")
-    sim.add_argument("--start", help="event time of the first event (RFC 3339; default: now)")
+    sim.add_argument("--start", help="event time of the first event (RFC 3339; default: with --events and no --rate, "
+                          "early enough that the stream ends before now; otherwise now)")
     sim.add_argument("--out", help="write JSONL to this file instead of producing to Kafka")
     sim.add_argument("--pseudonymize", action="store_true", help=pseudonymize)
     sim.add_argument("--drift-at", type=_non_negative_int, metavar="N",

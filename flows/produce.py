@@ -39,7 +39,7 @@ from engine.events import (
     unbounded_event_time,
 )
 from engine.settings import Settings
-from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator
+from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator, history_start_ms
 
 T = TypeVar("T")
 
@@ -143,7 +143,10 @@ def run_simulate(settings: Settings, args) -> int:
 
     With ``--rate`` and no ``--start`` the events carry the wall-clock time at
     which they are sent, so the features they feed look live; otherwise they
-    carry the simulated clock, which starts at ``--start`` (default: now).
+    carry the simulated clock, which starts at ``--start``; without it, a
+    finite stream (``--events N``) is history that ends before now
+    (`history_start_ms`: a flow dead-letters events ahead of its clock, and
+    ``years`` spans years) and an endless one starts now.
     ``--drift-at N`` switches the profile mix (``--drift-mix``) and/or prices
     (``--drift-price-factor``) at event N; the summary says whether it happened.
     ``--shape`` picks the shape of traffic (`engine.simulate.SHAPES`); live
@@ -152,8 +155,14 @@ def run_simulate(settings: Settings, args) -> int:
     """
     try:
         pseudonym = pseudonymizer_for(settings, args)
-        start_ms = parse_start(args.start) if args.start else now_ms()
         drift = drift_of(args)
+        if args.start:
+            start_ms = parse_start(args.start)
+        elif args.events > 0 and not args.rate:
+            start_ms = history_start_ms(args.events, now_ms(), users=args.users, seed=args.seed, drift=drift,
+                                        shape=args.shape)
+        else:
+            start_ms = now_ms()
         simulator = Simulator(users=args.users, seed=args.seed, start_ms=start_ms, drift=drift, shape=args.shape)
     except ValueError as exc:
         print(f"tailor simulate: {exc}", file=sys.stderr)
