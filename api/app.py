@@ -61,12 +61,13 @@ from api.metrics import RequestMetrics
 from api.model_swap import ModelWatcher
 from api.personalize import Personalized, PersonalizeRequest, personalize
 from api.templates import ErrorBody, TemplateController, open_templates
-from engine.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
-from engine.personalize import NoTemplate
+from config.settings import Settings
+from engine.audience.segments import SegmentProfile
+from engine.content.personalize import NoTemplate
+from engine.content.templates import TemplateError
+from engine.features.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
 from engine.privacy import InvalidUserId, Pseudonymizer
-from engine.segments import SegmentProfile
-from engine.settings import Settings
-from engine.templates import TemplateError
+from store.redis_guard import StoreUnavailable
 
 log = logging.getLogger("tailor.api")
 
@@ -141,10 +142,16 @@ class EventsOperation(Operation):
         self.request_body = RequestBody(
             required=True,
             description=f"One event, or an array of at most {MAX_BATCH} (at most {MAX_BODY_BYTES} bytes in all).",
-            content={"application/json": OpenAPIMediaType(schema={  # type: ignore[arg-type]
-                "oneOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1,
-                                          "maxItems": MAX_BATCH}],
-            })},
+            content={
+                "application/json": OpenAPIMediaType(
+                    schema={  # type: ignore[arg-type]
+                        "oneOf": [
+                            _EVENT_SCHEMA,
+                            {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1, "maxItems": MAX_BATCH},
+                        ],
+                    }
+                )
+            },
         )
 
 
@@ -191,8 +198,11 @@ def healthz() -> Health:
     return Health("ok")
 
 
-@get("/readyz", security=[{}],
-     responses={503: ResponseSpec(Readiness, description="a dependency does not answer: which, and why")})
+@get(
+    "/readyz",
+    security=[{}],
+    responses={503: ResponseSpec(Readiness, description="a dependency does not answer: which, and why")},
+)
 async def readyz(request: Request) -> Response[Readiness]:
     """Ready to serve: the broker takes events, the feature store and the copy model answer (503 and which otherwise).
 
@@ -215,7 +225,9 @@ async def readyz(request: Request) -> Response[Readiness]:
     redis = ""
     if state.redis_health is not None:  # pings Redis and restores what it lost (api/redis_health.py)
         try:
-            redis = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, state.redis_health.check), 3)
+            redis = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(None, state.redis_health.check), 3
+            )
         except TimeoutError:
             redis = "unreachable: no answer in 3 s"
     ready = broker == store == model == "ok" and (not redis or redis.startswith("ok"))
@@ -266,13 +278,22 @@ def too_deep(request: Request, exc: RecursionError) -> Response:
     """A RecursionError decoding a body is the client's 400; anywhere else it is a 500 like any other."""
     if request.method in _BODY_METHODS:
         # Logged all the same: were it not the body's nesting, this is where the bug shows.
-        log.warning("RecursionError on %s %s answered 400 (body nested too deeply)", request.method,
-                    request.scope.get("path_template", "?"), exc_info=exc)
+        log.warning(
+            "RecursionError on %s %s answered 400 (body nested too deeply)",
+            request.method,
+            request.scope.get("path_template", "?"),
+            exc_info=exc,
+        )
         return Response(ErrorBody(400, _TOO_DEEP), status_code=400)
     return server_error(request, exc)
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+    """A store in Redis did not answer: 503, and the detail says which and to retry."""
+    return Response(ErrorBody(503, exc.detail), status_code=503)
 
 
 def server_error(request: Request, exc: Exception) -> Response[ServerError]:
@@ -283,25 +304,45 @@ def server_error(request: Request, exc: Exception) -> Response[ServerError]:
     """
     given = request.headers.get("x-request-id", "")
     request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    log.error("500 on %s %s, request id %s", request.method, request.scope.get("path_template", "?"), request_id,
-              exc_info=exc)
-    return Response(ServerError(HTTP_500_INTERNAL_SERVER_ERROR,
-                                f"internal server error: quote request id {request_id} when you report it",
-                                request_id),
-                    status_code=HTTP_500_INTERNAL_SERVER_ERROR, headers={"X-Request-ID": request_id})
+    log.error(
+        "500 on %s %s, request id %s", request.method, request.scope.get("path_template", "?"), request_id, exc_info=exc
+    )
+    return Response(
+        ServerError(
+            HTTP_500_INTERNAL_SERVER_ERROR,
+            f"internal server error: quote request id {request_id} when you report it",
+            request_id,
+        ),
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+        headers={"X-Request-ID": request_id},
+    )
 
 
-_ERRORS = {code: ResponseSpec(ErrorBody, description=text) for code, text in (
-    (400, "the body is malformed: not JSON, wrong types, unknown fields or nested too deeply"),
-    (401, "no API key, or an unknown one"), (403, "the API key lacks the route's scope"),
-)}
+_ERRORS = {
+    code: ResponseSpec(ErrorBody, description=text)
+    for code, text in (
+        (400, "the body is malformed: not JSON, wrong types, unknown fields or nested too deeply"),
+        (401, "no API key, or an unknown one"),
+        (403, "the API key lacks the route's scope"),
+    )
+}
 
 
-@post("/v1/events", status_code=HTTP_202_ACCEPTED, opt={"scope": "ingest", "reads_body": True},
-      operation_class=EventsOperation,
-      responses={**_ERRORS, 413: ResponseSpec(ErrorBody, description="too many events or bytes"),
-                 503: ResponseSpec(EventsNotDelivered, description="the broker did not acknowledge some valid "
-                                   "events: which, and why; send them again after Retry-After seconds")})
+@post(
+    "/v1/events",
+    status_code=HTTP_202_ACCEPTED,
+    opt={"scope": "ingest", "reads_body": True},
+    operation_class=EventsOperation,
+    responses={
+        **_ERRORS,
+        413: ResponseSpec(ErrorBody, description="too many events or bytes"),
+        503: ResponseSpec(
+            EventsNotDelivered,
+            description="the broker did not acknowledge some valid "
+            "events: which, and why; send them again after Retry-After seconds",
+        ),
+    },
+)
 async def post_events(request: Request) -> Response[EventsAccepted]:
     """One event (a JSON object) or a batch (a JSON array, at most 1,000).
 
@@ -352,10 +393,15 @@ async def post_events(request: Request) -> Response[EventsAccepted]:
     if not undelivered:
         return Response(EventsAccepted(accepted, rejected), status_code=HTTP_202_ACCEPTED)
     retry_after = max(1, math.ceil(settings.produce_timeout_ms / 1000))
-    detail = (f"{len(undelivered)} of {len(records)} valid events were not delivered to Kafka "
-              f"({undelivered[0].reason}): send them again, with the same event_id, after {retry_after} s")
-    return Response(EventsNotDelivered(503, detail, accepted, rejected, undelivered), status_code=503,
-                    headers={"Retry-After": str(retry_after)})
+    detail = (
+        f"{len(undelivered)} of {len(records)} valid events were not delivered to Kafka "
+        f"({undelivered[0].reason}): send them again, with the same event_id, after {retry_after} s"
+    )
+    return Response(
+        EventsNotDelivered(503, detail, accepted, rejected, undelivered),
+        status_code=503,
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 @get("/v1/users/{user_id:str}/features", opt={"scope": "serve"}, sync_to_thread=False, responses=_ERRORS)
@@ -376,10 +422,17 @@ def user_features(user_id: FromPath[str], request: Request) -> dict[str, Any]:
     return features
 
 
-@post("/v1/personalize", opt={"scope": "serve"}, status_code=200,
-      responses={**_ERRORS, 404: ResponseSpec(ErrorBody, description="no live template for the slot"),
-                 413: ResponseSpec(ErrorBody, description=f"the body is over {MAX_BODY_BYTES} bytes"),
-                 422: ResponseSpec(ErrorBody, description="the template needs context or an item the request lacks")})
+@post(
+    "/v1/personalize",
+    opt={"scope": "serve"},
+    status_code=200,
+    responses={
+        **_ERRORS,
+        404: ResponseSpec(ErrorBody, description="no live template for the slot"),
+        413: ResponseSpec(ErrorBody, description=f"the body is over {MAX_BODY_BYTES} bytes"),
+        422: ResponseSpec(ErrorBody, description="the template needs context or an item the request lacks"),
+    },
+)
 async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request) -> Personalized:
     """Personalized content for one user and slot, with why it was chosen.
 
@@ -394,9 +447,15 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
     except InvalidUserId as exc:
         raise HTTPException(status_code=400, detail=f"`user_id`: {exc}") from None
     try:
-        return await personalize(data, pseudonym=pseudonym, reader=state.reader,
-                                 templates=state.templates, writer=state.writer, experiments=state.experiments,
-                                 expose=state.expose)
+        return await personalize(
+            data,
+            pseudonym=pseudonym,
+            reader=state.reader,
+            templates=state.templates,
+            writer=state.writer,
+            experiments=state.experiments,
+            expose=state.expose,
+        )
     except NoTemplate as exc:
         raise NotFoundException(detail=exc.reason) from None
     except TemplateError as exc:
@@ -446,32 +505,34 @@ def open_copy_writer(settings: Settings, cache_redis=None):
     """The generator (None with the reason when no model is built), its batcher and the copy cache."""
     from api.cache import CopyCache
     from api.personalize import CopyWriter, Loaded, open_generator
-    from engine.brand import DEFAULT_RULES, load_brand_rules
-    from models.batching import BatchingGenerator
-    from models.manifest import ModelDirError
+    from models.serve.batching import BatchingGenerator
+    from models.serve.manifest import ModelDirError
+    from store.brand import brand_rules
 
-    rules = DEFAULT_RULES
-    if settings.brand_rules:
-        try:
-            with open(settings.brand_rules, "rb") as f:
-                rules = load_brand_rules(f.read())
-        except OSError as exc:
-            raise ValueError(f"TAILOR_BRAND_RULES={settings.brand_rules!r} cannot be read: {exc.strerror}") from None
+    rules = brand_rules(settings)
     generator, unavailable = None, ""
     try:
         generator = open_generator(settings.model_dir)
     except ModelDirError as exc:
         unavailable = f"no copy model loaded: {exc}"
         log.warning("%s; serving default copy", unavailable)
-    from flows.redis_guard import breaker_for
+    from store.redis_guard import breaker_for
 
-    cache = CopyCache(settings.copy_cache_size, redis=cache_redis, ttl_s=settings.copy_cache_redis_ttl_s,
-                      breaker=breaker_for(settings.redis_url, settings.redis_breaker_s) if cache_redis else None)
+    cache = CopyCache(
+        settings.copy_cache_size,
+        redis=cache_redis,
+        ttl_s=settings.copy_cache_redis_ttl_s,
+        breaker=breaker_for(settings.redis_url, settings.redis_breaker_s) if cache_redis else None,
+    )
     writer = CopyWriter(cache, rules, settings.generation_budget_ms, unavailable, registry=settings.model_registry)
 
     def make_batcher(gen) -> BatchingGenerator:
-        batcher = BatchingGenerator(gen, max_batch=settings.generation_max_batch,
-                                    max_wait_ms=settings.generation_max_wait_ms, on_batch=writer.observe_batch)
+        batcher = BatchingGenerator(
+            gen,
+            max_batch=settings.generation_max_batch,
+            max_wait_ms=settings.generation_max_wait_ms,
+            on_batch=writer.observe_batch,
+        )
         batcher.start()
         return batcher
 
@@ -485,15 +546,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The API app for ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()
     if not settings.pseudonym_key:
-        raise ValueError("TAILOR_PSEUDONYM_KEY is not set: generate one with "
-                         "python -c \"import secrets; print(secrets.token_hex(32))\"")
+        raise ValueError(
+            "TAILOR_PSEUDONYM_KEY is not set: generate one with "
+            'python -c "import secrets; print(secrets.token_hex(32))"'
+        )
     api_keys = parse_api_keys(settings.api_keys)
     pseudonymizer = Pseudonymizer(settings.pseudonym_key)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
-        from api.online import OnlineReader
-        from flows.store import open_store
+        from store.feast import open_store
+        from store.online import OnlineReader
 
         app.state.settings = settings
         app.state.api_keys = api_keys
@@ -503,7 +566,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.templates = open_templates(settings)
         cache_redis = None
         if settings.redis_url and settings.copy_cache_redis_ttl_s > 0:
-            from api.templates import redis_client
+            from store.redis_guard import redis_client
 
             cache_redis = redis_client(settings.redis_url, use_async=True, timeout_ms=settings.redis_timeout_ms)
         app.state.writer = open_copy_writer(settings, cache_redis)
@@ -513,7 +576,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if settings.redis_url:
             from api.redis_health import open_redis_health
 
-            app.state.redis_health = open_redis_health(settings, [app.state.templates.store, app.state.experiment_store])
+            app.state.redis_health = open_redis_health(
+                settings, [app.state.templates.store, app.state.experiment_store]
+            )
         app.state.events = events = EventProducer(settings)
         app.state.producer = events.producer
 
@@ -551,22 +616,40 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.producer = app.state.expose = app.state.events = events = None
 
     openapi = OpenAPIConfig(
-        title="Tailor", version="0.1.0", path="/docs", use_handler_docstrings=True,
+        title="Tailor",
+        version="0.1.0",
+        path="/docs",
+        use_handler_docstrings=True,
         render_plugins=[SwaggerRenderPlugin(path="/")],
         description="Events in, personalized content out. Send your API key in the X-API-Key header.",
-        components=Components(security_schemes={
-            "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
-        }),
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+            }
+        ),
         security=[{"apiKey": []}],
     )
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, post_events, user_features, post_personalize, segments,
-                        TemplateController, ExperimentController],
+        route_handlers=[
+            healthz,
+            readyz,
+            metrics,
+            post_events,
+            user_features,
+            post_personalize,
+            segments,
+            TemplateController,
+            ExperimentController,
+        ],
         lifespan=[resources],
         guards=[require_scope],
         before_request=refuse_deep_json,
         # Litestar hands this every exception that is not an HTTPException below 500.
-        exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: server_error, RecursionError: too_deep},
+        exception_handlers={
+            HTTP_500_INTERNAL_SERVER_ERROR: server_error,
+            RecursionError: too_deep,
+            StoreUnavailable: store_unavailable,
+        },
         # Request counts, errors and latency histograms per route (path templates, not raw paths).
         middleware=[RequestMetrics],
         request_max_body_size=MAX_BODY_BYTES,

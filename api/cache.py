@@ -30,8 +30,9 @@ class CachedCopy(msgspec.Struct, frozen=True, array_like=True):
     text: str
 
 
-def copy_key(model_version: str, template_id: str, template_version: int, style: str, slot: str, tone: str,
-             item_id: str | None) -> str:
+def copy_key(
+    model_version: str, template_id: str, template_version: int, style: str, slot: str, tone: str, item_id: str | None
+) -> str:
     """The cache key of one generated snippet.
 
     >>> copy_key("m1", "headline-ai", 2, "bargain_hunter", "headline", "urgent", None)
@@ -84,7 +85,7 @@ class CopyCache:
 
     async def _shared(self, command: str, *args, **kwargs):
         """One Redis command, or None if Redis cannot answer now (the in-process LRU carries on)."""
-        from flows.redis_guard import OUTAGE_ERRORS, RedisUnavailable
+        from store.redis_guard import OUTAGE_ERRORS, RedisUnavailable
 
         try:
             with self._breaker if self._breaker is not None else nullcontext():

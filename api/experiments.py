@@ -6,7 +6,7 @@ Redis so that every API replica serves the same ones, with that SQLite file as t
 replica's local copy, restored to a Redis that lost its data
 (`RedisExperimentStore.recover`). `LiveExperiments` keeps the running ones in memory by slot (re-read when the store's revision changes,
 checked every half second) and answers, per personalize request, which
-experiment and variant a user is in (`engine.experiment_spec`).
+experiment and variant a user is in (`engine.experiments.designs`).
 
 Results come from the flow's per-(experiment, variant) counters in the online
 store (`flows.experiments.read_arm_counters`): per variant the rate with a
@@ -35,8 +35,10 @@ from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
-from api.templates import ErrorBody, StoreUnavailable, redis_call, redis_client
-from engine.experiment_spec import (
+from api.templates import ErrorBody
+from config.settings import Settings
+from engine.experiments.assignment import HOLDOUT, ArmStats, ExperimentReport, analyze, thompson_allocation
+from engine.experiments.designs import (
     ExperimentSpec,
     FactorEffect,
     Interaction,
@@ -51,8 +53,7 @@ from engine.experiment_spec import (
     targets,
     variant_of,
 )
-from engine.experiments import HOLDOUT, ArmStats, ExperimentReport, analyze, thompson_allocation
-from engine.settings import Settings
+from store.redis_guard import StoreUnavailable, redis_call, redis_client
 
 log = logging.getLogger("tailor.api")
 
@@ -78,9 +79,11 @@ def _decode_spec(raw: bytes | str) -> ExperimentSpec:
         except msgspec.DecodeError:
             stored = {}
         name = stored.get("id") if isinstance(stored, dict) else None
-        raise ExperimentError(f"experiment {name!r} is stored but no longer validates ({exc}): create it anew "
-                              f"under another id and stop serving this one (ask an operator to delete its row)",
-                              409) from None
+        raise ExperimentError(
+            f"experiment {name!r} is stored but no longer validates ({exc}): create it anew "
+            f"under another id and stop serving this one (ask an operator to delete its row)",
+            409,
+        ) from None
 
 
 def _decode_specs(raws) -> list[ExperimentSpec]:
@@ -143,8 +146,9 @@ class SQLiteExperimentStore(ExperimentStore):
             try:
                 row = self._db.execute("SELECT spec FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
                 new = make(_decode_spec(row[0]) if row else None)
-                self._db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?)",
-                                 (experiment_id, _ENCODER.encode(new).decode()))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO experiments VALUES (?, ?)", (experiment_id, _ENCODER.encode(new).decode())
+                )
                 self._db.execute("UPDATE experiment_meta SET value = value + 1 WHERE key = 'revision'")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -172,8 +176,9 @@ class SQLiteExperimentStore(ExperimentStore):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM experiments")
-                self._db.executemany("INSERT INTO experiments VALUES (?, ?)",
-                                     [(s.id, _ENCODER.encode(s).decode()) for s in specs])
+                self._db.executemany(
+                    "INSERT INTO experiments VALUES (?, ?)", [(s.id, _ENCODER.encode(s).decode()) for s in specs]
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -181,8 +186,9 @@ class SQLiteExperimentStore(ExperimentStore):
 
     def put(self, spec: ExperimentSpec) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?)",
-                             (spec.id, _ENCODER.encode(spec).decode()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO experiments VALUES (?, ?)", (spec.id, _ENCODER.encode(spec).decode())
+            )
 
     def close(self):
         with self._lock:
@@ -196,9 +202,8 @@ class RedisExperimentStore(ExperimentStore):
     ``copy``, a `SQLiteExperimentStore`, is the local copy `recover` restores from.
     """
 
-    def __init__(self, client, prefix: str = REDIS_PREFIX, *, breaker=None,
-                 copy: SQLiteExperimentStore | None = None):
-        from flows.redis_guard import Breaker
+    def __init__(self, client, prefix: str = REDIS_PREFIX, *, breaker=None, copy: SQLiteExperimentStore | None = None):
+        from store.redis_guard import Breaker
 
         self._redis = client
         self._specs = f"{prefix}specs"
@@ -307,11 +312,13 @@ def open_experiment_store(settings: Settings) -> ExperimentStore:
     path = Path(settings.experiment_db or Path(settings.feature_repo) / "data" / "experiments.db")
     path.parent.mkdir(parents=True, exist_ok=True)
     if settings.redis_url:
-        from flows.redis_guard import breaker_for
+        from store.redis_guard import breaker_for
 
-        store = RedisExperimentStore(redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
-                                     breaker=breaker_for(settings.redis_url, settings.redis_breaker_s),
-                                     copy=SQLiteExperimentStore(path))
+        store = RedisExperimentStore(
+            redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
+            breaker=breaker_for(settings.redis_url, settings.redis_breaker_s),
+            copy=SQLiteExperimentStore(path),
+        )
         try:
             store.recover()  # a Redis that lost them gets this replica's copy back
         except StoreUnavailable as exc:  # down at start: LiveExperiments serves the copy; /readyz says so
@@ -342,8 +349,12 @@ class LiveExperiments:
     a fixed seed so that every replica computes the same weights from the same counts.
     """
 
-    def __init__(self, store: ExperimentStore, read_counters: Callable[[ExperimentSpec], dict[str, ArmStats]]
-                 | None = None, bandit_every_s: float = 5.0):
+    def __init__(
+        self,
+        store: ExperimentStore,
+        read_counters: Callable[[ExperimentSpec], dict[str, ArmStats]] | None = None,
+        bandit_every_s: float = 5.0,
+    ):
         self.store = store
         self.read_counters = read_counters
         self.bandit_every_s = bandit_every_s
@@ -351,7 +362,7 @@ class LiveExperiments:
         self._by_slot: dict[str, list[ExperimentSpec]] = {}
         self._revision: int | None = None
         self._bandit_due = 0.0
-        from flows.redis_guard import RedisUnavailable
+        from store.redis_guard import RedisUnavailable
 
         try:
             self.refresh()
@@ -361,8 +372,10 @@ class LiveExperiments:
             if copy is None:
                 raise
             self._load(copy.all(), None)
-            log.warning("the experiment store cannot be reached: serving its local copy (%d experiments) "
-                        "until it answers", len(copy.all()))
+            log.warning(
+                "the experiment store cannot be reached: serving its local copy (%d experiments) until it answers",
+                len(copy.all()),
+            )
 
     def refresh(self, force: bool = False) -> None:
         revision = self.store.revision()
@@ -370,8 +383,12 @@ class LiveExperiments:
             self._load(self.store.all(), revision)
         if self.read_counters is not None and time.monotonic() >= self._bandit_due:
             self._bandit_due = time.monotonic() + self.bandit_every_s
-            self.weights = {spec.id: bandit_weights(spec, self.read_counters(spec))
-                            for specs in self._by_slot.values() for spec in specs if spec.allocation == "thompson"}
+            self.weights = {
+                spec.id: bandit_weights(spec, self.read_counters(spec))
+                for specs in self._by_slot.values()
+                for spec in specs
+                if spec.allocation == "thompson"
+            }
 
     def _load(self, specs: list[ExperimentSpec], revision: int | None) -> None:
         by_slot: dict[str, list[ExperimentSpec]] = {}
@@ -384,8 +401,14 @@ class LiveExperiments:
     def running(self, slot: str) -> list[ExperimentSpec]:
         return self._by_slot.get(slot, [])
 
-    def assign(self, slot: str, pseudonym: str, segment: int | None, label: str | None,
-               first_arm: Callable[[str, str], str | None] | None = None) -> Assignment | None:
+    def assign(
+        self,
+        slot: str,
+        pseudonym: str,
+        segment: int | None,
+        label: str | None,
+        first_arm: Callable[[str, str], str | None] | None = None,
+    ) -> Assignment | None:
         """The first running experiment on ``slot`` that targets this user, and the user's variant in it.
 
         Assignment is the sticky hash (`variant_of`) until an experiment's allocation changes
@@ -475,47 +498,73 @@ def draws_for(arms: int) -> int:
 
 
 def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, float] | None = None) -> Results:
-    """The results page of ``spec`` from its counters (``{variant: engine.exposures.ArmCounters}``)."""
+    """The results page of ``spec`` from its counters (``{variant: engine.experiments.exposures.ArmCounters}``)."""
     names = cells(spec)
     draws = draws_for(len(names))
     shares = allocation_shares(spec, weights)
     control = spec.control_name
     notes: list[str] = []
-    rows = [VariantCounts(variant=v, users=c.users, impressions=c.impressions, clickers=c.clickers, clicks=c.clicks,
-                          converters=c.converters, conversions=c.conversions, value_sum=c.value_sum,
-                          expected_share=round(shares.get(v, 0.0), 6))
-            for v, c in counters.items()]
+    rows = [
+        VariantCounts(
+            variant=v,
+            users=c.users,
+            impressions=c.impressions,
+            clickers=c.clickers,
+            clicks=c.clicks,
+            converters=c.converters,
+            conversions=c.conversions,
+            value_sum=c.value_sum,
+            expected_share=round(shares.get(v, 0.0), 6),
+        )
+        for v, c in counters.items()
+    ]
     primary_stats = _stats(counters, spec.primary_metric)
     arms = [primary_stats[v] for v in names]
     in_arms = sum(a.n for a in arms)
     primary = None
     if counters[control].users > 0 and in_arms > counters[control].users:
         # SRM: the arms' users against their expected shares (the holdout is checked apart, below).
-        primary = analyze(arms, control, weights=[shares[v] for v in names], alpha=spec.alpha,
-                          correction=spec.correction, draws=draws)
+        primary = analyze(
+            arms, control, weights=[shares[v] for v in names], alpha=spec.alpha, correction=spec.correction, draws=draws
+        )
         if primary.srm_alarm and not spec.reallocated and spec.allocation == "fixed":
-            notes.append(f"sample ratio mismatch (p = {primary.srm_p_value:.2g} < 0.001): the split differs from the "
-                         "allocation; find the cause (bots, a broken exposure log, targeting) before trusting results")
+            notes.append(
+                f"sample ratio mismatch (p = {primary.srm_p_value:.2g} < 0.001): the split differs from the "
+                "allocation; find the cause (bots, a broken exposure log, targeting) before trusting results"
+            )
     else:
         notes.append("not enough data yet: the control and at least one other arm need exposed users")
     if spec.reallocated and spec.allocation != "thompson":
-        notes.append(f"the allocation changed while running (last at {spec.reallocated}): users already exposed "
-                     "kept their arm, so the split mixes the old and new allocations: the sample-ratio check "
-                     "compares it with the current one only, and raises no alarm")
+        notes.append(
+            f"the allocation changed while running (last at {spec.reallocated}): users already exposed "
+            "kept their arm, so the split mixes the old and new allocations: the sample-ratio check "
+            "compares it with the current one only, and raises no alarm"
+        )
     if spec.allocation == "thompson":
-        notes.append("Thompson allocation moves weights as data arrives: the split is adaptive, so the sample-ratio "
-                      "check and fixed-horizon p-values are indicative only; the mSPRT p-values stay valid")
+        notes.append(
+            "Thompson allocation moves weights as data arrives: the split is adaptive, so the sample-ratio "
+            "check and fixed-horizon p-values are indicative only; the mSPRT p-values stay valid"
+        )
     guardrails = []
     for metric in spec.guardrails:
         if primary is None:
             break
         stats = _stats(counters, metric)
-        report = analyze([stats[v] for v in names], control, weights=[shares[v] for v in names], alpha=spec.alpha,
-                         correction=spec.correction, draws=draws)
+        report = analyze(
+            [stats[v] for v in names],
+            control,
+            weights=[shares[v] for v in names],
+            alpha=spec.alpha,
+            correction=spec.correction,
+            draws=draws,
+        )
         treated = [a for a in report.arms if a.arm != control]
         if metric == "value":
-            harmed = [a.arm for a in treated if a.value_p_adjusted is not None and a.value_p_adjusted < spec.alpha
-                      and (a.value_t or 0) < 0]
+            harmed = [
+                a.arm
+                for a in treated
+                if a.value_p_adjusted is not None and a.value_p_adjusted < spec.alpha and (a.value_t or 0) < 0
+            ]
         else:
             harmed = [a.arm for a in treated if a.significant and a.z is not None and a.z < 0]
         guardrails.append(GuardrailResult(metric=metric, harmed=harmed, report=report))
@@ -527,14 +576,34 @@ def results(spec: ExperimentSpec, counters: dict[str, Any], weights: dict[str, f
     holdout = None
     held = primary_stats.get(HOLDOUT)
     if held is not None and held.n > 0 and in_arms > 0:
-        pooled = ArmStats(arm="experiment", n=in_arms, conversions=sum(a.conversions for a in arms),
-                          value_sum=sum(a.value_sum for a in arms), value_sum_sq=sum(a.value_sum_sq for a in arms))
-        holdout = analyze([msgspec.structs.replace(held, arm=HOLDOUT), pooled], HOLDOUT,
-                          weights=[shares[HOLDOUT], 1 - shares[HOLDOUT]], alpha=spec.alpha)
-    return Results(experiment=spec.id, status=spec.status, primary_metric=spec.primary_metric, control=control,
-                   users=sum(c.users for c in counters.values()), variants=rows, primary=primary,
-                   guardrails=guardrails, factors=effects, interactions=interactions,
-                   bandit_weights=weights if spec.allocation == "thompson" else None, holdout=holdout, notes=notes)
+        pooled = ArmStats(
+            arm="experiment",
+            n=in_arms,
+            conversions=sum(a.conversions for a in arms),
+            value_sum=sum(a.value_sum for a in arms),
+            value_sum_sq=sum(a.value_sum_sq for a in arms),
+        )
+        holdout = analyze(
+            [msgspec.structs.replace(held, arm=HOLDOUT), pooled],
+            HOLDOUT,
+            weights=[shares[HOLDOUT], 1 - shares[HOLDOUT]],
+            alpha=spec.alpha,
+        )
+    return Results(
+        experiment=spec.id,
+        status=spec.status,
+        primary_metric=spec.primary_metric,
+        control=control,
+        users=sum(c.users for c in counters.values()),
+        variants=rows,
+        primary=primary,
+        guardrails=guardrails,
+        factors=effects,
+        interactions=interactions,
+        bandit_weights=weights if spec.allocation == "thompson" else None,
+        holdout=holdout,
+        notes=notes,
+    )
 
 
 # --------------------------------------------------------------------------- routes
@@ -548,7 +617,7 @@ class AllocationPatch(_Body):
     """A new allocation: weights by arm name (others keep theirs) and/or the holdout share.
 
     Users already assigned keep their arm unless their arm's weight fell or another grew
-    (see `engine.experiments`: the fewest users possible move).
+    (see `engine.experiments.assignment`: the fewest users possible move).
     """
 
     weights: dict[VariantName, Annotated[float, msgspec.Meta(ge=0, le=1e6)]] = {}
@@ -557,10 +626,14 @@ class AllocationPatch(_Body):
 
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:
-    texts = {400: "the body is malformed: not JSON, wrong types or unknown fields",
-             401: "no API key, or an unknown one", 403: "the API key lacks the route's scope",
-             404: "there is no such experiment", 409: "the experiment's state does not allow it (the reason says why)",
-             422: "the design is invalid (the reason says why)"}
+    texts = {
+        400: "the body is malformed: not JSON, wrong types or unknown fields",
+        401: "no API key, or an unknown one",
+        403: "the API key lacks the route's scope",
+        404: "there is no such experiment",
+        409: "the experiment's state does not allow it (the reason says why)",
+        422: "the design is invalid (the reason says why)",
+    }
     return {code: ResponseSpec(ErrorBody, description=texts[code]) for code in (401, 403, *codes)}
 
 
@@ -586,14 +659,19 @@ def _check_content(spec: ExperimentSpec, templates, model_versions: Callable[[],
                     template = templates.store.get(v.template_id, v.template_version)
                 except LookupError:
                     version = f" version {v.template_version}" if v.template_version else ""
-                    raise ValueError(f"variant {v.name!r}: there is no template {v.template_id!r}{version}: "
-                                     "create it with POST /v1/templates first") from None
+                    raise ValueError(
+                        f"variant {v.name!r}: there is no template {v.template_id!r}{version}: "
+                        "create it with POST /v1/templates first"
+                    ) from None
                 if template.slot != slot:
-                    raise ValueError(f"variant {v.name!r}: template {v.template_id!r} is for the {template.slot} "
-                                     f"slot, not {slot}")
+                    raise ValueError(
+                        f"variant {v.name!r}: template {v.template_id!r} is for the {template.slot} slot, not {slot}"
+                    )
             if v.model_version is not None and v.model_version not in model_versions():
-                raise ValueError(f"variant {v.name!r}: copy model version {v.model_version!r} is not being served "
-                                 f"nor in the model registry (known: {sorted(model_versions())})")
+                raise ValueError(
+                    f"variant {v.name!r}: copy model version {v.model_version!r} is not being served "
+                    f"nor in the model registry (known: {sorted(model_versions())})"
+                )
 
 
 class ExperimentController(Controller):
@@ -623,13 +701,19 @@ class ExperimentController(Controller):
             return state.experiment_store.update(spec.id, make)
 
     @get(summary="List experiments", opt={"scope": "serve"}, sync_to_thread=True, responses=_errors())
-    def list_experiments(self, request: Request,
-                         status: Literal["draft", "running", "stopped"] | None = None) -> list[ExperimentSpec]:
+    def list_experiments(
+        self, request: Request, status: Literal["draft", "running", "stopped"] | None = None
+    ) -> list[ExperimentSpec]:
         """Every experiment, by id (``?status=running`` for the live ones)."""
         return [s for s in request.app.state.experiment_store.all() if status is None or s.status == status]
 
-    @get("/{experiment_id:str}", summary="Read an experiment", opt={"scope": "serve"}, sync_to_thread=True,
-         responses=_errors(404))
+    @get(
+        "/{experiment_id:str}",
+        summary="Read an experiment",
+        opt={"scope": "serve"},
+        sync_to_thread=True,
+        responses=_errors(404),
+    )
     def get_experiment(self, request: Request, experiment_id: FromPath[str]) -> ExperimentSpec:
         """One experiment's definition and status."""
         with _http_errors():
@@ -641,8 +725,9 @@ class ExperimentController(Controller):
             raise _missing(experiment_id)
         return spec
 
-    def _transition(self, request: Request, experiment_id: str,
-                    change: Callable[[ExperimentSpec], ExperimentSpec]) -> ExperimentSpec:
+    def _transition(
+        self, request: Request, experiment_id: str, change: Callable[[ExperimentSpec], ExperimentSpec]
+    ) -> ExperimentSpec:
         state = request.app.state
 
         def make(current: ExperimentSpec | None) -> ExperimentSpec:
@@ -655,28 +740,46 @@ class ExperimentController(Controller):
         state.experiments.refresh(force=True)
         return spec
 
-    @post("/{experiment_id:str}/start", summary="Start an experiment", opt={"scope": "admin"}, sync_to_thread=True,
-          status_code=200, responses=_errors(404, 409, 422))
+    @post(
+        "/{experiment_id:str}/start",
+        summary="Start an experiment",
+        opt={"scope": "admin"},
+        sync_to_thread=True,
+        status_code=200,
+        responses=_errors(404, 409, 422),
+    )
     def start_experiment(self, request: Request, experiment_id: FromPath[str]) -> ExperimentSpec:
         """Start assigning users. Refused (409) if another running experiment uses one of its slots."""
         state = request.app.state
 
         def start(spec: ExperimentSpec) -> ExperimentSpec:
             if spec.status != "draft":
-                raise ExperimentError(f"experiment {spec.id!r} is {spec.status}: only a draft can start (to run it "
-                                      "again, create a new experiment: a new id reshuffles users)", 409)
+                raise ExperimentError(
+                    f"experiment {spec.id!r} is {spec.status}: only a draft can start (to run it "
+                    "again, create a new experiment: a new id reshuffles users)",
+                    409,
+                )
             _check_content(spec, state.templates, state.writer.model_versions)
             for other in state.experiment_store.all():
                 clash = set(other.slots) & set(spec.slots)
                 if other.status == "running" and clash:
-                    raise ExperimentError(f"experiment {other.id!r} is running on {sorted(clash)}: stop it first "
-                                          "(one experiment per slot keeps their results apart)", 409)
+                    raise ExperimentError(
+                        f"experiment {other.id!r} is running on {sorted(clash)}: stop it first "
+                        "(one experiment per slot keeps their results apart)",
+                        409,
+                    )
             return msgspec.structs.replace(spec, status="running", started=_now())
 
         return self._transition(request, experiment_id, start)
 
-    @post("/{experiment_id:str}/stop", summary="Stop an experiment", opt={"scope": "admin"}, sync_to_thread=True,
-          status_code=200, responses=_errors(404, 409))
+    @post(
+        "/{experiment_id:str}/stop",
+        summary="Stop an experiment",
+        opt={"scope": "admin"},
+        sync_to_thread=True,
+        status_code=200,
+        responses=_errors(404, 409),
+    )
     def stop_experiment(self, request: Request, experiment_id: FromPath[str]) -> ExperimentSpec:
         """Stop assigning users: everyone gets normal content again. Results stay readable."""
 
@@ -687,10 +790,16 @@ class ExperimentController(Controller):
 
         return self._transition(request, experiment_id, stop)
 
-    @patch("/{experiment_id:str}", summary="Change an experiment's allocation", opt={"scope": "admin"},
-           sync_to_thread=True, responses=_errors(400, 404, 409, 422))
-    def update_allocation(self, request: Request, experiment_id: FromPath[str],
-                          data: JSONBody[AllocationPatch]) -> ExperimentSpec:
+    @patch(
+        "/{experiment_id:str}",
+        summary="Change an experiment's allocation",
+        opt={"scope": "admin"},
+        sync_to_thread=True,
+        responses=_errors(400, 404, 409, 422),
+    )
+    def update_allocation(
+        self, request: Request, experiment_id: FromPath[str], data: JSONBody[AllocationPatch]
+    ) -> ExperimentSpec:
         """Change arm weights, the holdout share or the description (running or not)."""
 
         def change(spec: ExperimentSpec) -> ExperimentSpec:
@@ -699,23 +808,33 @@ class ExperimentController(Controller):
             if data.weights and spec.factorial:
                 raise ValueError("a factorial experiment's levels are equally likely: it has no weights to change")
             if spec.allocation == "thompson" and any(w > 0 for w in data.weights.values()):
-                raise ValueError("a Thompson experiment's weights follow its counters: a weight can only be set to "
-                                 "0 (the arm leaves the bandit)")
+                raise ValueError(
+                    "a Thompson experiment's weights follow its counters: a weight can only be set to "
+                    "0 (the arm leaves the bandit)"
+                )
             unknown = set(data.weights) - {a.name for a in spec.arms}
             if unknown:
                 raise ValueError(f"no arms named {sorted(unknown)}: the arms are {[a.name for a in spec.arms]}")
             arms = [msgspec.structs.replace(a, weight=data.weights.get(a.name, a.weight)) for a in spec.arms]
             new = msgspec.structs.replace(
-                spec, arms=arms, holdout=spec.holdout if data.holdout is None else data.holdout,
-                description=spec.description if data.description is None else data.description)
+                spec,
+                arms=arms,
+                holdout=spec.holdout if data.holdout is None else data.holdout,
+                description=spec.description if data.description is None else data.description,
+            )
             if spec.status == "running" and (new.arms != spec.arms or new.holdout != spec.holdout):
                 new = msgspec.structs.replace(new, reallocated=_now())  # users already assigned stay put
             return check_spec(new)
 
         return self._transition(request, experiment_id, change)
 
-    @get("/{experiment_id:str}/results", summary="An experiment's results", opt={"scope": "serve"},
-         sync_to_thread=True, responses=_errors(404))
+    @get(
+        "/{experiment_id:str}/results",
+        summary="An experiment's results",
+        opt={"scope": "serve"},
+        sync_to_thread=True,
+        responses=_errors(404),
+    )
     def experiment_results(self, request: Request, experiment_id: FromPath[str]) -> Results:
         """Per variant: users, rates with 95% intervals, tests against the control, chance to beat it,
         the always-valid sequential p-value, the sample-ratio check, guardrails and factorial effects."""
@@ -728,7 +847,7 @@ class ExperimentController(Controller):
 
 def read_counters(store, spec: ExperimentSpec) -> dict[str, Any]:
     """``{variant: ArmCounters}`` for every cell and the holdout (zeros where nothing was counted)."""
-    from flows.experiments import read_arm_counters
+    from store.online import read_arm_counters
 
     return read_arm_counters(store, spec.id, [*cells(spec), HOLDOUT])
 

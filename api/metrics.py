@@ -16,8 +16,12 @@ from prometheus_client import Counter, Gauge, Histogram
 _LABELS = ("method", "path", "status_code", "app_name")
 REQUESTS = Counter("tailor_api_requests_total", "Requests answered, per route and status.", _LABELS)
 ERRORS = Counter("tailor_api_requests_error_total", "Requests answered with a 5xx.", _LABELS)
-DURATION = Histogram("tailor_api_request_duration_seconds", "Time from the request to the response's last byte.",
-                     _LABELS, buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0))
+DURATION = Histogram(
+    "tailor_api_request_duration_seconds",
+    "Time from the request to the response's last byte.",
+    _LABELS,
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 IN_PROGRESS = Gauge("tailor_api_requests_in_progress", "Requests being answered.", ["app_name"])
 
 
@@ -53,8 +57,11 @@ class RequestMetrics:
             children = self._children.get(key)
             if children is None:
                 labels = (key[0], key[1], str(status), self.app_name)
-                children = self._children[key] = (REQUESTS.labels(*labels), DURATION.labels(*labels),
-                                                  ERRORS.labels(*labels) if status >= 500 else None)
+                children = self._children[key] = (
+                    REQUESTS.labels(*labels),
+                    DURATION.labels(*labels),
+                    ERRORS.labels(*labels) if status >= 500 else None,
+                )
             children[0].inc()
             children[1].observe(time.perf_counter() - start)
             if children[2] is not None:

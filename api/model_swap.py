@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from models.manifest import MANIFEST, ModelDirError
+from models.serve.manifest import MANIFEST, ModelDirError
 
 log = logging.getLogger("tailor.api")
 
@@ -49,8 +49,9 @@ class ModelWatcher:
         try:
             generator = await asyncio.get_running_loop().run_in_executor(None, open_generator, identity[0])
         except (ModelDirError, OSError, RuntimeError, ValueError) as exc:
-            log.warning("not swapping to the model in %s: %s (still serving %s)", identity[0], exc,
-                        self.writer.model_version)
+            log.warning(
+                "not swapping to the model in %s: %s (still serving %s)", identity[0], exc, self.writer.model_version
+            )
             self._failed = identity
             return False
         self.seen = identity

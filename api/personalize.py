@@ -2,14 +2,14 @@
 
 One request, in order:
 
-1. the user's activity features and segment, from the online store (`api.online`);
+1. the user's activity features and segment, from the online store (`store.online`);
 2. the segment's readable label (its profile), mapped to the copy model's
-   segment style (the manifest's map, else `models.corpus.segment_style_for_label`);
-3. the template for (slot, segment) (`engine.personalize.choose_template`) and a tone;
+   segment style (the manifest's map, else `models.train.corpus.segment_style_for_label`);
+3. the template for (slot, segment) (`engine.content.personalize.choose_template`) and a tone;
 4. each ``ai.<slot>`` the template uses: from the copy cache, else generated
    with control codes (segment style, slot, tone) through the batching
    generator, waiting at most ``TAILOR_GENERATION_BUDGET_MS``;
-5. the copy grounded in the featured item (`engine.personalize.ground_copy`:
+5. the copy grounded in the featured item (`engine.content.personalize.ground_copy`:
    the model writes catalog names and prices; they become the item's own) and
    checked against the brand rules; copy that is late, failed, cannot be
    grounded or broke a rule is replaced by the template's default copy, and the
@@ -17,7 +17,7 @@ One request, in order:
 6. the template rendered with the caller's context (used for this response,
    never stored) and the featured item. A template that cannot render (a filter
    fails on the caller's value, a body stored before save-time checks) is
-   replaced by the slot's default template (`engine.personalize.default_templates`),
+   replaced by the slot's default template (`engine.content.personalize.default_templates`),
    and ``explanation.fallbacks`` says why: never a 500.
 """
 
@@ -36,9 +36,8 @@ import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
 from api.cache import CachedCopy, CopyCache, copy_key
-from engine.brand import BrandRules, Slot, check
-from engine.events import Event
-from engine.personalize import (
+from engine.content.brand import BrandRules, Slot, check
+from engine.content.personalize import (
     choose_item,
     choose_template,
     default_templates,
@@ -46,21 +45,32 @@ from engine.personalize import (
     ground_copy,
     tone_for,
 )
-from engine.templates import ITEM_FIELDS, RenderFailed, TemplateError, render
+from engine.content.templates import ITEM_FIELDS, RenderFailed, TemplateError, render
+from engine.features.events import Event
 
 log = logging.getLogger("tailor.api")
 
 COPY_CACHE = Counter("tailor_copy_cache_lookups_total", "Generated-copy cache lookups, by result.", ["result"])
 COPY_CACHE_RATIO = Gauge("tailor_copy_cache_hit_ratio", "Share of copy-cache lookups that hit, since start.")
-FALLBACKS = Counter("tailor_copy_fallbacks_total",
-                    "Default copy served instead of generated copy (or, reason 'template', the slot's default "
-                    "template instead of one that could not render), by reason.", ["reason"])
-GENERATOR_BATCH = Histogram("tailor_generator_batch_size", "Prompts per generator batch.",
-                            buckets=(1, 2, 4, 8, 16, 32, 64))
-GENERATOR_WAIT = Histogram("tailor_generator_queue_wait_seconds", "Time a prompt waited for its batch to start.",
-                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25))
-GENERATOR_SECONDS = Histogram("tailor_generator_batch_seconds", "Time to generate one batch.",
-                              buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0))
+FALLBACKS = Counter(
+    "tailor_copy_fallbacks_total",
+    "Default copy served instead of generated copy (or, reason 'template', the slot's default "
+    "template instead of one that could not render), by reason.",
+    ["reason"],
+)
+GENERATOR_BATCH = Histogram(
+    "tailor_generator_batch_size", "Prompts per generator batch.", buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+GENERATOR_WAIT = Histogram(
+    "tailor_generator_queue_wait_seconds",
+    "Time a prompt waited for its batch to start.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
+GENERATOR_SECONDS = Histogram(
+    "tailor_generator_batch_seconds",
+    "Time to generate one batch.",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 
 #: New tokens generated per slot: room for the slot's longest copy, no more.
 NEW_TOKENS: dict[str, int] = {"headline": 20, "description": 56, "cta": 10, "email_subject": 24}
@@ -92,8 +102,9 @@ class PersonalizeRequest(Strict, frozen=True):
 
     user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     slot: Slot
-    context: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Text | int | float | bool | None],
-                       msgspec.Meta(max_length=32)] = {}
+    context: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=64)], Text | int | float | bool | None], msgspec.Meta(max_length=32)
+    ] = {}
     items: Annotated[list[ItemIn], msgspec.Meta(max_length=50)] = []
     template_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
@@ -156,7 +167,7 @@ def open_generator(folder: str | Path):
     As many threads as CPUs this process may use (not the machine's cores: it may be
     pinned), and no spinning between batches: the event loop shares those CPUs.
     """
-    from models.runtime import Generator
+    from models.serve.runtime import Generator
 
     return Generator(folder, intra_op_threads=len(os.sched_getaffinity(0)), spinning=False)
 
@@ -174,8 +185,15 @@ class CopyWriter:
     #: Seconds an old model's queue keeps running after a swap, for the generations it holds.
     SWAP_GRACE_S = 5.0
 
-    def __init__(self, cache: CopyCache, rules: BrandRules, budget_ms: float, unavailable: str = "",
-                 registry: str | Path | None = None, make_batcher=None):
+    def __init__(
+        self,
+        cache: CopyCache,
+        rules: BrandRules,
+        budget_ms: float,
+        unavailable: str = "",
+        registry: str | Path | None = None,
+        make_batcher=None,
+    ):
         self.current: Loaded | None = None
         self.cache = cache
         self.rules = rules
@@ -199,7 +217,7 @@ class CopyWriter:
 
     def model_versions(self) -> set[str]:
         """The versions this process can generate with: the served one and the registry's."""
-        from models.registry import versions
+        from models.serve.registry import versions
 
         known = {self.model_version} - {None}
         return known | set(versions(self.registry)) if self.registry else known
@@ -217,8 +235,11 @@ class CopyWriter:
             task = asyncio.create_task(self._retire(old.batcher))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
-        log.info("now serving copy model %s (was %s)", generator.version,
-                 old.generator.version if old is not None else "none")
+        log.info(
+            "now serving copy model %s (was %s)",
+            generator.version,
+            old.generator.version if old is not None else "none",
+        )
 
     async def _retire(self, batcher) -> None:
         await asyncio.sleep(self.SWAP_GRACE_S)
@@ -245,7 +266,7 @@ class CopyWriter:
         return None, f"copy model version {version} is loading (the next requests will use it)"
 
     async def _load(self, version: str) -> None:
-        from models.registry import version_dir
+        from models.serve.registry import version_dir
 
         folder = None
         try:
@@ -258,15 +279,16 @@ class CopyWriter:
             log.warning("cannot load copy model version %s from %s: %s", version, folder, exc)
 
     def style_for(self, label: str | None) -> str:
-        from models.corpus import DEFAULT_STYLE, segment_style_for_label
+        from models.train.corpus import DEFAULT_STYLE, segment_style_for_label
 
         if label is None:
             return DEFAULT_STYLE
         styles = self.generator.manifest.segment_styles if self.generator is not None else {}
         return styles.get(label) or segment_style_for_label(label)
 
-    async def copy_for(self, key: str, style: str, slot: str, tone: str, version: str | None = None
-                       ) -> tuple[str | None, bool, str | None]:
+    async def copy_for(
+        self, key: str, style: str, slot: str, tone: str, version: str | None = None
+    ) -> tuple[str | None, bool, str | None]:
         """(text or None, from the cache, why not generated copy) for one ai slot.
 
         ``version``: generate with that model version (an experiment arm's) instead of the served one.
@@ -280,14 +302,19 @@ class CopyWriter:
         if cached is None:
             task = self._pending.get(key)
             if task is None:  # one generation per key, however many requests wait for it
-                task = self._pending[key] = asyncio.create_task(self._generate(loaded.batcher, key, style, slot,
-                                                                               tone))
+                task = self._pending[key] = asyncio.create_task(self._generate(loaded.batcher, key, style, slot, tone))
                 task.add_done_callback(lambda t: self._finished(key, t))
             try:
                 cached = await asyncio.wait_for(asyncio.shield(task), self.budget_s)
             except TimeoutError:
-                return None, False, (f"generation took longer than {self.budget_s * 1000:g} ms "
-                                     "(the copy will be cached for the next request)")
+                return (
+                    None,
+                    False,
+                    (
+                        f"generation took longer than {self.budget_s * 1000:g} ms "
+                        "(the copy will be cached for the next request)"
+                    ),
+                )
             except Exception as exc:  # noqa: BLE001 - the request still gets default copy
                 return None, False, f"generation failed: {type(exc).__name__}: {exc}"[:200]
         return cached.text, hit, None
@@ -298,10 +325,9 @@ class CopyWriter:
             log.warning("copy generation for %s failed: %r", key, task.exception())
 
     async def _generate(self, batcher, key: str, style: str, slot: str, tone: str) -> CachedCopy:
-        from models.corpus import control_prefix
+        from models.train.corpus import control_prefix
 
-        result = await batcher.generate(control_prefix(style, slot, tone), max_new_tokens=NEW_TOKENS[slot],
-                                             **SAMPLING)
+        result = await batcher.generate(control_prefix(style, slot, tone), max_new_tokens=NEW_TOKENS[slot], **SAMPLING)
         value = CachedCopy(result.text.strip())
         await self.cache.put(key, value)
         return value
@@ -334,13 +360,21 @@ def _count(hit: bool) -> None:
     COPY_CACHE_RATIO.set(_lookups["hit"] / (_lookups["hit"] + _lookups["miss"]))
 
 
-async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, templates, writer: CopyWriter,
-                      experiments=None, expose: Callable[[Event], None] | None = None) -> Personalized:
+async def personalize(
+    request: PersonalizeRequest,
+    *,
+    pseudonym: str,
+    reader,
+    templates,
+    writer: CopyWriter,
+    experiments=None,
+    expose: Callable[[Event], None] | None = None,
+) -> Personalized:
     """The content for one request (see the module docstring for the steps).
 
     ``experiments`` (`api.experiments.LiveExperiments`) puts the user in the slot's running
     experiment, if any targets them; ``expose`` logs the impression event of the response.
-    Raises `TemplateError` or `engine.personalize.NoTemplate` with a reason the caller can act on.
+    Raises `TemplateError` or `engine.content.personalize.NoTemplate` with a reason the caller can act on.
     """
     features, segment = reader.features(pseudonym)
     profile = reader.profiles().get(segment.segment) if segment is not None else None
@@ -351,14 +385,17 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
     elif profile is None:
         segment_why = f"segment {segment.segment} (model v{segment.model_version}), no profile yet; {style} copy"
     else:
-        segment_why = (f"segment {segment.segment} '{label}' ({profile.share:.0%} of users, model "
-                       f"v{segment.model_version}); {style} copy")
+        segment_why = (
+            f"segment {segment.segment} '{label}' ({profile.share:.0%} of users, model "
+            f"v{segment.model_version}); {style} copy"
+        )
 
     # A caller that names its template opts out of experiments on the slot.
     assignment = None
     if experiments is not None and request.template_id is None:
-        assignment = experiments.assign(request.slot, pseudonym, segment.segment if segment is not None else None,
-                                        label, first_arm=reader.first_arm)
+        assignment = experiments.assign(
+            request.slot, pseudonym, segment.segment if segment is not None else None, label, first_arm=reader.first_arm
+        )
     arm = assignment.content if assignment is not None else None
     live = templates.for_slot(request.slot)
     if assignment is not None and arm is None:  # the holdout: the slot's default content
@@ -368,8 +405,9 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
         template = _pinned(templates, arm.template_id, arm.template_version, request.slot)
         template_why = f"arm {arm.name} of experiment {assignment.experiment}"
     else:
-        template, template_why = choose_template(live, slot=request.slot, style=style, label=label,
-                                                 template_id=request.template_id)
+        template, template_why = choose_template(
+            live, slot=request.slot, style=style, label=label, template_id=request.template_id
+        )
         if assignment is not None:
             template_why += f" (arm {arm.name} of experiment {assignment.experiment})"
     tone, tone_why = tone_for(template, style)
@@ -386,8 +424,9 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
         if default_copy:  # by design (holdout, or a default-copy arm): not a fallback
             copy[slot] = template.default_copy[slot]
             continue
-        key = copy_key(version or writer.model_version or "-", template.template_id, template.version, style, slot,
-                       tone, item_id)
+        key = copy_key(
+            version or writer.model_version or "-", template.template_id, template.version, style, slot, tone, item_id
+        )
         text, cached, why = await writer.copy_for(key, style, slot, tone, version)
         all_cached = all_cached and cached
         if text is not None:
@@ -406,20 +445,27 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
     except RenderFailed as failed:
         template, rendered = _render_default(failed, template, live, request, item_values, copy, discount_pct)
         template_why = f"the slot's default template, because {failed.reason}"
-        fallbacks.append(Fallback(request.slot, f"{failed.reason}: served {template.template_id} "
-                                                f"v{template.version} instead"))
+        fallbacks.append(
+            Fallback(request.slot, f"{failed.reason}: served {template.template_id} v{template.version} instead")
+        )
         FALLBACKS.labels("template").inc()
-        copy = {slot: template.default_copy[slot] if slot in rendered.used_defaults else copy[slot]
-                for slot in rendered.fields.ai}
+        copy = {
+            slot: template.default_copy[slot] if slot in rendered.used_defaults else copy[slot]
+            for slot in rendered.fields.ai
+        }
     model_version = None if default_copy else (version or writer.model_version)
     experiment = assignment.experiment if assignment is not None else None
     variant = assignment.variant if assignment is not None else None
     exposure_id = None
     if expose is not None:
         exposure_id = uuid.uuid4().hex
-        props: dict[str, Any] = {"slot": request.slot, "template": f"{template.template_id}@{template.version}",
-                                 "style": style, "tone": tone,
-                                 "generated": bool(fields.ai) and not default_copy and not fallbacks}
+        props: dict[str, Any] = {
+            "slot": request.slot,
+            "template": f"{template.template_id}@{template.version}",
+            "style": style,
+            "tone": tone,
+            "generated": bool(fields.ai) and not default_copy and not fallbacks,
+        }
         if segment is not None:
             props["segment"] = segment.segment
         if label is not None:
@@ -428,9 +474,19 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
             props["model_version"] = model_version
         for slot, text in copy.items():
             props[f"copy.{slot}"] = text
-        expose(Event(event_id=exposure_id, type="impression", user_id=pseudonym, ts=int(time.time() * 1000),
-                     item_id=item_id, category=item.get("category") if item else None, experiment=experiment,
-                     variant=variant, props=props))
+        expose(
+            Event(
+                event_id=exposure_id,
+                type="impression",
+                user_id=pseudonym,
+                ts=int(time.time() * 1000),
+                item_id=item_id,
+                category=item.get("category") if item else None,
+                experiment=experiment,
+                variant=variant,
+                props=props,
+            )
+        )
     return Personalized(
         content=Content(rendered.text, request.slot, copy, item_id),
         template_id=template.template_id,
@@ -442,9 +498,13 @@ async def personalize(request: PersonalizeRequest, *, pseudonym: str, reader, te
         model_version=model_version,
         cached=all_cached,
         explanation=Explanation(
-            segment=segment_why, style=style, template=f"{template.template_id} v{template.version}: {template_why}",
-            tone=f"{tone}: {tone_why}", item=f"{item_id}: {item_why}" if item_id else item_why,
-            features=explaining_features(features), fallbacks=fallbacks,
+            segment=segment_why,
+            style=style,
+            template=f"{template.template_id} v{template.version}: {template_why}",
+            tone=f"{tone}: {tone_why}",
+            item=f"{item_id}: {item_why}" if item_id else item_why,
+            features=explaining_features(features),
+            fallbacks=fallbacks,
         ),
         exposure_id=exposure_id,
     )
@@ -454,8 +514,7 @@ _PINNED: dict[tuple[str, int], Any] = {}
 _WARNED: set[tuple[str, int]] = set()
 
 
-def _render_default(failed: RenderFailed, template, live, request: PersonalizeRequest, item_values, copy,
-                    discount_pct):
+def _render_default(failed: RenderFailed, template, live, request: PersonalizeRequest, item_values, copy, discount_pct):
     """(template, RenderResult) of the first of the slot's defaults that renders this request, else the reason."""
     if (template.template_id, template.version) not in _WARNED:  # once per version: not a log line per request
         _WARNED.add((template.template_id, template.version))
@@ -463,8 +522,9 @@ def _render_default(failed: RenderFailed, template, live, request: PersonalizeRe
     why = "there is none"
     for candidate in default_templates(live, slot=request.slot, failed=template):
         try:
-            return candidate, render(candidate, user=request.context, item=item_values, ai=copy,
-                                     discount_pct=discount_pct)
+            return candidate, render(
+                candidate, user=request.context, item=item_values, ai=copy, discount_pct=discount_pct
+            )
         except TemplateError as exc:
             why = exc.reason
     raise TemplateError(f"{failed.reason}; no default {request.slot} template could serve instead ({why})")
@@ -472,13 +532,14 @@ def _render_default(failed: RenderFailed, template, live, request: PersonalizeRe
 
 def _pinned(templates, template_id: str, version: int | None, slot: str):
     """An arm's template: a fixed version (versions never change: cached), or the live latest one."""
-    from engine.personalize import NoTemplate
+    from engine.content.personalize import NoTemplate
 
     if version is None:
         template = templates.by_id(template_id)
         if template is None or template.slot != slot:
-            raise NoTemplate(f"the experiment's template {template_id!r} is not live for {slot}: "
-                             "unarchive it or stop the experiment")
+            raise NoTemplate(
+                f"the experiment's template {template_id!r} is not live for {slot}: unarchive it or stop the experiment"
+            )
         return template
     template = _PINNED.get((template_id, version))
     if template is None:
@@ -489,9 +550,13 @@ def _pinned(templates, template_id: str, version: int | None, slot: str):
 def _reason_kind(why: str | None) -> str:
     if not why:
         return "other"
-    for prefix, kind in (("generation took", "slow"), ("generation failed", "error"), ("generated copy broke", "brand"),
-                         ("generated copy", "ungrounded"), ("no copy model", "no_model")):
+    for prefix, kind in (
+        ("generation took", "slow"),
+        ("generation failed", "error"),
+        ("generated copy broke", "brand"),
+        ("generated copy", "ungrounded"),
+        ("no copy model", "no_model"),
+    ):
         if why.startswith(prefix):
             return kind
     return "other"
-

@@ -42,8 +42,8 @@ class RedisHealth:
             self.status = status
 
     def check(self) -> str:
-        """"ok" (with what was restored lately, if anything), or "unreachable: <why>"."""
-        from flows.redis_guard import RedisUnavailable
+        """ "ok" (with what was restored lately, if anything), or "unreachable: <why>"."""
+        from store.redis_guard import RedisUnavailable
 
         try:
             with self.breaker:
@@ -57,8 +57,12 @@ class RedisHealth:
             return f"unreachable: {detail}"[:300]
         # A store may have restored itself (its revision read found Redis empty): say so too.
         now = time.monotonic()
-        notes = [f"{what} at {_clock_time(at)}" for store in self.stores
-                 for at, what in [store.recovered] if what and now - at < NOTE_S]
+        notes = [
+            f"{what} at {_clock_time(at)}"
+            for store in self.stores
+            for at, what in [store.recovered]
+            if what and now - at < NOTE_S
+        ]
         return f"ok (Redis had lost its data: {'; '.join(notes)})" if notes else "ok"
 
     def close(self) -> None:
@@ -72,8 +76,11 @@ def _clock_time(monotonic_at: float) -> str:
 
 def open_redis_health(settings, stores: list) -> RedisHealth:
     """The health check of ``settings.redis_url`` for ``stores``, with the API's bounds and breaker."""
-    from api.templates import redis_client
-    from flows.redis_guard import breaker_for
+    from store.redis_guard import breaker_for, redis_client
 
-    return RedisHealth(redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
-                       breaker_for(settings.redis_url, settings.redis_breaker_s), stores, settings.redis_check_s)
+    return RedisHealth(
+        redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
+        breaker_for(settings.redis_url, settings.redis_breaker_s),
+        stores,
+        settings.redis_check_s,
+    )

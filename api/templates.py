@@ -17,7 +17,7 @@ Two stores, one interface (`TemplateStore`):
   version in the SQLite file (written through on its own writes, synced from
   Redis when the revision moves), and `RedisTemplateStore.recover` puts them back
   if Redis lost its data (a restart without persistence, a FLUSHALL). Every
-  Redis call is bounded (`flows.redis_guard`); one Redis cannot answer is a
+  Redis call is bounded (`store.redis_guard`); one Redis cannot answer is a
   `StoreUnavailable` (HTTP 503).
 
 Each store keeps a revision counter, bumped in the same transaction as every
@@ -66,13 +66,13 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, patch, post
-from litestar.exceptions import HTTPException, NotFoundException, ServiceUnavailableException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from engine.brand import MAX_CHARS, Slot, Tone
-from engine.settings import Settings
-from engine.templates import (
+from config.settings import Settings
+from engine.content.brand import MAX_CHARS, Slot, Tone
+from engine.content.templates import (
     DEFAULT_TEMPLATES,
     MAX_BODY_CHARS,
     Template,
@@ -81,6 +81,7 @@ from engine.templates import (
     new_template,
     revise,
 )
+from store.redis_guard import StoreUnavailable, redis_call, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +98,6 @@ class TemplateStoreError(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-class StoreUnavailable(ServiceUnavailableException):
-    """A store in Redis did not answer: a 503 whose detail says so and to retry (any route that needs it)."""
-
-
-@contextmanager
-def redis_call(breaker, what: str) -> Iterator[None]:
-    """A Redis call through ``breaker``; an outage becomes `StoreUnavailable` naming ``what``."""
-    from flows.redis_guard import RedisUnavailable
-
-    try:
-        with breaker:
-            yield
-    except RedisUnavailable as exc:
-        raise StoreUnavailable(detail=f"the {what} is unavailable: {exc.reason}; retry in a few seconds") from None
 
 
 class TemplateNotFound(TemplateStoreError, LookupError):
@@ -137,8 +122,10 @@ class _Stale:
 
     def error(self) -> StaleTemplate:
         template_id, version = self.fields.get("template_id"), self.fields.get("version")
-        return StaleTemplate(f"template {template_id!r} v{version} is stored but no longer validates "
-                             f"({self.reason}): give it a new body with PATCH /v1/templates/{template_id}")
+        return StaleTemplate(
+            f"template {template_id!r} v{version} is stored but no longer validates "
+            f"({self.reason}): give it a new body with PATCH /v1/templates/{template_id}"
+        )
 
 
 def _decode_stored(raw: bytes | str) -> Template:
@@ -242,8 +229,10 @@ class TemplateStore:
 
         def make(current: Template | None) -> Template:
             if current is not None:
-                raise TemplateConflict(f"template {template.template_id!r} already exists: change it with "
-                                       f"PATCH /v1/templates/{template.template_id}, or pick another id")
+                raise TemplateConflict(
+                    f"template {template.template_id!r} already exists: change it with "
+                    f"PATCH /v1/templates/{template.template_id}, or pick another id"
+                )
             return new
 
         return self._write(template.template_id, make)
@@ -255,8 +244,9 @@ class TemplateStore:
             return found
         if version is None or not (versions := self._versions(template_id)):
             raise _not_found(template_id)
-        raise TemplateNotFound(f"template {template_id!r} has no version {version}: "
-                               f"it has versions 1 to {versions[-1].version}")
+        raise TemplateNotFound(
+            f"template {template_id!r} has no version {version}: it has versions 1 to {versions[-1].version}"
+        )
 
     def versions(self, template_id: str) -> list[Template]:
         """Every version of a template, oldest first; `TemplateNotFound` if there is none."""
@@ -265,21 +255,25 @@ class TemplateStore:
             raise _not_found(template_id)
         return found
 
-    def list(self, *, slot: str | None = None, segment: str | None = None,
-             include_archived: bool = False) -> list[Template]:
+    def list(
+        self, *, slot: str | None = None, segment: str | None = None, include_archived: bool = False
+    ) -> list[Template]:
         """The latest version of each template, sorted by id.
 
         ``slot`` keeps that slot's; ``segment`` keeps those meant for that
         segment (tagged with it, or with no segments: for any); archived ones
         only with ``include_archived``.
         """
-        return [t for t in sorted(self._latest_all(), key=lambda t: t.template_id)
-                if (slot is None or t.slot == slot)
-                and (segment is None or not t.segments or segment in t.segments)
-                and (include_archived or not t.archived)]
+        return [
+            t
+            for t in sorted(self._latest_all(), key=lambda t: t.template_id)
+            if (slot is None or t.slot == slot)
+            and (segment is None or not t.segments or segment in t.segments)
+            and (include_archived or not t.archived)
+        ]
 
     def update(self, template_id: str, changes: dict[str, Any]) -> Template:
-        """A new version with ``changes`` (`engine.templates.revise`); earlier versions stay readable.
+        """A new version with ``changes`` (`engine.content.templates.revise`); earlier versions stay readable.
 
         Raises `TemplateNotFound`, or `TemplateError` when the changed template is invalid.
         """
@@ -338,8 +332,10 @@ class SQLiteTemplateStore(TemplateStore):
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS template_versions (template_id TEXT NOT NULL, "
-                             "version INTEGER NOT NULL, template TEXT NOT NULL, PRIMARY KEY (template_id, version))")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS template_versions (template_id TEXT NOT NULL, "
+                "version INTEGER NOT NULL, template TEXT NOT NULL, PRIMARY KEY (template_id, version))"
+            )
             self._db.execute("CREATE TABLE IF NOT EXISTS template_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
             self._db.execute("INSERT OR IGNORE INTO template_meta VALUES ('revision', 0)")
 
@@ -356,13 +352,17 @@ class SQLiteTemplateStore(TemplateStore):
 
     def _write(self, template_id: str, make: Callable[[Template | None], Template]) -> Template:
         with self._transaction() as db:
-            row = db.execute("SELECT template FROM template_versions WHERE template_id = ? "
-                             "ORDER BY version DESC LIMIT 1", (template_id,)).fetchone()
+            row = db.execute(
+                "SELECT template FROM template_versions WHERE template_id = ? ORDER BY version DESC LIMIT 1",
+                (template_id,),
+            ).fetchone()
             current = _decode_current(row[0]) if row else None
             new = make(current)
             if new is not current:
-                db.execute("INSERT INTO template_versions VALUES (?, ?, ?)",
-                           (new.template_id, new.version, _ENCODER.encode(new).decode()))
+                db.execute(
+                    "INSERT INTO template_versions VALUES (?, ?, ?)",
+                    (new.template_id, new.version, _ENCODER.encode(new).decode()),
+                )
                 db.execute("UPDATE template_meta SET value = value + 1 WHERE key = 'revision'")
             return new
 
@@ -371,23 +371,29 @@ class SQLiteTemplateStore(TemplateStore):
             return self._db.execute(sql, params).fetchall()
 
     def _latest_all(self) -> list[Template]:
-        rows = self._query("SELECT t.template FROM template_versions t JOIN (SELECT template_id, MAX(version) AS v "
-                           "FROM template_versions GROUP BY template_id) m "
-                           "ON t.template_id = m.template_id AND t.version = m.v")
+        rows = self._query(
+            "SELECT t.template FROM template_versions t JOIN (SELECT template_id, MAX(version) AS v "
+            "FROM template_versions GROUP BY template_id) m "
+            "ON t.template_id = m.template_id AND t.version = m.v"
+        )
         return _decode_all(r[0] for r in rows)
 
     def _versions(self, template_id: str) -> list[Template]:
-        rows = self._query("SELECT template FROM template_versions WHERE template_id = ? ORDER BY version",
-                           (template_id,))
+        rows = self._query(
+            "SELECT template FROM template_versions WHERE template_id = ? ORDER BY version", (template_id,)
+        )
         return [_decode_stored(r[0]) for r in rows]
 
     def _get_version(self, template_id: str, version: int | None) -> Template | None:
         if version is None:
-            rows = self._query("SELECT template FROM template_versions WHERE template_id = ? "
-                               "ORDER BY version DESC LIMIT 1", (template_id,))
+            rows = self._query(
+                "SELECT template FROM template_versions WHERE template_id = ? ORDER BY version DESC LIMIT 1",
+                (template_id,),
+            )
         else:
-            rows = self._query("SELECT template FROM template_versions WHERE template_id = ? AND version = ?",
-                               (template_id, version))
+            rows = self._query(
+                "SELECT template FROM template_versions WHERE template_id = ? AND version = ?", (template_id, version)
+            )
         return _decode_stored(rows[0][0]) if rows else None
 
     def revision(self) -> int:
@@ -411,39 +417,6 @@ class SQLiteTemplateStore(TemplateStore):
             self._db.close()
 
 
-def redis_client(url: str, *, use_async: bool = False, timeout_ms: float = 2000.0):
-    """A redis-py client for ``url``: ``host:port[,password=...,db=N,ssl=true]`` (Feast's form) or ``redis://...``.
-
-    ``use_async``: a ``redis.asyncio`` client (the copy cache's) instead of a blocking one.
-    Every call waits at most ``timeout_ms`` to connect and for a reply, and is tried once
-    (`flows.redis_guard.client_options`): redis-py's own retries stalled a call for seconds.
-    """
-    import redis
-    import redis.asyncio
-
-    from flows.redis_guard import client_options
-
-    client = redis.asyncio.Redis if use_async else redis.Redis
-    bounds = client_options(timeout_ms, use_async=use_async)
-    if "://" in url:
-        return client.from_url(url, **bounds)
-    address, *options = url.split(",")
-    host, _, port = address.rpartition(":")
-    kwargs: dict[str, Any] = {"host": host or "localhost", "port": int(port or 6379), **bounds}
-    for option in options:
-        key, _, value = option.partition("=")
-        key = key.strip()
-        if key == "db":
-            kwargs["db"] = int(value)
-        elif key == "ssl":
-            kwargs["ssl"] = value.strip().lower() in ("1", "true", "yes")
-        elif key in ("password", "username"):
-            kwargs[key] = value
-        else:
-            raise ValueError(f"TAILOR_REDIS_URL option {key!r} is not known: use password, username, db or ssl")
-    return client(**kwargs)
-
-
 class RedisTemplateStore(TemplateStore):
     """Templates in Redis, shared by API replicas.
 
@@ -454,12 +427,12 @@ class RedisTemplateStore(TemplateStore):
     the revision in one MULTI, so concurrent writes to one template (two
     creates, two updates) cannot both land on the same version.
 
-    ``breaker`` (`flows.redis_guard.Breaker`) bounds an outage's cost; ``copy``, a
+    ``breaker`` (`store.redis_guard.Breaker`) bounds an outage's cost; ``copy``, a
     `SQLiteTemplateStore`, is the local copy `recover` restores from.
     """
 
     def __init__(self, client, prefix: str = REDIS_PREFIX, *, breaker=None, copy: SQLiteTemplateStore | None = None):
-        from flows.redis_guard import Breaker
+        from store.redis_guard import Breaker
 
         self._redis = client
         self.prefix = prefix
@@ -573,10 +546,16 @@ class RedisTemplateStore(TemplateStore):
         with self._call():
             self._copied = int(self._restore(keys=[self._latest_key, self._revision_key], args=args))
         self._seen = True
-        log.warning("Redis had lost the templates: restored %d versions of %d templates from the local copy %s",
-                    len(kept), len({t.template_id for t in kept}), self.copy.path)
-        self.recovered = (time.monotonic(), f"restored {len({t.template_id for t in kept})} templates "
-                                            f"({len(kept)} versions) from the local copy")
+        log.warning(
+            "Redis had lost the templates: restored %d versions of %d templates from the local copy %s",
+            len(kept),
+            len({t.template_id for t in kept}),
+            self.copy.path,
+        )
+        self.recovered = (
+            time.monotonic(),
+            f"restored {len({t.template_id for t in kept})} templates ({len(kept)} versions) from the local copy",
+        )
         return self.recovered[1]
 
     def _all_versions(self) -> list[Template]:
@@ -618,11 +597,13 @@ def open_template_store(settings: Settings) -> TemplateStore:
     path = Path(settings.template_db or Path(settings.feature_repo) / "data" / "templates.db")
     path.parent.mkdir(parents=True, exist_ok=True)
     if settings.redis_url:
-        from flows.redis_guard import breaker_for
+        from store.redis_guard import breaker_for
 
         store: TemplateStore = RedisTemplateStore(
             redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
-            breaker=breaker_for(settings.redis_url, settings.redis_breaker_s), copy=SQLiteTemplateStore(path))
+            breaker=breaker_for(settings.redis_url, settings.redis_breaker_s),
+            copy=SQLiteTemplateStore(path),
+        )
     else:
         store = SQLiteTemplateStore(path)
     try:
@@ -702,8 +683,11 @@ class LiveTemplates:
             if self._by_slot is None and not self._load_copy():
                 raise
             if not self._failing:
-                log.warning("could not re-read the template store; serving the last snapshot and retrying "
-                            "every %.0f s", self.RETRY_S, exc_info=True)
+                log.warning(
+                    "could not re-read the template store; serving the last snapshot and retrying every %.0f s",
+                    self.RETRY_S,
+                    exc_info=True,
+                )
             self._failing = True
             self._loaded = wanted
             self._next_check = self._clock() + max(self.check_s, self.RETRY_S)
@@ -713,7 +697,6 @@ class LiveTemplates:
         self._failing = False
         self._loaded = wanted
         self._next_check = self._clock() + self.check_s
-
 
     def _set(self, served: list[Template], revision: int | None) -> None:
         by_slot: dict[str, list[Template]] = {}
@@ -729,8 +712,9 @@ class LiveTemplates:
         if not served:
             return False
         self._set(served, None)  # no revision: the first check that reaches the store reloads
-        log.warning("the template store cannot be reached: serving its local copy (%d templates) until it answers",
-                    len(served))
+        log.warning(
+            "the template store cannot be reached: serving its local copy (%d templates) until it answers", len(served)
+        )
         return True
 
 
@@ -751,10 +735,14 @@ class ErrorBody(msgspec.Struct):
 
 def _errors(*codes: int) -> dict[int, ResponseSpec]:
     """The error answers a template route gives, for its OpenAPI ``responses``."""
-    texts = {401: "no API key, or an unknown one", 403: "the API key lacks the route's scope",
-             404: "there is no such template (or version)", 409: "a template with that id exists already",
-             413: "the body is over the size limit",
-             422: "the template is invalid or cannot render: the reason says why"}
+    texts = {
+        401: "no API key, or an unknown one",
+        403: "the API key lacks the route's scope",
+        404: "there is no such template (or version)",
+        409: "a template with that id exists already",
+        413: "the body is over the size limit",
+        422: "the template is invalid or cannot render: the reason says why",
+    }
     return {code: ResponseSpec(ErrorBody, description=texts[code]) for code in (401, 403, *codes)}
 
 
@@ -846,15 +834,22 @@ class TemplateController(Controller):
         """
         live = _live(request)
         with _http_errors():
-            template, _ = new_template(data.template_id, data.slot, data.body, default_copy=data.default_copy,
-                                       segments=data.segments, tone=data.tone)
+            template, _ = new_template(
+                data.template_id,
+                data.slot,
+                data.body,
+                default_copy=data.default_copy,
+                segments=data.segments,
+                tone=data.tone,
+            )
             created = live.store.create(template)
         live.invalidate()
         return TemplateOut.of(created)
 
     @get(summary="List templates", opt={"scope": "serve"}, sync_to_thread=True, responses=_errors())
     def list_templates(
-        self, request: Request,
+        self,
+        request: Request,
         slot: Annotated[Slot | None, QueryParameter(description="only this slot's templates")] = None,
         segment: Annotated[str | None, QueryParameter(description="only those meant for this segment")] = None,
         include_archived: Annotated[bool, QueryParameter(description="archived ones too")] = False,
@@ -867,27 +862,45 @@ class TemplateController(Controller):
         templates = _live(request).store.list(slot=slot, segment=segment, include_archived=include_archived)
         return [TemplateOut.of(t) for t in templates]
 
-    @get("/{template_id:str}", summary="Get a template", opt={"scope": "serve"}, sync_to_thread=True,
-         responses=_errors(404))
-    def get_template(self, request: Request, template_id: FromPath[str],
-                     version: Annotated[int | None, QueryParameter(ge=1, le=MAX_VERSION,
-                                                                   description="a past version")] = None,
-                     ) -> TemplateOut:
+    @get(
+        "/{template_id:str}",
+        summary="Get a template",
+        opt={"scope": "serve"},
+        sync_to_thread=True,
+        responses=_errors(404),
+    )
+    def get_template(
+        self,
+        request: Request,
+        template_id: FromPath[str],
+        version: Annotated[int | None, QueryParameter(ge=1, le=MAX_VERSION, description="a past version")] = None,
+    ) -> TemplateOut:
         """One template: its latest version, or the `version` asked for (404 if there is none)."""
         with _http_errors():
             return TemplateOut.of(_live(request).store.get(template_id, version))
 
-    @get("/{template_id:str}/versions", summary="List a template's versions", opt={"scope": "serve"},
-         sync_to_thread=True, responses=_errors(404))
+    @get(
+        "/{template_id:str}/versions",
+        summary="List a template's versions",
+        opt={"scope": "serve"},
+        sync_to_thread=True,
+        responses=_errors(404),
+    )
     def template_versions(self, request: Request, template_id: FromPath[str]) -> list[TemplateOut]:
         """Every version of a template, oldest first (404 if there is no such template)."""
         with _http_errors():
             return [TemplateOut.of(t) for t in _live(request).store.versions(template_id)]
 
-    @patch("/{template_id:str}", summary="Revise a template", opt={"scope": "admin"}, sync_to_thread=True,
-           responses=_errors(404, 413, 422))
-    def update_template(self, request: Request, template_id: FromPath[str],
-                        data: JSONBody[TemplatePatch]) -> TemplateOut:
+    @patch(
+        "/{template_id:str}",
+        summary="Revise a template",
+        opt={"scope": "admin"},
+        sync_to_thread=True,
+        responses=_errors(404, 413, 422),
+    )
+    def update_template(
+        self, request: Request, template_id: FromPath[str], data: JSONBody[TemplatePatch]
+    ) -> TemplateOut:
         """Change a template: saves a new version (earlier ones stay readable). Needs the `admin` scope.
 
         Send only the fields to change; `archived: false` restores an archived
@@ -896,16 +909,24 @@ class TemplateController(Controller):
         """
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         if not changes:
-            raise HTTPException(status_code=400, detail="nothing to change: send at least one of "
-                                                        + ", ".join(TemplatePatch.__struct_fields__))
+            raise HTTPException(
+                status_code=400,
+                detail="nothing to change: send at least one of " + ", ".join(TemplatePatch.__struct_fields__),
+            )
         live = _live(request)
         with _http_errors():
             updated = live.store.update(template_id, changes)
         live.invalidate()
         return TemplateOut.of(updated)
 
-    @post("/{template_id:str}/archive", summary="Archive a template", status_code=200,
-          opt={"scope": "admin"}, sync_to_thread=True, responses=_errors(404))
+    @post(
+        "/{template_id:str}/archive",
+        summary="Archive a template",
+        status_code=200,
+        opt={"scope": "admin"},
+        sync_to_thread=True,
+        responses=_errors(404),
+    )
     def archive_template(self, request: Request, template_id: FromPath[str]) -> TemplateOut:
         """Stop serving a template: saves a version with `archived: true`. Needs the `admin` scope.
 

@@ -2,8 +2,8 @@
 
 Self-contained, like the other benchmarks: an embedded broker, a temp Feast
 repo, and features for ``--users`` simulated users (a day of simulated events
-folded into tiles with `engine.tiles.UserActivity`, segments from one
-`engine.audience.Audience` pass) written straight with `FeatureWriter` under
+folded into tiles with `engine.features.tiles.UserActivity`, segments from one
+`engine.audience.audience.Audience` pass) written straight with `FeatureWriter` under
 the users' pseudonyms. Then ``tailor api`` and ``feast serve`` (one worker
 each, on the same repo) start as child processes, and this process drives them:
 
@@ -46,8 +46,8 @@ import msgspec
 
 from bench.common import bench_settings
 from bench.openloop import OpenLoopClient, build_request, closed_loop, is_cached, read_response
+from config.settings import Settings, settings_env
 from engine.privacy import Pseudonymizer
-from engine.settings import Settings, settings_env
 
 API_KEY = "bench"
 HOST = "127.0.0.1"
@@ -92,9 +92,11 @@ def run_api_bench(settings: Settings, args) -> int:
     personalize = not args.no_personalize
     model = Path(args.model).resolve()
     if personalize and not (model / "manifest.json").is_file():
-        print(f"tailor bench api: no exported model in {model} (no manifest.json); build one with "
-              "`tailor train && tailor export --quantize`, pass --model, or skip personalize with --no-personalize",
-              file=sys.stderr)
+        print(
+            f"tailor bench api: no exported model in {model} (no manifest.json); build one with "
+            "`tailor train && tailor export --quantize`, pass --model, or skip personalize with --no-personalize",
+            file=sys.stderr,
+        )
         return 2
     wrk = None if args.no_wrk else shutil.which("wrk")
     notes = []
@@ -102,15 +104,21 @@ def run_api_bench(settings: Settings, args) -> int:
         notes.append(f"wrk not found, peak runs skipped: {WRK_INSTALL}")
         print(f"tailor bench api: {notes[-1]}", file=sys.stderr)
     machine = _pin_cpus()
-    overrides = {"pseudonym_key": secrets.token_hex(32), "api_keys": f"{API_KEY}=ingest+serve+admin",
-                 "model_dir": str(model)}
+    overrides = {
+        "pseudonym_key": secrets.token_hex(32),
+        "api_keys": f"{API_KEY}=ingest+serve+admin",
+        "model_dir": str(model),
+    }
     with bench_settings(settings, **overrides) as bench, contextlib.ExitStack() as servers:
         population = write_population(bench, args.users)
         feature_refs = _feature_refs(bench)
         logs = servers.enter_context(tempfile.TemporaryDirectory(prefix="tailor-bench-api-logs-"))
         api = servers.enter_context(_server("api", _api_command(bench, machine), bench, logs))
-        feast = None if args.no_feast else servers.enter_context(
-            _server("feast", _feast_command(bench, machine), bench, logs))
+        feast = (
+            None
+            if args.no_feast
+            else servers.enter_context(_server("feast", _feast_command(bench, machine), bench, logs))
+        )
         # Without personalize the copy model may be missing: the broker and the store must answer.
         _wait_ready(api, "/readyz", needs=() if personalize else ("broker", "store"))
         if feast is not None:
@@ -148,12 +156,12 @@ def run_api_bench(settings: Settings, args) -> int:
 
 def write_population(settings: Settings, n_users: int) -> Population:
     """A day of simulated events for ``n_users`` folded into features, written under pseudonyms."""
-    from engine.audience import Audience, UserUpdate
+    from engine.audience.audience import Audience, UserUpdate
+    from engine.audience.segments import Behaviour
+    from engine.features.tiles import UserActivity
     from engine.privacy import Pseudonymizer
-    from engine.segments import Behaviour
-    from engine.simulate import Simulator
-    from engine.tiles import UserActivity
-    from flows.store import FeatureWriter
+    from jobs.simulator import Simulator
+    from store.feast import FeatureWriter
 
     started = time.monotonic()
     now_ms = int(time.time() * 1000)
@@ -166,8 +174,9 @@ def write_population(settings: Settings, n_users: int) -> Population:
         state = states.get(event.user_id)
         if state is None:
             state = states[event.user_id] = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
-            behaviours[event.user_id] = Behaviour(settings.behaviour_half_life_s, settings.session_gap_s,
-                                                 settings.behaviour_max_idle_s)
+            behaviours[event.user_id] = Behaviour(
+                settings.behaviour_half_life_s, settings.session_gap_s, settings.behaviour_max_idle_s
+            )
         if state.update(event):
             behaviours[event.user_id].update(event)
         events += 1
@@ -177,22 +186,28 @@ def write_population(settings: Settings, n_users: int) -> Population:
     segment_of: dict[str, int] = {}
     if settings.segments:
         audience = Audience(settings.segments, warmup=settings.segment_warmup)
-        updates = [UserUpdate(u, states[u].newest_ms, 1, 0, 0,
-                              b.evidence() if b.visits_total >= settings.min_sessions else None)
-                   for u, b in behaviours.items()]
+        updates = [
+            UserUpdate(
+                u, states[u].newest_ms, 1, 0, 0, b.evidence() if b.visits_total >= settings.min_sessions else None
+            )
+            for u, b in behaviours.items()
+        ]
         assignments = audience.observe(updates).assignments
         writer.write_segments({pseudonym(u): a for u, a in assignments})
         if audience.model.fitted:
             writer.write_profiles(audience.profiles())
         segment_of = {u: a.segment for u, a in assignments}
-    print(f"bench api: features for {len(states)} of {n_users} users ({events} simulated events, "
-          f"{len(segment_of)} segmented) in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    print(
+        f"bench api: features for {len(states)} of {n_users} users ({events} simulated events, "
+        f"{len(segment_of)} segmented) in {time.monotonic() - started:.1f}s",
+        file=sys.stderr,
+    )
     return Population(sorted(states), segment_of, len(segment_of), events)
 
 
 def _feature_refs(settings: Settings) -> list[str]:
     """What the API's features route reads: the user_activity_v1 service and the segment."""
-    from flows.store import open_store
+    from store.feast import open_store
 
     service = open_store(settings).get_feature_service("user_activity_v1")
     refs = [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
@@ -203,8 +218,12 @@ def _pin_cpus() -> dict:
     """Servers on the last CPU, this process (and so wrk) on the others, when there are two or more."""
     cpus = sorted(os.sched_getaffinity(0))
     # Load from other processes at the start: on a shared machine it says how far to trust the figures.
-    machine = {"cpus": len(cpus), "cpu_count": os.cpu_count(), "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-               "pinned": False}
+    machine = {
+        "cpus": len(cpus),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "pinned": False,
+    }
     taskset = shutil.which("taskset")
     if len(cpus) >= 2 and taskset:
         server, clients = cpus[-1:], cpus[:-1]
@@ -226,7 +245,7 @@ def _api_command(settings: Settings, machine: dict) -> tuple[list[str], int]:
 
     port = free_port()
     script = Path(sys.executable).with_name("tailor")
-    tailor = [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    tailor = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
     return _on_server_cpus([*tailor, "api", "--host", HOST, "--port", str(port)], machine), port
 
 
@@ -314,9 +333,12 @@ def _check_written(api: _Server, feast: _Server | None, user: str, feature_refs:
         raise RuntimeError(f"the API reads no history for {user} ({response.status} {response.body[:300]!r})")
     if feast is None:
         return
-    body = msgspec.json.encode({"features": feature_refs, "entities": {"user_id": [Pseudonymizer(key).pseudonym(user)]}})
-    request = build_request("POST", "/get-online-features", f"{HOST}:{feast.port}",
-                            {"Content-Type": "application/json"}, body)
+    body = msgspec.json.encode(
+        {"features": feature_refs, "entities": {"user_id": [Pseudonymizer(key).pseudonym(user)]}}
+    )
+    request = build_request(
+        "POST", "/get-online-features", f"{HOST}:{feast.port}", {"Content-Type": "application/json"}, body
+    )
     response = asyncio.run(_one(feast.port, request))
     got = msgspec.json.decode(response.body) if response.status == 200 else {}
     names = got.get("metadata", {}).get("feature_names", [])
@@ -344,8 +366,9 @@ def _settle(server: _Server, path: str, timeout_s: float = 10.0) -> None:
 class Legs:
     """The measured runs, one method per server/route."""
 
-    def __init__(self, args, population: Population, feature_refs: list[str], wrk: str | None, machine: dict,
-                 pseudonym_key: str):
+    def __init__(
+        self, args, population: Population, feature_refs: list[str], wrk: str | None, machine: dict, pseudonym_key: str
+    ):
         self.args = args
         self.pseudonym_key = pseudonym_key
         self.population = population
@@ -377,8 +400,9 @@ class Legs:
         host = f"{HOST}:{feast.port}"
         users = self._users(20_000)
         pseudonym = Pseudonymizer(self.pseudonym_key).pseudonym
-        bodies = [msgspec.json.encode({"features": self.feature_refs, "entities": {"user_id": [pseudonym(u)]}})
-                  for u in users]
+        bodies = [
+            msgspec.json.encode({"features": self.feature_refs, "entities": {"user_id": [pseudonym(u)]}}) for u in users
+        ]
         headers = {"Content-Type": "application/json"}
 
         def request(i: int) -> bytes:
@@ -391,15 +415,17 @@ class Legs:
         return out
 
     def personalize(self, api: _Server) -> dict:
-        from engine.catalog import CATALOG_SEED, build_catalog
+        from engine.content.catalog import CATALOG_SEED, build_catalog
 
         host = f"{HOST}:{api.port}"
         catalog = build_catalog(CATALOG_SEED)
         fields = ("item_id", "title", "brand", "category", "price", "discount_pct")
-        items = [{f: getattr(item, f) for f in fields if getattr(item, f) is not None}
-                 for item in catalog.items[:WARM_ITEMS]]
-        probe = build_request("POST", "/v1/personalize", host, self.headers, self._body(self.population.users[0],
-                                                                                       SLOTS[0], items[0]))
+        items = [
+            {f: getattr(item, f) for f in fields if getattr(item, f) is not None} for item in catalog.items[:WARM_ITEMS]
+        ]
+        probe = build_request(
+            "POST", "/v1/personalize", host, self.headers, self._body(self.population.users[0], SLOTS[0], items[0])
+        )
         status = asyncio.run(_one(api.port, probe)).status
         if status in (404, 405):
             self.notes.append(f"the API has no POST /v1/personalize yet ({status}): personalize not measured")
@@ -420,8 +446,9 @@ class Legs:
         out["open_loop"] = self._open_loop(api, request, [self.args.rate], "/healthz", count_cached=True)[0]
         out["open_loop"]["planned_hit_share"] = HIT_SHARE
         hits = [self._body(u, self.rng.choice(SLOTS), self.rng.choice(items)) for u in users[:4000]]
-        out["peak_wrk"] = self._wrk(api, "/healthz", [f"POST\t/v1/personalize\t{b.decode()}" for b in hits],
-                                    cached=True)
+        out["peak_wrk"] = self._wrk(
+            api, "/healthz", [f"POST\t/v1/personalize\t{b.decode()}" for b in hits], cached=True
+        )
         if self.wrk is not None:
             out["in_experiment"] = self._in_experiment(api, hits, out["peak_wrk"])
         return out
@@ -434,8 +461,9 @@ class Legs:
         ids = [f"bench-{slot}" for slot in SLOTS]
 
         def call(method: str, path: str, body: dict | None = None) -> None:
-            request = build_request(method, path, host, self.headers,
-                                    msgspec.json.encode(body) if body is not None else b"")
+            request = build_request(
+                method, path, host, self.headers, msgspec.json.encode(body) if body is not None else b""
+            )
             answer = asyncio.run(_one(api.port, request))
             if answer.status not in (200, 201):
                 raise RuntimeError(f"{method} {path}: {answer.status} {answer.body[:300]!r}")
@@ -466,8 +494,12 @@ class Legs:
         for user in self.population.users:
             by_segment.setdefault(self.population.segment_of.get(user), user)
         host = f"{HOST}:{api.port}"
-        missing = [build_request("POST", "/v1/personalize", host, self.headers, self._body(user, slot, item))
-                   for user in by_segment.values() for slot in SLOTS for item in items]
+        missing = [
+            build_request("POST", "/v1/personalize", host, self.headers, self._body(user, slot, item))
+            for user in by_segment.values()
+            for slot in SLOTS
+            for item in items
+        ]
         keys = len(missing)
         started = time.monotonic()
         passes = 0
@@ -476,19 +508,31 @@ class Legs:
             passes += 1
             bad = [r for r in responses if not 200 <= r.status < 300]
             if bad:
-                raise RuntimeError(f"personalize warm-up: {len(bad)} errors, first {bad[0].status}: {bad[0].body[:300]!r}")
+                raise RuntimeError(
+                    f"personalize warm-up: {len(bad)} errors, first {bad[0].status}: {bad[0].body[:300]!r}"
+                )
             missing = [request for request, r in zip(missing, responses) if not is_cached(r.body)]
-            print(f"bench api: cache warm-up pass {passes}: {1 - len(missing) / keys:.1%} of {keys} keys cached",
-                  file=sys.stderr)
+            print(
+                f"bench api: cache warm-up pass {passes}: {1 - len(missing) / keys:.1%} of {keys} keys cached",
+                file=sys.stderr,
+            )
             if missing:
                 time.sleep(0.5)  # generation goes on behind the budget: give it time to fill the cache
         if missing:
-            self.notes.append(f"personalize cache: {len(missing)} of {keys} warm keys still missed after {timeout_s:.0f}s")
-        return {"keys": keys, "segments": len(by_segment), "passes": passes, "still_missing": len(missing),
-                "seconds": round(time.monotonic() - started, 1)}
+            self.notes.append(
+                f"personalize cache: {len(missing)} of {keys} warm keys still missed after {timeout_s:.0f}s"
+            )
+        return {
+            "keys": keys,
+            "segments": len(by_segment),
+            "passes": passes,
+            "still_missing": len(missing),
+            "seconds": round(time.monotonic() - started, 1),
+        }
 
-    def _open_loop(self, server: _Server, request, rates: list[float], health: str, count_cached: bool = False
-                   ) -> list[dict]:
+    def _open_loop(
+        self, server: _Server, request, rates: list[float], health: str, count_cached: bool = False
+    ) -> list[dict]:
         async def go(rate: float) -> dict:
             client = OpenLoopClient(HOST, server.port, max_connections=MAX_CONNECTIONS, timeout_s=TIMEOUT_S)
             try:
@@ -512,9 +556,16 @@ class Legs:
             return {"skipped": "wrk not run" if self.args.no_wrk else f"wrk not found: {WRK_INSTALL}"}
         print(f"bench api: {server.name} wrk {self.args.wrk_seconds:g}s", file=sys.stderr)
         headers = self.headers if server.name == "api" else {"Content-Type": "application/json"}
-        result = run_wrk(self.wrk, f"http://{HOST}:{server.port}", lines, seconds=self.args.wrk_seconds,
-                         connections=self.args.connections, headers=headers, cached=cached,
-                         cpus=self.machine.get("client_cpus"))
+        result = run_wrk(
+            self.wrk,
+            f"http://{HOST}:{server.port}",
+            lines,
+            seconds=self.args.wrk_seconds,
+            connections=self.args.connections,
+            headers=headers,
+            cached=cached,
+            cpus=self.machine.get("client_cpus"),
+        )
         _check_alive(server)
         _settle(server, health)
         return result
@@ -523,14 +574,33 @@ class Legs:
 # -- wrk ---------------------------------------------------------------------------
 
 
-def run_wrk(wrk: str, url: str, lines: list[str], *, seconds: float, connections: int, threads: int = 1,
-            headers: dict[str, str] | None = None, cached: bool = False, cpus: list[int] | None = None) -> dict:
+def run_wrk(
+    wrk: str,
+    url: str,
+    lines: list[str],
+    *,
+    seconds: float,
+    connections: int,
+    threads: int = 1,
+    headers: dict[str, str] | None = None,
+    cached: bool = False,
+    cpus: list[int] | None = None,
+) -> dict:
     """Closed-loop peak run: wrk cycling through ``lines`` (METHOD<TAB>PATH[<TAB>BODY])."""
     with tempfile.NamedTemporaryFile("w", suffix=".tsv", prefix="tailor-wrk-") as requests:
         requests.write("\n".join(lines) + "\n")
         requests.flush()
-        command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-                   "--timeout", "5s", "-s", str(WRK_LUA)]
+        command = [
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(WRK_LUA),
+        ]
         for name, value in (headers or {}).items():
             command += ["-H", f"{name}: {value}"]
         command += [url, "--", requests.name, *(["cached"] if cached else [])]
@@ -603,10 +673,16 @@ def targets(result: dict) -> dict:
     out = {name: {"target": text, "met": None} for name, text in TARGETS.items()}
     personalize = result.get("personalize", {})
     if run := personalize.get("open_loop"):
-        ok = (run["offered_rps"] >= 1000 and run["errors"] == 0 and run["p99_ms"] is not None
-              and run["p99_ms"] <= 10.0 and run["achieved_rps"] >= 0.95 * run["offered_rps"])
-        out["personalize_p99"].update(offered_rps=run["offered_rps"], p99_ms=run["p99_ms"],
-                                      cached_ratio=run.get("cached_ratio"), met=ok)
+        ok = (
+            run["offered_rps"] >= 1000
+            and run["errors"] == 0
+            and run["p99_ms"] is not None
+            and run["p99_ms"] <= 10.0
+            and run["achieved_rps"] >= 0.95 * run["offered_rps"]
+        )
+        out["personalize_p99"].update(
+            offered_rps=run["offered_rps"], p99_ms=run["p99_ms"], cached_ratio=run.get("cached_ratio"), met=ok
+        )
     if (peak := personalize.get("peak_wrk", {})).get("rps") is not None:
         ok = peak["rps"] >= 4000 and peak["non_2xx"] == 0 and (peak.get("cached_ratio") or 0) >= 0.99
         out["personalize_peak"].update(rps=peak["rps"], cached_ratio=peak.get("cached_ratio"), met=ok)
@@ -614,6 +690,7 @@ def targets(result: dict) -> dict:
     if versus.get("throughput_ratio") is not None:
         p99s = [r for r in versus["open_loop_p99_ratio"].values() if r is not None]
         ok = versus["throughput_ratio"] >= 5 and bool(p99s) and all(r <= 1.0 for r in p99s)
-        out["features_vs_feast"].update(throughput_ratio=versus["throughput_ratio"],
-                                        open_loop_p99_ratio=versus["open_loop_p99_ratio"], met=ok)
+        out["features_vs_feast"].update(
+            throughput_ratio=versus["throughput_ratio"], open_loop_p99_ratio=versus["open_loop_p99_ratio"], met=ok
+        )
     return out

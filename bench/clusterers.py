@@ -16,7 +16,8 @@ import time
 
 from tqdm import tqdm
 
-from engine.segments import (
+from config.settings import Settings
+from engine.audience.segments import (
     FEATURE_NAMES,
     Behaviour,
     SegmentModel,
@@ -25,8 +26,7 @@ from engine.segments import (
     adjusted_rand_index,
     feature_vector,
 )
-from engine.settings import Settings
-from engine.simulate import Simulator
+from jobs.simulator import Simulator
 
 
 def candidates(k: int) -> dict:
@@ -38,8 +38,9 @@ def candidates(k: int) -> dict:
         "KMeans (online only)": cluster.KMeans(n_clusters=k, halflife=0.05, sigma=1, seed=1),
         "STREAMKMeans": cluster.STREAMKMeans(chunk_size=500, n_clusters=k, halflife=0.05, sigma=1, seed=1),
         "CluStream": cluster.CluStream(n_macro_clusters=k, max_micro_clusters=40, time_window=2000, seed=1),
-        "DBSTREAM": cluster.DBSTREAM(clustering_threshold=1.5, fading_factor=0.01, cleanup_interval=2,
-                                     intersection_factor=0.3, minimum_weight=1),
+        "DBSTREAM": cluster.DBSTREAM(
+            clustering_threshold=1.5, fading_factor=0.01, cleanup_interval=2, intersection_factor=0.3, minimum_weight=1
+        ),
     }
 
 
@@ -58,8 +59,9 @@ def run_clusterers(settings: Settings, args) -> int:
     priors = TrafficPriors()
     latest: dict[str, dict[str, float]] = {}
     batch: dict[str, list] = {}
-    events = tqdm(sim.events(args.events), total=args.events, desc="simulated stream", unit="ev", file=sys.stderr,
-                  mininterval=0.5)
+    events = tqdm(
+        sim.events(args.events), total=args.events, desc="simulated stream", unit="ev", file=sys.stderr, mininterval=0.5
+    )
     for n, event in enumerate(events, 1):
         batch.setdefault(event.user_id, []).append(event)
         if n % settings.batch_size and n != args.events:
@@ -67,8 +69,9 @@ def run_clusterers(settings: Settings, args) -> int:
         evidence = {}
         for user_id, user_events in batch.items():
             b = behaviours.get(user_id) or behaviours.setdefault(
-                user_id, Behaviour(settings.behaviour_half_life_s, settings.session_gap_s,
-                                                 settings.behaviour_max_idle_s))
+                user_id,
+                Behaviour(settings.behaviour_half_life_s, settings.session_gap_s, settings.behaviour_max_idle_s),
+            )
             b.update_many(user_events)
             if b.visits_total >= settings.min_sessions:
                 evidence[user_id] = b.evidence()
@@ -109,7 +112,17 @@ def run_clusterers(settings: Settings, args) -> int:
             "clusters_used": len(set(predicted)),
             "us_per_update": round(seconds / max(updates, 1) * 1e6, 1),
         }
-    print(json.dumps({"bench": "clusterers", "events": args.events, "users": args.users, "segments": k,
-                      "features": list(FEATURE_NAMES), "updates": models[next(iter(models))][3],
-                      "results": results}))
+    print(
+        json.dumps(
+            {
+                "bench": "clusterers",
+                "events": args.events,
+                "users": args.users,
+                "segments": k,
+                "features": list(FEATURE_NAMES),
+                "updates": models[next(iter(models))][3],
+                "results": results,
+            }
+        )
+    )
     return 0

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 
 import msgspec
 
-from engine.settings import Settings, settings_env
+from config.settings import Settings, settings_env
 
 
 @contextlib.contextmanager
 def bench_settings(settings: Settings, **overrides) -> Iterator[Settings]:
     """Settings on the configured broker (or an embedded one), fresh topics, a temp Feast repo."""
     from flows.kafka import EmbeddedBroker, ensure_topics
-    from flows.store import new_repo
+    from store.feast import new_repo
 
     with contextlib.ExitStack() as stack:
         brokers = settings.brokers or stack.enter_context(EmbeddedBroker()).address

@@ -35,7 +35,8 @@ import time
 import numpy as np
 
 from bench.common import peak_rss_mb, percentile
-from engine.experiments import (
+from config.settings import Settings
+from engine.experiments.assignment import (
     Allocation,
     Arm,
     ArmStats,
@@ -49,7 +50,6 @@ from engine.experiments import (
     rate_ci,
     two_proportion_ztest,
 )
-from engine.settings import Settings
 
 ALPHA = 0.05
 BASELINE = 0.05
@@ -72,32 +72,42 @@ def run_experiment_bench(settings: Settings, args) -> int:
     print("timing analyze over 100 arms ...", file=sys.stderr)
     results = time_analyze(arms_rng, repeats=3 if args.quick else 30, default_repeats=2 if args.quick else 10)
     per_arm = plan_sample_size(BASELINE, LIFT, alpha=ALPHA)
-    print(f"simulating {args.experiments} A/A and {args.experiments} A/B experiments, {args.looks} looks ...",
-          file=sys.stderr)
+    print(
+        f"simulating {args.experiments} A/A and {args.experiments} A/B experiments, {args.looks} looks ...",
+        file=sys.stderr,
+    )
     aa = simulate(aa_rng, args.experiments, args.looks, per_arm, BASELINE, BASELINE)
     ab = simulate(power_rng, args.experiments, args.looks, per_arm, BASELINE, BASELINE * (1 + LIFT))
     # What the always-valid test needs instead: the same look spacing, run on to twice the users.
     ab_long = simulate(power_rng, args.experiments, 2 * args.looks, 2 * per_arm, BASELINE, BASELINE * (1 + LIFT))
-    setup = {"alpha": ALPHA, "looks": args.looks, "experiments": args.experiments, "users_per_arm": per_arm,
-             "baseline": BASELINE, "tau": TAU, "seed": args.seed}
+    setup = {
+        "alpha": ALPHA,
+        "looks": args.looks,
+        "experiments": args.experiments,
+        "users_per_arm": per_arm,
+        "baseline": BASELINE,
+        "tau": TAU,
+        "seed": args.seed,
+    }
     out = {
         "bench": "experiment",
         "quick": args.quick,
         "assignment_us": assignment,
         "analyze_ms": results,
-        "false_positives": setup | {
+        "false_positives": setup
+        | {
             "naive_peeking": share(aa["naive"]),
             "msprt": share(aa["msprt"]),
             "fixed_horizon": share(aa["fixed"]),
         },
-        "power": setup | {
+        "power": setup
+        | {
             "lift_relative": LIFT,
             "treated_rate": round(BASELINE * (1 + LIFT), 6),
             "planned_power": 0.8,
             "msprt": share(ab["msprt"]) | {"median_share_of_users_at_stop": ab["msprt_stop_share"]},
             "fixed_horizon": share(ab["fixed"]),
-            "msprt_twice_the_users": share(ab_long["msprt"]) | {"users_per_arm": 2 * per_arm,
-                                                                "looks": 2 * args.looks},
+            "msprt_twice_the_users": share(ab_long["msprt"]) | {"users_per_arm": 2 * per_arm, "looks": 2 * args.looks},
         },
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -132,8 +142,9 @@ def time_assignment(calls: int, batch_repeats: int) -> dict:
     out = {"calls": calls, "holdout": HOLDOUT_SHARE}
     out["assign_2_arms_holdout"] = _summary_us(_time_calls(lambda u: assign(u, two), users))
     out["assign_10_arms_holdout"] = _summary_us(_time_calls(lambda u: assign(u, ten), users))
-    out["assign_factorial_2_factors"] = _summary_us(_time_calls(lambda u: assign_factorial(u, "bench-f", factors),
-                                                                users))
+    out["assign_factorial_2_factors"] = _summary_us(
+        _time_calls(lambda u: assign_factorial(u, "bench-f", factors), users)
+    )
     batch = [f"batch-user-{i}" for i in range(BATCH)]
     per_user = {}
     for name, exp in (("2_arms_holdout", two), ("10_arms_holdout", ten)):
@@ -143,8 +154,10 @@ def time_assignment(calls: int, batch_repeats: int) -> dict:
             start = time.perf_counter_ns()
             assign_many(batch, exp)
             runs.append((time.perf_counter_ns() - start) / BATCH)
-        per_user[name] = {"median": round(statistics.median(runs) / 1e3, 3),
-                          "p99": round(percentile(runs, 99) / 1e3, 3)}
+        per_user[name] = {
+            "median": round(statistics.median(runs) / 1e3, 3),
+            "p99": round(percentile(runs, 99) / 1e3, 3),
+        }
     out["assign_many_per_user"] = {"batch": BATCH, "repeats": batch_repeats} | per_user
     return out
 
@@ -157,8 +170,15 @@ def realistic_arms(rng: np.random.Generator) -> list[ArmStats]:
     for i, (n, rate) in enumerate(zip(sizes, rates)):
         buyers = int(rng.binomial(n, rate))
         values = rng.lognormal(3.5, 0.6, buyers)
-        arms.append(ArmStats(arm=f"arm-{i:03d}", n=int(n), conversions=buyers,
-                             value_sum=float(values.sum()), value_sum_sq=float((values**2).sum())))
+        arms.append(
+            ArmStats(
+                arm=f"arm-{i:03d}",
+                n=int(n),
+                conversions=buyers,
+                value_sum=float(values.sum()),
+                value_sum_sq=float((values**2).sum()),
+            )
+        )
     return arms
 
 
@@ -180,7 +200,8 @@ def time_analyze(rng: np.random.Generator, repeats: int, default_repeats: int) -
     out["monte_carlo_share_at_default"] = round(share, 3)
     out["dominated_by"] = (
         f"beta_binomial's Monte Carlo (2 x draws Beta samples per treatment arm): {share:.0%} of the default's time"
-        if share > 0.5 else f"the closed-form tests and corrections: Monte Carlo is {share:.0%} of the default's time"
+        if share > 0.5
+        else f"the closed-form tests and corrections: Monte Carlo is {share:.0%} of the default's time"
     )
     out["srm_alarm"] = report.srm_alarm
     return out
@@ -189,8 +210,9 @@ def time_analyze(rng: np.random.Generator, repeats: int, default_repeats: int) -
 # --------------------------------------------------------------------------- error rates
 
 
-def simulate(rng: np.random.Generator, experiments: int, looks: int, per_arm: int, rate_c: float,
-             rate_t: float) -> dict:
+def simulate(
+    rng: np.random.Generator, experiments: int, looks: int, per_arm: int, rate_c: float, rate_t: float
+) -> dict:
     """Which of ``experiments`` simulated experiments each procedure declares significant, looking ``looks`` times."""
     n_at = np.unique(np.round(np.linspace(0, per_arm, looks + 1)).astype(int))[1:]  # users per arm at each look
     grown = np.diff(n_at, prepend=0)
@@ -207,8 +229,12 @@ def simulate(rng: np.random.Generator, experiments: int, looks: int, per_arm: in
     _, p_end = two_proportion_ztest(x_c[:, -1], n_at[-1], x_t[:, -1], n_at[-1])
     found = stopped_at >= 0
     stop_share = float(np.median(n_at[stopped_at[found]]) / per_arm) if found.any() else None
-    return {"naive": naive, "msprt": found, "fixed": p_end < ALPHA,
-            "msprt_stop_share": round(stop_share, 3) if stop_share is not None else None}
+    return {
+        "naive": naive,
+        "msprt": found,
+        "fixed": p_end < ALPHA,
+        "msprt_stop_share": round(stop_share, 3) if stop_share is not None else None,
+    }
 
 
 def share(flags: np.ndarray) -> dict:

@@ -40,8 +40,8 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from tqdm import tqdm
 
 from bench.common import bench_settings, percentile
-from engine.events import Event, encode_event
-from engine.settings import Settings, settings_env
+from config.settings import Settings, settings_env
+from engine.features.events import Event, encode_event
 
 PROBE_USER = "probe-freshness"
 
@@ -58,7 +58,7 @@ def run_freshness(settings: Settings, args) -> int:
         return run_live(settings, args)
     from flows.features import flow_command, init_recovery
     from flows.kafka import make_producer
-    from flows.store import open_store
+    from store.feast import open_store
 
     with bench_settings(settings) as bench, tempfile.TemporaryDirectory(prefix="tailor-recovery-") as recovery:
         env = {**os.environ, **settings_env(bench)}
@@ -67,7 +67,7 @@ def run_freshness(settings: Settings, args) -> int:
             flow_command(bench, None if args.no_recovery else recovery), env=env, stderr=subprocess.PIPE
         )
         load = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
+            [sys.executable, "-m", "cli.main", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -114,8 +114,8 @@ def run_freshness(settings: Settings, args) -> int:
 def run_cold(settings: Settings, args) -> int:
     from flows.features import flow_command, init_recovery
     from flows.kafka import make_producer, produce_all
-    from flows.produce import simulated_records
-    from flows.store import open_store
+    from jobs.produce import simulated_records
+    from store.feast import open_store
 
     with bench_settings(settings) as bench, tempfile.TemporaryDirectory(prefix="tailor-recovery-") as tmp:
         recovery, ready_file = os.path.join(tmp, "recovery"), os.path.join(tmp, "flow.ready")
@@ -128,8 +128,10 @@ def run_cold(settings: Settings, args) -> int:
         bench = msgspec.structs.replace(bench, ready_file=ready_file)
         env = {**os.environ, **settings_env(bench)}
         load = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "cli.main", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         flow = None
         try:
@@ -142,8 +144,12 @@ def run_cold(settings: Settings, args) -> int:
             time.sleep(2.0)  # the load's own start-up, so that it runs at its rate when the flow starts
             started = time.perf_counter()
             with open(flow_log, "wb") as log:
-                flow = subprocess.Popen(flow_command(bench, None if args.no_recovery else recovery), env=env,
-                                        stdout=subprocess.DEVNULL, stderr=log)
+                flow = subprocess.Popen(
+                    flow_command(bench, None if args.no_recovery else recovery),
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
             _wait_ready(flow, ready_file, flow_log)
             ready_ms = (time.perf_counter() - started) * 1000
             firsts, kafka_cold, timeouts = [], None, 0
@@ -200,8 +206,9 @@ def run_cold(settings: Settings, args) -> int:
     return 0
 
 
-def _wait_ready(flow: subprocess.Popen, ready_file: str, flow_log: str, poll_s: float = 0.001,
-                timeout_s: float = 300.0) -> None:
+def _wait_ready(
+    flow: subprocess.Popen, ready_file: str, flow_log: str, poll_s: float = 0.001, timeout_s: float = 300.0
+) -> None:
     """Until the flow's ready file appears; a flow that exits or takes over ``timeout_s`` is an error."""
     deadline = time.monotonic() + timeout_s
     while not os.path.exists(ready_file):
@@ -245,9 +252,18 @@ def _probe(producer, settings: Settings, read, seq: int, timeout_s: float = 5.0)
     return acked, None
 
 
-def _probe_for(seconds: float, producer, settings: Settings, read, last_seq: int, observer=None, *,
-               pause_s: float = 0.05, desc: str = "probing", after=None
-               ) -> tuple[list[float], list[float], int, int]:
+def _probe_for(
+    seconds: float,
+    producer,
+    settings: Settings,
+    read,
+    last_seq: int,
+    observer=None,
+    *,
+    pause_s: float = 0.05,
+    desc: str = "probing",
+    after=None,
+) -> tuple[list[float], list[float], int, int]:
     """Probes one after another for ``seconds``: latencies, the observer's Kafka latencies, timeouts, last seq.
 
     ``after(bar)``, if given, runs after each probe (to check on the flow, or show more on the bar).

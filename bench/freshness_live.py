@@ -34,7 +34,7 @@ import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import bench_settings, percentile
-from engine.settings import Settings, settings_env
+from config.settings import Settings, settings_env
 
 #: Seconds between lag samples.
 SAMPLE_S = 1.0
@@ -44,7 +44,7 @@ def run_live(settings: Settings, args) -> int:
     from bench.freshness import _probe_for, _reader, _tail, _wait_ready
     from flows.features import flow_command, init_recovery
     from flows.kafka import PRODUCER_DEFAULTS, EmbeddedBroker, free_port, make_producer
-    from flows.store import open_store
+    from store.feast import open_store
 
     with contextlib.ExitStack() as stack:
         broker = None
@@ -58,11 +58,19 @@ def run_live(settings: Settings, args) -> int:
         init_recovery(recovery)
         bench = msgspec.structs.replace(bench, ready_file=ready_file)
         port = free_port()
-        env = {**os.environ, **settings_env(bench),
-               "BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port)}
+        env = {
+            **os.environ,
+            **settings_env(bench),
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        }
         with open(flow_log, "wb") as log:
-            flow = subprocess.Popen(flow_command(bench, None if args.no_recovery else recovery), env=env,
-                                    stdout=subprocess.DEVNULL, stderr=log)
+            flow = subprocess.Popen(
+                flow_command(bench, None if args.no_recovery else recovery),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         stack.callback(_stop, flow)
         _wait_ready(flow, ready_file, flow_log, poll_s=0.05)
         store = open_store(bench)
@@ -72,8 +80,10 @@ def run_live(settings: Settings, args) -> int:
         if lag.consumed() is None:
             raise RuntimeError(f"the flow's metrics do not answer on port {port}: {_tail(flow_log)}")
         load = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "cli.main", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         stack.callback(_stop, load)
         lag.start()
@@ -83,8 +93,9 @@ def run_live(settings: Settings, args) -> int:
                 raise RuntimeError(f"the flow exited ({flow.returncode}): {_tail(flow_log)}")
             bar.set_postfix(lag=lag.last, refresh=False)
 
-        latencies, _, timeouts, _ = _probe_for(args.seconds, producer, bench, read, 0, pause_s=0.2,
-                                               desc="live load", after=check_flow)
+        latencies, _, timeouts, _ = _probe_for(
+            args.seconds, producer, bench, read, 0, pause_s=0.2, desc="live load", after=check_flow
+        )
         producer.flush(5)
         del producer  # no reconnect attempts once the broker stops
         _stop(load)

@@ -5,7 +5,7 @@ one is answered (closed loop) until ``--requests`` are done, greedy, at most
 ``--new-tokens`` new tokens each (a sequence ends earlier at its end-of-text,
 as a headline does). Three legs, one after the other in this process:
 
-* ``tailor``: `models.batching.BatchingGenerator` over `models.runtime.Generator`
+* ``tailor``: `models.serve.batching.BatchingGenerator` over `models.serve.runtime.Generator`
   (ONNX Runtime, KV cache, dynamic batching);
 * ``optimum``: ``ORTModelForCausalLM.generate`` on the same ONNX file, one call
   per request from C client threads at once, and again one call at a time
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import percentile
-from models.corpus import SEGMENT_STYLES, TONES, control_prefix
+from models.train.corpus import SEGMENT_STYLES, TONES, control_prefix
 
 
 def prompts_for(n: int, slot: str = "headline") -> list[str]:
@@ -39,24 +39,38 @@ def prompts_for(n: int, slot: str = "headline") -> list[str]:
 
 def summarize(latencies_s: list[float], tokens: int, seconds: float, **extra) -> dict:
     ms = [x * 1000 for x in latencies_s]
-    return {"tokens_per_s": round(tokens / seconds, 1), "p50_ms": round(percentile(ms, 50), 2),
-            "p99_ms": round(percentile(ms, 99), 2), "requests": len(ms), "tokens": tokens, **extra}
+    return {
+        "tokens_per_s": round(tokens / seconds, 1),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "requests": len(ms),
+        "tokens": tokens,
+        **extra,
+    }
 
 
-def run_tailor(model_dir: Path, prompts: list[str], concurrency: int, new_tokens: int, max_wait_ms: float,
-               device: str = "cpu") -> dict:
-    from models.runtime import Generator, choose_providers
+def run_tailor(
+    model_dir: Path, prompts: list[str], concurrency: int, new_tokens: int, max_wait_ms: float, device: str = "cpu"
+) -> dict:
+    from models.serve.runtime import Generator, choose_providers
 
     generator = Generator(model_dir, providers=choose_providers(device))
     latencies, tokens, seconds, sizes = batched_load(generator, prompts, concurrency, new_tokens, max_wait_ms)
-    return summarize(latencies, tokens, seconds, provider=generator.provider,
-                     mean_batch=round(sum(sizes) / len(sizes), 2), onnx=generator.manifest.onnx)
+    return summarize(
+        latencies,
+        tokens,
+        seconds,
+        provider=generator.provider,
+        mean_batch=round(sum(sizes) / len(sizes), 2),
+        onnx=generator.manifest.onnx,
+    )
 
 
-def batched_load(generator, prompts: list[str], concurrency: int, new_tokens: int,
-                 max_wait_ms: float = 3.0) -> tuple[list[float], int, float, list[int]]:
+def batched_load(
+    generator, prompts: list[str], concurrency: int, new_tokens: int, max_wait_ms: float = 3.0
+) -> tuple[list[float], int, float, list[int]]:
     """C async clients, closed loop, through `BatchingGenerator`: latencies (s), tokens, seconds, batch sizes."""
-    from models.batching import BatchingGenerator
+    from models.serve.batching import BatchingGenerator
 
     generator.generate(prompts[:concurrency], max_new_tokens=new_tokens)  # warm-up
 
@@ -64,6 +78,7 @@ def batched_load(generator, prompts: list[str], concurrency: int, new_tokens: in
         latencies, tokens = [], 0
         pending = list(prompts)
         async with BatchingGenerator(generator, max_batch=concurrency, max_wait_ms=max_wait_ms) as batcher:
+
             async def client():
                 nonlocal tokens
                 while pending:
@@ -80,8 +95,9 @@ def batched_load(generator, prompts: list[str], concurrency: int, new_tokens: in
     return asyncio.run(main())
 
 
-def run_threads(generate_one, prompts: list[str], concurrency: int, *,
-                serial: bool = False) -> tuple[list[float], int, float]:
+def run_threads(
+    generate_one, prompts: list[str], concurrency: int, *, serial: bool = False
+) -> tuple[list[float], int, float]:
     """C client threads, closed loop; ``serial``: one model call at a time (the wait counts as latency)."""
     import threading
 
@@ -106,8 +122,9 @@ def run_threads(generate_one, prompts: list[str], concurrency: int, *,
     return latencies, tokens, time.perf_counter() - started
 
 
-def run_optimum(model_dir: Path, onnx_file: str, prompts, concurrency: int, new_tokens: int,
-                device: str = "cpu") -> tuple[dict, dict]:
+def run_optimum(
+    model_dir: Path, onnx_file: str, prompts, concurrency: int, new_tokens: int, device: str = "cpu"
+) -> tuple[dict, dict]:
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
@@ -115,28 +132,36 @@ def run_optimum(model_dir: Path, onnx_file: str, prompts, concurrency: int, new_
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
 
     def load(io_binding: bool):
-        return ORTModelForCausalLM.from_pretrained(model_dir, file_name=onnx_file, use_cache=True, provider=provider,
-                                                   use_io_binding=io_binding)
+        return ORTModelForCausalLM.from_pretrained(
+            model_dir, file_name=onnx_file, use_cache=True, provider=provider, use_io_binding=io_binding
+        )
 
     def generate_with(model):
         def generate_one(prompt: str) -> int:
             ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(model.device)
-            out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
             return out.shape[1] - ids.input_ids.shape[1]
+
         return generate_one
 
     # Optimum's IO binding (its fast path on a GPU) reuses output buffers per model and breaks
     # under concurrent calls: the concurrent run goes without it, the serial run with it on CUDA.
     concurrent = generate_with(load(False))
     serial = generate_with(load(device == "cuda"))
-    return (summarize(*run_threads(concurrent, prompts, concurrency), onnx=onnx_file, threads=concurrency),
-            summarize(*run_threads(serial, prompts, concurrency, serial=True), onnx=onnx_file, threads=1,
-                      io_binding=device == "cuda"))
+    return (
+        summarize(*run_threads(concurrent, prompts, concurrency), onnx=onnx_file, threads=concurrency),
+        summarize(
+            *run_threads(serial, prompts, concurrency, serial=True),
+            onnx=onnx_file,
+            threads=1,
+            io_binding=device == "cuda",
+        ),
+    )
 
 
-def run_pytorch(trained_dir: Path, prompts, concurrency: int, new_tokens: int,
-                device: str = "cpu") -> tuple[dict, dict]:
+def run_pytorch(
+    trained_dir: Path, prompts, concurrency: int, new_tokens: int, device: str = "cpu"
+) -> tuple[dict, dict]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -146,16 +171,17 @@ def run_pytorch(trained_dir: Path, prompts, concurrency: int, new_tokens: int,
     def generate_one(prompt: str) -> int:
         ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(device)
         with torch.no_grad():
-            out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
         return out.shape[1] - ids.input_ids.shape[1]
 
-    return (summarize(*run_threads(generate_one, prompts, concurrency), threads=concurrency),
-            summarize(*run_threads(generate_one, prompts, concurrency, serial=True), threads=1))
+    return (
+        summarize(*run_threads(generate_one, prompts, concurrency), threads=concurrency),
+        summarize(*run_threads(generate_one, prompts, concurrency, serial=True), threads=1),
+    )
 
 
 def run_generate(settings, args) -> int:
-    from models.manifest import ModelDirError, read_manifest
+    from models.serve.manifest import ModelDirError, read_manifest
 
     model_dir, trained_dir = Path(args.model), Path(args.trained)
     try:
@@ -164,27 +190,40 @@ def run_generate(settings, args) -> int:
         print(f"tailor bench generate: {exc}", file=sys.stderr)
         return 2
     if not (trained_dir / "config.json").is_file():
-        print(f"tailor bench generate: {trained_dir} is not a trained model (for the PyTorch leg): "
-              "run `tailor train` or pass --trained", file=sys.stderr)
+        print(
+            f"tailor bench generate: {trained_dir} is not a trained model (for the PyTorch leg): "
+            "run `tailor train` or pass --trained",
+            file=sys.stderr,
+        )
         return 2
     prompts = prompts_for(args.requests, args.slot)
     device = args.device
-    result = {"bench": "generate", "model": manifest.version, "slot": args.slot, "device": device,
-              "concurrency": args.concurrency, "new_tokens": args.new_tokens, "requests": args.requests}
+    result = {
+        "bench": "generate",
+        "model": manifest.version,
+        "slot": args.slot,
+        "device": device,
+        "concurrency": args.concurrency,
+        "new_tokens": args.new_tokens,
+        "requests": args.requests,
+    }
     for onnx_file in dict.fromkeys(["model.onnx", manifest.onnx]):
         if not (model_dir / onnx_file).is_file():
             continue
         label = "int8" if onnx_file != "model.onnx" else "fp32"
         print(f"tailor runtime ({label}) ...", file=sys.stderr)
         runtime_dir = model_dir if onnx_file == manifest.onnx else _with_onnx(model_dir, manifest, onnx_file)
-        result[f"tailor_{label}"] = run_tailor(runtime_dir, prompts, args.concurrency, args.new_tokens,
-                                               args.max_wait_ms, device)
+        result[f"tailor_{label}"] = run_tailor(
+            runtime_dir, prompts, args.concurrency, args.new_tokens, args.max_wait_ms, device
+        )
         print(f"optimum ({label}) ...", file=sys.stderr)
         result[f"optimum_{label}"], result[f"optimum_{label}_serial"] = run_optimum(
-            model_dir, onnx_file, prompts, args.concurrency, args.new_tokens, device)
+            model_dir, onnx_file, prompts, args.concurrency, args.new_tokens, device
+        )
     print("pytorch ...", file=sys.stderr)
-    result["pytorch"], result["pytorch_serial"] = run_pytorch(trained_dir, prompts, args.concurrency,
-                                                              args.new_tokens, device)
+    result["pytorch"], result["pytorch_serial"] = run_pytorch(
+        trained_dir, prompts, args.concurrency, args.new_tokens, device
+    )
     base = result["tailor_fp32"]["tokens_per_s"]
 
     def best(name):
@@ -204,7 +243,7 @@ def _with_onnx(model_dir: Path, manifest, onnx_file: str) -> Path:
 
     import msgspec
 
-    from models.manifest import write_manifest
+    from models.serve.manifest import write_manifest
 
     view = Path(tempfile.mkdtemp(prefix="tailor-bench-model-"))
     for path in model_dir.iterdir():

@@ -14,7 +14,7 @@ import json
 import sys
 
 from bench.generate import batched_load, prompts_for, summarize
-from models.runtime import Generator, choose_providers
+from models.serve.runtime import Generator, choose_providers
 
 
 def bench(generator: Generator, slot: str, concurrency: int = 16, requests: int = 320, new_tokens: int = 24) -> dict:

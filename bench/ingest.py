@@ -20,12 +20,12 @@ import msgspec
 from tqdm import tqdm
 
 from bench.common import bench_settings, peak_rss_mb, run_child
-from engine.settings import Settings
+from config.settings import Settings
 
 
 def run_ingest(settings: Settings, args) -> int:
     from flows.kafka import make_producer, produce_all
-    from flows.produce import simulated_records
+    from jobs.produce import simulated_records
 
     start_ms = int(time.time() * 1000) - 6 * 3_600_000  # six hours of traffic ending near now
     with bench_settings(settings) as bench:
@@ -72,7 +72,7 @@ def run_ingest(settings: Settings, args) -> int:
 @contextlib.contextmanager
 def fresh_repo(settings: Settings):
     """The same topics, an empty Feast repo: every run starts from a blank store."""
-    from flows.store import new_repo
+    from store.feast import new_repo
 
     with tempfile.TemporaryDirectory(prefix="tailor-bench-run-") as tmp:
         yield new_repo(settings, tmp)
@@ -82,7 +82,7 @@ def uniform_records(users: int, n: int, start_ms: int):
     """The worst case for batching: each event from a user drawn uniformly at random."""
     import random
 
-    from engine.events import Event, encode_event
+    from engine.features.events import Event, encode_event
 
     rng = random.Random(7)
     kinds = ("page_view", "click", "impression", "add_to_cart", "page_view", "impression")
@@ -97,7 +97,7 @@ def flow_child() -> None:
     """Runs in the child: the flow over the pre-filled topic, to its end."""
     from bytewax.testing import run_main
 
-    import flows.store  # noqa: F401 - Feast's import takes seconds: not part of the stream
+    import store.feast  # noqa: F401 - Feast's import takes seconds: not part of the stream
     from flows.features import build_flow
 
     marks = {"first": None, "last": None, "consumed": 0, "writes": 0, "rows": 0}
@@ -131,9 +131,9 @@ def naive_push(settings: Settings, users: int, n: int, start_ms: int) -> dict:
     import pandas as pd
     from feast.data_source import PushMode
 
-    from engine.simulate import Simulator
-    from engine.tiles import UserActivity
-    from flows.store import open_store
+    from engine.features.tiles import UserActivity
+    from jobs.simulator import Simulator
+    from store.feast import open_store
 
     store = open_store(settings)
     states: dict[str, UserActivity] = {}

@@ -36,8 +36,9 @@ LATE_AFTER_S = 0.001
 ERROR_SAMPLES = 5
 
 
-def build_request(method: str, path: str, host: str, headers: dict[str, str] | None = None,
-                  body: bytes | None = None) -> bytes:
+def build_request(
+    method: str, path: str, host: str, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> bytes:
     """The bytes of one HTTP/1.1 request (keep-alive is HTTP/1.1's default)."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
@@ -147,8 +148,15 @@ class OpenLoopClient:
         self._open = 0
         self.opened = 0
 
-    async def run(self, make_request: Callable[[int], bytes], rate: float, seconds: float, *,
-                  count_cached: bool = False, drain_s: float | None = None) -> dict:
+    async def run(
+        self,
+        make_request: Callable[[int], bytes],
+        rate: float,
+        seconds: float,
+        *,
+        count_cached: bool = False,
+        drain_s: float | None = None,
+    ) -> dict:
         """Send ``rate * seconds`` requests at a fixed rate; return what was measured.
 
         ``make_request(i)`` gives the bytes of request ``i`` (see `build_request`).
@@ -339,8 +347,9 @@ def _ms(seconds: float) -> float | None:
     return None if math.isnan(seconds) else round(seconds * 1000, 2)  # NaN: nothing measured
 
 
-async def closed_loop(host: str, port: int, requests: list[bytes], concurrency: int,
-                      timeout_s: float = 30.0) -> list[Response]:
+async def closed_loop(
+    host: str, port: int, requests: list[bytes], concurrency: int, timeout_s: float = 30.0
+) -> list[Response]:
     """Send ``requests`` over ``concurrency`` connections, each waiting for its answer (cache warm-up)."""
     queue = collections.deque(enumerate(requests))
     responses: list[Response | None] = [None] * len(requests)

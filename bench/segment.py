@@ -20,7 +20,7 @@ In one invocation, on one broker:
 * one run over the drifted topic: the first alert after the drift point, as a
   delay in events (and simulated hours), per method.
 
-``--shape`` picks the simulator's traffic shape (`engine.simulate.SHAPES`):
+``--shape`` picks the simulator's traffic shape (`jobs.simulator.SHAPES`):
 its sessions, clicks and purchases only, ratings instead of money, or years of
 history with long idle gaps. The JSON says which features the segments used,
 which drift signals were skipped for want of data, and the largest rate of any
@@ -41,8 +41,8 @@ import msgspec
 from tqdm import tqdm
 
 from bench.common import bench_settings, peak_rss_mb, run_child
-from engine.settings import Settings
-from engine.simulate import Drift, Simulator, history_start_ms
+from config.settings import Settings
+from jobs.simulator import Drift, Simulator, history_start_ms
 
 SEED = 7
 
@@ -50,7 +50,7 @@ SEED = 7
 def run_segment(settings: Settings, args) -> int:
     from bench.ingest import fresh_repo
     from flows.kafka import ensure_topics, make_producer, produce_all
-    from flows.produce import records_of
+    from jobs.produce import records_of
 
     n, users = args.burn_in + args.events, args.users
     drift_at = args.drift_at if args.drift_at is not None else args.burn_in + args.events // 2
@@ -62,8 +62,7 @@ def run_segment(settings: Settings, args) -> int:
         ensure_topics(bench.brokers, [drifted.topic], bench.partitions)
         producer = make_producer(bench.brokers)
         for target, drift in ((bench, None), (drifted, Drift(at_event=drift_at, shares=_default_shares()))):
-            events = Simulator(users=users, seed=SEED, start_ms=start_ms, drift=drift,
-                               shape=args.shape).events(n)
+            events = Simulator(users=users, seed=SEED, start_ms=start_ms, drift=drift, shape=args.shape).events(n)
             label = "pre-filling stationary topic" if drift is None else f"pre-filling topic drifted at {drift_at}"
             bar = tqdm(records_of(events), total=n, desc=label, unit="ev", file=sys.stderr, mininterval=0.5)
             produce_all(producer, target.topic, bar)
@@ -74,8 +73,12 @@ def run_segment(settings: Settings, args) -> int:
                 what = "with segmentation and drift" if segments else "without"
                 print(f"run {i + 1}/{args.repeat} {what} ...", file=sys.stderr)
                 with fresh_repo(bench) as run_settings:
-                    child = msgspec.structs.replace(run_settings, tail=False, segments=segments,
-                                                    drift_topic=f"{bench.topic}.alerts.{len(on)}.{len(off)}")
+                    child = msgspec.structs.replace(
+                        run_settings,
+                        tail=False,
+                        segments=segments,
+                        drift_topic=f"{bench.topic}.alerts.{len(on)}.{len(off)}",
+                    )
                     ensure_topics(child.brokers, [child.drift_topic], 1)
                     runs.append(run_child("bench.segment:flow_child", child))
         print("run over the drifted topic ...", file=sys.stderr)
@@ -91,18 +94,21 @@ def start_of(args, drift_at: int) -> int:
     """The simulated clock's start: both streams end before now, as history does (a flow
     dead-letters events ahead of its clock, and ``years`` spans years)."""
     now_ms = int(time.time() * 1000)
-    return min(history_start_ms(args.burn_in + args.events, now_ms, users=args.users, seed=SEED, shape=args.shape,
-                                drift=drift)
-               for drift in (None, Drift(at_event=drift_at, shares=_default_shares())))
+    return min(
+        history_start_ms(args.burn_in + args.events, now_ms, users=args.users, seed=SEED, shape=args.shape, drift=drift)
+        for drift in (None, Drift(at_event=drift_at, shares=_default_shares()))
+    )
 
 
-def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run: dict, drift_at: int,
-              start_ms: int) -> dict:
+def summarize(
+    args, bench: Settings, on: list[dict], off: list[dict], drift_run: dict, drift_at: int, start_ms: int
+) -> dict:
     rate_on = statistics.median(r["consumed"] / r["seconds"] for r in on)
     rate_off = statistics.median(r["consumed"] / r["seconds"] for r in off)
     false_alarms = [len(r["alerts"]) for r in on]
-    delays = detection_delays(args.burn_in + args.events, args.users, drift_at, drift_run["alerts"], args.shape,
-                              start_ms)
+    delays = detection_delays(
+        args.burn_in + args.events, args.users, drift_at, drift_run["alerts"], args.shape, start_ms
+    )
     return {
         "bench": "segment",
         "shape": args.shape,
@@ -118,8 +124,9 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
         "events_per_s_without_runs": [round(r["consumed"] / r["seconds"]) for r in off],
         "cost_of_segmentation": round(1 - rate_on / rate_off, 3),
         # Runs alternate on, off, on, off ...: each pair ran back to back, under similar noise.
-        "cost_pairwise": [round(1 - a["consumed"] / a["seconds"] / (b["consumed"] / b["seconds"]), 3)
-                          for a, b in zip(on, off)],
+        "cost_pairwise": [
+            round(1 - a["consumed"] / a["seconds"] / (b["consumed"] / b["seconds"]), 3) for a, b in zip(on, off)
+        ],
         "ari": statistics.median(r["ari"] for r in on),
         "ari_runs": [r["ari"] for r in on],
         # What the shape's signal allows at all: batch k-means on the same users' latest vectors.
@@ -142,17 +149,32 @@ def summarize(args, bench: Settings, on: list[dict], off: list[dict], drift_run:
         "drift_alerts": [f"{a['feature']}/{a['method']}@{a['time']}" for a in drift_run["alerts"]][:12],
         "drift_run_ari": drift_run["ari"],
         "drift_run_profiles": drift_run["profiles"],
-        "thresholds": {"kl": bench.kl_threshold, "segment_kl": bench.segment_kl_threshold, "js": bench.js_threshold,
-                       "adwin_delta": bench.adwin_delta, "patience": bench.drift_patience,
-                       "window": bench.drift_window, "reference": bench.drift_reference, "warmup": bench.drift_warmup},
+        "thresholds": {
+            "kl": bench.kl_threshold,
+            "segment_kl": bench.segment_kl_threshold,
+            "js": bench.js_threshold,
+            "adwin_delta": bench.adwin_delta,
+            "patience": bench.drift_patience,
+            "window": bench.drift_window,
+            "reference": bench.drift_reference,
+            "warmup": bench.drift_warmup,
+        },
         "peak_rss_mb": max(r["peak_rss_mb"] for r in on),
     }
 
 
 def detection_delays(n: int, users: int, drift_at: int, alerts: list[dict], shape: str, start_ms: int) -> dict:
     """Events (and simulated hours) from the drift point to each measure's first alert after it."""
-    stamps = [e.ts for e in Simulator(users=users, seed=SEED, start_ms=start_ms, shape=shape,
-                                      drift=Drift(at_event=drift_at, shares=_default_shares())).events(n)]
+    stamps = [
+        e.ts
+        for e in Simulator(
+            users=users,
+            seed=SEED,
+            start_ms=start_ms,
+            shape=shape,
+            drift=Drift(at_event=drift_at, shares=_default_shares()),
+        ).events(n)
+    ]
     drift_ms = stamps[drift_at] if drift_at < n else None
     if drift_ms is None:
         return {}
@@ -169,12 +191,15 @@ def detection_delays(n: int, users: int, drift_at: int, alerts: list[dict], shap
         first_ms = alert["time_ms"] if first_ms is None else first_ms
     if not by_method:
         return {"first": None, "by_method": {}}
-    return {"first": min(by_method.values()), "by_method": by_method,
-            "first_hours": round((first_ms - drift_ms) / 3_600_000, 2)}
+    return {
+        "first": min(by_method.values()),
+        "by_method": by_method,
+        "first_hours": round((first_ms - drift_ms) / 3_600_000, 2),
+    }
 
 
 def _default_shares() -> dict[str, float]:
-    from engine.simulate import DEFAULT_DRIFT_SHARES
+    from jobs.simulator import DEFAULT_DRIFT_SHARES
 
     return dict(DEFAULT_DRIFT_SHARES)
 
@@ -183,7 +208,7 @@ def flow_child() -> None:
     """In the child: the flow to the end of the topic, then quality read back through Feast."""
     from bytewax.testing import run_main
 
-    import flows.store  # noqa: F401 - Feast's import takes seconds: not part of the stream
+    import store.feast  # noqa: F401 - Feast's import takes seconds: not part of the stream
     from flows.features import build_flow
 
     settings = Settings.from_env()
@@ -204,8 +229,12 @@ def flow_child() -> None:
     run_main(build_flow(settings, on_consume=on_consume, on_write=on_write, on_audience=on_audience))
     from prometheus_client import REGISTRY
 
-    result = {"consumed": marks["consumed"], "seconds": round(marks["last"] - marks["first"], 3),
-              "dead_letters": int(REGISTRY.get_sample_value("tailor_events_total", {"outcome": "dead_letter"}) or 0), "peak_rss_mb": peak_rss_mb()}
+    result = {
+        "consumed": marks["consumed"],
+        "seconds": round(marks["last"] - marks["first"], 3),
+        "dead_letters": int(REGISTRY.get_sample_value("tailor_events_total", {"outcome": "dead_letter"}) or 0),
+        "peak_rss_mb": peak_rss_mb(),
+    }
     if settings.segments:
         result.update(quality(settings, seen["audience"]))
     print(json.dumps(result))
@@ -217,7 +246,7 @@ def batch_ceiling(model, sim: Simulator) -> float | None:
     procedure can at best recover from this shape's features, whatever its order of updates."""
     import numpy as np
 
-    from engine.segments import adjusted_rand_index, kmeans
+    from engine.audience.segments import adjusted_rand_index, kmeans
 
     if len(model.recent) < model.n_segments:
         return None
@@ -232,21 +261,24 @@ def batch_ceiling(model, sim: Simulator) -> float | None:
 
 def quality(settings: Settings, audience) -> dict:
     """ARI of the segments read through Feast vs. the latent profiles; alerts from the drift topic."""
-    from engine.segments import adjusted_rand_index
+    from engine.audience.segments import adjusted_rand_index
     from flows.kafka import read_topic
-    from flows.store import open_store
+    from store.feast import open_store
 
     store = open_store(settings)
     users = sorted(audience.members)  # every user the model segmented
     got = store.get_online_features(
         features=["user_segment:segment", "user_segment:model_version"], entity_rows=[{"user_id": u} for u in users]
     ).to_dict()
-    truth_sim = Simulator(users=int(os.environ["TAILOR_BENCH_USERS"]), seed=SEED,
-                          shape=os.environ.get("TAILOR_BENCH_SHAPE", "sessions"))
+    truth_sim = Simulator(
+        users=int(os.environ["TAILOR_BENCH_USERS"]), seed=SEED, shape=os.environ.get("TAILOR_BENCH_SHAPE", "sessions")
+    )
     pairs = [(truth_sim.profile_of(u), s) for u, s in zip(got["user_id"], got["segment"]) if s is not None and s >= 0]
-    alerts = [msgspec.json.decode(m.value())
-              for m in read_topic(settings.brokers, settings.drift_topic, audience.alerts_total, timeout_s=10)]
-    from engine.segments import RATE_FEATURES
+    alerts = [
+        msgspec.json.decode(m.value())
+        for m in read_topic(settings.brokers, settings.drift_topic, audience.alerts_total, timeout_s=10)
+    ]
+    from engine.audience.segments import RATE_FEATURES
 
     profiles = audience.profiles()
     rates = [value for p in profiles for name, value in p.centre.items() if name in RATE_FEATURES]
@@ -263,4 +295,3 @@ def quality(settings: Settings, audience) -> dict:
         "alerts": alerts,
         "peak_scores": {f"{f}/{m}": round(v, 4) for (f, m), v in sorted(audience.monitor.peak_scores.items())},
     }
-

@@ -133,8 +133,10 @@ class Pseudonymizer:
         first = user_id[:1]
         # Only an id that starts blank can be blank: the usual id costs one check.
         if (first in _INVISIBLE or first.isspace()) and not user_id.translate(_DROP_INVISIBLE).strip():
-            raise InvalidUserId("a user id must not be empty or blank (only spaces or invisible characters): "
-                                "send the id the user is known by")
+            raise InvalidUserId(
+                "a user id must not be empty or blank (only spaces or invisible characters): "
+                "send the id the user is known by"
+            )
         try:
             data = user_id.encode()
         except UnicodeEncodeError:
@@ -220,15 +222,17 @@ class ConsentBook:
         """Record that ``user_id`` agrees to ``purposes``; returns the updated record."""
         chosen = _check_purposes(purposes)
         record = self._records.get(user_id) or ConsentRecord(user_id=user_id)
-        return self._put(record, granted=set(record.granted) | chosen, revoked=set(record.revoked) - chosen,
-                         now_ms=now_ms)
+        return self._put(
+            record, granted=set(record.granted) | chosen, revoked=set(record.revoked) - chosen, now_ms=now_ms
+        )
 
     def revoke(self, user_id: str, *purposes: str, now_ms: int) -> ConsentRecord:
         """Record that ``user_id`` withdraws (or refuses) ``purposes``; returns the updated record."""
         chosen = _check_purposes(purposes)
         record = self._records.get(user_id) or ConsentRecord(user_id=user_id)
-        return self._put(record, granted=set(record.granted) - chosen, revoked=set(record.revoked) | chosen,
-                         now_ms=now_ms)
+        return self._put(
+            record, granted=set(record.granted) - chosen, revoked=set(record.revoked) | chosen, now_ms=now_ms
+        )
 
     def allows(self, user_id: str, purpose: str) -> bool:
         """Whether ``user_id`` may be used for ``purpose``: their decision, else the policy."""

@@ -1,7 +1,7 @@
 """Feast definitions for Tailor's user features.
 
 ``user_activity_tiles`` holds what the flow writes: per-user time tiles (see
-``engine/tiles.py``), packed into one bytes field so a user's update is one
+``engine/features/tiles.py``), packed into one bytes field so a user's update is one
 small online write.
 ``user_activity`` finishes the windows at read time, so every Feast client
 (``get_online_features``, ``feast serve``) reads values that are correct now.
@@ -40,12 +40,17 @@ user_activity_tiles_fv = FeatureView(
     entities=[user],
     ttl=timedelta(0),
     schema=[
-        Field(name="state", dtype=Bytes, description="Time tiles, totals and affinity; msgpack, layout in engine/tiles.py."),
+        Field(
+            name="state",
+            dtype=Bytes,
+            description="Time tiles, totals and affinity; msgpack, layout in engine/features/tiles.py.",
+        ),
     ],
     source=user_activity_push_source,
     online=True,
     description="Raw per-user tiles written by the flow; read user_activity instead.",
 )
+
 
 @on_demand_feature_view(
     sources=[user_activity_tiles_fv],
@@ -67,14 +72,14 @@ user_activity_tiles_fv = FeatureView(
     ],
     mode="python",
     # Feast compares these fields with the ones it infers, descriptions included,
-    # so the meanings live in engine/tiles.py and README instead.
+    # so the meanings live in engine/features/tiles.py and README instead.
     description="User activity windows finished at read time: correct as of now.",
 )
 def user_activity(inputs: dict) -> dict:
     # Shipped to Feast by source: imports stay inside.
     import time
 
-    from engine.tiles import FEATURES, finish
+    from engine.features.tiles import FEATURES, finish
 
     now_ms = int(time.time() * 1000)
     out = {name: [] for name, _ in FEATURES}
@@ -89,13 +94,14 @@ def user_activity(inputs: dict) -> dict:
             values.append(row[name])
     return out
 
+
 user_activity_v1 = FeatureService(
     name="user_activity_v1",
     features=[user_activity],
     description="The user activity features the personalization API reads.",
 )
 
-# -- segments (engine/segments.py, written by the flow's audience step) --------
+# -- segments (engine/audience/segments.py, written by the flow's audience step) --------
 
 segment = Entity(
     name="segment",
@@ -158,7 +164,7 @@ user_segment_v1 = FeatureService(
     description="A user's segment, as the personalization API reads it.",
 )
 
-# -- experiments (engine/exposures.py, written by the flow's experiment steps) --
+# -- experiments (engine/experiments/exposures.py, written by the flow's experiment steps) --
 
 experiment = Entity(
     name="experiment",
@@ -200,7 +206,7 @@ experiment_arm_fv = FeatureView(
     ],
     source=experiment_arm_push_source,
     online=True,
-    description="Per-arm experiment counters, absolute and idempotent on event_id; see engine/exposures.py.",
+    description="Per-arm experiment counters, absolute and idempotent on event_id; see engine/experiments/exposures.py.",
 )
 
 user_experiment_source = FileSource(
@@ -223,5 +229,5 @@ user_experiment_fv = FeatureView(
     source=user_experiment_push_source,
     online=True,
     description="Each user's arm per experiment, from their first impression: the API keeps users there once "
-                "the experiment's allocation changes.",
+    "the experiment's allocation changes.",
 )

@@ -3,7 +3,7 @@
 Two stateful steps (wired in `flows.features.build_flow`) count exposures and
 outcomes per (experiment, variant), idempotent on ``event_id``:
 
-- `ExposureLogic`, per user: `engine.exposures.UserExposures` decides what each
+- `ExposureLogic`, per user: `engine.experiments.exposures.UserExposures` decides what each
   event changes and emits per-arm deltas, and a `FirstExposure` for each
   experiment the user enters (written to the ``user_experiment`` view, where the
   API finds a user's arm once an experiment's allocation changed);
@@ -19,8 +19,8 @@ from __future__ import annotations
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
-from engine.events import Event
-from engine.exposures import EXPERIMENT_EVENT_TYPES, ArmCounters, FirstExposure, UserExposures
+from engine.experiments.exposures import EXPERIMENT_EVENT_TYPES, ArmCounters, FirstExposure, UserExposures
+from engine.features.events import Event
 from flows import metrics
 
 _arm_key_encoder = msgspec.json.Encoder()
@@ -78,28 +78,3 @@ class ArmLogic(StatefulBatchLogic):
 
     def snapshot(self) -> ArmCounters | None:
         return self.counters
-
-
-def read_arm_counters(store, experiment: str, variants: list[str]) -> dict[str, ArmCounters]:
-    """Each variant's counters in ``experiment``, as the flow last wrote them; zeros for a row not written.
-
-    Reads the provider's online store directly (Feast's ``online_read``, SQLite or
-    Redis): the values ``FeatureStore.get_online_features`` returns, without its
-    per-call overhead.
-    """
-    from flows.store import ARM_FEATURES, ARM_FLOATS, ARM_VIEW, arm_entity_key
-
-    view = store.get_feature_view(ARM_VIEW)
-    keys = [arm_entity_key(experiment, v) for v in variants]
-    rows = store._get_provider().online_read(store.config, view, keys, list(ARM_FEATURES))
-    out = {}
-    for variant, (_, row) in zip(variants, rows):
-        counters = ArmCounters(experiment=experiment, variant=variant)
-        for name, value in (row or {}).items():
-            if name in ARM_FLOATS:
-                if value.HasField("double_val"):
-                    setattr(counters, name, value.double_val)
-            elif value.HasField("int64_val"):
-                setattr(counters, name, value.int64_val)
-        out[variant] = counters
-    return out

@@ -43,7 +43,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bytewax.operators as op
@@ -54,13 +54,13 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
-from engine.audience import Audience, SegmentAssignment, UserUpdate
-from engine.drift import DriftAlert
-from engine.events import Event, InvalidEvent, check_not_ahead, decode_event
-from engine.exposures import ArmCounters, FirstExposure
-from engine.segments import Behaviour
-from engine.settings import Settings
-from engine.tiles import UserActivity
+from config.settings import Settings
+from engine.audience.audience import Audience, SegmentAssignment, UserUpdate
+from engine.audience.drift import DriftAlert
+from engine.audience.segments import Behaviour
+from engine.experiments.exposures import ArmCounters, FirstExposure
+from engine.features.events import Event, InvalidEvent, check_not_ahead, decode_event
+from engine.features.tiles import UserActivity
 from flows import metrics
 from flows.experiments import ArmLogic, ExposureLogic, experiment_events
 from flows.kafka import RawKafkaSource, ensure_topics
@@ -146,8 +146,9 @@ class UserActivityLogic(StatefulBatchLogic):
         else:
             self.state, self.behaviour = resume
         if settings.segments and self.behaviour is None:
-            self.behaviour = Behaviour(settings.behaviour_half_life_s, settings.session_gap_s,
-                                       settings.behaviour_max_idle_s)
+            self.behaviour = Behaviour(
+                settings.behaviour_half_life_s, settings.session_gap_s, settings.behaviour_max_idle_s
+            )
         self.min_sessions = settings.min_sessions
 
     def on_batch(self, events: list[Event]):
@@ -163,8 +164,13 @@ class UserActivityLogic(StatefulBatchLogic):
         clicks, impressions = behaviour.take_clicks()
         # The state object itself goes downstream: the sink packs it once per write.
         evidence = behaviour.evidence() if behaviour.visits_total >= self.min_sessions else None
-        return [(user_id, self.state, UserUpdate(user_id, self.state.newest_ms, len(counted), clicks, impressions,
-                                                 evidence))], False
+        return [
+            (
+                user_id,
+                self.state,
+                UserUpdate(user_id, self.state.newest_ms, len(counted), clicks, impressions, evidence),
+            )
+        ], False
 
     def snapshot(self) -> tuple[UserActivity, Behaviour | None]:
         return self.state, self.behaviour
@@ -173,18 +179,24 @@ class UserActivityLogic(StatefulBatchLogic):
 class AudienceLogic(StatefulBatchLogic):
     """The shared segment model and drift monitor (one per flow, see `Audience`)."""
 
-    def __init__(self, settings: Settings, resume: Audience | None,
-                 on_audience: Callable[[Audience], None] | None = None):
+    def __init__(
+        self, settings: Settings, resume: Audience | None, on_audience: Callable[[Audience], None] | None = None
+    ):
         self.on_audience = on_audience
         self._profiles_due = 0.0
         self._stale = False  # assignments since the last profiles written
         self.audience = resume or Audience(
-            settings.segments, warmup=settings.segment_warmup, drift_warmup=settings.drift_warmup,
+            settings.segments,
+            warmup=settings.segment_warmup,
+            drift_warmup=settings.drift_warmup,
             drift_reference=settings.drift_reference,
-            drift_window=settings.drift_window, drift_patience=settings.drift_patience,
-            kl_threshold=settings.kl_threshold, segment_kl_threshold=settings.segment_kl_threshold,
+            drift_window=settings.drift_window,
+            drift_patience=settings.drift_patience,
+            kl_threshold=settings.kl_threshold,
+            segment_kl_threshold=settings.segment_kl_threshold,
             js_threshold=settings.js_threshold,
-            adwin_delta=settings.adwin_delta, drift_action=settings.drift_action,
+            adwin_delta=settings.adwin_delta,
+            drift_action=settings.drift_action,
             distance_step=settings.segment_distance_step,
         )
 
@@ -202,8 +214,15 @@ class AudienceLogic(StatefulBatchLogic):
         elif result.assignments:
             self._stale = True
         for alert in result.alerts:
-            log.warning("drift: %s by %s = %.4g (threshold %.4g) at %s, action %s", alert.feature, alert.method,
-                        alert.score, alert.threshold, alert.time, alert.action)
+            log.warning(
+                "drift: %s by %s = %.4g (threshold %.4g) at %s, action %s",
+                alert.feature,
+                alert.method,
+                alert.score,
+                alert.threshold,
+                alert.time,
+                alert.action,
+            )
             metrics.DRIFT_ALERTS.labels(alert.feature, alert.method).inc()
             out.append(alert)
         metrics.observe_audience(self.audience)
@@ -216,7 +235,7 @@ class AudienceLogic(StatefulBatchLogic):
         # (a live stream that stops, a backfill ahead of its end), not only while events flow.
         if not self._stale:
             return None
-        return datetime.now(timezone.utc) + timedelta(seconds=max(self._profiles_due - time.monotonic(), 0.0))
+        return datetime.now(UTC) + timedelta(seconds=max(self._profiles_due - time.monotonic(), 0.0))
 
     def on_notify(self):
         return self._final_profiles(), False
@@ -244,7 +263,7 @@ def alert_message(kv: tuple[str, DriftAlert]) -> KafkaSinkMessage:
 class _FeatureStorePartition(StatefulSinkPartition):
     def __init__(self, settings: Settings, on_write: Callable[[int], None] | None, writer=None):
         if writer is None:  # a second partition in this process: Feast is loaded by now
-            from flows.store import FeatureWriter
+            from store.feast import FeatureWriter
 
             writer = FeatureWriter(settings)
             gc.freeze()  # see FeatureStoreSink.open
@@ -311,7 +330,7 @@ class FeatureStoreSink(FixedPartitionedSink):
         starts.
         """
         started = time.monotonic()
-        from flows.store import FeatureWriter
+        from store.feast import FeatureWriter
 
         writer = FeatureWriter(self.settings)
         writer.warm_up()
@@ -405,8 +424,9 @@ def build_flow(
         audience = op.stateful_batch("audience", updates, lambda resume: AudienceLogic(settings, resume, on_audience))
         # ("audience", (user_id, SegmentAssignment) | ("segment_profiles", [SegmentProfile]) | DriftAlert)
         alerts = op.branch("alerts", audience, _is_alert)
-        op.output("drift", op.map("drift_message", alerts.trues, alert_message),
-                  KafkaSink(brokers, settings.drift_topic))
+        op.output(
+            "drift", op.map("drift_message", alerts.trues, alert_message), KafkaSink(brokers, settings.drift_topic)
+        )
         rows.append(op.map("by_row_key", alerts.falses, _keyed))
         # (key, (key, SegmentAssignment | [SegmentProfile])), keyed by user or "segment_profiles"
     exp_events = op.flat_map_batch("experiment_events", valid.trues, experiment_events)
@@ -501,9 +521,12 @@ class FlowReadiness:
             tmp.write_text(json.dumps({"pid": os.getpid(), "ready_s": round(ready_s, 3)}) + "\n")
             tmp.replace(self.ready_file)  # a reader never sees half a file
         loaded = f"Feast loaded in {self.loaded_s:.1f} s, " if self.loaded_s is not None else ""
-        print(f"tailor flow: ready in {ready_s:.1f} s ({loaded}online store {self.online}, "
-              f"{len(self._fetching)} partition(s) of {self.topic} fetching, pid {os.getpid()})",
-              file=sys.stderr, flush=True)
+        print(
+            f"tailor flow: ready in {ready_s:.1f} s ({loaded}online store {self.online}, "
+            f"{len(self._fetching)} partition(s) of {self.topic} fetching, pid {os.getpid()})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def withdraw(self) -> None:
         """Not ready any more (stopping, exiting): the gauge to 0, the ready file gone."""
@@ -531,7 +554,7 @@ class StopOnSignals:
         self.readiness = readiness
         self.running = False  # the flow is built: stopping means draining it
 
-    def install(self) -> "StopOnSignals":
+    def install(self) -> StopOnSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
         return self
@@ -539,8 +562,11 @@ class StopOnSignals:
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.stop.is_set():
-            print(f"tailor flow: {name} again: stopping now (the next start replays from the last snapshot)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"tailor flow: {name} again: stopping now (the next start replays from the last snapshot)",
+                file=sys.stderr,
+                flush=True,
+            )
             self.readiness.withdraw()
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -550,8 +576,12 @@ class StopOnSignals:
         if not self.running:
             print(f"tailor flow: {name} during start-up: exiting", file=sys.stderr, flush=True)
             raise SystemExit(0)
-        print(f"tailor flow: {name}: stopping (draining, flushing the offline store, snapshotting; "
-              f"{name} again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"tailor flow: {name}: stopping (draining, flushing the offline store, snapshotting; "
+            f"{name} again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _is_flow_process() -> bool:

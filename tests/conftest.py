@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import Settings
+from config.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The API tests' pseudonym key and API keys (a serving key and an admin key).
@@ -52,7 +52,7 @@ def make_settings(broker, feature_repo):
 
     def make(**overrides) -> Settings:
         from flows.kafka import ensure_topics
-        from flows.store import apply_definitions, open_store
+        from store.feast import apply_definitions, open_store
 
         tag = uuid.uuid4().hex[:8]
         values = {
@@ -76,13 +76,14 @@ def make_settings(broker, feature_repo):
 def trained(tmp_path_factory):
     """A tiny copy model trained on 6,000 corpus records (about a minute): (folder, evaluation)."""
     pytest.importorskip("torch")
-    from models.build import TrainConfig, train
-    from models.corpus import build_corpus
+    from models.train.build import TrainConfig, train
+    from models.train.corpus import build_corpus
 
     out = tmp_path_factory.mktemp("trained")
     records = build_corpus(seed=1)
-    evaluation = train(out, TrainConfig(size="tiny", max_records=6000, lr=5e-3, seed=1, eval_samples=1),
-                       records, progress=False)
+    evaluation = train(
+        out, TrainConfig(size="tiny", max_records=6000, lr=5e-3, seed=1, eval_samples=1), records, progress=False
+    )
     return out, evaluation
 
 
@@ -94,8 +95,8 @@ def exported(request, tmp_path_factory):
     """
     import os
 
-    from models.export import export
-    from models.manifest import ModelDirError, read_manifest
+    from models.serve.manifest import ModelDirError, read_manifest
+    from models.train.export import export
 
     keep = os.environ.get("TAILOR_TEST_MODEL")
     if keep:
@@ -113,8 +114,12 @@ def api_settings(make_settings, exported):
     """Settings for an API on the session broker, a fresh Feast repo and the tiny copy model (10 s budget)."""
 
     def make(**overrides):
-        values = {"pseudonym_key": KEY, "api_keys": "server=ingest+serve,boss=admin", "model_dir": str(exported[0]),
-                  "generation_budget_ms": 10_000.0}
+        values = {
+            "pseudonym_key": KEY,
+            "api_keys": "server=ingest+serve,boss=admin",
+            "model_dir": str(exported[0]),
+            "generation_budget_ms": 10_000.0,
+        }
         return make_settings(**(values | overrides))
 
     return make

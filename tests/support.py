@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from engine.events import Event, encode_event
+from engine.features.events import Event, encode_event
 from flows.kafka import make_producer, produce_all, read_topic
 
 
@@ -28,7 +28,7 @@ def dead_letters(settings, expected: int) -> list[dict]:
 
 
 def online_features(settings, user_ids: list[str]) -> dict[str, list]:
-    from flows.store import open_store
+    from store.feast import open_store
 
     store = open_store(settings)
     return store.get_online_features(
@@ -38,7 +38,7 @@ def online_features(settings, user_ids: list[str]) -> dict[str, list]:
 
 
 def online_states(settings, user_ids: list[str]) -> dict[str, bytes | None]:
-    from flows.store import open_store
+    from store.feast import open_store
 
     store = open_store(settings)
     got = store.get_online_features(
@@ -52,22 +52,29 @@ def uninterrupted_run(settings, folder):
     from bytewax.testing import run_main
 
     from flows.features import build_flow
-    from flows.store import new_repo
+    from store.feast import new_repo
 
     reference = new_repo(settings, folder)
     run_main(build_flow(reference, tail=False))
     return reference
 
 
-def feed_audience(audience, events, batch_size: int = 2000, half_life_s: float = 259_200.0,
-                  min_sessions: float = 2.0, behaviours: dict | None = None, session_gap_s: float = 1800.0,
-                  max_idle_s: float = 86_400.0):
+def feed_audience(
+    audience,
+    events,
+    batch_size: int = 2000,
+    half_life_s: float = 259_200.0,
+    min_sessions: float = 2.0,
+    behaviours: dict | None = None,
+    session_gap_s: float = 1800.0,
+    max_idle_s: float = 86_400.0,
+):
     """What the flow does, without Kafka: batches of events -> per-user behaviour -> the audience.
 
     Yields ``(events handed out so far, AudienceResult)`` per batch.
     """
-    from engine.audience import UserUpdate
-    from engine.segments import Behaviour
+    from engine.audience.audience import UserUpdate
+    from engine.audience.segments import Behaviour
 
     behaviours = {} if behaviours is None else behaviours
     batch: dict[str, list] = {}
@@ -82,8 +89,16 @@ def feed_audience(audience, events, batch_size: int = 2000, half_life_s: float =
             for e in user_events:
                 b.update(e)
             clicks, impressions = b.take_clicks()
-            updates.append(UserUpdate(user_id, user_events[-1].ts, len(user_events), clicks, impressions,
-                                      b.evidence() if b.visits_total >= min_sessions else None))
+            updates.append(
+                UserUpdate(
+                    user_id,
+                    user_events[-1].ts,
+                    len(user_events),
+                    clicks,
+                    impressions,
+                    b.evidence() if b.visits_total >= min_sessions else None,
+                )
+            )
         batch.clear()
         return audience.observe(updates)
 

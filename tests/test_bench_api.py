@@ -27,7 +27,7 @@ class TinyServer:
         self.stalled = False
         self.requests = 0
 
-    async def __aenter__(self) -> "TinyServer":
+    async def __aenter__(self) -> TinyServer:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         self.started = asyncio.get_running_loop().time()
@@ -81,7 +81,10 @@ class TinyServer:
         elif path == "/chunked":
             return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
         return b"HTTP/1.1 %s\r\nContent-Length: %d\r\nContent-Type: application/json\r\n\r\n%s" % (
-            status, len(body), body)
+            status,
+            len(body),
+            body,
+        )
 
 
 def _get(port: int, path: str):
@@ -276,8 +279,10 @@ def test_targets_judge_each_figure():
     feast = {"open_loop": [_run(500, 8.0), _run(1000, 900.0)], "peak_wrk": {"rps": 1000.0, "p99_ms": 40.0}}
     result = {
         "features_vs_feast": compare(features, feast),
-        "personalize": {"open_loop": _run(1000, 8.5, cached=0.9),
-                        "peak_wrk": {"rps": 3500.0, "non_2xx": 0, "cached_ratio": 1.0}},
+        "personalize": {
+            "open_loop": _run(1000, 8.5, cached=0.9),
+            "peak_wrk": {"rps": 3500.0, "non_2xx": 0, "cached_ratio": 1.0},
+        },
     }
     assert result["features_vs_feast"]["throughput_ratio"] == 6.0
     assert result["features_vs_feast"]["open_loop_p99_ratio"] == {"500": 0.25, "1000": 0.003}

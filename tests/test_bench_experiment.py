@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bench.experiment import simulate
-from engine.experiments import plan_sample_size
-from flows.cli import main
+from cli.main import main
+from engine.experiments.assignment import plan_sample_size
 
 
 @pytest.fixture(scope="module")

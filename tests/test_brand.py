@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from engine import brand
-from engine.brand import DEFAULT_RULES, RULES, BrandRules, InvalidBrandRules, Violation, check, load_brand_rules
-from engine.catalog import build_catalog
-from models import corpus
+from engine.content import brand
+from engine.content.brand import DEFAULT_RULES, RULES, BrandRules, InvalidBrandRules, Violation, check, load_brand_rules
+from engine.content.catalog import build_catalog
+from models.train import corpus
 
 RULES_JSON = {
     "name": "acme",
@@ -24,7 +24,6 @@ def rules_broken(text, slot="description", tone=None, rules=ACME):
     return [v.rule for v in check(rules, text, slot=slot, tone=tone)]
 
 
-
 def test_corpus_copy_passes_the_demo_rules_and_tone_agrees_with_obeys_tone():
     records = corpus.build_corpus(seed=0, catalog=build_catalog(seed=1, n_items=6), per_combination=2)
     for record in records:
@@ -35,21 +34,34 @@ def test_corpus_copy_passes_the_demo_rules_and_tone_agrees_with_obeys_tone():
 
 
 ONE_RULE_BROKEN = [
-    ("Cheap lamps for everyone", "description", None,
-     Violation("banned_word", "uses the banned word 'cheap'")),
-    ("Win FREE\n money today", "description", None,
-     Violation("banned_word", "uses the banned word 'free money'")),
-    ("Act now or miss out", "description", None,
-     Violation("forbidden_phrase", "contains the forbidden phrase 'act now or'")),
-    ("Add to basket", "cta", None,
-     Violation("required_phrase", "lacks a phrase required in a call to action: needs 'shop' or 'buy now'")),
-    ("x" * 41, "headline", None,
-     Violation("too_long", "is 41 characters, over the 40 allowed in a headline")),
-    ("x" * 71, "email_subject", None,
-     Violation("too_long", "is 71 characters, over the 70 allowed in an email subject")),
+    ("Cheap lamps for everyone", "description", None, Violation("banned_word", "uses the banned word 'cheap'")),
+    ("Win FREE\n money today", "description", None, Violation("banned_word", "uses the banned word 'free money'")),
+    (
+        "Act now or miss out",
+        "description",
+        None,
+        Violation("forbidden_phrase", "contains the forbidden phrase 'act now or'"),
+    ),
+    (
+        "Add to basket",
+        "cta",
+        None,
+        Violation("required_phrase", "lacks a phrase required in a call to action: needs 'shop' or 'buy now'"),
+    ),
+    ("x" * 41, "headline", None, Violation("too_long", "is 41 characters, over the 40 allowed in a headline")),
+    (
+        "x" * 71,
+        "email_subject",
+        None,
+        Violation("too_long", "is 71 characters, over the 70 allowed in an email subject"),
+    ),
     ("", "headline", "urgent", Violation("empty", "is empty")),
-    ("Hurry, it ends tonight", "headline", "premium",
-     Violation("tone", "has no word of the premium tone, such as 'crafted' or 'hand made'")),
+    (
+        "Hurry, it ends tonight",
+        "headline",
+        "premium",
+        Violation("tone", "has no word of the premium tone, such as 'crafted' or 'hand made'"),
+    ),
 ]
 
 
@@ -88,7 +100,8 @@ def test_banned_words_match_whole_words_only():
 def test_banned_entries_with_punctuation_at_an_edge():
     rules = BrandRules(name="x", banned_words=("100%", "#1"))
     assert [v.detail for v in check(rules, "The #1 lamp, 100% oak", slot="headline")] == [
-        "uses the banned word '#1'", "uses the banned word '100%'",
+        "uses the banned word '#1'",
+        "uses the banned word '100%'",
     ]
     assert check(rules, "The #10 lamp", slot="headline") == []
 
@@ -115,7 +128,11 @@ def test_tone_words_can_be_switched_off():
 def test_violations_come_in_a_fixed_order():
     text = "Cheap! Act now or lose out, a deal " + "x" * 30
     assert rules_broken(text, "cta", "premium") == [
-        "too_long", "banned_word", "forbidden_phrase", "required_phrase", "tone",
+        "too_long",
+        "banned_word",
+        "forbidden_phrase",
+        "required_phrase",
+        "tone",
     ]
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from models.build import EVALUATION, TrainConfig, train
-from models.corpus import CONTROL_TOKENS, SLOTS, TONES, build_corpus, control_prefix
-from models.manifest import read_manifest
+from models.serve.manifest import read_manifest
+from models.train.build import EVALUATION, TrainConfig, train
+from models.train.corpus import CONTROL_TOKENS, SLOTS, TONES, build_corpus, control_prefix
 
 pytestmark = pytest.mark.model
 
@@ -44,7 +44,7 @@ def test_control_tokens_are_single_tokens_and_change_the_output(trained):
                 ids = tokenizer(control_prefix(seg, slot, tone), return_tensors="pt").input_ids
                 with torch.no_grad():
                     out = model.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
-                outputs.add(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+                outputs.add(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
             differing += len(outputs) >= 3
     assert differing >= 0.9 * len(SEGMENTS) * len(SLOTS)  # the tone token steers the copy
 
@@ -68,7 +68,7 @@ def test_bad_training_settings_are_clear_errors():
 
 
 def test_the_runtime_serves_the_exported_model_and_obeys_length(exported):
-    from models.runtime import Generator
+    from models.serve.runtime import Generator
 
     folder, manifest = exported
     generator = Generator(folder, providers=["CPUExecutionProvider"])
@@ -84,7 +84,7 @@ def test_the_runtime_serves_the_exported_model_and_obeys_length(exported):
 def test_samples_table_covers_every_control_combination(exported, capsys, tmp_path):
     import argparse
 
-    from models.samples import run_samples
+    from models.serve.samples import run_samples
 
     folder, _ = exported
     assert run_samples(None, argparse.Namespace(model=str(folder), sample=False, seed=0, json=True)) == 0
@@ -102,7 +102,7 @@ def test_samples_table_covers_every_control_combination(exported, capsys, tmp_pa
 
 @pytest.fixture(scope="module")
 def exported_fp32(trained, tmp_path_factory):
-    from models.export import export
+    from models.train.export import export
 
     out = tmp_path_factory.mktemp("onnx-fp32")
     return out, export(trained[0], out, version="test-fp32")
@@ -113,8 +113,8 @@ def test_dynamic_batching_answers_each_caller_as_if_alone(exported_fp32):
     # prompt's greedy copy may change with its batch-mates (see models/README.md).
     import asyncio
 
-    from models.batching import BatchingGenerator
-    from models.runtime import Generator
+    from models.serve.batching import BatchingGenerator
+    from models.serve.runtime import Generator
 
     generator = Generator(exported_fp32[0], providers=["CPUExecutionProvider"])
     prompts = [control_prefix(seg, slot, "premium") for seg in SEGMENTS for slot in SLOTS]
@@ -138,7 +138,7 @@ def test_dynamic_batching_answers_each_caller_as_if_alone(exported_fp32):
 def test_batcher_reports_errors_to_every_caller():
     import asyncio
 
-    from models.batching import BatchingGenerator
+    from models.serve.batching import BatchingGenerator
 
     class Broken:
         def generate(self, prompts, **settings):
@@ -159,8 +159,13 @@ def test_fine_tuning_from_a_local_base_keeps_its_tokenizer(trained, tmp_path):
     base, _ = trained
     out = tmp_path / "tuned"
     styles = {"email-driven, quick looks": "email_driven"}
-    evaluation = train(out, TrainConfig(size="tiny", max_records=300, base=str(base), seed=2, eval_samples=1),
-                       build_corpus(seed=1), progress=False, segment_styles=styles)
+    evaluation = train(
+        out,
+        TrainConfig(size="tiny", max_records=300, base=str(base), seed=2, eval_samples=1),
+        build_corpus(seed=1),
+        progress=False,
+        segment_styles=styles,
+    )
     assert evaluation["training"]["config"]["base"] == str(base)
     assert evaluation["training"]["segment_styles"] == styles
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
@@ -169,9 +174,9 @@ def test_fine_tuning_from_a_local_base_keeps_its_tokenizer(trained, tmp_path):
 
 
 def test_stored_segment_profiles_name_the_styles(exported, trained, tmp_path):
-    from models.build import stored_segment_styles
-    from models.export import export
-    from models.manifest import read_manifest
+    from models.serve.manifest import read_manifest
+    from models.train.build import stored_segment_styles
+    from models.train.export import export
 
     class NoStore:
         segments = 4

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.cli import build_parser
+from cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -89,7 +89,9 @@ def test_depends_on_names_real_services_with_valid_conditions(services):
             assert dependency != name
             assert condition in DEPENDS_CONDITIONS, f"{name}: {condition}"
             if condition == "service_healthy":
-                assert "healthcheck" in services[dependency], f"{name} waits for {dependency} to be healthy; it has no healthcheck"
+                assert "healthcheck" in services[dependency], (
+                    f"{name} waits for {dependency} to be healthy; it has no healthcheck"
+                )
 
 
 def test_the_flow_starts_after_feast_apply_and_healthy_kafka_and_redis(services):
@@ -141,7 +143,9 @@ def test_recovery_lives_on_a_volume(services):
         args = build_parser().parse_args(command(services[name])[1:])
         assert args.recovery_dir, f"{name} runs the flow without recovery"
         targets = [target for _source, target in volume_mounts(services[name])]
-        assert any(Path(args.recovery_dir).is_relative_to(t) for t in targets), f"{name}: {args.recovery_dir} is not on a volume"
+        assert any(Path(args.recovery_dir).is_relative_to(t) for t in targets), (
+            f"{name}: {args.recovery_dir} is not on a volume"
+        )
 
 
 def test_commands_are_real_tailor_subcommands(services):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import models.corpus
-from engine.catalog import CATALOG_SEED, build_catalog
-from engine.segments import FEATURES
-from engine.simulate import PROFILES
-from models.corpus import (
+import models.train.corpus
+from engine.audience.segments import FEATURES
+from engine.content.catalog import CATALOG_SEED, build_catalog
+from jobs.simulator import PROFILES
+from models.train.corpus import (
     CONTROL_TOKENS,
     LABEL_CUES,
     MAX_CHARS,
@@ -91,11 +91,17 @@ def test_texts_of_a_combination_are_distinct(corpus):
 
 def test_shortening_keeps_whole_words(corpus, items):
     # Every word comes whole from the phrase banks or the item: nothing is cut mid-way.
-    bank_words = set(WORDS.findall(Path(models.corpus.__file__).read_text().lower()))
+    bank_words = set(WORDS.findall(Path(models.train.corpus.__file__).read_text().lower()))
     for r in corpus:
         item = items[r.item_id]
-        item_text = " ".join([item.title, *item.attributes.values(), f"{item.price:.2f} {item.sale_price:.2f}",
-                              f"{round(item.price - item.sale_price, 2):.2f} {item.discount_pct}"])
+        item_text = " ".join(
+            [
+                item.title,
+                *item.attributes.values(),
+                f"{item.price:.2f} {item.sale_price:.2f}",
+                f"{round(item.price - item.sale_price, 2):.2f} {item.discount_pct}",
+            ]
+        )
         assert set(WORDS.findall(r.text.lower())) <= bank_words | set(WORDS.findall(item_text.lower())), r
     headlines = [r for r in corpus if r.slot == "headline"]
     assert any(items[r.item_id].title in r.text for r in headlines)
@@ -163,8 +169,9 @@ def test_segments_write_measurably_different_copy(corpus):
     assert max(share(by_segment[s], craft) for s in SEGMENT_STYLES if s != "loyal_high_spender") < 0.05
 
     def discovery(text):
-        return bool(re.search(r"landed|new in|discover|inspiration|browse|look|explore|what's new", text,
-                              re.IGNORECASE))
+        return bool(
+            re.search(r"landed|new in|discover|inspiration|browse|look|explore|what's new", text, re.IGNORECASE)
+        )
 
     assert share(by_segment["window_shopper"], discovery) > 0.9
     assert max(share(by_segment[s], discovery) for s in SEGMENT_STYLES if s != "window_shopper") < 0.1
@@ -247,8 +254,12 @@ def test_hash_is_stable_and_follows_content(corpus, tmp_path):
     small = corpus[:500]
     digest = corpus_hash(small)
     assert re.fullmatch(r"[0-9a-f]{64}", digest) and corpus_hash(list(small)) == digest
-    changed = [*small[:-1], CopyRecord(**{**{f: getattr(small[-1], f) for f in CopyRecord.__struct_fields__},
-                                          "text": small[-1].text + "!"})]
+    changed = [
+        *small[:-1],
+        CopyRecord(
+            **{**{f: getattr(small[-1], f) for f in CopyRecord.__struct_fields__}, "text": small[-1].text + "!"}
+        ),
+    ]
     assert corpus_hash(changed) != digest
     path = tmp_path / "corpus.jsonl"
     write_jsonl(small, path)

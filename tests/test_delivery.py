@@ -39,8 +39,9 @@ def own_broker():
 @pytest.fixture
 def events_settings(make_settings, own_broker):
     def make(**overrides):
-        return make_settings(brokers=own_broker.address, pseudonym_key=KEY,
-                             api_keys="ingester=ingest+serve", **overrides)
+        return make_settings(
+            brokers=own_broker.address, pseudonym_key=KEY, api_keys="ingester=ingest+serve", **overrides
+        )
 
     return make
 
@@ -200,8 +201,7 @@ def dropped_impressions(client) -> float:
     raise AssertionError("tailor_exposures_dropped_total is not exported")
 
 
-def test_impressions_never_wedge_personalize_and_are_logged_again_once_the_broker_is_back(events_settings,
-                                                                                            own_broker):
+def test_impressions_never_wedge_personalize_and_are_logged_again_once_the_broker_is_back(events_settings, own_broker):
     settings = events_settings(produce_timeout_ms=1000, producer_queue_messages=5)
     ask = {"user_id": "ann", "slot": "headline"}
     with TestClient(app=create_app(settings)) as client:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from engine.drift import histogram, js_distance, kl_divergence
+from engine.audience.drift import histogram, js_distance, kl_divergence
 
 
 def test_kl_hand_computed():
@@ -51,7 +51,7 @@ def test_histogram_outer_bins_catch_outliers():
 
 # -- DriftMonitor -------------------------------------------------------------------
 
-from engine.drift import CLICK_THROUGH, SEGMENT_SIZES, DriftMonitor, _adwin_update  # noqa: E402
+from engine.audience.drift import CLICK_THROUGH, SEGMENT_SIZES, DriftMonitor, _adwin_update  # noqa: E402
 
 
 def feed(monitor, values, segments=None, weights=None, time_ms=0):
@@ -81,8 +81,7 @@ def test_weights_count_like_copies():
 
 
 def test_alert_after_patience_checks_then_rearm():
-    monitor = DriftMonitor(["x"], n_segments=1, warmup=1000, window=200, blocks=2, bins=4, kl_threshold=0.5,
-                           patience=3)
+    monitor = DriftMonitor(["x"], n_segments=1, warmup=1000, window=200, blocks=2, bins=4, kl_threshold=0.5, patience=3)
     rng = np.random.default_rng(1)
     feed(monitor, rng.uniform(0, 1, 1000))
     fired = []

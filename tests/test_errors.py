@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.settings import Settings
-from flows.cli import build_parser
+from cli.main import build_parser
+from config.settings import Settings
 from flows.features import build_flow, run_flow
 from flows.kafka import ensure_topics, free_port
 
@@ -72,8 +72,12 @@ def test_blank_user_ids_are_refused_with_the_reason_never_500(app_settings):
             assert got.status_code == 400 and "blank" in got.json()["detail"], (repr(blank), got.text)
 
 
-DEEP_BODIES = (b"[" * 1000 + b"]" * 1000, b'{"a":' * 1000 + b"1" + b"}" * 1000, b"[" * 5000,
-               b'{"user_id": "u", "slot": "cta", "context": ' + b"[" * 3000 + b"]" * 3000 + b"}")
+DEEP_BODIES = (
+    b"[" * 1000 + b"]" * 1000,
+    b'{"a":' * 1000 + b"1" + b"}" * 1000,
+    b"[" * 5000,
+    b'{"user_id": "u", "slot": "cta", "context": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+)
 
 
 @pytest.mark.integration
@@ -86,8 +90,14 @@ def test_deeply_nested_json_is_a_400_on_every_post_and_patch_route(app_settings)
     from tests.conftest import ADMIN
 
     app = create_app(app_settings)
-    routes = sorted({(method, re.sub(r"\{[^}]*\}", "x", route.path)) for route in app.routes
-                     for method in getattr(route, "methods", ()) if method in ("POST", "PATCH", "PUT")})
+    routes = sorted(
+        {
+            (method, re.sub(r"\{[^}]*\}", "x", route.path))
+            for route in app.routes
+            for method in getattr(route, "methods", ())
+            if method in ("POST", "PATCH", "PUT")
+        }
+    )
     # events, personalize, templates (create, revise, archive), experiments (create, start, stop, allocate)
     assert len(routes) >= 9 and ("PATCH", "/v1/templates/x") in routes, routes
     with TestClient(app=app) as client:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.events import (
+from engine.features.events import (
     EVENT_TYPES,
     MAX_EVENT_BYTES,
     MAX_TS_MS,
@@ -105,8 +105,10 @@ def test_the_bound_is_checked_after_the_shift():
     in_range = json.dumps(GOOD).encode()
     with pytest.raises(InvalidEvent) as info:
         decode_shifted_event(in_range, -30 * YEAR_MS)
-    assert info.value.reason == (f"`ts` {GOOD['ts']} shifted by {-30 * YEAR_MS} ms is {GOOD['ts'] - 30 * YEAR_MS}, "
-                                 "not epoch milliseconds between 2000 and 2100")
+    assert info.value.reason == (
+        f"`ts` {GOOD['ts']} shifted by {-30 * YEAR_MS} ms is {GOOD['ts'] - 30 * YEAR_MS}, "
+        "not epoch milliseconds between 2000 and 2100"
+    )
     with pytest.raises(InvalidEvent, match="shifted by \\+1 ms"):
         decode_shifted_event(json.dumps({**GOOD, "ts": MAX_TS_MS - 1}).encode(), 1)
     assert decode_shifted_event(json.dumps({**GOOD, "ts": MIN_TS_MS - 1}).encode(), 1).ts == MIN_TS_MS
@@ -150,8 +152,12 @@ def test_unbounded_event_time_reads_times_outside_the_bound():
 
 
 events_at_any_time = st.fixed_dictionaries(
-    {"event_id": st.just("e1"), "type": st.sampled_from(EVENT_TYPES), "user_id": st.just("u1"),
-     "ts": st.integers(min_value=-10**13, max_value=10**13)},
+    {
+        "event_id": st.just("e1"),
+        "type": st.sampled_from(EVENT_TYPES),
+        "user_id": st.just("u1"),
+        "ts": st.integers(min_value=-(10**13), max_value=10**13),
+    },
     optional={"value": st.none() | st.floats(min_value=0, max_value=1e9), "item_id": st.just("i1")},
 )
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
-from engine.experiments import plan_sample_size
-from flows.cli import main
+from cli.main import main
+from engine.experiments.assignment import plan_sample_size
 
 
 def test_plan_prints_users_per_arm_and_days(capsys):
-    assert main(["experiment", "plan", "--baseline", "0.1", "--mde", "0.1", "--daily-users", "10000",
-                 "--share", "0.5"]) == 0
+    assert (
+        main(["experiment", "plan", "--baseline", "0.1", "--mde", "0.1", "--daily-users", "10000", "--share", "0.5"])
+        == 0
+    )
     plan = json.loads(capsys.readouterr().out)
     assert plan["per_arm"] == plan_sample_size(0.1, 0.1) == 14_751
     assert plan["total"] == 29_502 and plan["days"] == 6 and plan["treated_rate"] == 0.11

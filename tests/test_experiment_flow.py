@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from bytewax.testing import run_main
 
-from engine.exposures import ArmCounters
-from flows.experiments import read_arm_counters
+from engine.experiments.exposures import ArmCounters
 from flows.features import build_flow
 from flows.metrics import EXPERIMENT_EVENTS
-from flows.store import ARM_FEATURES, open_store
+from store.feast import ARM_FEATURES, open_store
+from store.online import read_arm_counters
 from tests.conftest import now_ms
 from tests.support import produce_events
 from tests.test_exposures import expected, story
@@ -49,8 +49,10 @@ def read_back(settings) -> dict[str, dict[str, ArmCounters]]:
 
 
 def outcomes() -> dict[str, float]:
-    return {k: EXPERIMENT_EVENTS.labels(k)._value.get()
-            for k in ("counted", "duplicate", "unexposed", "unattributed", "ignored")}
+    return {
+        k: EXPERIMENT_EVENTS.labels(k)._value.get()
+        for k in ("counted", "duplicate", "unexposed", "unattributed", "ignored")
+    }
 
 
 def test_arm_counters_through_the_flow_read_through_feast(make_settings):
@@ -62,10 +64,20 @@ def test_arm_counters_through_the_flow_read_through_feast(make_settings):
     assert read_back(settings) == wanted(t)
     hero_a = wanted(t)["hero"]["a"]
     assert (hero_a.users, hero_a.clickers, hero_a.converters, hero_a.value_sum, hero_a.value_sum_sq) == (
-        2, 1, 2, 67.0, 2269.0)
+        2,
+        1,
+        2,
+        67.0,
+        2269.0,
+    )
     after = outcomes()
     assert {k: after[k] - before[k] for k in after} == {
-        "counted": 12, "duplicate": 1, "unexposed": 3, "unattributed": 1, "ignored": 1}
+        "counted": 12,
+        "duplicate": 1,
+        "unexposed": 3,
+        "unattributed": 1,
+        "ignored": 1,
+    }
 
 
 def test_a_duplicated_input_counts_once(make_settings):
@@ -96,7 +108,7 @@ def test_a_second_run_on_the_same_store_writes_the_same_rows(make_settings):
 
 
 def test_arm_counters_on_redis(make_settings, redis_server):
-    from flows.store import apply_definitions
+    from store.feast import apply_definitions
 
     settings = make_settings(redis_url=redis_server.url)
     apply_definitions(open_store(settings))  # creates the Redis-side infra
@@ -110,8 +122,8 @@ def test_arm_counters_on_redis(make_settings, redis_server):
 
 
 def test_a_repo_missing_a_view_says_how_to_fix_it(tmp_path):
-    from engine.settings import Settings
-    from flows.store import FeatureWriter, new_repo
+    from config.settings import Settings
+    from store.feast import FeatureWriter, new_repo
 
     writer = FeatureWriter(new_repo(Settings(), tmp_path / "repo"), offline=False)
     with pytest.raises(RuntimeError, match="'experiment_arm_old' is not registered in .*: run `tailor apply`"):
@@ -119,7 +131,7 @@ def test_a_repo_missing_a_view_says_how_to_fix_it(tmp_path):
 
 
 def test_each_users_first_arm_is_recorded_for_sticky_assignment(make_settings):
-    from api.online import OnlineReader
+    from store.online import OnlineReader
 
     settings = make_settings()
     t = now_ms() - 3_600_000
@@ -129,12 +141,32 @@ def test_each_users_first_arm_is_recorded_for_sticky_assignment(make_settings):
     store = open_store(settings)
     reader = OnlineReader(store, settings.segments)
     # u1 saw "b" after "a": still "a" (first exposure); u4 was never exposed; nobody saw experiment "nope".
-    got = {(user, experiment): reader.first_arm(user, experiment)
-           for user in ("u1", "u2", "u3", "u4") for experiment in ("hero", "cta", "nope")}
-    assert got == {("u1", "hero"): "a", ("u1", "cta"): "x", ("u2", "hero"): "a", ("u3", "hero"): "b",
-                   **{k: None for k in [("u1", "nope"), ("u2", "cta"), ("u2", "nope"), ("u3", "cta"),
-                                        ("u3", "nope"), ("u4", "hero"), ("u4", "cta"), ("u4", "nope")]}}
-    rows = store.get_online_features(features=["user_experiment:arm", "user_experiment:exposed_ms"],
-                                     entity_rows=[{"experiment_id": "hero", "user_id": "u1"},
-                                                  {"experiment_id": "cta", "user_id": "u1"}]).to_dict()
+    got = {
+        (user, experiment): reader.first_arm(user, experiment)
+        for user in ("u1", "u2", "u3", "u4")
+        for experiment in ("hero", "cta", "nope")
+    }
+    assert got == {
+        ("u1", "hero"): "a",
+        ("u1", "cta"): "x",
+        ("u2", "hero"): "a",
+        ("u3", "hero"): "b",
+        **{
+            k: None
+            for k in [
+                ("u1", "nope"),
+                ("u2", "cta"),
+                ("u2", "nope"),
+                ("u3", "cta"),
+                ("u3", "nope"),
+                ("u4", "hero"),
+                ("u4", "cta"),
+                ("u4", "nope"),
+            ]
+        },
+    }
+    rows = store.get_online_features(
+        features=["user_experiment:arm", "user_experiment:exposed_ms"],
+        entity_rows=[{"experiment_id": "hero", "user_id": "u1"}, {"experiment_id": "cta", "user_id": "u1"}],
+    ).to_dict()
     assert rows["arm"] == ["a", "x"] and rows["exposed_ms"] == [t, t + 10]

@@ -21,11 +21,22 @@ from tests.support import consume_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
-AB = {"id": "results-e2e", "slot": "headline", "holdout": 0.2, "primary_metric": "conversion",
-      "guardrails": ["click", "value"],
-      "arms": [{"name": "control", "copy": "default"}, {"name": "treatment"}]}
-BANDIT = {"id": "bandit-e2e", "slot": "headline", "allocation": "thompson", "bandit_floor": 0.1,
-          "primary_metric": "conversion", "arms": [{"name": "a", "copy": "default"}, {"name": "b", "copy": "default"}]}
+AB = {
+    "id": "results-e2e",
+    "slot": "headline",
+    "holdout": 0.2,
+    "primary_metric": "conversion",
+    "guardrails": ["click", "value"],
+    "arms": [{"name": "control", "copy": "default"}, {"name": "treatment"}],
+}
+BANDIT = {
+    "id": "bandit-e2e",
+    "slot": "headline",
+    "allocation": "thompson",
+    "bandit_floor": 0.1,
+    "primary_metric": "conversion",
+    "arms": [{"name": "a", "copy": "default"}, {"name": "b", "copy": "default"}],
+}
 COUNTS = ("users", "impressions", "clickers", "clicks", "converters", "conversions", "value_sum")
 
 
@@ -90,7 +101,10 @@ def test_results_count_what_the_api_served_and_the_users_did(api_settings):
         assert early["primary"] is None and early["users"] == 0 and early["guardrails"] == []
         assert any(note.startswith("not enough data yet") for note in early["notes"]), early["notes"]
         assert {row["variant"]: row["users"] for row in early["variants"]} == {
-            "control": 0, "treatment": 0, "holdout": 0}
+            "control": 0,
+            "treatment": 0,
+            "holdout": 0,
+        }
 
         # Outcomes, sent as a client would (raw user ids; the API pseudonymizes them).
         t = now_ms()
@@ -130,11 +144,19 @@ def test_results_count_what_the_api_served_and_the_users_did(api_settings):
             want[v]["clicks"] += 2
         # Not counted: a conversion stamped before the user's impression, a click naming no
         # experiment, and a purchase by someone never served.
-        events.append({"event_id": "early-conversion", "type": "conversion", "user_id": control[1],
-                       "ts": t_served - 60_000, "experiment": experiment})
+        events.append(
+            {
+                "event_id": "early-conversion",
+                "type": "conversion",
+                "user_id": control[1],
+                "ts": t_served - 60_000,
+                "experiment": experiment,
+            }
+        )
         events.append({"event_id": "plain-click", "type": "click", "user_id": control[-1], "ts": t})
-        events.append({"event_id": "stranger-buys", "type": "purchase", "user_id": "never-served", "ts": t,
-                       "value": 99.0})
+        events.append(
+            {"event_id": "stranger-buys", "type": "purchase", "user_id": "never-served", "ts": t, "value": 99.0}
+        )
         send_events(client, events)
 
         count_through_the_flow(settings, impressions + len(events))
@@ -146,7 +168,8 @@ def test_results_count_what_the_api_served_and_the_users_did(api_settings):
     assert set(rows) == {"control", "treatment", "holdout"}
     assert {v: {k: rows[v][k] for k in COUNTS} for v in rows} == want
     assert {v: rows[v]["expected_share"] for v in rows} == pytest.approx(
-        {"control": 0.4, "treatment": 0.4, "holdout": 0.2})
+        {"control": 0.4, "treatment": 0.4, "holdout": 0.2}
+    )
     assert body["users"] == len(users)
     assert not any(note.startswith("not enough data") for note in body["notes"]), body["notes"]
 
@@ -168,7 +191,8 @@ def test_results_count_what_the_api_served_and_the_users_did(api_settings):
     assert [g["metric"] for g in body["guardrails"]] == ["click", "value"]
     clicks = body["guardrails"][0]["report"]["arms"]
     assert [(a["arm"], a["n"], a["conversions"]) for a in clicks] == [
-        (v, want[v]["users"], want[v]["clickers"]) for v in ("control", "treatment")]
+        (v, want[v]["users"], want[v]["clickers"]) for v in ("control", "treatment")
+    ]
     assert body["guardrails"][0]["harmed"] == []
     # Only the control's buyers spent money: the treatment is significantly worse on value, and the page says so.
     value = body["guardrails"][1]["report"]["arms"]
@@ -181,8 +205,11 @@ def test_results_count_what_the_api_served_and_the_users_did(api_settings):
     assert held is not None and [a["arm"] for a in held["arms"]] == ["holdout", "experiment"]
     assert [(a["n"], a["conversions"]) for a in held["arms"]] == [
         (want["holdout"]["users"], want["holdout"]["converters"]),
-        (want["control"]["users"] + want["treatment"]["users"],
-         want["control"]["converters"] + want["treatment"]["converters"])]
+        (
+            want["control"]["users"] + want["treatment"]["users"],
+            want["control"]["converters"] + want["treatment"]["converters"],
+        ),
+    ]
     assert body["bandit_weights"] is None and body["factors"] == [] and body["interactions"] == []
 
 
@@ -205,8 +232,13 @@ def test_thompson_weights_follow_the_counters_and_steer_new_users(api_settings):
         assert len(winners) >= 5 and len(losers) >= 5, assigned
         # Every user who saw "b" converts; nobody who saw "a" does.
         t = now_ms()
-        send_events(client, [{"event_id": f"{u}-conv", "type": "conversion", "user_id": u, "ts": t,
-                              "experiment": experiment} for u in winners])
+        send_events(
+            client,
+            [
+                {"event_id": f"{u}-conv", "type": "conversion", "user_id": u, "ts": t, "experiment": experiment}
+                for u in winners
+            ],
+        )
         count_through_the_flow(settings, len(early_users) + len(winners))
 
         # The API re-weighs the arms from the counters on its own schedule: wait for it.
@@ -237,7 +269,7 @@ def test_thompson_weights_follow_the_counters_and_steer_new_users(api_settings):
 
 def test_the_bandit_refresh_interval_comes_from_the_settings(tmp_path):
     from api.experiments import open_experiments
-    from engine.settings import Settings
+    from config.settings import Settings
 
     settings = Settings(feature_repo=str(tmp_path), bandit_every_s=0.2)
     live = open_experiments(settings, feature_store=None)
@@ -248,13 +280,16 @@ def test_the_bandit_refresh_interval_comes_from_the_settings(tmp_path):
 
 
 def test_users_already_assigned_keep_their_arm_when_the_allocation_changes(api_settings):
-    from engine.experiment_spec import ExperimentSpec
-    from engine.experiment_spec import variant_of as hashed_variant
+    from engine.experiments.designs import ExperimentSpec
+    from engine.experiments.designs import variant_of as hashed_variant
 
     settings = api_settings()
-    body = {"id": "realloc", "slot": "headline", "holdout": 0.1,
-            "arms": [{"name": "a", "copy": "default"}, {"name": "b", "copy": "default"},
-                     {"name": "c", "copy": "default"}]}
+    body = {
+        "id": "realloc",
+        "slot": "headline",
+        "holdout": 0.1,
+        "arms": [{"name": "a", "copy": "default"}, {"name": "b", "copy": "default"}, {"name": "c", "copy": "default"}],
+    }
     users = [f"r-{n}" for n in range(60)]
     with TestClient(app=create_app(settings)) as client:
         state = client.app.state

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from engine.experiments import (
+from engine.experiments.assignment import (
     HOLDOUT,
     Allocation,
     Arm,

@@ -8,7 +8,7 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from engine.experiment_spec import ExperimentSpec, Variant, allocation_shares, variant_of
+from engine.experiments.designs import ExperimentSpec, Variant, allocation_shares, variant_of
 from engine.privacy import Pseudonymizer
 from tests.conftest import ADMIN, KEY, SERVE
 from tests.support import consume_all
@@ -16,9 +16,18 @@ from tests.test_personalize import seed_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
-AB = {"id": "hero-copy", "slot": "headline", "holdout": 0.2, "primary_metric": "click", "guardrails": ["conversion"],
-      "arms": [{"name": "default-copy", "copy": "default"}, {"name": "generated"},
-               {"name": "offer", "template_id": "headline-offer"}]}
+AB = {
+    "id": "hero-copy",
+    "slot": "headline",
+    "holdout": 0.2,
+    "primary_metric": "click",
+    "guardrails": ["conversion"],
+    "arms": [
+        {"name": "default-copy", "copy": "default"},
+        {"name": "generated"},
+        {"name": "offer", "template_id": "headline-offer"},
+    ],
+}
 
 
 def pseudonym(user: str) -> str:
@@ -63,8 +72,11 @@ def test_lifecycle_and_every_user_sees_their_sticky_arm(api_settings):
         assert seen["offer"]["template_id"] == "headline-offer"
         assert seen["generated"]["model_version"] == "test-1"
         # A caller naming its template opts out of the experiment.
-        pinned = client.post("/v1/personalize", json={"user_id": "user-1", "slot": "headline",
-                                                      "template_id": "headline-ai"}, headers=SERVE).json()
+        pinned = client.post(
+            "/v1/personalize",
+            json={"user_id": "user-1", "slot": "headline", "template_id": "headline-ai"},
+            headers=SERVE,
+        ).json()
         assert pinned["experiment"] is None and pinned["variant"] is None
         # Other slots are not in it.
         assert serve(client, "user-1", "cta")["experiment"] is None
@@ -79,8 +91,10 @@ def test_every_response_logs_an_impression_with_what_was_served(api_settings):
         create(client, AB)
         client.post("/v1/experiments/hero-copy/start", headers=ADMIN)
         bodies = [serve(client, f"user-{n}") for n in range(5)] + [serve(client, "user-9", "cta")]
-    events = {json.loads(m.value())["event_id"]: json.loads(m.value())
-              for m in consume_all(settings.brokers, settings.topic, len(bodies))}
+    events = {
+        json.loads(m.value())["event_id"]: json.loads(m.value())
+        for m in consume_all(settings.brokers, settings.topic, len(bodies))
+    }
     assert len(events) == len(bodies)
     for body in bodies:
         event = events[body["exposure_id"]]
@@ -90,7 +104,8 @@ def test_every_response_logs_an_impression_with_what_was_served(api_settings):
         assert props["slot"] == body["content"]["slot"]
         assert props["template"] == f"{body['template_id']}@{body['template_version']}"
         assert {k: v for k, v in props.items() if k.startswith("copy.")} == {
-            f"copy.{k}": v for k, v in body["content"]["copy"].items()}
+            f"copy.{k}": v for k, v in body["content"]["copy"].items()
+        }
         assert props.get("model_version") == body["model_version"]
         assert props["generated"] == (body["model_version"] is not None and not body["explanation"]["fallbacks"])
 
@@ -113,10 +128,14 @@ def test_targeting_by_segment_label_or_id(api_settings):
 
 def test_factorial_cells_cover_both_slots_consistently(api_settings):
     settings = api_settings()
-    body = {"id": "grid", "holdout": 0.0,
-            "factors": {"headline": [{"name": "plain", "copy": "default"}, {"name": "offer",
-                                                                               "template_id": "headline-offer"}],
-                        "cta": [{"name": "default", "copy": "default"}, {"name": "ai"}]}}
+    body = {
+        "id": "grid",
+        "holdout": 0.0,
+        "factors": {
+            "headline": [{"name": "plain", "copy": "default"}, {"name": "offer", "template_id": "headline-offer"}],
+            "cta": [{"name": "default", "copy": "default"}, {"name": "ai"}],
+        },
+    }
     with TestClient(app=create_app(settings)) as client:
         created = create(client, body)
         assert created["slot"] is None
@@ -146,23 +165,32 @@ def test_allocation_changes_move_only_the_users_they_must(api_settings):
         assert all(after[u] == "offer" for u in before if before[u] == "offer")
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ({**AB, "arms": AB["arms"][:1]}, 422, "at least 2 arms"),
-    ({**AB, "arms": [{"name": "a"}, {"name": "a"}]}, 422, "unique"),
-    ({**AB, "arms": [{"name": "a"}, {"name": "holdout"}]}, 422, "reserved"),
-    ({**AB, "arms": [{"name": "a"}, {"name": "b", "template_id": "nope"}]}, 422, "no template 'nope'"),
-    ({**AB, "arms": [{"name": "a"}, {"name": "b", "template_id": "cta-ai"}]}, 422, "is for the cta slot"),
-    ({**AB, "arms": [{"name": "a"}, {"name": "b", "model_version": "v-none"}]}, 422, "not being served"),
-    ({**AB, "control": "zzz"}, 422, "control 'zzz'"),
-    ({**AB, "id": "Bad Id"}, 400, "id"),
-    ({**AB, "holdout": 1.0}, 400, "holdout"),
-    ({**AB, "surprise": 1}, 400, "surprise"),
-    ({"id": "f", "factors": {"headline": [{"name": "a"}, {"name": "b"}]}}, 422, "two or more slots"),
-    ({"id": "f", "factors": {s: [{"name": c} for c in "abcde"] for s in ("headline", "description", "cta")}}, 422,
-     "125 cells"),
-    ({"id": "f", "factors": {s: [{"name": "a" * 40}, {"name": "b"}] for s in ("headline", "cta")}}, 422,
-     "shorten the level names"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({**AB, "arms": AB["arms"][:1]}, 422, "at least 2 arms"),
+        ({**AB, "arms": [{"name": "a"}, {"name": "a"}]}, 422, "unique"),
+        ({**AB, "arms": [{"name": "a"}, {"name": "holdout"}]}, 422, "reserved"),
+        ({**AB, "arms": [{"name": "a"}, {"name": "b", "template_id": "nope"}]}, 422, "no template 'nope'"),
+        ({**AB, "arms": [{"name": "a"}, {"name": "b", "template_id": "cta-ai"}]}, 422, "is for the cta slot"),
+        ({**AB, "arms": [{"name": "a"}, {"name": "b", "model_version": "v-none"}]}, 422, "not being served"),
+        ({**AB, "control": "zzz"}, 422, "control 'zzz'"),
+        ({**AB, "id": "Bad Id"}, 400, "id"),
+        ({**AB, "holdout": 1.0}, 400, "holdout"),
+        ({**AB, "surprise": 1}, 400, "surprise"),
+        ({"id": "f", "factors": {"headline": [{"name": "a"}, {"name": "b"}]}}, 422, "two or more slots"),
+        (
+            {"id": "f", "factors": {s: [{"name": c} for c in "abcde"] for s in ("headline", "description", "cta")}},
+            422,
+            "125 cells",
+        ),
+        (
+            {"id": "f", "factors": {s: [{"name": "a" * 40}, {"name": "b"}] for s in ("headline", "cta")}},
+            422,
+            "shorten the level names",
+        ),
+    ],
+)
 def test_bad_designs_are_refused_with_the_reason(api_settings, body, status, words):
     settings = api_settings()
     with TestClient(app=create_app(settings)) as client:
@@ -190,8 +218,10 @@ def test_state_errors_are_4xx_with_what_to_do(api_settings):
         client.post("/v1/experiments/hero-copy/stop", headers=ADMIN)
         r = client.post("/v1/experiments/hero-copy/start", headers=ADMIN)
         assert r.status_code == 409 and "create a new experiment" in r.text
-        create(client, {**AB, "id": "bandit", "allocation": "thompson", "arms": [{"name": "a"}, {"name": "b"},
-                                                                                {"name": "c"}]})
+        create(
+            client,
+            {**AB, "id": "bandit", "allocation": "thompson", "arms": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
+        )
         r = client.patch("/v1/experiments/bandit", json={"weights": {"a": 2}}, headers=ADMIN)
         assert r.status_code == 422 and "follow its counters" in r.text
         r = client.patch("/v1/experiments/bandit", json={"weights": {"c": 0}}, headers=ADMIN)
@@ -207,28 +237,30 @@ def test_results_draws_shrink_past_twenty_arms_to_bound_a_read():
 # -- weights (issue 13) ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weights, says", [
-    ((5e-324, 5e-324), "a weight is 0 (the arm paused) or at least 1e-06"),
-    ((1.0, 5e-324), "a weight is 0 (the arm paused) or at least 1e-06"),
-    ((1e6, 0.5), "under a millionth of the arms' total"),
-])
+@pytest.mark.parametrize(
+    "weights, says",
+    [
+        ((5e-324, 5e-324), "a weight is 0 (the arm paused) or at least 1e-06"),
+        ((1.0, 5e-324), "a weight is 0 (the arm paused) or at least 1e-06"),
+        ((1e6, 0.5), "under a millionth of the arms' total"),
+    ],
+)
 def test_weights_too_small_to_assign_honestly_are_a_422(make_settings, tmp_path, weights, says):
-    settings = make_settings(pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin",
-                             model_dir=str(tmp_path / "no-model"))
+    settings = make_settings(
+        pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin", model_dir=str(tmp_path / "no-model")
+    )
     body = {"id": "tiny", "slot": "headline", "arms": [{"name": n, "weight": w} for n, w in zip("ab", weights)]}
     with TestClient(app=create_app(settings)) as client:
         refused = create(client, body, status=422)
         assert says in refused["detail"] and "'b'" in refused["detail"]
         fine = create(client, {**body, "id": "fine", "arms": [{"name": "a"}, {"name": "b"}]})
         assert fine["status"] == "draft"
-        patched = client.patch("/v1/experiments/fine", json={"weights": dict(zip("ab", weights))},
-                               headers=ADMIN)
+        patched = client.patch("/v1/experiments/fine", json={"weights": dict(zip("ab", weights))}, headers=ADMIN)
         assert patched.status_code == 422 and says in patched.json()["detail"], patched.text
         # 0 still pauses an arm, and the smallest weights allowed split users as the expected shares say.
         paused = client.patch("/v1/experiments/fine", json={"weights": {"b": 0}}, headers=ADMIN)
         assert paused.status_code == 200, paused.text
-        small = client.patch("/v1/experiments/fine", json={"weights": {"a": 1e-6, "b": 1e-6}},
-                             headers=ADMIN)
+        small = client.patch("/v1/experiments/fine", json={"weights": {"a": 1e-6, "b": 1e-6}}, headers=ADMIN)
         assert small.status_code == 200, small.text
     spec = ExperimentSpec(id="fine", slot="headline", arms=[Variant("a", 1e-6), Variant("b", 1e-6)])
     share_a = sum(variant_of(spec, f"user-{n}") == "a" for n in range(4000)) / 4000
@@ -237,8 +269,9 @@ def test_weights_too_small_to_assign_honestly_are_a_422(make_settings, tmp_path,
 
 def test_a_stored_experiment_that_no_longer_validates_is_a_409_and_the_others_still_serve(make_settings, tmp_path):
     # A spec stored by another version of Tailor (a field this one does not know): read, it fails its own checks.
-    settings = make_settings(pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin",
-                             model_dir=str(tmp_path / "no-model"))
+    settings = make_settings(
+        pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin", model_dir=str(tmp_path / "no-model")
+    )
     with TestClient(app=create_app(settings)) as client:
         create(client, {"id": "fine", "slot": "headline", "arms": [{"name": "a"}, {"name": "b"}]})
         store = client.app.state.experiment_store

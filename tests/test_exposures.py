@@ -7,9 +7,9 @@ import pickle
 import msgspec
 import pytest
 
-from engine.events import Event
-from engine.experiments import welch_ttest_from_sums
-from engine.exposures import SEEN_IDS_PER_USER, ArmCounters, FirstExposure, UserExposures
+from engine.experiments.assignment import welch_ttest_from_sums
+from engine.experiments.exposures import SEEN_IDS_PER_USER, ArmCounters, FirstExposure, UserExposures
+from engine.features.events import Event
 from flows.experiments import ArmLogic, ExposureLogic, arm_key, experiment_events
 
 T = 1_767_225_600_000  # 2026-01-01
@@ -64,13 +64,33 @@ def story(T: int = T) -> dict[str, list[Event]]:
 def expected(T: int = T) -> dict[tuple[str, str], ArmCounters]:
     """The arms' counters after `story`."""
     return {
-        ("hero", "a"): ArmCounters(experiment="hero", variant="a", users=2, impressions=3, clickers=1, clicks=2,
-                                   converters=2, conversions=4, value_sum=67.0, value_sum_sq=37.0**2 + 30.0**2,
-                                   updated_ms=T + 11),
-        ("hero", "b"): ArmCounters(experiment="hero", variant="b", users=1, impressions=1, converters=1, conversions=1,
-                                   updated_ms=T + 1),
-        ("cta", "x"): ArmCounters(experiment="cta", variant="x", users=1, impressions=1, converters=1, conversions=1,
-                                  value_sum=7.0, value_sum_sq=49.0, updated_ms=T + 11),
+        ("hero", "a"): ArmCounters(
+            experiment="hero",
+            variant="a",
+            users=2,
+            impressions=3,
+            clickers=1,
+            clicks=2,
+            converters=2,
+            conversions=4,
+            value_sum=67.0,
+            value_sum_sq=37.0**2 + 30.0**2,
+            updated_ms=T + 11,
+        ),
+        ("hero", "b"): ArmCounters(
+            experiment="hero", variant="b", users=1, impressions=1, converters=1, conversions=1, updated_ms=T + 1
+        ),
+        ("cta", "x"): ArmCounters(
+            experiment="cta",
+            variant="x",
+            users=1,
+            impressions=1,
+            converters=1,
+            conversions=1,
+            value_sum=7.0,
+            value_sum_sq=49.0,
+            updated_ms=T + 11,
+        ),
     }
 
 
@@ -104,8 +124,13 @@ def test_batching_does_not_change_the_counts():
 
 def test_value_sums_are_over_user_totals():
     user = UserExposures()
-    deltas, _ = user.update([impression("i", "u", T), Event("p1", "purchase", "u", T + 1, value=3.0),
-                             Event("p2", "purchase", "u", T + 2, value=4.0)])
+    deltas, _ = user.update(
+        [
+            impression("i", "u", T),
+            Event("p1", "purchase", "u", T + 1, value=3.0),
+            Event("p2", "purchase", "u", T + 2, value=4.0),
+        ]
+    )
     (arm,) = deltas
     assert (arm.converters, arm.conversions, arm.value_sum, arm.value_sum_sq) == (1, 2, 7.0, 49.0)
     (later,), _ = user.update([Event("p3", "purchase", "u", T + 3, value=1.0)])
@@ -125,11 +150,13 @@ def test_an_outcome_at_the_exposure_time_counts():
 
 
 def test_impressions_without_an_experiment_or_variant_are_ignored():
-    deltas, tally = UserExposures().update([
-        Event("i1", "impression", "u", T),
-        Event("i2", "impression", "u", T, experiment="hero"),
-        Event("p", "purchase", "u", T + 1, value=1.0),
-    ])
+    deltas, tally = UserExposures().update(
+        [
+            Event("i1", "impression", "u", T),
+            Event("i2", "impression", "u", T, experiment="hero"),
+            Event("p", "purchase", "u", T + 1, value=1.0),
+        ]
+    )
     assert deltas == [] and tally == {"ignored": 2, "unattributed": 1}
 
 
@@ -184,14 +211,18 @@ def test_the_flow_logic_classes_without_a_flow():
     got = {(a.counters.experiment, a.counters.variant): a.counters for a in arms.values()}
     assert got == EXPECTED
     # One first exposure per (user, experiment) entered: u1 stays in "a" though it later saw "b".
-    assert firsts == [FirstExposure("u1", "hero", "a", T), FirstExposure("u1", "cta", "x", T + 10),
-                      FirstExposure("u2", "hero", "a", T), FirstExposure("u3", "hero", "b", T)]
+    assert firsts == [
+        FirstExposure("u1", "hero", "a", T),
+        FirstExposure("u1", "cta", "x", T + 10),
+        FirstExposure("u2", "hero", "a", T),
+        FirstExposure("u3", "hero", "b", T),
+    ]
     again = ExposureLogic(None)
     again.on_batch(experiment_events(story()["u1"]))
     assert not [i for _, i in again.on_batch(experiment_events(story()["u1"]))[0] if isinstance(i, FirstExposure)]
     # A resumed arm adds onto its snapshot and emits a copy of its totals.
     arm = ArmLogic(pickle.loads(pickle.dumps(arms[arm_key("hero", "b")].snapshot())))
-    (key, emitted), = arm.on_batch([ArmCounters(experiment="hero", variant="b", clicks=1, updated_ms=T + 50)])[0]
+    ((key, emitted),) = arm.on_batch([ArmCounters(experiment="hero", variant="b", clicks=1, updated_ms=T + 50)])[0]
     assert key == '["hero","b"]' and emitted is not arm.counters
     assert (emitted.users, emitted.clicks, emitted.updated_ms) == (1, 1, T + 50)
 
@@ -204,8 +235,10 @@ def test_arm_keys_never_collide():
 def test_a_user_never_exposed_keeps_no_state():
     user = UserExposures()
     events = [Event(f"p{i}", "purchase", "u9", T + i, value=1.0) for i in range(50)]
-    events += [Event("k1", "conversion", "u9", T + 60, experiment="hero"), Event("c1", "click", "u9", T + 61,
-                                                                                 experiment="hero")]
+    events += [
+        Event("k1", "conversion", "u9", T + 60, experiment="hero"),
+        Event("c1", "click", "u9", T + 61, experiment="hero"),
+    ]
     deltas, tally = user.update(events + events[:3])
     assert deltas == [] and tally == {"unattributed": 53, "unexposed": 2}
     assert user.arms == {} and user.seen == {}

@@ -8,29 +8,51 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.events import Event, encode_event
-from engine.feedback import FeedbackRow, engagement_weights, parse_cutoff, training_set
-from engine.settings import Settings
-from flows.cli import build_parser, main
-from flows.feedback import FEEDBACK_SCHEMA, METADATA_KEY, run_feedback
+from cli.main import build_parser, main
+from config.settings import Settings
+from engine.features.events import Event, encode_event
+from engine.learning.feedback import FeedbackRow, engagement_weights, parse_cutoff, training_set
+from jobs.feedback import FEEDBACK_SCHEMA, METADATA_KEY, run_feedback
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = 60_000
 HOUR = 3_600_000
 
 
-def served(event_id, user, ts, text, *, experiment="hero", style="bargain_hunter", tone="urgent", slot="headline",
-           generated=True, model_version="v1", more=None) -> Event:
-    props = {"slot": slot, "template": "hero_default@3", "style": style, "tone": tone, "segment": 2,
-             "model_version": model_version, "generated": generated, f"copy.{slot}": text}
+def served(
+    event_id,
+    user,
+    ts,
+    text,
+    *,
+    experiment="hero",
+    style="bargain_hunter",
+    tone="urgent",
+    slot="headline",
+    generated=True,
+    model_version="v1",
+    more=None,
+) -> Event:
+    props = {
+        "slot": slot,
+        "template": "hero_default@3",
+        "style": style,
+        "tone": tone,
+        "segment": 2,
+        "model_version": model_version,
+        "generated": generated,
+        f"copy.{slot}": text,
+    }
     props.update(more or {})
-    return Event(event_id, "impression", user, ts, experiment=experiment, variant="ai" if experiment else None,
-                 props=props)
+    return Event(
+        event_id, "impression", user, ts, experiment=experiment, variant="ai" if experiment else None, props=props
+    )
 
 
 def click(event_id, user, ts, experiment="hero", exposure_id=None) -> Event:
-    return Event(event_id, "click", user, ts, experiment=experiment,
-                 props={"exposure_id": exposure_id} if exposure_id else None)
+    return Event(
+        event_id, "click", user, ts, experiment=experiment, props={"exposure_id": exposure_id} if exposure_id else None
+    )
 
 
 def purchase(event_id, user, ts, value, experiment=None) -> Event:
@@ -38,8 +60,16 @@ def purchase(event_id, user, ts, value, experiment=None) -> Event:
 
 
 def row(text, **fields) -> FeedbackRow:
-    values = {"style": "bargain_hunter", "slot": "headline", "tone": "urgent", "text": text, "model_version": "v1",
-              "experiments": "hero", "first_ms": T0, "last_ms": T0}
+    values = {
+        "style": "bargain_hunter",
+        "slot": "headline",
+        "tone": "urgent",
+        "text": text,
+        "model_version": "v1",
+        "experiments": "hero",
+        "first_ms": T0,
+        "last_ms": T0,
+    }
     values.update(fields)
     return FeedbackRow(**values)
 
@@ -48,7 +78,7 @@ def point_in_time_events() -> list[Event]:
     return [
         served("x1", "u1", T0, "Half price today"),
         click("c1", "u1", T0 + MIN),
-        purchase("p1", "u1", T0 + 3 * HOUR, 50.0),        # after a 2 h cut-off, inside the 24 h window
+        purchase("p1", "u1", T0 + 3 * HOUR, 50.0),  # after a 2 h cut-off, inside the 24 h window
         served("x2", "u2", T0 + 3 * HOUR, "Deals end soon"),  # served after a 2 h cut-off
         click("c2", "u2", T0 + 3 * HOUR + MIN),
     ]
@@ -67,8 +97,14 @@ def test_nothing_after_the_cutoff_counts():
     # Engaged users per impression 2 and 1, overall 3 / 2; with the prior of 20 impressions: 32 / 21 and 31 / 21.
     assert rows == [
         row("Half price today", impressions=1, clickers=1, converters=1, value=50.0, weight=pytest.approx(32 / 31.5)),
-        row("Deals end soon", impressions=1, clickers=1, weight=pytest.approx(31 / 31.5),
-            first_ms=T0 + 3 * HOUR, last_ms=T0 + 3 * HOUR),
+        row(
+            "Deals end soon",
+            impressions=1,
+            clickers=1,
+            weight=pytest.approx(31 / 31.5),
+            first_ms=T0 + 3 * HOUR,
+            last_ms=T0 + 3 * HOUR,
+        ),
     ]
     assert summary.outcomes_counted == 3 and summary.outcomes_after_cutoff == 0
 
@@ -77,10 +113,10 @@ def test_outcomes_count_only_inside_the_window():
     events = [
         served("x1", "u1", T0, "Half price today"),
         served("x2", "u2", T0, "Half price today"),
-        click("c1", "u1", T0 + HOUR),                  # exactly at the end of a 1 h window: counts
-        click("c2", "u2", T0 + HOUR + 1),              # 1 ms later: does not
-        purchase("p1", "u2", T0 + 2 * HOUR, 20.0),     # nor does this
-        purchase("p2", "u3", T0 + MIN, 5.0),           # u3 was never exposed
+        click("c1", "u1", T0 + HOUR),  # exactly at the end of a 1 h window: counts
+        click("c2", "u2", T0 + HOUR + 1),  # 1 ms later: does not
+        purchase("p1", "u2", T0 + 2 * HOUR, 20.0),  # nor does this
+        purchase("p2", "u3", T0 + MIN, 5.0),  # u3 was never exposed
     ]
     rows, summary = training_set(events, cutoff_ms=T0 + 5 * HOUR, window_ms=HOUR)
     assert rows == [row("Half price today", impressions=2, clickers=1, weight=1.0)]
@@ -92,19 +128,25 @@ def test_attribution_picks_the_exposure_the_rules_name():
         served("x1", "u1", T0, "Old headline"),
         served("x2", "u1", T0 + MIN, "Other test", experiment="footer"),
         served("x3", "u1", T0 + 2 * MIN, "New headline"),
-        click("c1", "u1", T0 + 3 * MIN, exposure_id="x1"),         # the exposure it names, though older
-        click("c2", "u2", T0 + 3 * MIN, exposure_id="x1"),         # someone else's exposure: not counted
-        click("c3", "u1", T0 + MIN + 1, experiment="hero"),        # latest hero exposure before it: x1
-        purchase("p1", "u1", T0 + 90_000, 10.0),                   # latest of any experiment: x2
+        click("c1", "u1", T0 + 3 * MIN, exposure_id="x1"),  # the exposure it names, though older
+        click("c2", "u2", T0 + 3 * MIN, exposure_id="x1"),  # someone else's exposure: not counted
+        click("c3", "u1", T0 + MIN + 1, experiment="hero"),  # latest hero exposure before it: x1
+        purchase("p1", "u1", T0 + 90_000, 10.0),  # latest of any experiment: x2
         purchase("p2", "u1", T0 + 90_000, 7.0, experiment="hero"),  # latest hero: x1
-        click("c4", "u1", T0 - 1, experiment="hero"),              # before any exposure
+        click("c4", "u1", T0 - 1, experiment="hero"),  # before any exposure
     ]
     rows, summary = training_set(events, cutoff_ms=T0 + HOUR)
     by_text = {r.text: r for r in rows}
-    assert (by_text["Old headline"].clickers, by_text["Old headline"].converters,
-            by_text["Old headline"].value) == (1, 1, 7.0)
-    assert (by_text["Other test"].clickers, by_text["Other test"].converters,
-            by_text["Other test"].value) == (0, 1, 10.0)
+    assert (by_text["Old headline"].clickers, by_text["Old headline"].converters, by_text["Old headline"].value) == (
+        1,
+        1,
+        7.0,
+    )
+    assert (by_text["Other test"].clickers, by_text["Other test"].converters, by_text["Other test"].value) == (
+        0,
+        1,
+        10.0,
+    )
     assert (by_text["New headline"].clickers, by_text["New headline"].converters) == (0, 0)
     assert (summary.outcomes_counted, summary.outcomes_unattributed) == (4, 2)
 
@@ -152,9 +194,9 @@ def test_default_copy_and_feed_impressions_are_counted_not_trained_on():
     events = [
         served("x1", "u1", T0, "Half price today"),
         served("x2", "u1", T0 + MIN, "Welcome", generated=False),  # the template's default copy
-        click("c1", "u1", T0 + 2 * MIN),                            # credited to x2, the latest
-        Event("f1", "impression", "u1", T0, item_id="sku-1"),       # a feed impression: no served copy
-        Event("f2", "click", "u1", T0 + MIN, item_id="sku-1"),      # a click on the feed, not on content
+        click("c1", "u1", T0 + 2 * MIN),  # credited to x2, the latest
+        Event("f1", "impression", "u1", T0, item_id="sku-1"),  # a feed impression: no served copy
+        Event("f2", "click", "u1", T0 + MIN, item_id="sku-1"),  # a click on the feed, not on content
     ]
     rows, summary = training_set(events, cutoff_ms=T0 + HOUR)
     assert rows == [row("Half price today", impressions=1, weight=1.0)]
@@ -166,8 +208,10 @@ def test_default_copy_and_feed_impressions_are_counted_not_trained_on():
 def test_every_slot_of_an_exposure_is_a_row_and_shares_its_outcomes():
     both = served("x1", "u1", T0, "Half price today", more={"copy.cta": "Grab it"})
     rows, _ = training_set([both, click("c1", "u1", T0 + MIN)], cutoff_ms=T0 + HOUR)
-    assert sorted((r.slot, r.text, r.clickers) for r in rows) == [("cta", "Grab it", 1),
-                                                                  ("headline", "Half price today", 1)]
+    assert sorted((r.slot, r.text, r.clickers) for r in rows) == [
+        ("cta", "Grab it", 1),
+        ("headline", "Half price today", 1),
+    ]
 
 
 def test_cutoff_parsing():
@@ -195,8 +239,10 @@ def test_export_from_a_jsonl_file(tmp_path, capsys):
     lines[2:2] = [b"", b'{"event_id": "bad", "type": "clik", "user_id": "u1", "ts": 1767225600000}', b"not json"]
     events.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out" / "feedback.parquet"
-    assert main(["feedback", "export", "--events", str(events), "--cutoff", "2026-01-01T02:00:00Z",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["feedback", "export", "--events", str(events), "--cutoff", "2026-01-01T02:00:00Z", "--out", str(out)])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert read_rows(out) == [row("Half price today", impressions=1, clickers=1, weight=1.0)]
     assert pq.read_schema(out).remove_metadata() == FEEDBACK_SCHEMA
@@ -229,7 +275,7 @@ def test_export_from_kafka_reads_the_topic_to_its_end(make_settings, tmp_path, c
 
 
 def test_since_leaves_out_older_events_in_the_join():
-    from engine.feedback import FeedbackJoin
+    from engine.learning.feedback import FeedbackJoin
 
     join = FeedbackJoin(cutoff_ms=T0 + 4 * HOUR, window_ms=24 * HOUR, since_ms=T0 + 2 * HOUR)
     for event in point_in_time_events():
@@ -263,12 +309,15 @@ def test_export_since_leaves_out_what_kafka_holds_from_before(make_settings, cap
     assert (summary["events"], summary["events_before_since"]) == (4, 2)
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--events", "/nonexistent/events.jsonl"], "cannot read '/nonexistent/events.jsonl'"),
-    (["--events", "/tmp"], "not a file"),
-    (["--cutoff", "yesterday"], "neither RFC 3339"),
-    (["--cutoff", "1767225600"], "seconds? multiply by 1000"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--events", "/nonexistent/events.jsonl"], "cannot read '/nonexistent/events.jsonl'"),
+        (["--events", "/tmp"], "not a file"),
+        (["--cutoff", "yesterday"], "neither RFC 3339"),
+        (["--cutoff", "1767225600"], "seconds? multiply by 1000"),
+    ],
+)
 def test_bad_input_is_a_clear_error_with_code_2(argv, says, capsys):
     assert run_feedback(Settings(brokers=""), export_args(*argv)) == 2
     err = capsys.readouterr().err
@@ -286,7 +335,7 @@ def test_unreadable_or_unwritable_files_are_code_2(tmp_path, capsys, monkeypatch
     blocker.write_text("")
     code = run_feedback(Settings(brokers=""), export_args("--events", str(events), "--out", str(blocker / "x.parquet")))
     assert code == 2 and "cannot write" in capsys.readouterr().err
-    monkeypatch.setattr("flows.feedback.events_of_file", refuse)
+    monkeypatch.setattr("jobs.feedback.events_of_file", refuse)
     assert run_feedback(Settings(brokers=""), export_args("--events", str(events))) == 2
     assert "Permission denied" in capsys.readouterr().err
 

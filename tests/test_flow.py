@@ -7,7 +7,7 @@ import json
 import pytest
 from bytewax.testing import run_main
 
-from engine.events import Event
+from engine.features.events import Event
 from flows.features import build_flow
 from tests.conftest import now_ms
 from tests.support import dead_letters, online_features, produce_events, produce_raw
@@ -58,7 +58,7 @@ def test_events_become_features_read_through_feast_sqlite(make_settings):
 
 def test_redis_online_store_by_one_setting(make_settings, redis_server):
     settings = make_settings(lateness_s=600, redis_url=redis_server.url)
-    from flows.store import apply_definitions, open_store
+    from store.feast import apply_definitions, open_store
 
     apply_definitions(open_store(settings))  # creates the Redis-side infra
     now = now_ms()
@@ -66,7 +66,7 @@ def test_redis_online_store_by_one_setting(make_settings, redis_server):
     run_main(build_flow(settings, tail=False))
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    # Feast's Redis store (Tailor's subclass bounds its calls: flows/redis_online.py).
+    # Feast's Redis store (Tailor's subclass bounds its calls: store/redis_online.py).
     assert isinstance(open_store(settings)._get_provider().online_store, RedisOnlineStore)
     assert_story_features(settings, now)
 
@@ -75,14 +75,18 @@ MALFORMED = {
     "bad json": b'{"event_id": "x1", "type": "click",',
     "not an object": b"[1, 2, 3]",
     "wrong type": json.dumps({"event_id": "x2", "type": "click", "user_id": 42, "ts": 1_750_000_000_000}).encode(),
-    "unknown type": json.dumps({"event_id": "x3", "type": "teleport", "user_id": "u", "ts": 1_750_000_000_000}).encode(),
+    "unknown type": json.dumps(
+        {"event_id": "x3", "type": "teleport", "user_id": "u", "ts": 1_750_000_000_000}
+    ).encode(),
     "missing field": json.dumps({"event_id": "x4", "type": "click", "ts": 1_750_000_000_000}).encode(),
     "huge payload": json.dumps(
         {"event_id": "x5", "type": "click", "user_id": "u", "ts": 1_750_000_000_000, "props": {"blob": "z" * 100_000}}
     ).encode(),
     "seconds not ms": json.dumps({"event_id": "x6", "type": "click", "user_id": "u", "ts": 1_750_000_000}).encode(),
     "bad timestamp": json.dumps({"event_id": "x7", "type": "click", "user_id": "u", "ts": "last tuesday"}).encode(),
-    "naive timestamp": json.dumps({"event_id": "x8", "type": "click", "user_id": "u", "ts": "2026-01-01T10:00:00"}).encode(),
+    "naive timestamp": json.dumps(
+        {"event_id": "x8", "type": "click", "user_id": "u", "ts": "2026-01-01T10:00:00"}
+    ).encode(),
     "not utf-8": b"\xff\xfe\x00garbage",
     "empty": b"",
     "from the future": json.dumps(
@@ -95,6 +99,7 @@ MALFORMED = {
 
 
 def test_malformed_events_go_to_the_dead_letter_topic_with_reasons(make_settings):
+    from engine.features.events import encode_event
     from flows.metrics import EVENTS
 
     dead_before = EVENTS.labels("dead_letter")._value.get()
@@ -102,7 +107,7 @@ def test_malformed_events_go_to_the_dead_letter_topic_with_reasons(make_settings
     now = now_ms()
     good = [Event(f"g{i}", "click", "carol", now - i) for i in range(5)]
     records = [(b"k", payload) for payload in MALFORMED.values()]
-    records[3:3] = [(e.user_id.encode(), __import__("engine.events").events.encode_event(e)) for e in good]
+    records[3:3] = [(e.user_id.encode(), encode_event(e)) for e in good]
     produce_raw(settings, records)
     run_main(build_flow(settings, tail=False))
 
@@ -113,9 +118,17 @@ def test_malformed_events_go_to_the_dead_letter_topic_with_reasons(make_settings
     huge = next(x for x in letters if x["payload_bytes"] > 16384)
     assert "exceeds the limit" in huge["reason"] and len(huge["payload"]) <= 4096
     reasons = " | ".join(x["reason"] for x in letters)
-    for fragment in ["malformed", "Expected `object`", "Expected `str`", "Invalid enum value 'teleport'",
-                     "missing required field `user_id`", "epoch milliseconds", "time zone", "colour",
-                     "ahead of the clock"]:
+    for fragment in [
+        "malformed",
+        "Expected `object`",
+        "Expected `str`",
+        "Invalid enum value 'teleport'",
+        "missing required field `user_id`",
+        "epoch milliseconds",
+        "time zone",
+        "colour",
+        "ahead of the clock",
+    ]:
         assert fragment in reasons, fragment
     assert by_payload_start  # every letter carries (a prefix of) its payload
     assert online_features(settings, ["carol"])["clicks_5m"] == [5]  # the good events were not lost

@@ -12,8 +12,8 @@ import time
 import pytest
 from bytewax.testing import run_main
 
-from engine.events import Event
-from engine.settings import settings_env
+from config.settings import settings_env
+from engine.features.events import Event
 from flows.features import build_flow, flow_command, init_recovery
 from tests.conftest import now_ms
 from tests.support import consume_all, online_features, produce_events, produce_raw
@@ -33,8 +33,13 @@ class FlowProcess:
         self.log_path = log_path
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(flow_command(settings, str(recovery)), env=env, stdout=subprocess.DEVNULL,
-                                         stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                flow_command(settings, str(recovery)),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
 
     def wait_ready(self) -> dict:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -132,7 +137,7 @@ def test_a_signal_stops_a_running_flow_cleanly_within_seconds(make_settings, flo
     # The offline (Parquet) buffer was flushed on the way out ...
     import pyarrow.parquet as pq
 
-    from flows.store import offline_dir, open_store
+    from store.feast import offline_dir, open_store
 
     offline = pq.read_table(offline_dir(open_store(settings)))
     assert "stopper" in offline.column("user_id").to_pylist()
@@ -179,7 +184,7 @@ def test_bench_freshness_cold_prints_one_json_object(broker, capsys):
     from argparse import Namespace
 
     from bench.freshness import run_cold
-    from engine.settings import Settings
+    from config.settings import Settings
 
     args = Namespace(cold=True, rate=200.0, users=100, backlog=500, first_probes=3, seconds=0.0, no_recovery=False)
     assert run_cold(Settings(brokers=broker.address), args) == 0

@@ -3,14 +3,13 @@
 import json
 from argparse import Namespace
 
-from engine.settings import Settings
+from config.settings import Settings
 
 
 def test_bench_freshness_live_prints_lag_and_drains(capsys):
     from bench.freshness_live import run_live
 
-    args = Namespace(live=True, cold=False, rate=300.0, users=100, seconds=6.0, drain_timeout=60.0,
-                     no_recovery=False)
+    args = Namespace(live=True, cold=False, rate=300.0, users=100, seconds=6.0, drain_timeout=60.0, no_recovery=False)
     # No brokers: the benchmark starts its own embedded broker (and samples its CPU).
     assert run_live(Settings(brokers=""), args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

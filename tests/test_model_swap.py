@@ -13,7 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
 from api.app import create_app
-from models.manifest import read_manifest, write_manifest
+from models.serve.manifest import read_manifest, write_manifest
 from tests.conftest import ADMIN, SERVE
 from tests.test_personalize import ITEM
 
@@ -44,10 +44,14 @@ def test_a_promoted_model_is_swapped_in_under_load_and_no_request_fails(api_sett
 
     async def main() -> list[dict]:
         async with AsyncTestClient(app=create_app(settings)) as client:
+
             async def one(n: int) -> dict:
                 # A new item per request: a cache miss, so each one really generates.
-                body = {"user_id": f"u{n % 7}", "slot": "headline",
-                        "items": [{"item_id": f"item-{n}", "title": "Trail Shoe", "category": "shoes"}]}
+                body = {
+                    "user_id": f"u{n % 7}",
+                    "slot": "headline",
+                    "items": [{"item_id": f"item-{n}", "title": "Trail Shoe", "category": "shoes"}],
+                }
                 r = await client.post("/v1/personalize", json=body, headers=SERVE)
                 assert r.status_code == 200, r.text
                 return r.json()
@@ -69,7 +73,7 @@ def test_a_promoted_model_is_swapped_in_under_load_and_no_request_fails(api_sett
     versions = [a["model_version"] for a in answers]
     assert versions[0] == "v-old" and set(versions[-16:]) == {"v-new"}
     # Once swapped, never back; and no request failed or lost its copy to the swap.
-    assert "v-old" not in versions[versions.index("v-new"):]
+    assert "v-old" not in versions[versions.index("v-new") :]
     reasons = [f["reason"] for a in answers for f in a["explanation"]["fallbacks"]]
     assert not [r for r in reasons if r.startswith("generation failed")], reasons
 
@@ -93,8 +97,11 @@ def test_an_arm_can_generate_with_another_model_version(api_settings, exported, 
     served = tmp_path / "served"
     served.symlink_to(registry / "versions" / "v-old")
     settings = api_settings(model_dir=str(served), model_registry=str(registry))
-    body = {"id": "models", "slot": "headline", "arms": [{"name": "current"}, {"name": "next",
-                                                                                "model_version": "v-new"}]}
+    body = {
+        "id": "models",
+        "slot": "headline",
+        "arms": [{"name": "current"}, {"name": "next", "model_version": "v-new"}],
+    }
     with TestClient(app=create_app(settings)) as client:
         assert client.post("/v1/experiments", json=body, headers=ADMIN).status_code == 201
         assert client.post("/v1/experiments/models/start", headers=ADMIN).status_code == 200
@@ -104,8 +111,9 @@ def test_an_arm_can_generate_with_another_model_version(api_settings, exported, 
         while not (seen["next"] & {"v-new"} and seen["current"]):
             assert time.monotonic() < deadline, seen
             for n in range(10):
-                r = client.post("/v1/personalize", json={"user_id": f"u{n}", "slot": "headline", "items": [ITEM]},
-                                headers=SERVE)
+                r = client.post(
+                    "/v1/personalize", json={"user_id": f"u{n}", "slot": "headline", "items": [ITEM]}, headers=SERVE
+                )
                 answer = r.json()
                 fallbacks = answer["explanation"]["fallbacks"]
                 if any("v-new is loading" in f["reason"] for f in fallbacks):  # default copy while v-new loads

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from bytewax.testing import run_main
 
-from engine.events import Event
+from engine.features.events import Event
 from flows.features import build_flow
-from flows.store import open_store, training_set
+from store.feast import open_store, training_set
 from tests.conftest import now_ms
 from tests.support import produce_events
 
@@ -20,7 +20,9 @@ def test_training_set_is_point_in_time_correct(make_settings):
     settings = make_settings(lateness_s=7200)
     now = now_ms()
     morning = [Event(f"m{i}", "click", "dana", now - 3 * HOUR - i * 60_000, category="books") for i in range(4)]
-    evening = [Event(f"e{i}", "purchase", "dana", now - HOUR + i * 60_000, value=10.0, category="home") for i in range(3)]
+    evening = [
+        Event(f"e{i}", "purchase", "dana", now - HOUR + i * 60_000, value=10.0, category="home") for i in range(3)
+    ]
 
     produce_events(settings, morning)
     run_main(build_flow(settings, tail=False))  # writes dana's state as of the morning
@@ -47,7 +49,7 @@ def test_training_set_is_point_in_time_correct(make_settings):
 def test_hand_encoded_values_match_protobuf():
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from flows.store import _double_value, _int64_value
+    from store.feast import _double_value, _int64_value
 
     for n in (0, 1, 3, 127, 128, 300, 2**40, -1):
         assert _int64_value(n) == Value(int64_val=n).SerializeToString()

@@ -29,8 +29,8 @@ from api.app import create_app
 from api.experiments import AllocationPatch
 from api.personalize import ItemIn, PersonalizeRequest
 from api.templates import TemplateIn, TemplatePatch
-from engine.experiment_spec import ExperimentSpec, Variant
-from engine.templates import DEFAULT_TEMPLATES, Template
+from engine.content.templates import DEFAULT_TEMPLATES, Template
+from engine.experiments.designs import ExperimentSpec, Variant
 from tests.test_templates import UNRENDERABLE
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
@@ -42,18 +42,34 @@ MAX_EXAMPLES = 25
 #: negative_data_rejection): Litestar's document is looser than the msgspec types behind it
 #: (no minimum 0, no enum keys, no item constraints), and POST /v1/events answers 202 with
 #: per-event rejections by design.
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance, ignored_auth]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    ignored_auth,
+]
 #: Request bodies whose Struct forbids unknown fields; Litestar leaves ``additionalProperties: false``
 #: out of their schemas, and without it most generated bodies would only meet the 400 for an extra field.
 CLOSED_BODIES = (PersonalizeRequest, ItemIn, TemplateIn, TemplatePatch, ExperimentSpec, Variant, AllocationPatch)
 #: Experiments that exist before fuzzing starts (an A/B/n with a holdout, and a factorial one), so that
 #: most valid cases of the ``{experiment_id}`` routes reach past the 404.
 EXPERIMENTS = (
-    {"id": "fuzz-ab", "slot": "headline", "arms": [{"name": "a"}, {"name": "b", "copy": "default"}], "holdout": 0.1,
-     "guardrails": ["click", "value"]},
-    {"id": "fuzz-factorial", "factors": {"email_subject": [{"name": "ai"}, {"name": "plain", "copy": "default"}],
-                                         "cta": [{"name": "ai"}, {"name": "plain", "copy": "default"}]}},
+    {
+        "id": "fuzz-ab",
+        "slot": "headline",
+        "arms": [{"name": "a"}, {"name": "b", "copy": "default"}],
+        "holdout": 0.1,
+        "guardrails": ["click", "value"],
+    },
+    {
+        "id": "fuzz-factorial",
+        "factors": {
+            "email_subject": [{"name": "ai"}, {"name": "plain", "copy": "default"}],
+            "cta": [{"name": "ai"}, {"name": "plain", "copy": "default"}],
+        },
+    },
 )
 
 
@@ -68,9 +84,8 @@ def cases(operation, mode: GenerationMode):
         ids = {"experiment_id": [e["id"] for e in EXPERIMENTS]}
     else:
         return generated
-    (name, values), = ids.items()
-    existing = [operation.as_strategy(generation_mode=mode, headers=HEADERS, path_parameters={name: v})
-                for v in values]
+    ((name, values),) = ids.items()
+    existing = [operation.as_strategy(generation_mode=mode, headers=HEADERS, path_parameters={name: v}) for v in values]
     return st.one_of(generated, *existing)
 
 
@@ -87,8 +102,13 @@ def modes(operation) -> list[GenerationMode]:
 def fuzz(operation, mode: GenerationMode) -> str | None:
     """``MAX_EXAMPLES`` cases of ``mode`` against ``operation``: None if every answer passes, else the report."""
 
-    @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(case=cases(operation, mode))
     def run(case):
         case.call_and_validate(checks=CHECKS)
@@ -104,8 +124,13 @@ def fixed(operation, body, path_parameters=None, status: int | None = 422, what:
     """One case of ``operation`` with ``body``, under the same checks; None if it answers ``status`` (any, if None)."""
     given = {"body": body} if body is not None else {}
 
-    @hypothesis.settings(max_examples=1, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=1,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(case=operation.as_strategy(headers=HEADERS, path_parameters=path_parameters, **given))
     def run(case):
         response = case.call_and_validate(checks=CHECKS)
@@ -124,8 +149,9 @@ STALE = Template("cta-000-stale", 1, "cta", UNRENDERABLE[0][0])
 
 
 def test_every_operation_answers_as_documented(make_settings, exported):
-    settings = make_settings(pseudonym_key=KEY, api_keys="fuzz=admin", model_dir=str(exported[0]),
-                             generation_budget_ms=50.0)
+    settings = make_settings(
+        pseudonym_key=KEY, api_keys="fuzz=admin", model_dir=str(exported[0]), generation_budget_ms=50.0
+    )
     with TestClient(app=create_app(settings)) as client:
         for body in EXPERIMENTS:
             created = client.post("/v1/experiments", json=body, headers=HEADERS)
@@ -146,18 +172,27 @@ def test_every_operation_answers_as_documented(make_settings, exported):
     # Bodies the schema allows that cannot render: a documented 422 on create and on revise, never a 5xx.
     by_label = {op.label: op for op in operations}
     for body, _ in UNRENDERABLE:
-        failures += filter(None, [
-            fixed(by_label["POST /v1/templates"], {"template_id": "fuzz-bad", "slot": "cta", "body": body}),
-            fixed(by_label["PATCH /v1/templates/{template_id}"], {"body": body}, {"template_id": "cta-ai"}),
-        ])
+        failures += filter(
+            None,
+            [
+                fixed(by_label["POST /v1/templates"], {"template_id": "fuzz-bad", "slot": "cta", "body": body}),
+                fixed(by_label["PATCH /v1/templates/{template_id}"], {"body": body}, {"template_id": "cta-ai"}),
+            ],
+        )
     # Blank user ids (issue 13: a 500 each): a 400 where the id is the request's, a per-event rejection in a batch.
     for blank in BLANK_IDS:
-        failures += filter(None, [
-            fixed(by_label["POST /v1/personalize"], {"user_id": blank, "slot": "cta"}, status=400),
-            fixed(by_label["GET /v1/users/{user_id}/features"], None, {"user_id": blank}, status=400),
-            fixed(by_label["POST /v1/events"], [{"event_id": "e-blank", "type": "click", "user_id": blank,
-                                                 "ts": 1_767_225_600_000}], status=None),
-        ])
+        failures += filter(
+            None,
+            [
+                fixed(by_label["POST /v1/personalize"], {"user_id": blank, "slot": "cta"}, status=400),
+                fixed(by_label["GET /v1/users/{user_id}/features"], None, {"user_id": blank}, status=400),
+                fixed(
+                    by_label["POST /v1/events"],
+                    [{"event_id": "e-blank", "type": "click", "user_id": blank, "ts": 1_767_225_600_000}],
+                    status=None,
+                ),
+            ],
+        )
     # JSON nested deeper than msgspec decodes (issue 13: a 500 on every POST and PATCH route): a 400.
     deep = _nested(DEEP)
     for label, operation in by_label.items():
@@ -165,8 +200,9 @@ def test_every_operation_answers_as_documented(make_settings, exported):
             params = {name: "cta-ai" if "template" in name else "fuzz-ab" for name in _path_names(operation.path)}
             # The events route decodes a batch item by item: each item nested too deep is rejected in its 202.
             status = None if operation.path == "/v1/events" else 400
-            failures += filter(None, [fixed(operation, deep, params or None, status=status,
-                                            what=f"a list nested {DEEP} deep")])
+            failures += filter(
+                None, [fixed(operation, deep, params or None, status=status, what=f"a list nested {DEEP} deep")]
+            )
     assert not failures, "\n\n".join(failures)
 
 

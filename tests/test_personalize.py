@@ -10,18 +10,24 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from engine.audience import SegmentAssignment
-from engine.events import Event
+from engine.audience.audience import SegmentAssignment
+from engine.audience.segments import SegmentProfile
+from engine.features.events import Event
+from engine.features.tiles import UserActivity
 from engine.privacy import Pseudonymizer
-from engine.segments import SegmentProfile
-from engine.tiles import UserActivity
-from flows.store import FeatureWriter
+from store.feast import FeatureWriter
 from tests.conftest import ADMIN, KEY, SERVE, now_ms
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
-ITEM = {"item_id": "i-77", "title": "Trail Shoe", "brand": "Acme", "category": "shoes", "price": 80.0,
-        "discount_pct": 25}
+ITEM = {
+    "item_id": "i-77",
+    "title": "Trail Shoe",
+    "brand": "Acme",
+    "category": "shoes",
+    "price": 80.0,
+    "discount_pct": 25,
+}
 
 
 def seed_user(settings, user_id: str, *, clicks: int = 3, category: str = "shoes", segment: int | None = 2) -> str:
@@ -30,14 +36,25 @@ def seed_user(settings, user_id: str, *, clicks: int = 3, category: str = "shoes
     activity = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
     now = now_ms()
     for n in range(clicks):
-        activity.update(Event(event_id=f"{user_id}-{n}", type="click", user_id=pseudonym, ts=now - 1000 + n,
-                              category=category))
+        activity.update(
+            Event(event_id=f"{user_id}-{n}", type="click", user_id=pseudonym, ts=now - 1000 + n, category=category)
+        )
     writer = FeatureWriter(settings, offline=False)
     writer.write({pseudonym: activity})
     if segment is not None:
         writer.write_segments({pseudonym: SegmentAssignment(segment, 0.4, 1, now)})
-        writer.write_profiles([SegmentProfile(segment=segment, label="buys what they cart, budget", size=10,
-                                              share=0.25, centre={}, model_version=1)])
+        writer.write_profiles(
+            [
+                SegmentProfile(
+                    segment=segment,
+                    label="buys what they cart, budget",
+                    size=10,
+                    share=0.25,
+                    centre={},
+                    model_version=1,
+                )
+            ]
+        )
     writer.close()
     return pseudonym
 
@@ -158,8 +175,11 @@ def test_request_errors_are_4xx_with_a_reason(api_settings):
             (json.dumps({"user_id": "ann", "slot": "banner"}).encode(), 400, "slot"),
             (json.dumps({"user_id": 7, "slot": "cta"}).encode(), 400, "user_id"),
             (json.dumps({"user_id": "ann", "slot": "cta", "colour": "red"}).encode(), 400, "colour"),
-            (json.dumps({"user_id": "ann", "slot": "cta", "items": [{"item_id": "x", "price": -1}]}).encode(),
-             400, "price"),
+            (
+                json.dumps({"user_id": "ann", "slot": "cta", "items": [{"item_id": "x", "price": -1}]}).encode(),
+                400,
+                "price",
+            ),
             (json.dumps({"user_id": "ann", "slot": "description"}).encode(), 422, "needs an item"),
             (json.dumps({"user_id": "ann", "slot": "cta", "template_id": "nope"}).encode(), 404, "nope"),
             (b"{" + b" " * (3 * 1024 * 1024) + b"}", 413, ""),
@@ -175,9 +195,17 @@ def test_a_segment_tagged_template_wins_and_edits_show_at_once(api_settings):
     settings = api_settings()
     seed_user(settings, "ann")
     with TestClient(app=create_app(settings)) as client:
-        created = client.post("/v1/templates", headers=ADMIN, json={
-            "template_id": "cta-savers", "slot": "cta", "body": "{{ ai.cta }}!", "default_copy": {"cta": "Save now"},
-            "segments": ["bargain_hunter"]})
+        created = client.post(
+            "/v1/templates",
+            headers=ADMIN,
+            json={
+                "template_id": "cta-savers",
+                "slot": "cta",
+                "body": "{{ ai.cta }}!",
+                "default_copy": {"cta": "Save now"},
+                "segments": ["bargain_hunter"],
+            },
+        )
         assert created.status_code == 201, created.text
         body = personalize(client, slot="cta").json()
         assert body["template_id"] == "cta-savers" and "tagged for bargain_hunter" in body["explanation"]["template"]
@@ -209,12 +237,16 @@ def test_events_posted_to_the_api_change_personalized_content_within_a_second(ap
     import statistics
     import subprocess
 
-    from engine.settings import settings_env
+    from config.settings import settings_env
     from flows.features import flow_command
 
     settings = api_settings()
-    flow = subprocess.Popen(flow_command(settings, None), env={**os.environ, **settings_env(settings)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    flow = subprocess.Popen(
+        flow_command(settings, None),
+        env={**os.environ, **settings_env(settings)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     candidates = [{"item_id": "shoe-1", "category": "shoes"}, {"item_id": "bag-1", "category": "bags"}]
 
     def features_of(client, user):
@@ -224,8 +256,10 @@ def test_events_posted_to_the_api_change_personalized_content_within_a_second(ap
 
     def send(client, user, n, category):
         now = now_ms()
-        events = [{"event_id": f"{user}-{now}-{i}", "type": "click", "user_id": user, "ts": now, "category": category}
-                  for i in range(n)]
+        events = [
+            {"event_id": f"{user}-{now}-{i}", "type": "click", "user_id": user, "ts": now, "category": category}
+            for i in range(n)
+        ]
         assert client.post("/v1/events", json=events, headers=SERVE).json()["accepted"] == n
 
     try:
@@ -266,9 +300,17 @@ def test_replicas_share_generated_copy_and_templates_through_redis(api_settings,
     with TestClient(app=create_app(settings)) as first:
         made = personalize(first, slot="cta", items=[ITEM]).json()
         assert made["cached"] is False
-        created = first.post("/v1/templates", headers=ADMIN, json={
-            "template_id": "cta-shared", "slot": "cta", "body": "{{ ai.cta }}", "default_copy": {"cta": "Go"},
-            "segments": ["bargain_hunter"]})
+        created = first.post(
+            "/v1/templates",
+            headers=ADMIN,
+            json={
+                "template_id": "cta-shared",
+                "slot": "cta",
+                "body": "{{ ai.cta }}",
+                "default_copy": {"cta": "Go"},
+                "segments": ["bargain_hunter"],
+            },
+        )
         assert created.status_code == 201, created.text
     with TestClient(app=create_app(settings)) as second:
         assert second.get("/v1/templates/cta-shared", headers=SERVE).status_code == 200

@@ -16,7 +16,7 @@ USER = "p_aaaaaaaaaaaaaaaaaaaaaaaa"
 
 
 def test_pseudonym_is_the_documented_hmac():
-    expected = hmac.new(KEY, "user-42".encode(), hashlib.sha256).digest()[:15]
+    expected = hmac.new(KEY, b"user-42", hashlib.sha256).digest()[:15]
     assert Pseudonymizer(KEY).pseudonym("user-42") == "p_" + base64.b32encode(expected).decode().lower()
 
 
@@ -44,8 +44,22 @@ def test_no_collisions_among_many_ids():
     assert len({p.pseudonym(f"user-{i}") for i in range(20_000)}) == 20_000
 
 
-@pytest.mark.parametrize("value", ["user-42", "p_", "p_" + "a" * 23, "p_" + "a" * 25, "P_" + "a" * 24,
-                                   "p_" + "a" * 23 + "1", "p_" + "a" * 23 + "8", "", None, 42, b"p_" + b"a" * 24])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "user-42",
+        "p_",
+        "p_" + "a" * 23,
+        "p_" + "a" * 25,
+        "P_" + "a" * 24,
+        "p_" + "a" * 23 + "1",
+        "p_" + "a" * 23 + "8",
+        "",
+        None,
+        42,
+        b"p_" + b"a" * 24,
+    ],
+)
 def test_is_pseudonym_rejects_other_forms(value):
     assert not is_pseudonym(value)
 

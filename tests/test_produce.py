@@ -5,16 +5,16 @@ import re
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
-from engine.events import MIN_TS_MS, decode_event, encode_event
-from engine.settings import Settings
-from engine.simulate import Simulator
-from flows.cli import build_parser, main
-from flows.produce import paced, parse_start, run_replay, run_simulate, simulated_records
+from cli.main import build_parser, main
+from config.settings import Settings
+from engine.features.events import MIN_TS_MS, decode_event, encode_event
+from jobs.produce import paced, parse_start, run_replay, run_simulate, simulated_records
+from jobs.simulator import Simulator
 
 START = "2026-01-01T00:00:00Z"
 START_MS = 1_767_225_600_000
@@ -33,7 +33,7 @@ JAN_1997_MS = 852_076_800_000  # 1997-01-01T00:00:00Z
 
 
 def rfc3339(ts_ms):
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -59,8 +59,9 @@ def across_2000(n=400):
 def test_simulate_writes_deterministic_jsonl(tmp_path):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for out in (first, second):
-        code = run_simulate(no_broker(), args("simulate", "--events", "3000", "--users", "50", "--start", START,
-                                              "--out", str(out)))
+        code = run_simulate(
+            no_broker(), args("simulate", "--events", "3000", "--users", "50", "--start", START, "--out", str(out))
+        )
         assert code == 0
     lines = first.read_bytes().splitlines()
     assert len(lines) == 3000
@@ -140,8 +141,14 @@ def consume_all(settings, expected, timeout_s=20.0):
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": f"test-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.brokers,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     partitions = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
     consumer.assign([TopicPartition(settings.topic, p, 0) for p in partitions])
     messages = []
@@ -260,8 +267,11 @@ def test_replay_without_rebase_time_lists_events_before_2000_and_exits_1(broker,
     assert "157 bad line(s)" in err and "... and 137 more" in err and "pass --allow-bad-lines" in err
     listed = [line for line in err.splitlines() if line.startswith("  line ")]
     assert [line.split(":")[0] for line in listed] == [f"  line {n}" for n in range(1, 21)]
-    assert re.fullmatch(f"  line 1: `ts` {times[0]} is 1997-01-01T00:00:00.000Z, before 2000: --rebase-time would "
-                        "shift it to 20..-..-..T..:..:..\\....Z with the rest of the file, keeping the gaps", listed[0])
+    assert re.fullmatch(
+        f"  line 1: `ts` {times[0]} is 1997-01-01T00:00:00.000Z, before 2000: --rebase-time would "
+        "shift it to 20..-..-..T..:..:..\\....Z with the rest of the file, keeping the gaps",
+        listed[0],
+    )
     assert all("before 2000: --rebase-time would shift it to 20" in line for line in listed)
     assert sorted(decode_event(m.value()).event_id for m in consume_all(settings, len(kept))) == kept
 
@@ -323,18 +333,27 @@ def test_dry_run_reports_the_file_as_it_stands_without_a_broker(tmp_path, capsys
     assert "15 bad line(s)" in err and "--allow-bad-lines" in err
     assert list(check) == KEYS
     assert check | {"bad_lines": None} == {
-        "lines": 48, "valid": 30, "bad": 15, "blank": 3,
+        "lines": 48,
+        "valid": 30,
+        "bad": 15,
+        "blank": 3,
         "users": len({e.user_id for e, _ in good}),
         "types": dict(sorted(Counter(e.type for e, _ in good).items())),
-        "first_ts": "2001-01-01T00:00:00.000Z", "last_ts": rfc3339(good[-1][1]), "shift_ms": 0, "bad_lines": None,
+        "first_ts": "2001-01-01T00:00:00.000Z",
+        "last_ts": rfc3339(good[-1][1]),
+        "shift_ms": 0,
+        "bad_lines": None,
     }
     listed = check["bad_lines"]
     assert [b["line"] for b in listed] == [n for n, kind in kinds.items() if kind not in ("good", "blank")]
     reasons = {kinds[b["line"]]: b["reason"] for b in listed}
     old_reasons = [b["reason"] for b in listed if kinds[b["line"]] == "old"]
     assert len(old_reasons) == 10
-    assert re.fullmatch("`ts` 896659200000 is 1998-06-01T00:00:00.000Z, before 2000: --rebase-time would shift it "
-                        "to 20..-..-..T..:..:..\\....Z with the rest of the file, keeping the gaps", old_reasons[0])
+    assert re.fullmatch(
+        "`ts` 896659200000 is 1998-06-01T00:00:00.000Z, before 2000: --rebase-time would shift it "
+        "to 20..-..-..T..:..:..\\....Z with the rest of the file, keeping the gaps",
+        old_reasons[0],
+    )
     assert all("before 2000: --rebase-time would shift it to " in reason for reason in old_reasons)
     assert "JSON is malformed" in reasons["malformed"] and "$.type" in reasons["teleport"]
     assert reasons["seconds"] == "`ts` 1000000000 is not epoch milliseconds between 2000 and 2100"
@@ -352,17 +371,24 @@ def test_dry_run_with_rebase_time_judges_the_shifted_events(tmp_path, capsys):
     shift = check["shift_ms"]
     assert before - newest <= shift <= after - newest
     assert check | {"bad_lines": None} == {
-        "lines": 48, "valid": 40, "bad": 5, "blank": 3,
+        "lines": 48,
+        "valid": 40,
+        "bad": 5,
+        "blank": 3,
         "users": len({e.user_id for e, _ in good + old}),
         "types": dict(sorted(Counter(e.type for e, _ in good + old).items())),
-        "first_ts": rfc3339(JUN_1998_MS + shift), "last_ts": rfc3339(newest + shift), "shift_ms": shift,
+        "first_ts": rfc3339(JUN_1998_MS + shift),
+        "last_ts": rfc3339(newest + shift),
+        "shift_ms": shift,
         "bad_lines": None,
     }
     assert before <= datetime.fromisoformat(check["last_ts"]).timestamp() * 1000 <= after
     reasons = {kinds[b["line"]]: b["reason"] for b in check["bad_lines"]}
     assert sorted(reasons) == ["malformed", "microseconds", "purchase", "seconds", "teleport"]
-    assert reasons["seconds"] == (f"`ts` 1000000000 shifted by {shift:+} ms is {1_000_000_000 + shift}, "
-                                  "not epoch milliseconds between 2000 and 2100")
+    assert reasons["seconds"] == (
+        f"`ts` 1000000000 shifted by {shift:+} ms is {1_000_000_000 + shift}, "
+        "not epoch milliseconds between 2000 and 2100"
+    )
     assert reasons["purchase"] == "a purchase needs a `value`"
 
     code, allowed, err = dry_run(capsys, str(path), "--rebase-time", "--allow-bad-lines")
@@ -442,8 +468,9 @@ def test_simulate_pseudonymize_writes_the_apis_pseudonyms(tmp_path, capsys):
     made = [decode_event(line) for line in pseudo.read_bytes().splitlines()]
     p = Pseudonymizer(PSEUDONYM_KEY)
     assert [e.user_id for e in made] == [p.pseudonym(e.user_id) for e in given]
-    assert [msgspec.structs.replace(e, user_id="") for e in made] == [msgspec.structs.replace(e, user_id="")
-                                                                      for e in given]
+    assert [msgspec.structs.replace(e, user_id="") for e in made] == [
+        msgspec.structs.replace(e, user_id="") for e in given
+    ]
 
 
 @pytest.mark.integration
@@ -461,8 +488,9 @@ def test_replay_pseudonymize_produces_the_ids_the_api_produces(make_settings, tm
     # The same raw users through the API's edge, once each, under another event id.
     firsts = {e.user_id: e for e in raw}
     with TestClient(app=create_app(settings)) as client:
-        posted = [{**json.loads(encode_event(e)), "event_id": f"api-{e.event_id}", "ts": now_ms()}
-                  for e in firsts.values()]
+        posted = [
+            {**json.loads(encode_event(e)), "event_id": f"api-{e.event_id}", "ts": now_ms()} for e in firsts.values()
+        ]
         r = client.post("/v1/events", json=posted, headers={"X-API-Key": "in"})
         assert r.status_code == 202 and r.json()["accepted"] == len(posted), r.text
     messages = consume_all(settings, len(raw) + len(firsts))

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from engine.events import Event
-from engine.settings import settings_env
+from config.settings import settings_env
+from engine.features.events import Event
 from flows.features import flow_command, init_recovery
 from tests.conftest import now_ms
 from tests.support import online_states, produce_events, uninterrupted_run
@@ -31,8 +31,14 @@ def messy_events(n: int, users: int, seed: int) -> list[Event]:
         kind = rng.choice(TYPES)
         ts = start + i * 200 - rng.randrange(0, 120_000)
         events.append(
-            Event(f"e{i}", kind, f"u{rng.randrange(users)}", ts, category=rng.choice("abcd"),
-                  value=round(rng.uniform(5, 90), 2) if kind == "purchase" else None)
+            Event(
+                f"e{i}",
+                kind,
+                f"u{rng.randrange(users)}",
+                ts,
+                category=rng.choice("abcd"),
+                value=round(rng.uniform(5, 90), 2) if kind == "purchase" else None,
+            )
         )
     return events
 

@@ -21,8 +21,8 @@ import httpx
 import msgspec
 import pytest
 
-from engine.events import Event
-from engine.settings import settings_env
+from config.settings import settings_env
+from engine.features.events import Event
 from flows.features import flow_command, init_recovery
 from flows.kafka import free_port
 from tests.conftest import ADMIN, KEY, SERVE, now_ms
@@ -47,8 +47,12 @@ class RedisProcess:
     def start(self) -> RedisProcess:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        self.proc = subprocess.Popen([shutil.which("redis-server"), *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while not self.answers():
             assert self.proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
@@ -101,9 +105,15 @@ def own_redis():
 
 def _api_settings(make_settings, tmp_path, redis: RedisProcess, **overrides):
     # No copy model: default copy, so a request's time is the store's, not the generator's.
-    return make_settings(redis_url=redis.url, pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin",
-                         model_dir=str(tmp_path / "no-model"), template_db=str(tmp_path / "templates.db"),
-                         experiment_db=str(tmp_path / "experiments.db"), **overrides)
+    return make_settings(
+        redis_url=redis.url,
+        pseudonym_key=KEY,
+        api_keys="server=ingest+serve,boss=admin",
+        model_dir=str(tmp_path / "no-model"),
+        template_db=str(tmp_path / "templates.db"),
+        experiment_db=str(tmp_path / "experiments.db"),
+        **overrides,
+    )
 
 
 class ApiProcess:
@@ -113,9 +123,12 @@ class ApiProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "api", "--port", str(self.port)],
-                                     env={**os.environ, **settings_env(settings)}, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api", "--port", str(self.port)],
+            env={**os.environ, **settings_env(settings)},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self.log = log
         deadline = time.monotonic() + 120
         while True:
@@ -174,8 +187,9 @@ def _p(latencies: list[float], q: float) -> float:
 def _outage(api: ApiProcess, fault, heal, outage_s: float = 3.0) -> dict:
     """Probes /healthz and personalize (two callers) through ``fault()``, ``outage_s`` and ``heal()``."""
     health = Probe(api.base, "GET", "/healthz")
-    callers = [Probe(api.base, "POST", "/v1/personalize", headers=SERVE, json=_personalize_body(f"user{i}"))
-               for i in range(2)]
+    callers = [
+        Probe(api.base, "POST", "/v1/personalize", headers=SERVE, json=_personalize_body(f"user{i}")) for i in range(2)
+    ]
     for probe in (health, *callers):
         probe.t0 = health.t0
         probe.start()
@@ -226,8 +240,12 @@ def test_redis_killed_under_load_api_answers_fast_and_recovers(make_settings, ow
     redis = own_redis()
     api = ApiProcess(_api_settings(make_settings, tmp_path, redis), tmp_path / "api.log")
     try:
-        assert httpx.post(f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"),
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"), timeout=30
+            ).status_code
+            == 200
+        )
         # The restarted Redis keeps nothing (no persistence): the templates come back from the local copy.
         report = _outage(api, redis.kill, redis.start)
         _check_outage(report)
@@ -241,8 +259,12 @@ def test_hung_redis_api_answers_fast_and_recovers(make_settings, own_redis, tmp_
     redis = own_redis()
     api = ApiProcess(_api_settings(make_settings, tmp_path, redis), tmp_path / "api.log")
     try:
-        assert httpx.post(f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"),
-                          timeout=30).status_code == 200
+        assert (
+            httpx.post(
+                f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"), timeout=30
+            ).status_code
+            == 200
+        )
 
         def pause():
             redis.pause()
@@ -258,18 +280,27 @@ def test_hung_redis_api_answers_fast_and_recovers(make_settings, own_redis, tmp_
         api.close()
 
 
-TEMPLATE = {"template_id": "hl-own", "slot": "headline", "body": "{{ ai.headline }}",
-            "default_copy": {"headline": "Our own headline"}}
-EXPERIMENT = {"id": "hl-test", "slot": "headline",
-              "arms": [{"name": "control"}, {"name": "own", "template_id": "hl-own"}]}
+TEMPLATE = {
+    "template_id": "hl-own",
+    "slot": "headline",
+    "body": "{{ ai.headline }}",
+    "default_copy": {"headline": "Our own headline"},
+}
+EXPERIMENT = {
+    "id": "hl-test",
+    "slot": "headline",
+    "arms": [{"name": "control"}, {"name": "own", "template_id": "hl-own"}],
+}
 
 
 def _own_templates_and_experiment(client) -> None:
     """Two templates of an admin's (one with two versions) and a running experiment."""
     assert client.post("/v1/templates", headers=ADMIN, json=TEMPLATE).status_code == 201
     assert client.post("/v1/templates", headers=ADMIN, json={**TEMPLATE, "template_id": "hl-two"}).status_code == 201
-    assert client.patch("/v1/templates/hl-two", headers=ADMIN,
-                        json={"default_copy": {"headline": "Second"}}).status_code == 200
+    assert (
+        client.patch("/v1/templates/hl-two", headers=ADMIN, json={"default_copy": {"headline": "Second"}}).status_code
+        == 200
+    )
     created = client.post("/v1/experiments", headers=ADMIN, json=EXPERIMENT)
     assert created.status_code == 201, created.text
     assert client.post("/v1/experiments/hl-test/start", headers=ADMIN).status_code == 200
@@ -303,12 +334,15 @@ def test_flushed_redis_templates_and_experiments_come_back(make_settings, own_re
             assert time.monotonic() < deadline, answer.text
             time.sleep(0.2)
         # A write after the restore lands on top of it: versions keep counting.
-        assert client.patch("/v1/templates/hl-two", headers=ADMIN,
-                            json={"default_copy": {"headline": "Third"}}).json()["version"] == 3
+        assert (
+            client.patch("/v1/templates/hl-two", headers=ADMIN, json={"default_copy": {"headline": "Third"}}).json()[
+                "version"
+            ]
+            == 3
+        )
 
 
-def test_api_started_while_redis_is_down_answers_and_recovers_from_its_local_copy(make_settings, own_redis,
-                                                                                  tmp_path):
+def test_api_started_while_redis_is_down_answers_and_recovers_from_its_local_copy(make_settings, own_redis, tmp_path):
     from litestar.testing import TestClient
 
     from api.app import create_app
@@ -327,8 +361,7 @@ def test_api_started_while_redis_is_down_answers_and_recovers_from_its_local_cop
         redis.start()  # back, empty: the templates and the experiment come from the copy
         deadline = time.monotonic() + 15
         while True:
-            answer = httpx.post(f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"),
-                                timeout=10)
+            answer = httpx.post(f"{api.base}/v1/personalize", headers=SERVE, json=_personalize_body("ann"), timeout=10)
             if answer.status_code == 200 and answer.json()["experiment"] == "hl-test":
                 break
             assert time.monotonic() < deadline, answer.text
@@ -341,9 +374,9 @@ def test_api_started_while_redis_is_down_answers_and_recovers_from_its_local_cop
 
 def test_a_read_against_a_refused_redis_fails_at_once_and_then_without_trying(make_settings, feature_repo):
     """redis-py's default retries held such a read 6.7-9.2 s; now one try, then the breaker answers."""
-    from api.online import OnlineReader
-    from api.templates import StoreUnavailable
-    from flows.store import open_store
+    from store.feast import open_store
+    from store.online import OnlineReader
+    from store.redis_guard import StoreUnavailable
 
     settings = make_settings()  # definitions applied (the registry is a file)
     refused = msgspec.structs.replace(settings, redis_url=f"127.0.0.1:{free_port()}")
@@ -358,8 +391,8 @@ def test_a_read_against_a_refused_redis_fails_at_once_and_then_without_trying(ma
 
 
 def test_feature_writer_waits_for_redis_at_start_and_retries_a_write_until_it_lands(make_settings, own_redis):
-    from flows import metrics
-    from flows.store import FeatureWriter
+    from store import metrics
+    from store.feast import FeatureWriter
     from tests.support import online_states
 
     redis = own_redis()
@@ -380,7 +413,7 @@ def test_feature_writer_waits_for_redis_at_start_and_retries_a_write_until_it_la
     starting.join(30)
     writer = opened[0]
 
-    from engine.tiles import UserActivity
+    from engine.features.tiles import UserActivity
 
     state = UserActivity()
     state.update(Event("w1", "click", "wendy", now_ms(), category="a"))
@@ -398,22 +431,41 @@ def test_feature_writer_waits_for_redis_at_start_and_retries_a_write_until_it_la
 
 def _events(n: int, users: int, start_ms: int, offset: int = 0) -> list[Event]:
     kinds = ["page_view", "click", "add_to_cart", "purchase"]
-    return [Event(f"e{offset + i}", kinds[i % 4], f"u{i % users}", start_ms + i * 50, category="abcd"[i % 4],
-                  value=10.0 if i % 4 == 3 else None) for i in range(n)]
+    return [
+        Event(
+            f"e{offset + i}",
+            kinds[i % 4],
+            f"u{i % users}",
+            start_ms + i * 50,
+            category="abcd"[i % 4],
+            value=10.0 if i % 4 == 3 else None,
+        )
+        for i in range(n)
+    ]
 
 
 def test_flow_survives_a_redis_outage_and_its_features_are_complete(make_settings, own_redis, tmp_path):
     redis = own_redis(persistent=True)  # a restart keeps what was written before the kill
-    settings = make_settings(redis_url=redis.url, lateness_s=600, epoch_s=1, batch_size=200,
-                             ready_file=str(tmp_path / "flow.ready"), segments=0)
+    settings = make_settings(
+        redis_url=redis.url,
+        lateness_s=600,
+        epoch_s=1,
+        batch_size=200,
+        ready_file=str(tmp_path / "flow.ready"),
+        segments=0,
+    )
     start = now_ms() - 600_000
     first, second = _events(2000, 50, start), _events(2000, 80, start + 100_000, offset=2000)
     users = sorted({e.user_id for e in first + second})
     recovery = tmp_path / "recovery"
     init_recovery(recovery)
     log = open(tmp_path / "flow.log", "wb")
-    proc = subprocess.Popen(flow_command(settings, str(recovery)), env={**os.environ, **settings_env(settings)},
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        flow_command(settings, str(recovery)),
+        env={**os.environ, **settings_env(settings)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         produce_events(settings, first)
         first_users = sorted({e.user_id for e in first})
@@ -424,8 +476,9 @@ def test_flow_survives_a_redis_outage_and_its_features_are_complete(make_setting
         time.sleep(12)  # the flow meets the outage: it must retry, not exit
         assert proc.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
         redis.start()
-        reference = uninterrupted_run(msgspec.structs.replace(settings, redis_url="", ready_file=""),
-                                      tmp_path / "reference")
+        reference = uninterrupted_run(
+            msgspec.structs.replace(settings, redis_url="", ready_file=""), tmp_path / "reference"
+        )
         expected = online_states(reference, users)
         assert all(expected.values())
         _wait(lambda: online_states(settings, users) == expected, 60, proc, tmp_path / "flow.log")

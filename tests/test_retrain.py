@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 
-from models.manifest import Manifest, ModelDirError, read_manifest, write_manifest
-from models.registry import (
+from models.serve.manifest import Manifest, ModelDirError, read_manifest, write_manifest
+from models.serve.registry import (
     RUNS,
     TRAINED,
     RegistryError,
@@ -36,8 +36,19 @@ def _fake_model(folder: Path, version: str, *, created: str = "", trained: str =
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"onnx")
     (folder / "tokenizer.json").write_text("{}")
-    write_manifest(folder, Manifest(version=version, base="scratch", corpus_hash="00", eos_token_id=0,
-                                    pad_token_id=1, vocab_size=10, created=created or version, trained=trained))
+    write_manifest(
+        folder,
+        Manifest(
+            version=version,
+            base="scratch",
+            corpus_hash="00",
+            eos_token_id=0,
+            pad_token_id=1,
+            vocab_size=10,
+            created=created or version,
+            trained=trained,
+        ),
+    )
     return folder
 
 
@@ -164,8 +175,14 @@ def test_current_version_and_trained_weights_lookup(tmp_path):
 
 
 def test_run_records_append_and_read_back(tmp_path):
-    first = RunRecord(run_id="a", started="2026-01-01T00:00:00+00:00", trigger="drift", reason="drift: x",
-                      metrics={"current": {"holdout_perplexity": 3.0}}, decision="refused: ...")
+    first = RunRecord(
+        run_id="a",
+        started="2026-01-01T00:00:00+00:00",
+        trigger="drift",
+        reason="drift: x",
+        metrics={"current": {"holdout_perplexity": 3.0}},
+        decision="refused: ...",
+    )
     second = RunRecord(run_id="b", started="2026-01-02T00:00:00+00:00", promoted=True)
     assert runs(tmp_path) == []
     record_run(tmp_path, first)
@@ -189,11 +206,16 @@ def _write_feedback(path: Path, records, weights=None, metadata=None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "style": [r.segment for r in records], "slot": [r.slot for r in records], "tone": [r.tone for r in records],
-        "text": [r.text for r in records], "weight": weights or [1.0] * len(records),
-        "last_ms": [1_700_000_000_000 + i for i in range(len(records))],
-    })
+    table = pa.table(
+        {
+            "style": [r.segment for r in records],
+            "slot": [r.slot for r in records],
+            "tone": [r.tone for r in records],
+            "text": [r.text for r in records],
+            "weight": weights or [1.0] * len(records),
+            "last_ms": [1_700_000_000_000 + i for i in range(len(records))],
+        }
+    )
     pq.write_table(table.replace_schema_metadata(metadata), path)
     return path
 
@@ -202,15 +224,19 @@ def _write_feedback(path: Path, records, weights=None, metadata=None) -> Path:
 def weak(tmp_path_factory):
     """A deliberately undertrained tiny model (300 records, one epoch), exported int8, and feedback files."""
     pytest.importorskip("torch")
-    from engine.catalog import build_catalog
-    from models.build import TrainConfig, train
-    from models.corpus import CopyRecord, build_corpus, split_holdout
-    from models.export import export
+    from engine.content.catalog import build_catalog
+    from models.train.build import TrainConfig, train
+    from models.train.corpus import CopyRecord, build_corpus, split_holdout
+    from models.train.export import export
 
     root = tmp_path_factory.mktemp("weak")
     records = build_corpus(seed=1, catalog=build_catalog(seed=1, n_items=N_ITEMS))
-    train(root / TRAINED, TrainConfig(size="tiny", max_records=300, lr=5e-3, seed=1, eval_samples=1), records,
-          progress=False)
+    train(
+        root / TRAINED,
+        TrainConfig(size="tiny", max_records=300, lr=5e-3, seed=1, eval_samples=1),
+        records,
+        progress=False,
+    )
     export(root / TRAINED, root / "onnx", quantize=True, version="weak-1")
     corpus_train, _ = split_holdout(records, 0.1, seed=1)
     good = random.Random(0).sample(corpus_train, 1500)
@@ -218,9 +244,13 @@ def weak(tmp_path_factory):
     words = [f"zq{i}x" for i in range(3000)]
     garbage = [CopyRecord(r.segment, r.slot, r.tone, r.item_id, " ".join(rng.choices(words, k=8))) for r in good]
     summary = {b"tailor.feedback": b'{"rows": 1500, "cutoff_ms": 1800000000000}'}
-    return SimpleNamespace(records=records, trained=root / TRAINED, onnx=root / "onnx",
-                           good=_write_feedback(root / "good.parquet", good, metadata=summary),
-                           garbage=_write_feedback(root / "garbage.parquet", garbage))
+    return SimpleNamespace(
+        records=records,
+        trained=root / TRAINED,
+        onnx=root / "onnx",
+        good=_write_feedback(root / "good.parquet", good, metadata=summary),
+        garbage=_write_feedback(root / "garbage.parquet", garbage),
+    )
 
 
 @pytest.fixture
@@ -232,7 +262,7 @@ def served(weak, tmp_path):
 
 
 def _config(**overrides):
-    from models.retrain import RetrainConfig
+    from models.train.retrain import RetrainConfig
 
     # Small on purpose: a few dozen steps and 128 sampled texts per model keep a run near 15 s.
     values = {"epochs": 2, "lr": 1e-2, "max_records": 800, "eval_samples": 2, "eval_records": 600}
@@ -241,14 +271,21 @@ def _config(**overrides):
 
 @pytest.mark.model
 def test_retrain_promotes_a_better_model(weak, served):
-    from models.retrain import retrain
-    from models.runtime import Generator
+    from models.serve.runtime import Generator
+    from models.train.retrain import retrain
 
     # A two-layer model after a few dozen steps samples tone words about as often as chance
     # (~0.15, noise about +-0.05 on 128 texts), so obedience gets a wide tolerance here; the
     # rule itself is tested in test_retrain_policy.py. Perplexity must fall a lot.
-    record = retrain(served.model_dir, served.registry, feedback=weak.good, reason="weekly feedback",
-                     config=_config(metric_tolerance=0.1), records=weak.records, progress=False)
+    record = retrain(
+        served.model_dir,
+        served.registry,
+        feedback=weak.good,
+        reason="weekly feedback",
+        config=_config(metric_tolerance=0.1),
+        records=weak.records,
+        progress=False,
+    )
     current, candidate = record.metrics["current"], record.metrics["candidate"]
     print(json.dumps(record.metrics))
     assert record.promoted and record.decision.startswith("promoted: ") and record.error == ""
@@ -271,18 +308,27 @@ def test_retrain_promotes_a_better_model(weak, served):
     assert (trained_weights(version_dir(served.registry, "weak-1")) / "model.safetensors").is_file()
     assert runs(served.registry) == [record]
     # What the API loads: the new version generates.
-    result = Generator(served.model_dir).generate(["<seg=bargain_hunter> <slot=cta> <tone=urgent>"],
-                                                  max_new_tokens=8)[0]
+    result = Generator(served.model_dir).generate(["<seg=bargain_hunter> <slot=cta> <tone=urgent>"], max_new_tokens=8)[
+        0
+    ]
     assert result.tokens
 
 
 @pytest.mark.model
 def test_retrain_refuses_a_worse_model_and_leaves_the_served_one(weak, served):
-    from models.retrain import retrain
+    from models.train.retrain import retrain
 
     before = sorted(p.name for p in served.model_dir.iterdir())
-    record = retrain(served.model_dir, served.registry, feedback=weak.garbage, trigger="drift", reason="drift: x",
-                     config=_config(replay=0.0), records=weak.records, progress=False)
+    record = retrain(
+        served.model_dir,
+        served.registry,
+        feedback=weak.garbage,
+        trigger="drift",
+        reason="drift: x",
+        config=_config(replay=0.0),
+        records=weak.records,
+        progress=False,
+    )
     current, candidate = record.metrics["current"], record.metrics["candidate"]
     print(json.dumps(record.metrics))
     assert not record.promoted and record.candidate_version == "" and record.error == ""
@@ -297,10 +343,16 @@ def test_retrain_refuses_a_worse_model_and_leaves_the_served_one(weak, served):
 
 @pytest.mark.model
 def test_dry_run_evaluates_but_never_promotes(weak, served):
-    from models.retrain import retrain
+    from models.train.retrain import retrain
 
-    record = retrain(served.model_dir, served.registry, feedback=weak.good, records=weak.records, progress=False,
-                     config=_config(max_records=200, epochs=1, dry_run=True, metric_tolerance=1.0))
+    record = retrain(
+        served.model_dir,
+        served.registry,
+        feedback=weak.good,
+        records=weak.records,
+        progress=False,
+        config=_config(max_records=200, epochs=1, dry_run=True, metric_tolerance=1.0),
+    )
     assert record.decision.startswith("dry run, would ") and not record.promoted
     assert set(record.metrics) == {"current", "candidate"}
     assert not served.model_dir.is_symlink() and versions(served.registry) == []
@@ -308,7 +360,7 @@ def test_dry_run_evaluates_but_never_promotes(weak, served):
 
 @pytest.mark.model
 def test_missing_trained_weights_is_a_clear_recorded_error(weak, tmp_path):
-    from models.retrain import RetrainError, retrain
+    from models.train.retrain import RetrainError, retrain
 
     model_dir = tmp_path / "onnx"
     shutil.copytree(weak.onnx, model_dir)
@@ -326,12 +378,13 @@ def test_unusable_feedback_and_missing_model_are_clear_errors(weak, served, tmp_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from models.corpus import CopyRecord
-    from models.retrain import RetrainError, read_feedback, retrain
+    from models.train.corpus import CopyRecord
+    from models.train.retrain import RetrainError, read_feedback, retrain
 
     no_weight = tmp_path / "no-weight.parquet"
-    pq.write_table(pa.table({"style": ["email_driven"], "slot": ["cta"], "tone": ["urgent"], "text": ["Hurry"]}),
-                   no_weight)
+    pq.write_table(
+        pa.table({"style": ["email_driven"], "slot": ["cta"], "tone": ["urgent"], "text": ["Hurry"]}), no_weight
+    )
     with pytest.raises(RetrainError, match="lacks the feedback column.s. weight"):
         retrain(served.model_dir, served.registry, feedback=no_weight, config=_config(), progress=False)
     junk = tmp_path / "junk.parquet"
@@ -341,9 +394,12 @@ def test_unusable_feedback_and_missing_model_are_clear_errors(weak, served, tmp_
     odd = _write_feedback(tmp_path / "odd.parquet", [], [])
     with pytest.raises(RetrainError, match="no usable feedback rows"):
         read_feedback(odd)
-    rows = [CopyRecord("email_driven", "cta", "urgent", "x", "Hurry, see picks"),
-            CopyRecord("nobody", "cta", "urgent", "x", "Hurry"), CopyRecord("email_driven", "cta", "urgent", "x", " "),
-            CopyRecord("email_driven", "cta", "urgent", "x", "Shop now")]
+    rows = [
+        CopyRecord("email_driven", "cta", "urgent", "x", "Hurry, see picks"),
+        CopyRecord("nobody", "cta", "urgent", "x", "Hurry"),
+        CopyRecord("email_driven", "cta", "urgent", "x", " "),
+        CopyRecord("email_driven", "cta", "urgent", "x", "Shop now"),
+    ]
     mixed = read_feedback(_write_feedback(tmp_path / "mixed.parquet", rows, [2.0, 1.0, 1.0, 0.0]))
     assert [r.text for r in mixed.records] == ["Hurry, see picks"] and mixed.weights == [2.0]
     assert mixed.skipped == 3 and mixed.cutoff_ms == 1_700_000_000_003  # no summary: the newest last_ms
@@ -354,7 +410,7 @@ def test_unusable_feedback_and_missing_model_are_clear_errors(weak, served, tmp_
 
 @pytest.mark.model
 def test_cli_prints_the_record_and_exits_2_on_user_errors(weak, tmp_path, monkeypatch, capsys):
-    from flows.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("TAILOR_MODEL_DIR", str(tmp_path / "nothing"))
     monkeypatch.setenv("TAILOR_MODEL_REGISTRY", str(tmp_path / "registry"))
@@ -377,20 +433,29 @@ def test_cli_prints_the_record_and_exits_2_on_user_errors(weak, tmp_path, monkey
 def test_watch_retrains_on_drift_alerts_at_most_once_per_interval(broker):
     from confluent_kafka import Producer
 
-    from engine.drift import DriftAlert
-    from engine.settings import Settings
+    from config.settings import Settings
+    from engine.audience.drift import DriftAlert
     from flows.kafka import ensure_topics
-    from flows.retrain_watch import watch
+    from jobs.retrain_watch import watch
 
     settings = Settings(brokers=broker.address, drift_topic=f"drift-{uuid.uuid4().hex[:8]}")
     ensure_topics(settings.brokers, [settings.drift_topic], 1)
     now = [1000.0]
     reasons: list[str] = []
     stop, ready = threading.Event(), threading.Event()
-    watcher = threading.Thread(target=watch, args=(settings, lambda _trigger, reason: reasons.append(reason)),
-                               daemon=True, kwargs={
-        "min_interval_s": 3600, "stop": stop, "ready": ready, "poll_s": 0.1, "clock": lambda: now[0],
-        "group": f"test-{uuid.uuid4().hex[:8]}"})
+    watcher = threading.Thread(
+        target=watch,
+        args=(settings, lambda _trigger, reason: reasons.append(reason)),
+        daemon=True,
+        kwargs={
+            "min_interval_s": 3600,
+            "stop": stop,
+            "ready": ready,
+            "poll_s": 0.1,
+            "clock": lambda: now[0],
+            "group": f"test-{uuid.uuid4().hex[:8]}",
+        },
+    )
     watcher.start()
     producer = Producer({"bootstrap.servers": settings.brokers})
 
@@ -399,8 +464,18 @@ def test_watch_retrains_on_drift_alerts_at_most_once_per_interval(broker):
         producer.flush(10)
 
     def alert(feature: str) -> bytes:
-        return msgspec.json.encode(DriftAlert(feature=feature, method="kl", score=0.7, threshold=0.4, window=10,
-                                              time_ms=0, time="2026-01-01T00:00:00Z", checks=3))
+        return msgspec.json.encode(
+            DriftAlert(
+                feature=feature,
+                method="kl",
+                score=0.7,
+                threshold=0.4,
+                window=10,
+                time_ms=0,
+                time="2026-01-01T00:00:00Z",
+                checks=3,
+            )
+        )
 
     def wait_for(n: int) -> None:
         for _ in range(200):

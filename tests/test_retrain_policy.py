@@ -1,11 +1,11 @@
-"""engine/retrain_policy.py: which triggers start a retrain, when, and when a candidate may replace the model."""
+"""engine/learning/retrain_policy.py: which triggers start a retrain, when, and when a candidate may replace the model."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.drift import DriftAlert
-from engine.retrain_policy import (
+from engine.audience.drift import DriftAlert
+from engine.learning.retrain_policy import (
     TriggerState,
     debounce,
     drift_reason,
@@ -17,8 +17,16 @@ CURRENT = {"holdout_perplexity": 20.0, "tone_obedience": 0.9, "length_obedience"
 
 
 def _alert(feature="clicks_5m", method="kl", score=0.6) -> DriftAlert:
-    return DriftAlert(feature=feature, method=method, score=score, threshold=0.4, window=50_000, time_ms=0,
-                      time="2026-01-01T00:00:00Z", checks=3)
+    return DriftAlert(
+        feature=feature,
+        method=method,
+        score=score,
+        threshold=0.4,
+        window=50_000,
+        time_ms=0,
+        time="2026-01-01T00:00:00Z",
+        checks=3,
+    )
 
 
 def test_an_equal_or_better_candidate_is_promoted():
@@ -29,12 +37,15 @@ def test_an_equal_or_better_candidate_is_promoted():
     assert "holdout perplexity 12 <= 20.4" in decision.reason
 
 
-@pytest.mark.parametrize(("name", "value", "words"), [
-    ("holdout_perplexity", 20.5, "holdout perplexity 20.5 > 20.4"),
-    ("tone_obedience", 0.87, "tone obedience 0.87 < 0.88"),
-    ("length_obedience", 0.9, "length obedience 0.9 < 0.93"),
-    ("brand_pass_rate", 0.5, "brand pass rate 0.5 < 0.83"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("holdout_perplexity", 20.5, "holdout perplexity 20.5 > 20.4"),
+        ("tone_obedience", 0.87, "tone obedience 0.87 < 0.88"),
+        ("length_obedience", 0.9, "length obedience 0.9 < 0.93"),
+        ("brand_pass_rate", 0.5, "brand pass rate 0.5 < 0.83"),
+    ],
+)
 def test_a_candidate_worse_beyond_tolerance_on_any_figure_is_refused(name, value, words):
     decision = promotion_decision(CURRENT, {**CURRENT, name: value})
     assert not decision.promote and decision.reason.startswith("refused: ") and words in decision.reason

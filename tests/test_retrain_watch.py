@@ -12,13 +12,13 @@ import msgspec
 import pyarrow.parquet as pq
 import pytest
 
-from engine.drift import DriftAlert
-from engine.events import Event
-from engine.exposures import ArmCounters
-from engine.retrain_policy import ArmSeries, ArmThreshold, arm_check
-from flows.cli import build_parser
-from flows.retrain_watch import RetrainWatch, run_watch, watch
-from flows.store import FeatureWriter, open_store
+from cli.main import build_parser
+from engine.audience.drift import DriftAlert
+from engine.experiments.exposures import ArmCounters
+from engine.features.events import Event
+from engine.learning.retrain_policy import ArmSeries, ArmThreshold, arm_check
+from jobs.retrain_watch import RetrainWatch, run_watch, watch
+from store.feast import FeatureWriter, open_store
 from tests import test_retrain
 from tests.conftest import now_ms
 from tests.support import produce_events
@@ -28,8 +28,15 @@ weak = test_retrain.weak  # the fixture: a tiny undertrained model, exported
 
 
 def arm(variant: str, users: int, converters: int, experiment: str = "hero") -> ArmCounters:
-    return ArmCounters(experiment=experiment, variant=variant, users=users, impressions=users, converters=converters,
-                       conversions=converters, updated_ms=now_ms())
+    return ArmCounters(
+        experiment=experiment,
+        variant=variant,
+        users=users,
+        impressions=users,
+        converters=converters,
+        conversions=converters,
+        updated_ms=now_ms(),
+    )
 
 
 def write(writer: FeatureWriter, *arms: ArmCounters) -> None:
@@ -73,7 +80,7 @@ def test_readings_wait_for_enough_new_users_and_restart_when_counters_go_back():
 
 
 def test_an_unapplied_feature_repo_is_a_clear_error(feature_repo, capsys):
-    from engine.settings import Settings
+    from config.settings import Settings
 
     settings = Settings(brokers="127.0.0.1:1", feature_repo=str(feature_repo))
     args = retrain_args("--no-drift", "--arm", "hero/b", "--floor", "0.02", "--feedback", "f.parquet")
@@ -92,12 +99,22 @@ def test_a_falling_arm_triggers_one_retrain_a_healthy_one_none_and_few_users_wai
     now = [1000.0]
     runs: list[tuple[str, str]] = []
     rules = dict(relative_drop=0.3, min_users=100)
-    watcher = RetrainWatch(lambda trigger, reason: runs.append((trigger, reason)), min_interval_s=3600,
-                           store=open_store(settings), clock=lambda: now[0],
-                           arms=[ArmThreshold(experiment="hero", variant=v, **rules) for v in ("a", "b", "c")])
+    watcher = RetrainWatch(
+        lambda trigger, reason: runs.append((trigger, reason)),
+        min_interval_s=3600,
+        store=open_store(settings),
+        clock=lambda: now[0],
+        arms=[ArmThreshold(experiment="hero", variant=v, **rules) for v in ("a", "b", "c")],
+    )
     # a: a steady 5 %; b: 5 % and then 1 %; c: nobody converts, but 15 new users a check never make a reading.
-    steps = [(1000, 50, 50, 100, 5), (1200, 60, 60, 115, 5), (1400, 70, 70, 130, 5), (1600, 80, 72, 145, 5),
-             (1800, 90, 74, 160, 5), (2000, 100, 76, 175, 5)]
+    steps = [
+        (1000, 50, 50, 100, 5),
+        (1200, 60, 60, 115, 5),
+        (1400, 70, 70, 130, 5),
+        (1600, 80, 72, 145, 5),
+        (1800, 90, 74, 160, 5),
+        (2000, 100, 76, 175, 5),
+    ]
     reasons = []
     for users, a_conv, b_conv, c_users, c_conv in steps:
         write(writer, arm("a", users, a_conv), arm("b", users, b_conv), arm("c", c_users, c_conv))
@@ -128,19 +145,41 @@ def test_one_watch_process_serves_drift_and_threshold_triggers_through_one_debou
     runs: list[tuple[str, str, float]] = []
     stop, ready = threading.Event(), threading.Event()
     rules = [ArmThreshold(experiment="hero", variant=v, floor=0.02, min_users=100) for v in ("a", "b")]
-    watcher = threading.Thread(daemon=True, target=watch, args=(
-        settings, lambda trigger, reason: runs.append((trigger, reason, time.monotonic()))), kwargs={
-        "min_interval_s": 1.5, "arms": rules, "check_every_s": 0.05, "stop": stop, "ready": ready, "poll_s": 0.05,
-        "group": f"test-{uuid.uuid4().hex[:8]}"})
+    watcher = threading.Thread(
+        daemon=True,
+        target=watch,
+        args=(settings, lambda trigger, reason: runs.append((trigger, reason, time.monotonic()))),
+        kwargs={
+            "min_interval_s": 1.5,
+            "arms": rules,
+            "check_every_s": 0.05,
+            "stop": stop,
+            "ready": ready,
+            "poll_s": 0.05,
+            "group": f"test-{uuid.uuid4().hex[:8]}",
+        },
+    )
     watcher.start()
     try:
         assert ready.wait(30), "the watch never started"
         write(writer, arm("a", 1400, 70), arm("b", 1400, 51))  # b: 1 of 400 new users converted
         wait_for(lambda: runs, "the threshold run")
         producer = Producer({"bootstrap.servers": settings.brokers})
-        producer.produce(settings.drift_topic, msgspec.json.encode(DriftAlert(
-            feature="clicks_5m", method="kl", score=0.7, threshold=0.4, window=10, time_ms=0,
-            time="2026-01-01T00:00:00Z", checks=1)))
+        producer.produce(
+            settings.drift_topic,
+            msgspec.json.encode(
+                DriftAlert(
+                    feature="clicks_5m",
+                    method="kl",
+                    score=0.7,
+                    threshold=0.4,
+                    window=10,
+                    time_ms=0,
+                    time="2026-01-01T00:00:00Z",
+                    checks=1,
+                )
+            ),
+        )
         producer.flush(10)
         wait_for(lambda: len(runs) == 2, "the drift run")
         threading.Event().wait(0.3)
@@ -148,8 +187,10 @@ def test_one_watch_process_serves_drift_and_threshold_triggers_through_one_debou
         stop.set()
         watcher.join(10)
     assert [r[:2] for r in runs] == [
-        ("threshold", "threshold: hero/b conversion rate 0.0025 is under the floor 0.02; "
-                      "last reading 1 of 400 new users"),
+        (
+            "threshold",
+            "threshold: hero/b conversion rate 0.0025 is under the floor 0.02; last reading 1 of 400 new users",
+        ),
         ("drift", "drift: clicks_5m kl 0.7 > 0.4 at 2026-01-01T00:00:00Z"),
     ]
     assert runs[1][2] - runs[0][2] >= 1.4  # the drift alert came too soon and waited for the interval
@@ -158,18 +199,25 @@ def test_one_watch_process_serves_drift_and_threshold_triggers_through_one_debou
 # -- the command's glue: options, fresh feedback ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, on_drift, says", [
-    ([], False, "nothing to watch"),
-    (["--no-drift"], True, "nothing to watch"),
-    (["--arm", "hero"], True, "expects EXPERIMENT/VARIANT"),
-    (["--arm", "hero/b"], True, "needs --floor RATE, --relative-drop X or both"),
-    (["--floor", "0.02"], True, "add --arm"),
-    (["--arm", "hero/b", "--floor", "2"], True, "floor must be in [0, 1]"),
-    (["--arm", "hero/b", "--floor", "0.02", "--no-drift"], True, "the fresh feedback come from (or pass --feedback"),
-    (["--feedback", "f.parquet"], True, "set TAILOR_BROKERS to the Kafka the drift alerts come from\n"),
-])
+@pytest.mark.parametrize(
+    "argv, on_drift, says",
+    [
+        ([], False, "nothing to watch"),
+        (["--no-drift"], True, "nothing to watch"),
+        (["--arm", "hero"], True, "expects EXPERIMENT/VARIANT"),
+        (["--arm", "hero/b"], True, "needs --floor RATE, --relative-drop X or both"),
+        (["--floor", "0.02"], True, "add --arm"),
+        (["--arm", "hero/b", "--floor", "2"], True, "floor must be in [0, 1]"),
+        (
+            ["--arm", "hero/b", "--floor", "0.02", "--no-drift"],
+            True,
+            "the fresh feedback come from (or pass --feedback",
+        ),
+        (["--feedback", "f.parquet"], True, "set TAILOR_BROKERS to the Kafka the drift alerts come from\n"),
+    ],
+)
 def test_watch_options_that_cannot_work_are_code_2(argv, on_drift, says, capsys):
-    from engine.settings import Settings
+    from config.settings import Settings
 
     settings = Settings(brokers="", retrain_on_drift=on_drift)
     assert run_watch(settings, retrain_args(*argv), lambda *a: None) == 2
@@ -179,7 +227,7 @@ def test_watch_options_that_cannot_work_are_code_2(argv, on_drift, says, capsys)
 
 def test_trigger_options_without_watch_are_refused(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
-    from flows.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("TAILOR_MODEL_DIR", str(tmp_path / "nothing"))
     monkeypatch.setenv("TAILOR_MODEL_REGISTRY", str(tmp_path / "registry"))
@@ -190,8 +238,16 @@ def test_trigger_options_without_watch_are_refused(tmp_path, monkeypatch, capsys
 
 
 def served(event_id: str, user: str, ts: int, text: str) -> Event:
-    props = {"slot": "headline", "template": "hero_default@3", "style": "bargain_hunter", "tone": "urgent",
-             "segment": 2, "model_version": "v1", "generated": True, "copy.headline": text}
+    props = {
+        "slot": "headline",
+        "template": "hero_default@3",
+        "style": "bargain_hunter",
+        "tone": "urgent",
+        "segment": 2,
+        "model_version": "v1",
+        "generated": True,
+        "copy.headline": text,
+    }
     return Event(event_id, "impression", user, ts, experiment="hero", variant="b", props=props)
 
 
@@ -199,49 +255,88 @@ def served(event_id: str, user: str, ts: int, text: str) -> Event:
 def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_settings, tmp_path, monkeypatch):
     """Through `tailor retrain --watch` itself, only the fine-tuning replaced: the run record names a fresh file."""
     pytest.importorskip("torch")
-    import flows.retrain_watch
-    import models.retrain
-    from flows.cli import main
-    from models.registry import RunData, RunRecord, record_run, runs
+    import cli.retrain
+    import jobs.retrain_watch
+    import models.train.retrain
+    from cli.main import main
+    from models.serve.registry import RunData, RunRecord, record_run, runs
 
     settings = make_settings()
     t = now_ms() - 30 * MIN
-    produce_events(settings, [
-        served("x1", "u1", t, "Half price today"), served("x2", "u2", t + 1, "Half price today"),
-        served("x3", "u3", t + 2, "Deals end soon"),
-        Event("c1", "conversion", "u1", t + MIN, experiment="hero"),
-        Event("k1", "click", "u3", t + MIN, experiment="hero"),
-        served("x4", "u4", now_ms() + 10 * MIN, "Served after the cut-off"),
-        served("x0", "u5", now_ms() - 15 * 24 * 60 * MIN, "Served before TAILOR_RETRAIN_FEEDBACK_DAYS (14)"),
-    ])
+    produce_events(
+        settings,
+        [
+            served("x1", "u1", t, "Half price today"),
+            served("x2", "u2", t + 1, "Half price today"),
+            served("x3", "u3", t + 2, "Deals end soon"),
+            Event("c1", "conversion", "u1", t + MIN, experiment="hero"),
+            Event("k1", "click", "u3", t + MIN, experiment="hero"),
+            served("x4", "u4", now_ms() + 10 * MIN, "Served after the cut-off"),
+            served("x0", "u5", now_ms() - 15 * 24 * 60 * MIN, "Served before TAILOR_RETRAIN_FEEDBACK_DAYS (14)"),
+        ],
+    )
     writer = FeatureWriter(settings, offline=False)
     write(writer, arm("b", 1000, 50))
     registry = tmp_path / "registry"
-    for name, value in {"BROKERS": settings.brokers, "TOPIC": settings.topic, "DRIFT_TOPIC": settings.drift_topic,
-                        "FEATURE_REPO": settings.feature_repo, "MODEL_DIR": str(tmp_path / "onnx"),
-                        "MODEL_REGISTRY": str(registry), "RETRAIN_MIN_INTERVAL_S": "3600"}.items():
+    for name, value in {
+        "BROKERS": settings.brokers,
+        "TOPIC": settings.topic,
+        "DRIFT_TOPIC": settings.drift_topic,
+        "FEATURE_REPO": settings.feature_repo,
+        "MODEL_DIR": str(tmp_path / "onnx"),
+        "MODEL_REGISTRY": str(registry),
+        "RETRAIN_MIN_INTERVAL_S": "3600",
+    }.items():
         monkeypatch.setenv(f"TAILOR_{name}", value)
     calls = []
 
     def fake_retrain(model_dir, registry, *, feedback, trigger, reason, **_kw):
         """What `retrain` records before fine-tuning, reading the file as it does; no model is trained."""
-        feedback_rows = models.retrain.read_feedback(feedback)
-        record = RunRecord(run_id=f"r{len(calls)}", started="now", trigger=trigger, reason=reason,
-                           data=RunData(feedback=str(Path(feedback).resolve()), rows=len(feedback_rows.records),
-                                        cutoff_ms=feedback_rows.cutoff_ms),
-                           decision="refused: fake")
+        feedback_rows = models.train.retrain.read_feedback(feedback)
+        record = RunRecord(
+            run_id=f"r{len(calls)}",
+            started="now",
+            trigger=trigger,
+            reason=reason,
+            data=RunData(
+                feedback=str(Path(feedback).resolve()),
+                rows=len(feedback_rows.records),
+                cutoff_ms=feedback_rows.cutoff_ms,
+            ),
+            decision="refused: fake",
+        )
         record_run(registry, record)
         calls.append(record)
         return record
 
     stop, ready = threading.Event(), threading.Event()
-    monkeypatch.setattr(models.retrain, "retrain", fake_retrain)
-    monkeypatch.setattr(flows.retrain_watch, "run_watch",
-                        functools.partial(flows.retrain_watch.run_watch, stop=stop, ready=ready, poll_s=0.05))
+    monkeypatch.setattr(cli.retrain, "retrain", fake_retrain)  # the command calls it by this name
+    monkeypatch.setattr(
+        jobs.retrain_watch,
+        "run_watch",
+        functools.partial(jobs.retrain_watch.run_watch, stop=stop, ready=ready, poll_s=0.05),
+    )
     code = {}
-    command = threading.Thread(daemon=True, target=lambda: code.update(rc=main(
-        ["retrain", "--watch", "--no-drift", "--arm", "hero/b", "--floor", "0.02", "--min-users", "100",
-         "--check-every-s", "0.05"])))
+    command = threading.Thread(
+        daemon=True,
+        target=lambda: code.update(
+            rc=main(
+                [
+                    "retrain",
+                    "--watch",
+                    "--no-drift",
+                    "--arm",
+                    "hero/b",
+                    "--floor",
+                    "0.02",
+                    "--min-users",
+                    "100",
+                    "--check-every-s",
+                    "0.05",
+                ]
+            )
+        ),
+    )
     command.start()
     try:
         assert ready.wait(60), "the watch never started"
@@ -258,7 +353,9 @@ def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_sett
     assert path.is_file() and path.parent == Path(settings.feature_repo).resolve() / "data" / "feedback"
     rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["text"])
     assert [(r["text"], r["impressions"], r["clickers"], r["converters"]) for r in rows] == [
-        ("Deals end soon", 1, 1, 0), ("Half price today", 2, 0, 1)]
+        ("Deals end soon", 1, 1, 0),
+        ("Half price today", 2, 0, 1),
+    ]
     assert record.data.rows == 2 and now_ms() - 60_000 < record.data.cutoff_ms <= now_ms()
     summary = json.loads(pq.read_schema(path).metadata[b"tailor.feedback"])
     assert summary["events_before_since"] == 1 and summary["since"] is not None
@@ -270,17 +367,22 @@ def test_end_to_end_a_falling_arm_fine_tunes_on_fresh_feedback(make_settings, we
     """The real thing, small: counters fall, feedback is exported from the topic, a tiny model is fine-tuned on it."""
     import shutil
 
-    from models.registry import runs
-    from models.retrain import retrain
+    from models.serve.registry import runs
+    from models.train.retrain import retrain
     from tests.test_retrain import _config
 
     settings = make_settings()
     model_dir, registry = tmp_path / "models" / "onnx", tmp_path / "registry"
     shutil.copytree(weak.onnx, model_dir)
     t = now_ms() - 30 * MIN
-    produce_events(settings, [served(f"x{i}", f"u{i}", t + i, text) for i, text in enumerate(
-        ["Half price today", "Half price today", "Deals end soon"])] + [
-        Event("c1", "conversion", "u0", t + MIN, experiment="hero")])
+    produce_events(
+        settings,
+        [
+            served(f"x{i}", f"u{i}", t + i, text)
+            for i, text in enumerate(["Half price today", "Half price today", "Deals end soon"])
+        ]
+        + [Event("c1", "conversion", "u0", t + MIN, experiment="hero")],
+    )
     writer = FeatureWriter(settings, offline=False)
     write(writer, arm("b", 1000, 50))
     stop, ready = threading.Event(), threading.Event()
@@ -288,17 +390,26 @@ def test_end_to_end_a_falling_arm_fine_tunes_on_fresh_feedback(make_settings, we
 
     def run(trigger: str, reason: str, feedback: str | None) -> None:
         try:
-            record = retrain(model_dir, registry, feedback=feedback, trigger=trigger, reason=reason,
-                             config=_config(max_records=40, epochs=1, eval_samples=1, eval_records=100),
-                             records=weak.records, progress=False)
+            record = retrain(
+                model_dir,
+                registry,
+                feedback=feedback,
+                trigger=trigger,
+                reason=reason,
+                config=_config(max_records=40, epochs=1, eval_samples=1, eval_records=100),
+                records=weak.records,
+                progress=False,
+            )
             codes.append(record.error)
         finally:
             stop.set()
 
-    args = retrain_args("--no-drift", "--arm", "hero/b", "--relative-drop", "0.5", "--min-users", "100",
-                        "--check-every-s", "0.05")
-    command = threading.Thread(daemon=True, target=lambda: codes.append(run_watch(
-        settings, args, run, stop=stop, ready=ready, poll_s=0.05)))
+    args = retrain_args(
+        "--no-drift", "--arm", "hero/b", "--relative-drop", "0.5", "--min-users", "100", "--check-every-s", "0.05"
+    )
+    command = threading.Thread(
+        daemon=True, target=lambda: codes.append(run_watch(settings, args, run, stop=stop, ready=ready, poll_s=0.05))
+    )
     command.start()
     assert ready.wait(60), "the watch never started"
     write(writer, arm("b", 1200, 60))  # 5 %

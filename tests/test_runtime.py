@@ -1,4 +1,4 @@
-"""models/runtime.py: the ONNX Runtime generator, against a tiny GPT-2 built and exported here.
+"""models/serve/runtime.py: the ONNX Runtime generator, against a tiny GPT-2 built and exported here.
 
 The fixture trains a byte-level BPE tokenizer and a 2-layer GPT-2 for a few steps (torch is
 fine in tests, never in the runtime), exports it with Optimum and writes a manifest.
@@ -20,9 +20,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from models import runtime
-from models.manifest import Manifest, ModelDirError, read_manifest, write_manifest
-from models.runtime import CPU, GenerationResult, Generator, choose_providers, pick_next
+from models.serve import runtime
+from models.serve.manifest import Manifest, ModelDirError, read_manifest, write_manifest
+from models.serve.runtime import CPU, GenerationResult, Generator, choose_providers, pick_next
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROL = ["<seg=bargain_hunter>", "<seg=loyal>", "<slot=headline>", "<slot=body>", "<tone=urgent>", "<tone=calm>"]
@@ -351,7 +351,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 def test_auto_providers_are_chosen_silently(tiny):
     run = _python(f"""
-        from models.runtime import Generator
+        from models.serve.runtime import Generator
         g = Generator({str(tiny.dir)!r})
         print(g.provider, len(g.generate(["<tone=urgent>"], max_new_tokens=2)[0].tokens))
     """)
@@ -363,7 +363,7 @@ def test_auto_providers_are_chosen_silently(tiny):
 def test_runtime_never_imports_torch_or_transformers():
     run = _python("""
         import sys
-        import models.runtime
+        import models.serve.runtime
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum")))
     """)
     assert run.stdout.strip() == "[]"

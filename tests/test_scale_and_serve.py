@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from bytewax.testing import run_main
 
-from engine.settings import settings_env
+from config.settings import settings_env
 from flows.features import build_flow, flow_command
 from flows.kafka import free_port
 from tests.conftest import now_ms
@@ -36,7 +36,7 @@ def test_two_workers_partition_users_and_match_one_worker(make_settings, tmp_pat
 
 
 def test_feast_serve_returns_features_finished_at_read_time(make_settings):
-    from engine.events import Event
+    from engine.features.events import Event
 
     settings = make_settings()
     now = now_ms()

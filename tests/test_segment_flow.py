@@ -12,14 +12,14 @@ import pytest
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
 
-from engine.events import Event
-from engine.segments import adjusted_rand_index
-from engine.settings import settings_env
-from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator
+from cli.segments import run_segments
+from config.settings import settings_env
+from engine.audience.segments import adjusted_rand_index
+from engine.features.events import Event
 from flows.features import build_flow, flow_command, init_recovery
 from flows.kafka import read_topic
-from flows.segments import read_profiles, run_segments
-from flows.store import open_store
+from jobs.simulator import DEFAULT_DRIFT_SHARES, Drift, Simulator
+from store.feast import open_store, read_profiles
 from tests.support import produce_events, uninterrupted_run
 
 pytestmark = pytest.mark.integration
@@ -120,8 +120,8 @@ def test_an_injected_drift_reaches_the_drift_topic(make_settings):
 
 
 def test_a_snapshot_from_before_segmentation_resumes():
-    from engine.settings import Settings
-    from engine.tiles import UserActivity
+    from config.settings import Settings
+    from engine.features.tiles import UserActivity
     from flows.features import UserActivityLogic
 
     settings = Settings()
@@ -146,8 +146,9 @@ def test_a_clicks_and_purchases_stream_is_segmented_and_its_profiles_settle_when
         store = open_store(settings)
         deadline = time.monotonic() + 120
         while True:
-            got = store.get_online_features(features=["user_segment:segment"],
-                                            entity_rows=[{"user_id": u} for u in sim.users]).to_dict()
+            got = store.get_online_features(
+                features=["user_segment:segment"], entity_rows=[{"user_id": u} for u in sim.users]
+            ).to_dict()
             segmented = sum(s is not None for s in got["segment"])
             profiles = read_profiles(store, settings.segments)
             if segmented >= 0.95 * 200 and sum(p.size for p in profiles) == segmented:

@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import math
 import pickle
+from datetime import UTC
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.audience import Audience
-from engine.events import Event
-from engine.segments import (
+from engine.audience.audience import Audience
+from engine.audience.segments import (
     FEATURE_NAMES,
+    RATE_FEATURES,
     Behaviour,
     SegmentModel,
-    adjusted_rand_index,
-    RATE_FEATURES,
     TrafficPriors,
     _model_space,
+    adjusted_rand_index,
     feature_vector,
     label_of,
     segment_labels,
     unique_labels,
 )
-from engine.simulate import DEFAULT_DRIFT_SHARES, Drift, Simulator
+from engine.features.events import Event
+from jobs.simulator import DEFAULT_DRIFT_SHARES, Drift, Simulator
 from tests.support import feed_audience
 
 T0 = 1_767_225_600_000
@@ -44,9 +45,9 @@ def test_behaviour_halves_per_half_life_and_weighs_late_events():
     b.update(ev(2, "app_open", T0 + DAY_MS))
     assert b.sessions == pytest.approx(1.5)  # the first visit is one half-life old
     b.update(ev(3, "email_open", T0 + DAY_MS // 2))  # late: half a half-life old
-    assert b.sessions == pytest.approx(1.5 + 2 ** -0.5)
+    assert b.sessions == pytest.approx(1.5 + 2**-0.5)
     # No traffic priors yet (all 0): the share is shrunk towards 0 by the prior's weight of 2 visits.
-    assert b.vector()["email_share"] == pytest.approx(2 ** -0.5 / (1.5 + 2 ** -0.5 + 2))
+    assert b.vector()["email_share"] == pytest.approx(2**-0.5 / (1.5 + 2**-0.5 + 2))
 
 
 def test_behaviour_rebases_without_changing_values_and_pickles():
@@ -55,7 +56,7 @@ def test_behaviour_rebases_without_changing_values_and_pickles():
         b.update(ev(i, "impression", T0 + i * 3_600_000))
         b.update(ev(i, "click", T0 + i * 3_600_000))
     assert b.base_ms > T0
-    expected = sum(2.0 ** -k for k in range(200))
+    expected = sum(2.0**-k for k in range(200))
     assert b.decayed()[1] == pytest.approx(expected)  # clicks
     assert all(math.isfinite(c) for c in b.counts)
     assert b.take_clicks() == (200, 200) and b.take_clicks() == (0, 0)
@@ -69,7 +70,8 @@ def test_behaviour_needs_enough_visits_and_ignores_conversions():
     b.update(ev(2, "purchase", T0, value=80.0))
     assert b.visits_total == 1  # a purchase out of nowhere starts a visit
     assert b.vector(priors={**TrafficPriors().values(), "order_value": 20.0})["order_value"] == pytest.approx(
-        (80 + 20) / 2)
+        (80 + 20) / 2
+    )
 
 
 def test_bad_parameters_are_clear_errors():
@@ -132,8 +134,10 @@ def test_a_frequent_user_weighs_once_in_their_centre():
     after = model.clusterer.centers[segment]
     step = max(abs(after[name] - before[name]) for name in model.features)
     # u0's move, in standard units, divided among the segment's users: one user's share, not the whole way.
-    scaled_move = max(abs(a - b) for a, b in zip(model._scaled(_model_space(odd)).values(),
-                                                   model._scaled(_model_space(points[0][1])).values()))
+    scaled_move = max(
+        abs(a - b)
+        for a, b in zip(model._scaled(_model_space(odd)).values(), model._scaled(_model_space(points[0][1])).values())
+    )
     assert step <= scaled_move / members * 1.01
     assert model.counts[segment] == members and len(model.placed) == 400
 
@@ -184,18 +188,18 @@ def test_consolidating_keeps_segment_ids_and_refreshes_stale_placements():
 
 
 def test_the_ratio_parts_are_computed_once_per_update(monkeypatch):
-    import engine.audience
-    import engine.segments
+    import engine.audience.audience
+    import engine.audience.segments
 
     calls = []
-    real = engine.segments.ratio_parts
+    real = engine.audience.segments.ratio_parts
 
     def counted(e):
         calls.append(1)
         return real(e)
 
-    monkeypatch.setattr(engine.segments, "ratio_parts", counted)
-    monkeypatch.setattr(engine.audience, "ratio_parts", counted)
+    monkeypatch.setattr(engine.audience.segments, "ratio_parts", counted)
+    monkeypatch.setattr(engine.audience.audience, "ratio_parts", counted)
     audience = Audience(2, warmup=4)
     for _ in feed_audience(audience, Simulator(users=30, seed=3).events(3000), batch_size=500):
         pass
@@ -211,7 +215,7 @@ def _updates_with_evidence(events, batch_size: int) -> int:
     events = list(events)
     for start in range(0, len(events), batch_size):
         batch = {}
-        for e in events[start:start + batch_size]:
+        for e in events[start : start + batch_size]:
             batch.setdefault(e.user_id, []).append(e)
         for user_id, user_events in batch.items():
             b = behaviours.setdefault(user_id, Behaviour(259_200.0))
@@ -345,10 +349,19 @@ def test_visits_start_at_explicit_opens_and_after_an_inactivity_gap():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["page_view", "click", "add_to_cart", "purchase", "impression",
-                                           "email_open", "email_click", "app_open"]),
-                          st.integers(0, 90 * 86_400_000)), min_size=1, max_size=60),
-       st.lists(st.floats(0, 1), min_size=5, max_size=5))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["page_view", "click", "add_to_cart", "purchase", "impression", "email_open", "email_click", "app_open"]
+            ),
+            st.integers(0, 90 * 86_400_000),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.lists(st.floats(0, 1), min_size=5, max_size=5),
+)
 def test_every_rate_stays_within_zero_and_one_whatever_the_stream(stream, rates):
     b = Behaviour(3 * 86_400)
     for i, (kind, dt) in enumerate(stream):
@@ -367,8 +380,10 @@ def test_priors_are_the_traffics_pooled_rates():
     users = []
     for clicks, impressions in ((1, 10), (3, 10), (40, 0)):  # the last clicks without impressions
         b = Behaviour(3 * 86_400)
-        b.update_many([Event(f"i{k}", "impression", "u", T0 + k) for k in range(impressions)]
-                      + [Event(f"c{k}", "click", "u", T0 + 100 + k) for k in range(clicks)])
+        b.update_many(
+            [Event(f"i{k}", "impression", "u", T0 + k) for k in range(impressions)]
+            + [Event(f"c{k}", "click", "u", T0 + 100 + k) for k in range(clicks)]
+        )
         users.append(b.evidence())
     priors.observe(users)
     assert priors.values()["ctr"] == pytest.approx(4 / 20, rel=1e-6)  # 40 clicks on no impression add nothing
@@ -379,8 +394,10 @@ def test_a_user_back_after_months_is_read_from_their_habits():
     b = Behaviour(3 * 86_400)
     for day in range(10):  # ten days of a click on every other impression
         t = T0 + day * DAY_MS
-        b.update_many([Event(f"{day}-i{k}", "impression", "u1", t + k) for k in range(10)]
-                      + [Event(f"{day}-c{k}", "click", "u1", t + 100 + k) for k in range(5)])
+        b.update_many(
+            [Event(f"{day}-i{k}", "impression", "u1", t + k) for k in range(10)]
+            + [Event(f"{day}-c{k}", "click", "u1", t + 100 + k) for k in range(5)]
+        )
     back = T0 + 200 * DAY_MS  # half a year away, then one impression, not clicked
     b.update(Event("back", "impression", "u1", back))
     vector = b.vector(priors=TrafficPriors().values())
@@ -401,14 +418,21 @@ def test_a_snapshot_of_the_old_behaviour_state_resumes():
 
 
 def test_labels_of_the_same_words_in_another_order_are_told_apart():
-    centres = {0: {"order_value": 1.2, "email_share": 1.0, "ctr": 0.6},
-               1: {"email_share": 1.3, "order_value": 1.1, "ctr": -0.9},
-               2: {"ctr": 0.2}}
+    centres = {
+        0: {"order_value": 1.2, "email_share": 1.0, "ctr": 0.6},
+        1: {"email_share": 1.3, "order_value": 1.1, "ctr": -0.9},
+        2: {"ctr": 0.2},
+    }
     labels = segment_labels(centres)
-    assert labels == {0: "high spend, email-driven, click-happy", 1: "email-driven, high spend, rarely clicks",
-                      2: "typical"}
+    assert labels == {
+        0: "high spend, email-driven, click-happy",
+        1: "email-driven, high spend, rarely clicks",
+        2: "typical",
+    }
     assert unique_labels({0: "budget, deep browser", 1: "deep browser, budget"}) == {
-        0: "budget, deep browser (0)", 1: "deep browser, budget (1)"}
+        0: "budget, deep browser (0)",
+        1: "deep browser, budget (1)",
+    }
 
 
 SHAPE_EVENTS = 300_000
@@ -451,8 +475,9 @@ def test_a_missing_signal_raises_no_drift_alert_and_says_it_is_skipped(clicks_an
     signals = monitor.signals
     assert signals["click_through"] is False and signals["ctr"] is False and signals["email_share"] is False
     assert signals["conversion"] is True and signals["segment_sizes"] is True
-    assert not any(key[0] in ("ctr", "email_share", "cart_rate", "purchase_rate", "click_through")
-                   for key in monitor.scores)
+    assert not any(
+        key[0] in ("ctr", "email_share", "cart_rate", "purchase_rate", "click_through") for key in monitor.scores
+    )
     assert not [a for a in alerts if a.feature in ("click_through", "ctr", "email_share")]
     assert monitor.adwin.width == 0  # clicks without impressions never reached ADWIN
 
@@ -487,13 +512,13 @@ def test_the_years_shape_keeps_segments_through_long_idle_gaps(batch_size):
 
 
 def test_the_audience_step_writes_stale_profiles_once_the_stream_idles():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    from engine.settings import Settings
+    from config.settings import Settings
     from flows.features import PROFILES_KEY, AudienceLogic
 
     logic = AudienceLogic(Settings(segments=2, segment_warmup=4), None)
-    from engine.audience import UserUpdate
+    from engine.audience.audience import UserUpdate
 
     behaviours = {}  # forty users' behaviour, as the flow's per-user step keeps it
     for _ in feed_audience(Audience(2, warmup=4), Simulator(users=40, seed=3).events(20_000), behaviours=behaviours):
@@ -506,7 +531,7 @@ def test_the_audience_step_writes_stale_profiles_once_the_stream_idles():
     out, _ = logic.on_batch(updates[20:])  # ... the next, within a second, only assignments
     assert not any(item[0] == PROFILES_KEY for item in out if isinstance(item, tuple))
     due = logic.notify_at()
-    assert due is not None and (due - datetime.now(timezone.utc)).total_seconds() <= 1.0
+    assert due is not None and (due - datetime.now(UTC)).total_seconds() <= 1.0
     written, _ = logic.on_notify()  # the stream idled: the profiles count everyone
     [(key, profiles)] = written
     assert key == PROFILES_KEY and sum(p.size for p in profiles) == len(logic.audience.members) == 40

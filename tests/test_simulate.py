@@ -6,10 +6,12 @@ from collections import Counter, defaultdict
 import msgspec
 import pytest
 
-from engine.catalog import CATEGORIES, CATEGORY_SPECS, build_catalog
-from engine.events import EVENT_TYPES, Event, decode_event, encode_event
-from engine.settings import Settings
-from engine.simulate import (
+from cli.main import build_parser
+from config.settings import Settings
+from engine.content.catalog import CATEGORIES, CATEGORY_SPECS, build_catalog
+from engine.features.events import EVENT_TYPES, Event, decode_event, encode_event
+from jobs.produce import run_simulate
+from jobs.simulator import (
     DAY_MS,
     DEFAULT_DRIFT_SHARES,
     PEAK_HOUR_UTC,
@@ -18,8 +20,6 @@ from engine.simulate import (
     Drift,
     Simulator,
 )
-from flows.cli import build_parser
-from flows.produce import run_simulate
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
 
@@ -191,8 +191,11 @@ def test_high_spenders_spend_more_bargain_hunters_buy_discounts(sim, by_profile)
         return sum(values) / len(values)
 
     assert mean(spend["loyal_high_spender"]) > 2 * mean(spend["bargain_hunter"])
-    bought = [sim.catalog.item(e.item_id) for e in sim.sample
-              if e.type == "purchase" and sim.profile_of(e.user_id) == "bargain_hunter"]
+    bought = [
+        sim.catalog.item(e.item_id)
+        for e in sim.sample
+        if e.type == "purchase" and sim.profile_of(e.user_id) == "bargain_hunter"
+    ]
     assert sum(i.discount_pct is not None for i in bought) / len(bought) > 0.5
 
 
@@ -233,8 +236,9 @@ def email_share(events):
 
 def test_no_drift_and_an_unreached_drift_leave_the_stream_as_it_was(sim):
     assert list(Simulator(users=400, seed=3, start_ms=START_MS, drift=None).events(5_000)) == sim.sample[:5_000]
-    late = Simulator(users=400, seed=3, start_ms=START_MS,
-                     drift=Drift(at_event=5_000, shares=DEFAULT_DRIFT_SHARES, price_factor=2.0))
+    late = Simulator(
+        users=400, seed=3, start_ms=START_MS, drift=Drift(at_event=5_000, shares=DEFAULT_DRIFT_SHARES, price_factor=2.0)
+    )
     assert list(late.events(5_000)) == sim.sample[:5_000]
     assert not late.drifted
     assert not sim.drifted
@@ -254,8 +258,10 @@ def test_events_before_the_drift_are_those_of_the_undrifted_stream(sim):
 
 
 def test_drift_moves_the_profile_mix_to_the_new_shares():
-    drifting = Simulator(users=4_000, seed=5, start_ms=START_MS,
-                         drift=Drift(at_event=1_000, shares=DEFAULT_DRIFT_SHARES))
+    drifting = Simulator(
+        users=4_000, seed=5, start_ms=START_MS, drift=Drift(at_event=1_000, shares=DEFAULT_DRIFT_SHARES)
+    )
+
     def mix():
         return Counter(drifting.profile_of(u) for u in drifting.users)
 
@@ -271,8 +277,14 @@ def test_drift_moves_the_profile_mix_to_the_new_shares():
 
 def test_drift_is_deterministic():
     def run():
-        return list(Simulator(users=100, seed=2, start_ms=START_MS,
-                              drift=Drift(at_event=500, shares=DEFAULT_DRIFT_SHARES, price_factor=0.8)).events(3_000))
+        return list(
+            Simulator(
+                users=100,
+                seed=2,
+                start_ms=START_MS,
+                drift=Drift(at_event=500, shares=DEFAULT_DRIFT_SHARES, price_factor=0.8),
+            ).events(3_000)
+        )
 
     assert run() == run()
 
@@ -310,19 +322,22 @@ def test_price_factor_scales_purchases_from_the_drift_on_only(sim):
     assert n_before > 50 and n_after > 50
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"at_event": -1, "shares": {"email_driven": 1}}, "at_event"),
-    ({"at_event": 1.5, "shares": {"email_driven": 1}}, "at_event"),
-    ({"at_event": 10, "shares": {"big_spender": 1}}, "unknown profile"),
-    ({"at_event": 10, "shares": {"email_driven": -0.1, "window_shopper": 1}}, ">= 0"),
-    ({"at_event": 10, "shares": {"email_driven": float("nan")}}, ">= 0"),
-    ({"at_event": 10, "shares": {"email_driven": 0, "window_shopper": 0}}, "all be 0"),
-    ({"at_event": 10, "shares": {}}, "all be 0"),
-    ({"at_event": 10, "price_factor": 0}, "price_factor"),
-    ({"at_event": 10, "price_factor": -2.0}, "price_factor"),
-    ({"at_event": 10, "price_factor": float("inf")}, "price_factor"),
-    ({"at_event": 10}, "changes nothing"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"at_event": -1, "shares": {"email_driven": 1}}, "at_event"),
+        ({"at_event": 1.5, "shares": {"email_driven": 1}}, "at_event"),
+        ({"at_event": 10, "shares": {"big_spender": 1}}, "unknown profile"),
+        ({"at_event": 10, "shares": {"email_driven": -0.1, "window_shopper": 1}}, ">= 0"),
+        ({"at_event": 10, "shares": {"email_driven": float("nan")}}, ">= 0"),
+        ({"at_event": 10, "shares": {"email_driven": 0, "window_shopper": 0}}, "all be 0"),
+        ({"at_event": 10, "shares": {}}, "all be 0"),
+        ({"at_event": 10, "price_factor": 0}, "price_factor"),
+        ({"at_event": 10, "price_factor": -2.0}, "price_factor"),
+        ({"at_event": 10, "price_factor": float("inf")}, "price_factor"),
+        ({"at_event": 10}, "changes nothing"),
+    ],
+)
 def test_bad_drift_parameters_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Drift(**kwargs)
@@ -344,9 +359,22 @@ def simulate(*argv):
 
 def test_cli_drift_writes_the_drifted_stream(tmp_path, capsys):
     out = tmp_path / "drift.jsonl"
-    code = simulate("--events", "2000", "--users", "50", "--start", "2026-01-01T00:00:00Z", "--out", str(out),
-                    "--drift-at", "500", "--drift-mix", "email_driven=0.5, window_shopper=0.5",
-                    "--drift-price-factor", "1.25")
+    code = simulate(
+        "--events",
+        "2000",
+        "--users",
+        "50",
+        "--start",
+        "2026-01-01T00:00:00Z",
+        "--out",
+        str(out),
+        "--drift-at",
+        "500",
+        "--drift-mix",
+        "email_driven=0.5, window_shopper=0.5",
+        "--drift-price-factor",
+        "1.25",
+    )
     assert code == 0
     events = [decode_event(line) for line in out.read_bytes().splitlines()]
     drift = Drift(at_event=500, shares={"email_driven": 0.5, "window_shopper": 0.5}, price_factor=1.25)
@@ -358,8 +386,21 @@ def test_cli_drift_writes_the_drifted_stream(tmp_path, capsys):
 
 def test_cli_drift_at_alone_uses_the_default_mix(tmp_path, capsys):
     out = tmp_path / "drift.jsonl"
-    assert simulate("--events", "300", "--users", "20", "--start", "2026-01-01T00:00:00Z", "--out", str(out),
-                    "--drift-at", "100") == 0
+    assert (
+        simulate(
+            "--events",
+            "300",
+            "--users",
+            "20",
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--out",
+            str(out),
+            "--drift-at",
+            "100",
+        )
+        == 0
+    )
     events = [decode_event(line) for line in out.read_bytes().splitlines()]
     drift = Drift(at_event=100, shares=DEFAULT_DRIFT_SHARES)
     assert events == list(Simulator(users=20, seed=7, start_ms=START_MS, drift=drift).events(300))
@@ -368,24 +409,44 @@ def test_cli_drift_at_alone_uses_the_default_mix(tmp_path, capsys):
 
 def test_cli_drift_of_prices_only_and_a_drift_not_reached(tmp_path, capsys):
     out = tmp_path / "drift.jsonl"
-    assert simulate("--events", "300", "--users", "20", "--start", "2026-01-01T00:00:00Z", "--out", str(out),
-                    "--drift-at", "1000", "--drift-mix", "none", "--drift-price-factor", "2") == 0
+    assert (
+        simulate(
+            "--events",
+            "300",
+            "--users",
+            "20",
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--out",
+            str(out),
+            "--drift-at",
+            "1000",
+            "--drift-mix",
+            "none",
+            "--drift-price-factor",
+            "2",
+        )
+        == 0
+    )
     events = [decode_event(line) for line in out.read_bytes().splitlines()]
     assert events == list(Simulator(users=20, seed=7, start_ms=START_MS).events(300))
     assert "drift at event 1000 not reached" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    ["--drift-at", "-1"],
-    ["--drift-at", "ten"],
-    ["--drift-at", "10", "--drift-mix", "big_spender=1"],
-    ["--drift-at", "10", "--drift-mix", "email_driven"],
-    ["--drift-at", "10", "--drift-mix", "email_driven=lots"],
-    ["--drift-at", "10", "--drift-mix", "email_driven=1,email_driven=2"],
-    ["--drift-at", "10", "--drift-mix", "email_driven=0"],
-    ["--drift-at", "10", "--drift-price-factor", "0"],
-    ["--drift-at", "10", "--drift-price-factor", "nan"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--drift-at", "-1"],
+        ["--drift-at", "ten"],
+        ["--drift-at", "10", "--drift-mix", "big_spender=1"],
+        ["--drift-at", "10", "--drift-mix", "email_driven"],
+        ["--drift-at", "10", "--drift-mix", "email_driven=lots"],
+        ["--drift-at", "10", "--drift-mix", "email_driven=1,email_driven=2"],
+        ["--drift-at", "10", "--drift-mix", "email_driven=0"],
+        ["--drift-at", "10", "--drift-price-factor", "0"],
+        ["--drift-at", "10", "--drift-price-factor", "nan"],
+    ],
+)
 def test_cli_rejects_bad_drift_options(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["simulate", *argv])
@@ -393,11 +454,14 @@ def test_cli_rejects_bad_drift_options(argv, capsys):
     assert "--drift-" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--drift-mix", "email_driven=1"], "need --drift-at"),
-    (["--drift-price-factor", "1.1"], "need --drift-at"),
-    (["--drift-at", "10", "--drift-mix", "none"], "--drift-price-factor"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--drift-mix", "email_driven=1"], "need --drift-at"),
+        (["--drift-price-factor", "1.1"], "need --drift-at"),
+        (["--drift-at", "10", "--drift-mix", "none"], "--drift-price-factor"),
+    ],
+)
 def test_cli_drift_options_that_do_not_add_up_say_why(argv, message, tmp_path, capsys):
     out = tmp_path / "never.jsonl"
     assert simulate("--events", "10", "--out", str(out), *argv) == 2
@@ -408,8 +472,12 @@ def test_cli_drift_options_that_do_not_add_up_say_why(argv, message, tmp_path, c
 # -- simulator: shapes of traffic ---------------------------------------------
 
 SESSION_KINDS = set(EVENT_TYPES) - {"conversion"}
-SHAPE_KINDS = {"sessions": SESSION_KINDS, "clicks_purchases": {"click", "purchase"},
-               "ratings": {"click", "purchase"}, "years": SESSION_KINDS}
+SHAPE_KINDS = {
+    "sessions": SESSION_KINDS,
+    "clicks_purchases": {"click", "purchase"},
+    "ratings": {"click", "purchase"},
+    "years": SESSION_KINDS,
+}
 
 
 def stream_digest(events):
@@ -445,8 +513,9 @@ def test_shapes_are_named_and_described():
 
 
 def test_an_unknown_shape_is_rejected_with_the_known_ones():
-    with pytest.raises(ValueError, match="unknown simulator shape 'movies'; known: sessions, clicks_purchases, "
-                                         "ratings, years"):
+    with pytest.raises(
+        ValueError, match="unknown simulator shape 'movies'; known: sessions, clicks_purchases, ratings, years"
+    ):
         Simulator(users=10, shape="movies")
 
 
@@ -499,7 +568,9 @@ def test_clicks_and_purchases_still_tell_the_profiles_apart(shaped):
 
     assert buys_per_click("window_shopper") * 10 < buys_per_click("loyal_high_spender")
     assert buys_per_click("window_shopper") < buys_per_click("bargain_hunter")
-    assert clicks_per_user("window_shopper") > 2 * clicks_per_user("bargain_hunter") > 2 * clicks_per_user("email_driven")
+    assert (
+        clicks_per_user("window_shopper") > 2 * clicks_per_user("bargain_hunter") > 2 * clicks_per_user("email_driven")
+    )
     assert mean_spend("loyal_high_spender") > 2 * mean_spend("bargain_hunter")
 
 
@@ -557,8 +628,13 @@ def test_years_spans_years_with_long_idle_gaps():
 
 def test_drift_works_with_a_shape_and_counts_its_events(shaped):
     plain = shaped["clicks_purchases"].sample
-    drifting = Simulator(users=400, seed=3, start_ms=START_MS, shape="clicks_purchases",
-                         drift=Drift(at_event=5_000, shares={"email_driven": 1}, price_factor=2.0))
+    drifting = Simulator(
+        users=400,
+        seed=3,
+        start_ms=START_MS,
+        shape="clicks_purchases",
+        drift=Drift(at_event=5_000, shares={"email_driven": 1}, price_factor=2.0),
+    )
     before = list(drifting.events(5_000))
     assert before == plain[:5_000] and not drifting.drifted
     after = list(drifting.events(5_000))
@@ -578,8 +654,21 @@ def test_drift_works_with_a_shape_and_counts_its_events(shaped):
 
 def test_cli_shape_writes_only_its_kinds(tmp_path, capsys):
     out = tmp_path / "shop.jsonl"
-    assert simulate("--shape", "clicks_purchases", "--events", "100", "--users", "50",
-                    "--start", "2026-01-01T00:00:00Z", "--out", str(out)) == 0
+    assert (
+        simulate(
+            "--shape",
+            "clicks_purchases",
+            "--events",
+            "100",
+            "--users",
+            "50",
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     events = [decode_event(line) for line in out.read_bytes().splitlines()]
     assert len(events) == 100
     assert {e.type for e in events} == {"click", "purchase"}
@@ -613,7 +702,22 @@ def test_cli_shape_defaults_to_sessions_and_rejects_unknown_shapes(capsys):
 
 def test_cli_ratings_with_a_price_drift_says_why(tmp_path, capsys):
     out = tmp_path / "never.jsonl"
-    assert simulate("--shape", "ratings", "--events", "10", "--out", str(out),
-                    "--drift-at", "5", "--drift-mix", "none", "--drift-price-factor", "2") == 2
+    assert (
+        simulate(
+            "--shape",
+            "ratings",
+            "--events",
+            "10",
+            "--out",
+            str(out),
+            "--drift-at",
+            "5",
+            "--drift-mix",
+            "none",
+            "--drift-price-factor",
+            "2",
+        )
+        == 2
+    )
     assert "not money" in capsys.readouterr().err
     assert not out.exists()

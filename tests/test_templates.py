@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine.catalog import build_catalog
-from engine.templates import (
+from engine.content.catalog import build_catalog
+from engine.content.templates import (
     DEFAULT_TEMPLATES,
     MAX_BODY_CHARS,
     RenderResult,
@@ -33,24 +33,33 @@ def template(body, **kw):
 
 
 def test_every_allowed_placeholder_renders_with_a_catalog_item():
-    body = ("{{ user.first_name }}|{{ item.title }}|{{ item.brand }}|{{ item.category }}|{{ item.price }}|"
-            "{{ item.sale_price }}|{{ item.discount_pct }}|{{ discount_pct }}|{{ ai.headline }}")
+    body = (
+        "{{ user.first_name }}|{{ item.title }}|{{ item.brand }}|{{ item.category }}|{{ item.price }}|"
+        "{{ item.sale_price }}|{{ item.discount_pct }}|{{ discount_pct }}|{{ ai.headline }}"
+    )
     t = template(body, default_copy={"headline": "Fresh picks"})
     result = render(t, user={"first_name": "Ann"}, item=ON_SALE, ai={"headline": "Big day"}, discount_pct=30)
     i = ON_SALE
     assert result.text == (f"Ann|{i.title}|{i.brand}|{i.category}|{i.price}|{i.sale_price}|{i.discount_pct}|30|Big day")
     assert result.used_defaults == ()
-    assert result.fields == TemplateFields(user=("first_name",), item=("brand", "category", "discount_pct", "price",
-                                           "sale_price", "title"), ai=("headline",), discount_pct=True)
+    assert result.fields == TemplateFields(
+        user=("first_name",),
+        item=("brand", "category", "discount_pct", "price", "sale_price", "title"),
+        ai=("headline",),
+        discount_pct=True,
+    )
 
 
 def test_filters_and_if_render():
-    t = template("{{ item.brand | upper }} {{ user.city | title }} {{ item.sale_price | round(0) }} "
-                 "{{ item.price | money }}"
-                 "{% if item.discount_pct %} -{{ item.discount_pct }}%{% else %} full{% endif %}")
+    t = template(
+        "{{ item.brand | upper }} {{ user.city | title }} {{ item.sale_price | round(0) }} "
+        "{{ item.price | money }}"
+        "{% if item.discount_pct %} -{{ item.discount_pct }}%{% else %} full{% endif %}"
+    )
     on_sale = render(t, user={"city": "new york"}, item=ON_SALE).text
-    assert on_sale == (f"{ON_SALE.brand.upper()} New York {round(ON_SALE.sale_price)}.0 {ON_SALE.price:.2f} "
-                       f"-{ON_SALE.discount_pct}%")
+    assert on_sale == (
+        f"{ON_SALE.brand.upper()} New York {round(ON_SALE.sale_price)}.0 {ON_SALE.price:.2f} -{ON_SALE.discount_pct}%"
+    )
     assert render(t, user={"city": "paris"}, item=FULL_PRICE).text.endswith(" full")
 
 
@@ -69,33 +78,36 @@ def test_discount_pct_none_renders_empty_and_is_falsy():
 # -- what is refused, and how it is said ------------------------------------------
 
 
-@pytest.mark.parametrize("body, says", [
-    ("{{ ''.__class__ }}", "`__class__` is not allowed"),
-    ("{{ item.__class__.__mro__ }}", "`__class__` is not allowed"),
-    ("{{ cycler.__init__.__globals__ }}", "`__init__` is not allowed"),
-    ("{{ item.title.__class__ }}", "`__class__` is not allowed"),
-    ("{{ self }}", "`self` is not allowed"),
-    ("{{ lipsum }}", "`lipsum` is not allowed"),
-    ("{{ range(10) }}", "calls like `range(...)` are not allowed"),
-    ("{% for x in range(3) %}{{ x }}{% endfor %}", "`{% for %}` loops are not allowed"),
-    ("{% set x = 1 %}", "`{% set %}` is not allowed"),
-    ("{{ item['title'] }}", "indexing like `item['title']` is not allowed"),
-    ("{{ user.first_name.upper() }}", "calls like `user.first_name.upper(...)` are not allowed"),
-    ("{% include 'x' %}", "`{% include %}` is not allowed"),
-    ("{% import 'x' as y %}", "`{% import %}` is not allowed"),
-    ("{% extends 'x' %}", "`{% extends %}` is not allowed"),
-    ("{% macro m() %}x{% endmacro %}", "macros are not allowed"),
-    ("{{ 7 * 7 }}", "arithmetic is not allowed"),
-    ("{{ item.attributes }}", "item.attributes is not an item field"),
-    ("{{ ai.tagline }}", "ai.tagline is not a slot"),
-    ("{{ user }}", "`user` is not allowed"),
-    ("{{ item.title.upper }}", "`item.title.upper` is not allowed"),
-    ("{{ user.name | safe }}", "the filter `safe` is not allowed"),
-    ("{{ user.name | default(user.other) }}", "arguments of `| default` must be plain values"),
-    ("{{ user.name | upper(1) }}", "`| upper` takes no arguments"),
-    ("{% if user.name is defined %}x{% endif %}", "tests like `is defined` are not allowed"),
-    ("{% autoescape false %}x{% endautoescape %}", "`{% autoescape %}` is not allowed"),
-])
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ("{{ ''.__class__ }}", "`__class__` is not allowed"),
+        ("{{ item.__class__.__mro__ }}", "`__class__` is not allowed"),
+        ("{{ cycler.__init__.__globals__ }}", "`__init__` is not allowed"),
+        ("{{ item.title.__class__ }}", "`__class__` is not allowed"),
+        ("{{ self }}", "`self` is not allowed"),
+        ("{{ lipsum }}", "`lipsum` is not allowed"),
+        ("{{ range(10) }}", "calls like `range(...)` are not allowed"),
+        ("{% for x in range(3) %}{{ x }}{% endfor %}", "`{% for %}` loops are not allowed"),
+        ("{% set x = 1 %}", "`{% set %}` is not allowed"),
+        ("{{ item['title'] }}", "indexing like `item['title']` is not allowed"),
+        ("{{ user.first_name.upper() }}", "calls like `user.first_name.upper(...)` are not allowed"),
+        ("{% include 'x' %}", "`{% include %}` is not allowed"),
+        ("{% import 'x' as y %}", "`{% import %}` is not allowed"),
+        ("{% extends 'x' %}", "`{% extends %}` is not allowed"),
+        ("{% macro m() %}x{% endmacro %}", "macros are not allowed"),
+        ("{{ 7 * 7 }}", "arithmetic is not allowed"),
+        ("{{ item.attributes }}", "item.attributes is not an item field"),
+        ("{{ ai.tagline }}", "ai.tagline is not a slot"),
+        ("{{ user }}", "`user` is not allowed"),
+        ("{{ item.title.upper }}", "`item.title.upper` is not allowed"),
+        ("{{ user.name | safe }}", "the filter `safe` is not allowed"),
+        ("{{ user.name | default(user.other) }}", "arguments of `| default` must be plain values"),
+        ("{{ user.name | upper(1) }}", "`| upper` takes no arguments"),
+        ("{% if user.name is defined %}x{% endif %}", "tests like `is defined` are not allowed"),
+        ("{% autoescape false %}x{% endautoescape %}", "`{% autoescape %}` is not allowed"),
+    ],
+)
 def test_injection_and_unknown_syntax_are_refused_by_name(body, says):
     with pytest.raises(TemplateError) as exc:
         validate_body(body)
@@ -132,13 +144,16 @@ def test_a_used_ai_slot_needs_default_copy():
         new_template("t1", "cta", "{{ ai.cta }}", default_copy={"cta": "x" * 29})
 
 
-@pytest.mark.parametrize("changes, says", [
-    ({"template_id": "Bad Id"}, "template_id 'Bad Id' must be"),
-    ({"version": 0}, "version must be"),
-    ({"slot": "banner"}, "slot 'banner' is not one of"),
-    ({"tone": "sarcastic"}, "tone 'sarcastic' is not one of"),
-    ({"created": "yesterday"}, "not an ISO 8601 time"),
-])
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"template_id": "Bad Id"}, "template_id 'Bad Id' must be"),
+        ({"version": 0}, "version must be"),
+        ({"slot": "banner"}, "slot 'banner' is not one of"),
+        ({"tone": "sarcastic"}, "tone 'sarcastic' is not one of"),
+        ({"created": "yesterday"}, "not an ISO 8601 time"),
+    ],
+)
 def test_template_fields_are_validated(changes, says):
     fields = {"template_id": "t1", "version": 1, "slot": "cta", "body": "Go", **changes}
     with pytest.raises(TemplateError, match=says):
@@ -182,8 +197,10 @@ def test_context_values_are_data_not_code():
 
 
 def test_missing_or_blank_ai_slot_falls_back_and_is_recorded():
-    t = template("{{ ai.headline }}: {{ ai.description }}",
-                 default_copy={"headline": "Picked for you", "description": "A favourite."})
+    t = template(
+        "{{ ai.headline }}: {{ ai.description }}",
+        default_copy={"headline": "Picked for you", "description": "A favourite."},
+    )
     result = render(t, ai={"headline": "Hello", "description": "  "})
     assert result.text == "Hello: A favourite."
     assert result.used_defaults == ("description",)
@@ -207,8 +224,15 @@ def test_same_id_and_version_with_another_body_is_not_served_stale():
 
 
 def test_revise_bumps_the_version_and_leaves_the_original():
-    t, _ = new_template("promo", "headline", "{{ ai.headline }}", default_copy={"headline": "Hi"},
-                        segments=["bargain_hunter"], tone="urgent", created="2026-01-01T00:00:00Z")
+    t, _ = new_template(
+        "promo",
+        "headline",
+        "{{ ai.headline }}",
+        default_copy={"headline": "Hi"},
+        segments=["bargain_hunter"],
+        tone="urgent",
+        created="2026-01-01T00:00:00Z",
+    )
     t2 = revise(t, body="Now: {{ ai.headline }}", tone="playful")
     assert (t.version, t.body, t.tone, t.created) == (1, "{{ ai.headline }}", "urgent", "2026-01-01T00:00:00Z")
     assert (t2.version, t2.body, t2.tone, t2.created) == (2, "Now: {{ ai.headline }}", "playful", "")
@@ -230,8 +254,13 @@ def test_applies_to_segments_and_archive():
 
 
 def test_msgspec_round_trip_and_unknown_fields_rejected():
-    t = template("{{ ai.description }} {{ item.title }}", default_copy={"description": "Nice."},
-                 segments=["vip"], tone="premium", created="2026-03-01T10:00:00+00:00")
+    t = template(
+        "{{ ai.description }} {{ item.title }}",
+        default_copy={"description": "Nice."},
+        segments=["vip"],
+        tone="premium",
+        created="2026-03-01T10:00:00+00:00",
+    )
     data = msgspec.json.encode(t)
     assert msgspec.json.decode(data, type=Template) == t
     raw = msgspec.json.decode(data)
@@ -247,7 +276,7 @@ def test_msgspec_round_trip_and_unknown_fields_rejected():
 
 
 def test_default_templates_cover_every_slot_and_render():
-    from engine.templates import SLOTS
+    from engine.content.templates import SLOTS
 
     assert {t.slot for t in DEFAULT_TEMPLATES.values()} == set(SLOTS)
     for t in DEFAULT_TEMPLATES.values():
@@ -303,7 +332,7 @@ def test_a_template_that_renders_for_some_values_is_saved():
 
 
 def test_a_render_error_of_any_kind_is_a_render_failure_with_the_reason():
-    from engine.templates import RenderFailed
+    from engine.content.templates import RenderFailed
 
     t, _ = new_template("t1", "cta", "{{ user.age | money }}")
     with pytest.raises(RenderFailed, match=r"^template t1 v1 could not render: ValueError") as failed:
@@ -319,7 +348,7 @@ def test_a_render_error_of_any_kind_is_a_render_failure_with_the_reason():
 
 
 def test_a_failed_compile_is_compiled_once(monkeypatch):
-    from engine import templates
+    from engine.content import templates
 
     compiles = []
     real = templates._ENV.from_string

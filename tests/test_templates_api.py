@@ -27,8 +27,8 @@ from api.templates import (
     open_templates,
     redis_client,
 )
-from engine.settings import Settings
-from engine.templates import DEFAULT_TEMPLATES, Template, TemplateError, new_template
+from config.settings import Settings
+from engine.content.templates import DEFAULT_TEMPLATES, Template, TemplateError, new_template
 
 KEY = "0123456789abcdef0123456789abcdef"
 API_KEYS = "boss=admin,reader=serve"
@@ -66,6 +66,7 @@ def open_store(request, tmp_path):
 
         def factory():
             return RedisTemplateStore(redis_client(url), prefix=prefix)
+
     opened = []
 
     def make():
@@ -120,7 +121,9 @@ def test_list_filters_archive_hides_and_restore_serves(open_store):
     assert [t.template_id for t in live.for_slot("cta")] == ["cta-b"] and live.by_id("cta-a") is None
     assert [t.template_id for t in store.list(slot="cta")] == ["cta-b"]
     assert [(t.template_id, t.archived) for t in store.list(slot="cta", include_archived=True)] == [
-        ("cta-a", True), ("cta-b", False)]
+        ("cta-a", True),
+        ("cta-b", False),
+    ]
     assert store.get("cta-a").archived and not store.get("cta-a", 1).archived  # archived stays readable
 
     restored = store.update("cta-a", {"archived": False})
@@ -132,8 +135,12 @@ def test_list_filters_archive_hides_and_restore_serves(open_store):
 def test_unknown_templates_and_versions_are_not_found(open_store):
     store = open_store()
     store.create(cta())
-    for call in (lambda: store.get("nope"), lambda: store.versions("nope"), lambda: store.archive("nope"),
-                 lambda: store.update("nope", {"tone": "playful"})):
+    for call in (
+        lambda: store.get("nope"),
+        lambda: store.versions("nope"),
+        lambda: store.archive("nope"),
+        lambda: store.update("nope", {"tone": "playful"}),
+    ):
         with pytest.raises(TemplateNotFound, match="there is no template 'nope'"):
             call()
     with pytest.raises(TemplateNotFound, match="has no version 7: it has versions 1 to 1"):
@@ -286,17 +293,20 @@ def _templates_only_app(settings: Settings) -> Litestar:
         finally:
             app.state.templates.store.close()
 
-    return Litestar(route_handlers=[TemplateController], guards=[require_scope], lifespan=[resources],
-                    openapi_config=OpenAPIConfig(title="Tailor", version="0.1.0", use_handler_docstrings=True))
+    return Litestar(
+        route_handlers=[TemplateController],
+        guards=[require_scope],
+        lifespan=[resources],
+        openapi_config=OpenAPIConfig(title="Tailor", version="0.1.0", use_handler_docstrings=True),
+    )
 
 
 @pytest.fixture
 def client(feature_repo):
     # No broker needed: these routes never produce, and the Kafka producer connects lazily.
-    settings = Settings(feature_repo=str(feature_repo), pseudonym_key=KEY, api_keys=API_KEYS,
-                        brokers="127.0.0.1:9")
+    settings = Settings(feature_repo=str(feature_repo), pseudonym_key=KEY, api_keys=API_KEYS, brokers="127.0.0.1:9")
     if _wired():
-        from flows.store import apply_definitions, open_store
+        from store.feast import apply_definitions, open_store
 
         apply_definitions(open_store(settings))  # create_app's lifespan reads the Feast registry
         app = create_app(settings)
@@ -314,17 +324,25 @@ def test_routes_create_read_revise_archive_restore(client):
     created = client.post("/v1/templates", json=NEW | {"segments": ["bargain"]}, headers=ADMIN)
     assert created.status_code == 201, created.text
     body = created.json()
-    assert body == NEW | {"version": 1, "segments": ["bargain"], "tone": None, "archived": False,
-                          "created": body["created"]}
+    assert body == NEW | {
+        "version": 1,
+        "segments": ["bargain"],
+        "tone": None,
+        "archived": False,
+        "created": body["created"],
+    }
     assert "cta-soft" in [t.template_id for t in live.for_slot("cta")]  # the writer sees it at once
 
     listed = client.get("/v1/templates", params={"slot": "cta"}, headers=READER).json()
     assert [t["template_id"] for t in listed] == ["cta-ai", "cta-soft"]
-    assert [t["template_id"] for t in client.get("/v1/templates", params={"segment": "premium", "slot": "cta"},
-                                                  headers=READER).json()] == ["cta-ai"]
+    assert [
+        t["template_id"]
+        for t in client.get("/v1/templates", params={"segment": "premium", "slot": "cta"}, headers=READER).json()
+    ] == ["cta-ai"]
 
-    patched = client.patch("/v1/templates/cta-soft", json={"default_copy": {"cta": "Take a look"}, "tone": "playful"},
-                           headers=ADMIN)
+    patched = client.patch(
+        "/v1/templates/cta-soft", json={"default_copy": {"cta": "Take a look"}, "tone": "playful"}, headers=ADMIN
+    )
     assert patched.status_code == 200 and patched.json()["version"] == 2 and patched.json()["tone"] == "playful"
     cleared = client.patch("/v1/templates/cta-soft", json={"tone": None}, headers=ADMIN).json()
     assert cleared["version"] == 3 and cleared["tone"] is None and cleared["default_copy"] == {"cta": "Take a look"}
@@ -340,7 +358,8 @@ def test_routes_create_read_revise_archive_restore(client):
     assert "cta-soft" not in [t["template_id"] for t in client.get("/v1/templates", headers=READER).json()]
     everything = client.get("/v1/templates", params={"include_archived": "true"}, headers=READER).json()
     assert {"template_id": "cta-soft", "archived": True} in [
-        {"template_id": t["template_id"], "archived": t["archived"]} for t in everything]
+        {"template_id": t["template_id"], "archived": t["archived"]} for t in everything
+    ]
     assert client.get("/v1/templates/cta-soft", headers=READER).json()["archived"]  # still readable
 
     restored = client.patch("/v1/templates/cta-soft", json={"archived": False}, headers=ADMIN).json()
@@ -354,10 +373,14 @@ def test_route_errors_have_clear_details(client):
 
     missing = client.get("/v1/templates/nope", headers=READER)
     assert missing.status_code == 404 and missing.json() == {
-        "status_code": 404, "detail": "there is no template 'nope': check the id (GET /v1/templates lists them)"}
-    for response in (client.get("/v1/templates/nope/versions", headers=READER),
-                     client.patch("/v1/templates/nope", json={"tone": "urgent"}, headers=ADMIN),
-                     client.post("/v1/templates/nope/archive", headers=ADMIN)):
+        "status_code": 404,
+        "detail": "there is no template 'nope': check the id (GET /v1/templates lists them)",
+    }
+    for response in (
+        client.get("/v1/templates/nope/versions", headers=READER),
+        client.patch("/v1/templates/nope", json={"tone": "urgent"}, headers=ADMIN),
+        client.post("/v1/templates/nope/archive", headers=ADMIN),
+    ):
         assert response.status_code == 404 and "'nope'" in response.json()["detail"]
     no_version = client.get("/v1/templates/cta-soft", params={"version": 9}, headers=READER)
     assert no_version.status_code == 404 and "has no version 9" in no_version.json()["detail"]
@@ -366,17 +389,21 @@ def test_route_errors_have_clear_details(client):
     assert empty.status_code == 400 and empty.json()["detail"].startswith("nothing to change")
     no_copy = client.patch("/v1/templates/cta-soft", json={"body": "{{ ai.headline }}"}, headers=ADMIN)
     assert no_copy.status_code == 422 and no_copy.json()["detail"] == (
-        "the body uses ai.headline: add default_copy for 'headline'")
-    unknown = client.post("/v1/templates", json=NEW | {"template_id": "x", "body": "{{ user.name.first }}"},
-                          headers=ADMIN)
+        "the body uses ai.headline: add default_copy for 'headline'"
+    )
+    unknown = client.post(
+        "/v1/templates", json=NEW | {"template_id": "x", "body": "{{ user.name.first }}"}, headers=ADMIN
+    )
     assert unknown.status_code == 422 and "is not allowed" in unknown.json()["detail"]
     bad_id = client.post("/v1/templates", json=NEW | {"template_id": "Bad Id"}, headers=ADMIN)
     assert bad_id.status_code == 422 and "template_id 'Bad Id' must be" in bad_id.json()["detail"]
 
     # Malformed bodies are Litestar's own 400s, naming the field.
-    for payload, message in ((NEW | {"colour": "red"}, "unknown field `colour`"),
-                             (NEW | {"slot": "banner"}, "Invalid enum value 'banner'"),
-                             (NEW | {"segments": "bargain"}, "Expected `array`")):
+    for payload, message in (
+        (NEW | {"colour": "red"}, "unknown field `colour`"),
+        (NEW | {"slot": "banner"}, "Invalid enum value 'banner'"),
+        (NEW | {"segments": "bargain"}, "Expected `array`"),
+    ):
         response = client.post("/v1/templates", json=payload, headers=ADMIN)
         assert response.status_code == 400 and response.json()["detail"] == "Validation failed for POST /v1/templates"
         assert message in response.json()["extra"][0]["message"]
@@ -387,9 +414,11 @@ def test_route_errors_have_clear_details(client):
 
 def test_writes_need_the_admin_scope(client):
     before = client.get("/v1/templates", headers=READER).json()
-    for response in (client.post("/v1/templates", json=NEW, headers=READER),
-                     client.patch("/v1/templates/cta-ai", json={"tone": "urgent"}, headers=READER),
-                     client.post("/v1/templates/cta-ai/archive", headers=READER)):
+    for response in (
+        client.post("/v1/templates", json=NEW, headers=READER),
+        client.patch("/v1/templates/cta-ai", json={"tone": "urgent"}, headers=READER),
+        client.post("/v1/templates/cta-ai/archive", headers=READER),
+    ):
         assert response.status_code == 403 and response.json()["detail"] == "this API key lacks the 'admin' scope"
     assert client.get("/v1/templates", headers={}).status_code == 401
     assert client.get("/v1/templates", headers=READER).json() == before  # nothing changed
@@ -401,7 +430,9 @@ def test_injection_attempt_is_refused_and_nothing_is_stored(client):
     revision = client.app.state.templates.store.revision()
     attempt = client.post("/v1/templates", json=NEW | {"template_id": "evil", "body": INJECTION}, headers=ADMIN)
     assert attempt.status_code == 422
-    assert attempt.json()["detail"] == "line 1: `__class__` is not allowed: names starting with an underscore are private"
+    assert (
+        attempt.json()["detail"] == "line 1: `__class__` is not allowed: names starting with an underscore are private"
+    )
     assert client.get("/v1/templates/evil", headers=ADMIN).status_code == 404
     patched = client.patch("/v1/templates/cta-ai", json={"body": "{{ ai.cta }}" + INJECTION}, headers=ADMIN)
     assert patched.status_code == 422 and "__class__" in patched.json()["detail"]
@@ -431,8 +462,12 @@ def test_template_out_shows_every_template_field():
 from tests.test_templates import UNRENDERABLE  # noqa: E402 - the engine's cases, through the routes
 
 #: The small language's own refusals, for what a render could not survive either.
-REFUSED_BY_LANGUAGE = ["{{ 1 / 0 }}", "{% for i in range(10**9) %}x{% endfor %}", "{{ range(10**9) | length }}",
-                       "{{ 10 ** 10 ** 10 }}"]
+REFUSED_BY_LANGUAGE = [
+    "{{ 1 / 0 }}",
+    "{% for i in range(10**9) %}x{% endfor %}",
+    "{{ range(10**9) | length }}",
+    "{{ 10 ** 10 ** 10 }}",
+]
 
 
 @pytest.mark.parametrize("body", [b for b, _ in UNRENDERABLE] + REFUSED_BY_LANGUAGE)
@@ -455,8 +490,12 @@ def personalize(client, **body):
 
 def test_a_render_that_fails_on_the_callers_value_serves_the_default_template_and_says_why(client):
     # Saved: a number in user.age renders. Text in it fails, at request time only.
-    aged = {"template_id": "cta-aaa", "slot": "cta", "default_copy": {"cta": "Have a look"},
-            "body": "{% if user.age > 30 %}For the experienced{% else %}{{ ai.cta }}{% endif %}"}
+    aged = {
+        "template_id": "cta-aaa",
+        "slot": "cta",
+        "default_copy": {"cta": "Have a look"},
+        "body": "{% if user.age > 30 %}For the experienced{% else %}{{ ai.cta }}{% endif %}",
+    }
     assert client.post("/v1/templates", json=aged, headers=ADMIN).status_code == 201
     assert personalize(client, context={"age": 40})["content"]["text"] == "For the experienced"
     served = personalize(client, context={"age": "forty"})
@@ -464,8 +503,9 @@ def test_a_render_that_fails_on_the_callers_value_serves_the_default_template_an
     assert served["content"]["text"] == served["content"]["copy"]["cta"]
     reason = "template cta-aaa v1 could not render: TypeError: '>' not supported"
     assert served["explanation"]["template"].startswith(f"cta-ai v1: the slot's default template, because {reason}")
-    assert {"slot": "cta", "reason": served["explanation"]["fallbacks"][-1]["reason"]} in \
-        served["explanation"]["fallbacks"]
+    assert {"slot": "cta", "reason": served["explanation"]["fallbacks"][-1]["reason"]} in served["explanation"][
+        "fallbacks"
+    ]
     assert served["explanation"]["fallbacks"][-1]["reason"].startswith(reason)
     # Asked for by name, the same.
     assert personalize(client, context={"age": "forty"}, template_id="cta-aaa")["template_id"] == "cta-ai"
@@ -485,8 +525,9 @@ def test_a_stored_template_that_does_not_compile_is_never_a_500(client):
     # With no default that can serve (a description needs an item), a 422 that says so, still not a 500.
     live.store.create(Template("desc-deep", 1, "description", UNRENDERABLE[0][0]))
     live.invalidate()
-    r = client.post("/v1/personalize", json={"user_id": "u1", "slot": "description", "template_id": "desc-deep"},
-                    headers=READER)
+    r = client.post(
+        "/v1/personalize", json={"user_id": "u1", "slot": "description", "template_id": "desc-deep"}, headers=READER
+    )
     assert r.status_code == 422, r.text
     assert "no default description template could serve instead" in r.json()["detail"]
     assert "pass one" in r.json()["detail"]
@@ -500,20 +541,27 @@ def test_a_stored_version_that_no_longer_validates_is_a_409_that_says_what_to_do
     stale = {"cta-stale-syntax": "{% if %}", "cta-stale-call": "{{ range(10) }}"}
     for template_id, body in stale.items():
         row = {"template_id": template_id, "version": 1, "slot": "cta", "body": body}
-        store._db.execute("INSERT INTO template_versions VALUES (?, ?, ?)",
-                          (template_id, 1, msgspec.json.encode(row).decode()))
+        store._db.execute(
+            "INSERT INTO template_versions VALUES (?, ?, ?)", (template_id, 1, msgspec.json.encode(row).decode())
+        )
     client.app.state.templates.invalidate()
     for template_id in stale:
-        for path in (f"/v1/templates/{template_id}", f"/v1/templates/{template_id}?version=1",
-                     f"/v1/templates/{template_id}/versions"):
+        for path in (
+            f"/v1/templates/{template_id}",
+            f"/v1/templates/{template_id}?version=1",
+            f"/v1/templates/{template_id}/versions",
+        ):
             r = client.get(path, headers=READER)
             assert r.status_code == 409, (path, r.status_code, r.text)
             assert "no longer validates" in r.json()["detail"] and "PATCH" in r.json()["detail"], r.text
         r = client.patch(f"/v1/templates/{template_id}", json={"default_copy": {"cta": "x"}}, headers=ADMIN)
         assert r.status_code == 409, r.text
         # A new body replaces the stale one; the template is whole again.
-        r = client.patch(f"/v1/templates/{template_id}", json={"body": "{{ ai.cta }}",
-                                                               "default_copy": {"cta": "Have a look"}}, headers=ADMIN)
+        r = client.patch(
+            f"/v1/templates/{template_id}",
+            json={"body": "{{ ai.cta }}", "default_copy": {"cta": "Have a look"}},
+            headers=ADMIN,
+        )
         assert r.status_code == 200 and r.json()["version"] == 2, r.text
         assert client.get(f"/v1/templates/{template_id}", headers=READER).json()["body"] == "{{ ai.cta }}"
     assert client.get("/v1/templates", headers=READER).status_code == 200

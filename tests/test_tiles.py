@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from engine.events import Event
-from engine.tiles import GRANULARITIES, UserActivity, finish
+from engine.features.events import Event
+from engine.features.tiles import GRANULARITIES, UserActivity, finish
 
 T0 = 1_750_000_000_000
 TYPES = ["page_view", "click", "add_to_cart", "purchase", "impression", "app_open"]

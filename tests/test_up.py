@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.up import format_value, pick_watched
+from demo.up import format_value, pick_watched
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +55,11 @@ def personalized_while_up(port: int, key: str, stop: threading.Event, found: lis
     """
     body = json.dumps({"user_id": "u000003", "slot": "headline", "template_id": "headline-ai"}).encode()
     while not stop.wait(0.5):
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/personalize", data=body,
-                                         headers={"X-API-Key": key, "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/personalize",
+            data=body,
+            headers={"X-API-Key": key, "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 answer = json.loads(response.read())
@@ -79,9 +82,25 @@ def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo,
     poller.start()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "up", "--seconds", "30", "--users", "50", "--rate", "100",
-             "--api-port", str(port)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,  # a busy machine: the flow alone took 67 s
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "up",
+                "--seconds",
+                "30",
+                "--users",
+                "50",
+                "--rate",
+                "100",
+                "--api-port",
+                str(port),
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,  # a busy machine: the flow alone took 67 s
         )
     finally:
         stop.set()
@@ -114,9 +133,24 @@ def test_sigterm_stops_everything_cleanly(feature_repo):
     from flows.kafka import free_port
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "up", "--users", "20", "--rate", "50", "--no-model",
-         "--api-port", str(free_port())],
-        env=up_env(feature_repo), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "up",
+            "--users",
+            "20",
+            "--rate",
+            "50",
+            "--no-model",
+            "--api-port",
+            str(free_port()),
+        ],
+        env=up_env(feature_repo),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         # Stop as soon as the flow and the broker are both running (the flow line is printed then);
@@ -149,8 +183,12 @@ def test_sigterm_stops_everything_cleanly(feature_repo):
 
 def test_up_without_a_feature_repo_says_what_to_do(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "up", "--seconds", "1"],
-        env=up_env(tmp_path / "nowhere"), cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "cli.main", "up", "--seconds", "1"],
+        env=up_env(tmp_path / "nowhere"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "no feature_store.yaml" in result.stderr and "TAILOR_FEATURE_REPO" in result.stderr
@@ -177,8 +215,8 @@ def test_values_are_formatted_for_people():
 
 def test_the_demo_serves_with_a_serve_only_key_and_keeps_admin_for_the_setup(tmp_path):
     from api.app import parse_api_keys
-    from engine.settings import Settings
-    from flows.up import _demo_keys, demo_api_keys
+    from config.settings import Settings
+    from demo.up import _demo_keys, demo_api_keys
 
     settings = _demo_keys(Settings(), tmp_path)
     keys = parse_api_keys(settings.api_keys)
@@ -202,12 +240,15 @@ def test_the_demo_serves_with_a_serve_only_key_and_keeps_admin_for_the_setup(tmp
 def test_the_storefront_serves_with_the_serve_key_and_sets_up_with_the_admin_key(make_settings, tmp_path):
     import contextlib
 
-    from flows.demo_experiment import Storefront
+    from demo.storefront import Storefront
+    from demo.up import _start_api
     from flows.kafka import free_port
-    from flows.up import _start_api
 
-    settings = make_settings(pseudonym_key="0123456789abcdef0123456789abcdef", model_dir=str(tmp_path / "no-model"),
-                             api_keys="front=serve,boss=admin")
+    settings = make_settings(
+        pseudonym_key="0123456789abcdef0123456789abcdef",
+        model_dir=str(tmp_path / "no-model"),
+        api_keys="front=serve,boss=admin",
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:

@@ -1,0 +1,229 @@
+"""Choosing what a personalize request serves: the template, the tone, the item, and why.
+
+Pure decisions, no I/O: the API (api/personalize.py) reads the features and
+segment, asks these functions what to serve, fills the template's ``ai`` slots
+with the generator and renders. Each choice comes back with a one-line reason
+that ends up in the response's explanation.
+
+Examples
+--------
+>>> from engine.content.templates import DEFAULT_TEMPLATES
+>>> live = [t for t in DEFAULT_TEMPLATES.values() if t.slot == "headline"]
+>>> template, why = choose_template(live, slot="headline", style="bargain_hunter")
+>>> template.template_id, why
+('headline-ai', 'the first of 2 live headline templates for any segment, by id')
+>>> tone_for(template, "bargain_hunter")
+('urgent', 'the usual tone for bargain_hunter shoppers')
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from engine.content.catalog import CATEGORY_SPECS
+from engine.content.templates import DEFAULT_TEMPLATES, Template
+
+#: The tone copy takes for each segment style when the template names none.
+STYLE_TONES: dict[str, str] = {
+    "bargain_hunter": "urgent",
+    "loyal_high_spender": "premium",
+    "email_driven": "playful",
+    "window_shopper": "informative",
+}
+#: Activity features quoted in an explanation (what the segment and item choice rest on).
+EXPLAINING_FEATURES: tuple[str, ...] = (
+    "top_category",
+    "top_category_affinity",
+    "clicks_1h",
+    "ctr_24h",
+    "add_to_carts_24h",
+    "purchases_24h",
+    "spend_24h",
+    "seconds_since_last_event",
+    "lifetime_events",
+)
+
+
+class NoTemplate(LookupError):
+    """No live template can serve the request; `reason` says what to do."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def choose_template(
+    templates: Sequence[Template], *, slot: str, style: str, label: str | None = None, template_id: str | None = None
+) -> tuple[Template, str]:
+    """The template to serve for ``slot`` to a user of segment ``style`` (and ``label``), and why.
+
+    A named ``template_id`` must be live for the slot. Otherwise templates tagged
+    for the user's style or segment label win over untagged ones; among equals
+    the first by id (experiments, issue 6, will choose among variants).
+    Raises `NoTemplate` when none applies.
+    """
+    live = [t for t in templates if t.slot == slot and not t.archived]
+    if template_id is not None:
+        for template in live:
+            if template.template_id == template_id:
+                return template, "asked for by name"
+        raise NoTemplate(f"no live {slot} template {template_id!r}: list them with GET /v1/templates?slot={slot}")
+    tagged = sorted(
+        (t for t in live if t.segments and (style in t.segments or (label and label in t.segments))),
+        key=lambda t: t.template_id,
+    )
+    if tagged:
+        return tagged[0], f"tagged for {style if style in tagged[0].segments else repr(label)} shoppers"
+    generic = sorted((t for t in live if not t.segments), key=lambda t: t.template_id)
+    if generic:
+        return generic[0], f"the first of {len(generic)} live {slot} templates for any segment, by id"
+    raise NoTemplate(f"no live {slot} template serves {style} shoppers: create one with POST /v1/templates")
+
+
+def default_templates(templates: Sequence[Template], *, slot: str, failed: Template) -> list[Template]:
+    """What may serve ``slot`` instead of ``failed``, a template that could not render, best first.
+
+    The slot's default content (the live templates for any segment, by id, as
+    a holdout gets), then the built-in ones (`DEFAULT_TEMPLATES`); never one
+    with ``failed``'s body, which would fail the same way.
+
+    >>> broken = Template("cta-broken", 1, "cta", "{{ ai.cta }}!", {"cta": "Go"})
+    >>> [t.template_id for t in default_templates([broken], slot="cta", failed=broken)]
+    ['cta-ai']
+    """
+    live = sorted(
+        (t for t in templates if t.slot == slot and not t.archived and not t.segments), key=lambda t: t.template_id
+    )
+    builtin = sorted((t for t in DEFAULT_TEMPLATES.values() if t.slot == slot), key=lambda t: t.template_id)
+    out: dict[tuple[str, int, str], Template] = {}  # a seeded built-in is live too: once
+    for template in (*live, *builtin):
+        if template.body != failed.body:
+            out.setdefault((template.template_id, template.version, template.body), template)
+    return list(out.values())
+
+
+def tone_for(template: Template, style: str) -> tuple[str, str]:
+    """The tone to generate in: the template's own, else the style's usual one."""
+    if template.tone:
+        return template.tone, f"set by template {template.template_id}"
+    return STYLE_TONES.get(style, "informative"), f"the usual tone for {style} shoppers"
+
+
+def choose_item(
+    items: Sequence[Mapping[str, Any]], features: Mapping[str, Any]
+) -> tuple[Mapping[str, Any] | None, str]:
+    """The candidate to feature: the first in the user's top category, else the first given.
+
+    >>> shoes, bag = {"item_id": "i1", "category": "shoes"}, {"item_id": "i2", "category": "bags"}
+    >>> choose_item([shoes, bag], {"top_category": "bags"})[1]
+    "in the user's top category (bags)"
+    >>> choose_item([shoes, bag], {"top_category": None})[1]
+    'the first candidate (no category stands out for this user)'
+    """
+    if not items:
+        return None, "no candidates given"
+    top = features.get("top_category")
+    if top:
+        for item in items:
+            if item.get("category") == top:
+                return item, f"in the user's top category ({top})"
+        return items[0], f"the first candidate (none is in the user's top category, {top})"
+    return items[0], "the first candidate (no category stands out for this user)"
+
+
+def explaining_features(features: Mapping[str, Any]) -> dict[str, Any]:
+    """The activity features an explanation quotes, rounded for reading."""
+    out = {}
+    for name in EXPLAINING_FEATURES:
+        value = features.get(name)
+        out[name] = round(value, 4) if isinstance(value, float) else value
+    return out
+
+
+# -- grounding generated copy in the featured item ------------------------------
+#
+# The copy model learnt its lines from a catalog (models/train/corpus.py), so it writes
+# product names and prices from that catalog, not the caller's item. Grounding
+# swaps them for the featured item's own, or refuses the copy when it cannot.
+
+
+def _alternation(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+
+
+_BRANDS = _alternation(b for spec in CATEGORY_SPECS.values() for b in spec.brands)
+_ADJECTIVES = _alternation(a for spec in CATEGORY_SPECS.values() for a in spec.adjectives)
+_NOUNS = _alternation(n for spec in CATEGORY_SPECS.values() for n in spec.nouns)
+_TITLE = re.compile(rf"\b(?:{_BRANDS})\s+(?:{_ADJECTIVES})\s+(?:{_NOUNS})\b")
+_BRAND = re.compile(rf"\b(?:{_BRANDS})\b")
+# A product's noun, with whatever of its name precedes it ("Nordvik Cloud Thriller", "Cloud Thriller").
+_NOUN = re.compile(rf"\b(?:(?:{_BRANDS})\s+)?(?:(?:{_ADJECTIVES})\s+)?(?:{_NOUNS})\b")
+_MONEY = re.compile(r"(?<![\w.])\d{1,7}\.\d{2}(?!\w)(?!\.\d)")
+_PCT = re.compile(r"(?<![\w.])\d{1,3}\s?%")
+
+
+def _money(amount: float) -> str:
+    return f"{amount:.2f}"
+
+
+def ground_copy(text: str, item: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """``text`` with the product names, prices and discounts it states made the featured item's.
+
+    Returns ``(grounded text, None)``, or ``(None, reason)`` when the copy states a
+    fact the request cannot back (a price, but the item has none; a discount the
+    item does not have; more than two amounts).
+
+    >>> item = {"title": "Acme Rain Shell", "brand": "Acme", "price": 120.0, "discount_pct": 25}
+    >>> ground_copy("Get the Nordvik Insulated Rain Jacket for just 82.99, down from 99.00.", item)
+    ('Get the Acme Rain Shell for just 90.00, down from 120.00.', None)
+    >>> ground_copy("New in: Nordvik Cloud Parka", item)  # a name the catalog never had, still a product
+    ('New in: Acme Rain Shell', None)
+    >>> ground_copy("Save 30% today", {"title": "Acme Rain Shell", "price": 120.0})
+    (None, 'states a 30% discount; the featured item has none')
+    >>> ground_copy("Only 9.99: hurry", None)
+    (None, 'states a price (9.99), but the request featured no priced item')
+    >>> ground_copy("New season picks, just for you", None)
+    ('New season picks, just for you', None)
+    """
+    item = item or {}
+    title, brand = item.get("title"), item.get("brand")
+    if _TITLE.search(text) or _NOUN.search(text):
+        if not title:
+            return None, "names a product, but the request featured no item with a title"
+        text = _NOUN.sub(title, _TITLE.sub(title, text))
+    if _BRAND.search(text.replace(title, "") if title else text):
+        if not brand:
+            return None, "names a brand, but the request featured no item with a brand"
+        text = _BRAND.sub(brand, text) if not title else _sub_outside(text, title, _BRAND, brand)
+    amounts = _MONEY.findall(text)
+    if amounts:
+        price = item.get("price")
+        if price is None:
+            return None, f"states a price ({amounts[0]}), but the request featured no priced item"
+        if len(amounts) > 2:
+            return None, f"states {len(amounts)} amounts; only a price and a sale price can be grounded"
+        pct = item.get("discount_pct") or 0
+        sale = item.get("sale_price") or round(price * (100 - pct) / 100, 2)
+        values = [float(a) for a in amounts]
+        if len(values) == 2:  # "price, down from was": the larger is the list price
+            high, low = amounts[values.index(max(values))], amounts[values.index(min(values))]
+            mapping = {high: _money(price), low: _money(sale)}
+            if sale == price:
+                return None, "states a price and a former price; the featured item is not on sale"
+        else:
+            mapping = {amounts[0]: _money(sale)}
+        text = _MONEY.sub(lambda m: mapping[m.group()], text)
+    percents = _PCT.findall(text)
+    if percents:
+        pct = item.get("discount_pct")
+        if not pct:
+            return None, f"states a {percents[0].replace(' ', '')} discount; the featured item has none"
+        text = _PCT.sub(f"{pct}%", text)
+    return text, None
+
+
+def _sub_outside(text: str, keep: str, pattern: re.Pattern, replacement: str) -> str:
+    """``pattern`` replaced in ``text`` except inside occurrences of ``keep``."""
+    return keep.join(pattern.sub(replacement, part) for part in text.split(keep))

@@ -1,0 +1,317 @@
+"""``tailor train``: a small GPT-2-style copy model, from scratch or from a local base.
+
+Build side only (torch, transformers, tokenizers; the `train` extra). From the
+corpus (`models/train/corpus.py`) it trains a byte-level BPE tokenizer whose special
+tokens include every control token (``<seg=...> <slot=...> <tone=...>``), then a
+GPT-2 language model on ``control prefix + copy + <|endoftext|>``, so one
+model serves every segment, slot and tone. With ``--base DIR`` (any local
+Hugging Face causal LM) it keeps the base's tokenizer, adds the control tokens
+and fine-tunes instead.
+
+The holdout is split by item (unseen products); the evaluation written beside
+the model has perplexity per segment and slot, and how often generated copy
+obeys its control codes (tone vocabulary, length limit per slot).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import msgspec
+import torch
+from tqdm import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from models.train.corpus import (
+    CONTROL_TOKENS,
+    CopyRecord,
+    build_corpus,
+    control_prefix,
+    corpus_hash,
+    obeys_length,
+    obeys_tone,
+    split_holdout,
+    training_text,
+)
+
+EOS = "<|endoftext|>"
+PAD = "<pad>"
+#: Model sizes: "tiny" for tests (seconds), "small" the default (minutes on a laptop CPU).
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 128, "vocab_size": 1000},
+    "small": {"n_layer": 4, "n_embd": 192, "n_head": 4, "n_positions": 128, "vocab_size": 4000},
+}
+EVALUATION = "evaluation.json"
+TRAINING = "training.json"
+
+
+class TrainConfig(msgspec.Struct, frozen=True, kw_only=True):
+    size: str = "small"
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 32
+    seed: int = 0
+    holdout: float = 0.1
+    #: Use at most this many training records (0: all); for quick runs.
+    max_records: int = 0
+    #: Generated samples per (segment, slot, tone) for the obedience check.
+    eval_samples: int = 2
+    base: str | None = None
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs and batch_size must be at least 1, lr positive")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer; every control token is one special token."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS, PAD, *CONTROL_TOKENS], show_progress=False
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=list(CONTROL_TOKENS),
+    )
+
+
+def load_base(base: str | Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+    """A local Hugging Face causal LM and its tokenizer, with Tailor's control tokens added."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(base)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--base {folder} is not a Hugging Face model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    added = tokenizer.add_special_tokens({"additional_special_tokens": list(CONTROL_TOKENS)})
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+        added += 1
+    if added:
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def train(
+    out_dir: str | Path,
+    config: TrainConfig,
+    records: list[CopyRecord] | None = None,
+    *,
+    progress: bool = True,
+    segment_styles: dict[str, str] | None = None,
+) -> dict:
+    """Train (or fine-tune) and save model + tokenizer + evaluation into ``out_dir``; returns the evaluation."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    records = records if records is not None else build_corpus(config.seed)
+    train_set, holdout = split_holdout(records, config.holdout, seed=config.seed)
+    if config.max_records and len(train_set) > config.max_records:
+        train_set = random.Random(config.seed).sample(train_set, config.max_records)
+    size = SIZES[config.size]
+    if config.base:
+        model, tokenizer = load_base(config.base)
+    else:
+        tokenizer = train_tokenizer([training_text(r) for r in train_set], size["vocab_size"])
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tokenizer),
+                n_positions=size["n_positions"],
+                n_embd=size["n_embd"],
+                n_layer=size["n_layer"],
+                n_head=size["n_head"],
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+    losses = _fit(model, tokenizer, train_set, config, progress)
+    seconds = time.perf_counter() - started
+    model.eval()
+    evaluation = evaluate(model, tokenizer, holdout, samples=config.eval_samples, seed=config.seed)
+    evaluation["training"] = {
+        "records": len(train_set),
+        "holdout_records": len(holdout),
+        "seconds": round(seconds, 1),
+        "final_loss": round(losses[-1], 4) if losses else None,
+        "parameters": model.num_parameters(),
+        "config": msgspec.structs.asdict(config),
+        "corpus_hash": corpus_hash(records),
+        "segment_styles": segment_styles or {},
+    }
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / EVALUATION).write_text(json.dumps(evaluation, indent=2))
+    return evaluation
+
+
+def _batches(tokenizer, records: list[CopyRecord], batch_size: int, rng: random.Random, max_len: int):
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    for start in range(0, len(order), batch_size):
+        texts = [training_text(records[i]) + EOS for i in order[start : start + batch_size]]
+        yield tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+
+
+def _fit(model, tokenizer, records, config: TrainConfig, progress: bool) -> list[float]:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    steps = config.epochs * math.ceil(len(records) / config.batch_size)
+    # Warm up over a tenth of the steps (at least two: OneCycleLR needs a rising phase).
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=max(steps, 4), pct_start=min(0.5, max(0.1, 2 / max(steps, 4)))
+    )
+    rng = random.Random(config.seed)
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc="training", unit="batch", file=sys.stderr, disable=not progress, mininterval=0.5)
+    max_len = model.config.n_positions
+    for _ in range(config.epochs):
+        for batch in _batches(tokenizer, records, config.batch_size, rng, max_len):
+            labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
+    return losses
+
+
+@torch.no_grad()
+def evaluate(
+    model, tokenizer, holdout: list[CopyRecord], *, samples: int = 2, seed: int = 0, max_records: int = 2000
+) -> dict:
+    """Holdout perplexity per segment and slot (copy tokens only), and control-code obedience.
+
+    Perplexity is measured on at most ``max_records`` holdout records (a fixed sample).
+    """
+    model.eval()
+    combinations = sorted({(r.segment, r.slot, r.tone) for r in holdout})
+    if len(holdout) > max_records:
+        holdout = random.Random(seed).sample(holdout, max_records)
+    nll: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for start in range(0, len(holdout), 64):
+        chunk = holdout[start : start + 64]
+        # No trailing space: byte-level BPE glues a word's leading space to the word.
+        prefixes = [control_prefix(r.segment, r.slot, r.tone) for r in chunk]
+        batch = tokenizer([p + " " + r.text + EOS for p, r in zip(prefixes, chunk)], padding=True, return_tensors="pt")
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        for i, p in enumerate(prefixes):  # score the copy, not the control prefix
+            labels[i, : len(tokenizer(p).input_ids)] = -100
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
+        )
+        counted = (labels[:, 1:] != -100).sum(1)
+        for r, loss, n in zip(chunk, losses.sum(1).tolist(), counted.tolist()):
+            total = nll[(r.segment, r.slot)]
+            total[0] += loss
+            total[1] += n
+    perplexity = {f"{seg}/{slot}": round(math.exp(s / n), 3) for (seg, slot), (s, n) in sorted(nll.items()) if n}
+    all_loss = sum(s for s, _ in nll.values())
+    all_tokens = sum(n for _, n in nll.values())
+    obedience = control_obedience(model, tokenizer, combinations, samples=samples, seed=seed)
+    return {
+        "holdout_perplexity": round(math.exp(all_loss / max(all_tokens, 1)), 3),
+        "perplexity_by_segment_slot": perplexity,
+        **obedience,
+    }
+
+
+@torch.no_grad()
+def control_obedience(model, tokenizer, combinations, *, samples: int, seed: int) -> dict:
+    """Sample copy for each (segment, slot, tone); share within the slot's length and using the tone's words."""
+    torch.manual_seed(seed)
+    tone_ok = length_ok = total = 0
+    by_tone: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    prompts = [control_prefix(seg, slot, tone) for seg, slot, tone in combinations for _ in range(samples)]
+    keys = [(slot, tone) for _, slot, tone in combinations for _ in range(samples)]
+    tokenizer.padding_side = "left"
+    for start in range(0, len(prompts), 64):
+        batch = tokenizer(prompts[start : start + 64], padding=True, return_tensors="pt")
+        generated = model.generate(
+            **batch,
+            do_sample=True,
+            top_p=0.9,
+            temperature=0.8,
+            max_new_tokens=48,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        for (slot, tone), text in zip(keys[start : start + 64], texts):
+            text = text.strip()
+            ok_tone, ok_len = obeys_tone(text, tone), obeys_length(text, slot)
+            tone_ok += ok_tone
+            length_ok += ok_len
+            total += 1
+            by_tone[tone][0] += ok_tone
+            by_tone[tone][1] += 1
+    tokenizer.padding_side = "right"
+    return {
+        "control_samples": total,
+        "tone_obedience": round(tone_ok / max(total, 1), 3),
+        "length_obedience": round(length_ok / max(total, 1), 3),
+        "tone_obedience_by_tone": {t: round(a / b, 3) for t, (a, b) in sorted(by_tone.items())},
+    }
+
+
+def stored_segment_styles(settings) -> dict[str, str]:
+    """Live segment label -> copy style, from the segment profiles in Feast (empty if none yet)."""
+    from models.train.corpus import segment_style_for_label
+
+    if not settings.segments:
+        return {}
+    try:
+        from store.feast import open_store, read_profiles
+
+        profiles = read_profiles(open_store(settings), settings.segments)
+    except Exception as exc:  # noqa: BLE001 - no store or nothing applied yet: train without them
+        print(
+            f"tailor train: no stored segment profiles ({type(exc).__name__}); styles map at serving time",
+            file=sys.stderr,
+        )
+        return {}
+    return {p.label: segment_style_for_label(p.label) for p in profiles}
+
+
+def run_train(settings, args) -> int:
+    config = TrainConfig(
+        size=args.size,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_records=args.max_records,
+        base=args.base,
+    )
+    styles = stored_segment_styles(settings)
+    if styles:
+        print(f"tailor train: segment profiles found: {styles}", file=sys.stderr)
+    evaluation = train(args.out, config, segment_styles=styles)
+    print(json.dumps({k: v for k, v in evaluation.items() if k != "perplexity_by_segment_slot"}))
+    print(f"tailor train: model and tokenizer in {args.out}; next: tailor export {args.out}", file=sys.stderr)
+    return 0
