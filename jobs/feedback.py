@@ -26,6 +26,7 @@ from tqdm import tqdm
 from config.settings import Settings
 from engine.features.events import Event, InvalidEvent, decode_event
 from engine.learning.feedback import FeedbackJoin, FeedbackRow, FeedbackSummary, format_cutoff, parse_cutoff
+from jobs.produce import now_ms, read_jsonl
 
 COMMAND = "tailor feedback export"
 #: Reasons of bad events quoted in the summary; the rest are only counted.
@@ -53,10 +54,6 @@ FEEDBACK_SCHEMA = pa.schema(
 )
 #: Parquet key-value metadata holding the export's summary (JSON).
 METADATA_KEY = b"tailor.feedback"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def run_feedback(settings: Settings, args) -> int:
@@ -209,15 +206,14 @@ def _from_time(consumer, topic: str, starts: list, ends: dict[int, int], start_m
 
 
 def events_of_file(path: Path, bad: list[str]) -> Iterator[Event]:
-    """The valid events of a JSONL file; each bad line's ``"line N: reason"`` goes to ``bad``."""
-    with path.open("rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield decode_event(line)
-            except InvalidEvent as exc:
-                bad.append(f"line {number}: {exc.reason}")
+    """The valid events of a JSONL file (`jobs.produce.read_jsonl`, the replay's reader); each bad
+    line's ``"line N: reason"`` goes to ``bad``."""
+    lines: list[tuple[int, str]] = []
+    for event in read_jsonl(path, lines):
+        bad.extend(f"line {number}: {reason}" for number, reason in lines)
+        lines.clear()
+        yield event
+    bad.extend(f"line {number}: {reason}" for number, reason in lines)
 
 
 def events_of_topic(

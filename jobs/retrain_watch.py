@@ -217,7 +217,8 @@ def export_fresh_feedback(settings: Settings, *, window_h: float = 24.0, cutoff_
     cannot be written.
     """
     from engine.learning.feedback import FeedbackJoin
-    from jobs.feedback import default_path, join_topic, now_ms, write_export
+    from jobs.feedback import default_path, join_topic, write_export
+    from jobs.produce import now_ms
 
     cutoff_ms = now_ms() if cutoff_ms is None else cutoff_ms
     days = settings.retrain_feedback_days
