@@ -377,7 +377,7 @@ async def post_events(request: Request) -> Response[EventsAccepted]:
     records: list[tuple[bytes, bytes]] = []
     for index, item in enumerate(items):
         try:
-            event = check_not_ahead(decode_event(bytes(item)), now_ms, int(settings.max_ahead_s * 1000))
+            event = check_not_ahead(decode_event(bytes(item)), now_ms, int(settings.flow.max_ahead_s * 1000))
             pseudonym = state.pseudonymizer.pseudonym(event.user_id)
         except InvalidEvent as exc:
             rejected.append(Rejected(index, exc.reason))
@@ -387,12 +387,12 @@ async def post_events(request: Request) -> Response[EventsAccepted]:
             continue
         indices.append(index)
         records.append((pseudonym.encode(), encode_event(msgspec.structs.replace(event, user_id=pseudonym))))
-    results = await state.events.deliver(settings.topic, records) if records else []
+    results = await state.events.deliver(settings.kafka.topic, records) if records else []
     undelivered = [Rejected(index, why.text) for index, why in zip(indices, results) if why is not None]
     accepted = len(records) - len(undelivered)
     if not undelivered:
         return Response(EventsAccepted(accepted, rejected), status_code=HTTP_202_ACCEPTED)
-    retry_after = max(1, math.ceil(settings.produce_timeout_ms / 1000))
+    retry_after = max(1, math.ceil(settings.kafka.produce_timeout_ms / 1000))
     detail = (
         f"{len(undelivered)} of {len(records)} valid events were not delivered to Kafka "
         f"({undelivered[0].reason}): send them again, with the same event_id, after {retry_after} s"
@@ -512,25 +512,27 @@ def open_copy_writer(settings: Settings, cache_redis=None):
     rules = brand_rules(settings)
     generator, unavailable = None, ""
     try:
-        generator = open_generator(settings.model_dir)
+        generator = open_generator(settings.generation.model_dir)
     except ModelDirError as exc:
         unavailable = f"no copy model loaded: {exc}"
         log.warning("%s; serving default copy", unavailable)
     from store.redis_guard import breaker_for
 
     cache = CopyCache(
-        settings.copy_cache_size,
+        settings.generation.copy_cache_size,
         redis=cache_redis,
-        ttl_s=settings.copy_cache_redis_ttl_s,
-        breaker=breaker_for(settings.redis_url, settings.redis_breaker_s) if cache_redis else None,
+        ttl_s=settings.generation.copy_cache_redis_ttl_s,
+        breaker=breaker_for(settings.redis.url, settings.redis.breaker_s) if cache_redis else None,
     )
-    writer = CopyWriter(cache, rules, settings.generation_budget_ms, unavailable, registry=settings.model_registry)
+    writer = CopyWriter(
+        cache, rules, settings.generation.budget_ms, unavailable, registry=settings.retrain.model_registry
+    )
 
     def make_batcher(gen) -> BatchingGenerator:
         batcher = BatchingGenerator(
             gen,
-            max_batch=settings.generation_max_batch,
-            max_wait_ms=settings.generation_max_wait_ms,
+            max_batch=settings.generation.max_batch,
+            max_wait_ms=settings.generation.max_wait_ms,
             on_batch=writer.observe_batch,
         )
         batcher.start()
@@ -545,13 +547,13 @@ def open_copy_writer(settings: Settings, cache_redis=None):
 def create_app(settings: Settings | None = None) -> Litestar:
     """The API app for ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()
-    if not settings.pseudonym_key:
+    if not settings.api.pseudonym_key:
         raise ValueError(
             "TAILOR_PSEUDONYM_KEY is not set: generate one with "
             'python -c "import secrets; print(secrets.token_hex(32))"'
         )
-    api_keys = parse_api_keys(settings.api_keys)
-    pseudonymizer = Pseudonymizer(settings.pseudonym_key)
+    api_keys = parse_api_keys(settings.api.api_keys)
+    pseudonymizer = Pseudonymizer(settings.api.pseudonym_key)
 
     @asynccontextmanager
     async def resources(app: Litestar) -> AsyncIterator[None]:
@@ -562,18 +564,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.api_keys = api_keys
         app.state.pseudonymizer = pseudonymizer
         app.state.store = open_store(settings)
-        app.state.reader = OnlineReader(app.state.store, settings.segments)
+        app.state.reader = OnlineReader(app.state.store, settings.audience.segments)
         app.state.templates = open_templates(settings)
         cache_redis = None
-        if settings.redis_url and settings.copy_cache_redis_ttl_s > 0:
+        if settings.redis.url and settings.generation.copy_cache_redis_ttl_s > 0:
             from store.redis_guard import redis_client
 
-            cache_redis = redis_client(settings.redis_url, use_async=True, timeout_ms=settings.redis_timeout_ms)
+            cache_redis = redis_client(settings.redis.url, use_async=True, timeout_ms=settings.redis.timeout_ms)
         app.state.writer = open_copy_writer(settings, cache_redis)
         app.state.experiments = open_experiments(settings, app.state.store)
         app.state.experiment_store = app.state.experiments.store
         app.state.redis_health = None
-        if settings.redis_url:
+        if settings.redis.url:
             from api.redis_health import open_redis_health
 
             app.state.redis_health = open_redis_health(
@@ -587,7 +589,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
             Never waits: one that cannot be queued or delivered is counted in tailor_exposures_dropped_total.
             """
-            events.expose(settings.topic, event.user_id.encode(), encode_event(event))
+            events.expose(settings.kafka.topic, event.user_id.encode(), encode_event(event))
 
         app.state.expose = expose
         # The imports above (Feast, pandas, ONNX Runtime) leave about a million objects
@@ -595,7 +597,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # all, a pause of tens of milliseconds that showed as p99 latency (profiled).
         gc.collect()
         gc.freeze()
-        watcher = asyncio.create_task(ModelWatcher(settings.model_dir, app.state.writer).run(settings.model_reload_s))
+        watcher = asyncio.create_task(
+            ModelWatcher(settings.generation.model_dir, app.state.writer).run(settings.generation.model_reload_s)
+        )
         refresher = asyncio.create_task(_refresh_experiments(app.state.experiments))
         redis_watch = asyncio.create_task(app.state.redis_health.watch()) if app.state.redis_health else None
         try:

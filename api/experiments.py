@@ -309,14 +309,14 @@ return revision + 1
 
 
 def open_experiment_store(settings: Settings) -> ExperimentStore:
-    path = Path(settings.experiment_db or Path(settings.feature_repo) / "data" / "experiments.db")
+    path = Path(settings.store.experiment_db or Path(settings.store.feature_repo) / "data" / "experiments.db")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if settings.redis_url:
+    if settings.redis.url:
         from store.redis_guard import breaker_for
 
         store = RedisExperimentStore(
-            redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
-            breaker=breaker_for(settings.redis_url, settings.redis_breaker_s),
+            redis_client(settings.redis.url, timeout_ms=settings.redis.timeout_ms),
+            breaker=breaker_for(settings.redis.url, settings.redis.breaker_s),
             copy=SQLiteExperimentStore(path),
         )
         try:
@@ -859,7 +859,7 @@ def open_experiments(settings: Settings, feature_store) -> LiveExperiments:
         return _stats(read_counters(feature_store, spec), spec.primary_metric)
 
     try:
-        return LiveExperiments(store, counters, bandit_every_s=settings.bandit_every_s)
+        return LiveExperiments(store, counters, bandit_every_s=settings.api.bandit_every_s)
     except BaseException:
         store.close()
         raise

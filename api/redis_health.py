@@ -75,12 +75,12 @@ def _clock_time(monotonic_at: float) -> str:
 
 
 def open_redis_health(settings, stores: list) -> RedisHealth:
-    """The health check of ``settings.redis_url`` for ``stores``, with the API's bounds and breaker."""
+    """The health check of ``settings.redis.url`` for ``stores``, with the API's bounds and breaker."""
     from store.redis_guard import breaker_for, redis_client
 
     return RedisHealth(
-        redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
-        breaker_for(settings.redis_url, settings.redis_breaker_s),
+        redis_client(settings.redis.url, timeout_ms=settings.redis.timeout_ms),
+        breaker_for(settings.redis.url, settings.redis.breaker_s),
         stores,
-        settings.redis_check_s,
+        settings.redis.check_s,
     )

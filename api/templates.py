@@ -594,14 +594,14 @@ return revision + 1
 
 def open_template_store(settings: Settings) -> TemplateStore:
     """The store ``settings`` name (Redis if ``redis_url`` is set, else SQLite), with the defaults on a first start."""
-    path = Path(settings.template_db or Path(settings.feature_repo) / "data" / "templates.db")
+    path = Path(settings.store.template_db or Path(settings.store.feature_repo) / "data" / "templates.db")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if settings.redis_url:
+    if settings.redis.url:
         from store.redis_guard import breaker_for
 
         store: TemplateStore = RedisTemplateStore(
-            redis_client(settings.redis_url, timeout_ms=settings.redis_timeout_ms),
-            breaker=breaker_for(settings.redis_url, settings.redis_breaker_s),
+            redis_client(settings.redis.url, timeout_ms=settings.redis.timeout_ms),
+            breaker=breaker_for(settings.redis.url, settings.redis.breaker_s),
             copy=SQLiteTemplateStore(path),
         )
     else:

@@ -123,10 +123,10 @@ def run_api_bench(settings: Settings, args) -> int:
         _wait_ready(api, "/readyz", needs=() if personalize else ("broker", "store"))
         if feast is not None:
             _wait_ready(feast, "/health")
-        _check_written(api, feast, population.users[0], feature_refs, bench.pseudonym_key)
+        _check_written(api, feast, population.users[0], feature_refs, bench.api.pseudonym_key)
         gc.collect()
         gc.freeze()  # Feast's import graph: keep full collections out of the client's timings
-        legs = Legs(args, population, feature_refs, wrk, machine, bench.pseudonym_key)
+        legs = Legs(args, population, feature_refs, wrk, machine, bench.api.pseudonym_key)
         result = {
             "bench": "api",
             "machine": machine,
@@ -173,22 +173,25 @@ def write_population(settings: Settings, n_users: int) -> Population:
             break
         state = states.get(event.user_id)
         if state is None:
-            state = states[event.user_id] = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
-            behaviours[event.user_id] = Behaviour(
-                settings.behaviour_half_life_s, settings.session_gap_s, settings.behaviour_max_idle_s
-            )
+            state = states[event.user_id] = UserActivity(settings.flow.lateness_ms, settings.flow.affinity_half_life_s)
+            behaviours[event.user_id] = settings.audience.new_behaviour()
         if state.update(event):
             behaviours[event.user_id].update(event)
         events += 1
-    pseudonym = Pseudonymizer(settings.pseudonym_key).pseudonym
+    pseudonym = Pseudonymizer(settings.api.pseudonym_key).pseudonym
     writer = FeatureWriter(settings, offline=False)
     writer.write({pseudonym(u): s for u, s in states.items()})
     segment_of: dict[str, int] = {}
-    if settings.segments:
-        audience = Audience(settings.segments, warmup=settings.segment_warmup)
+    if settings.audience.segments:
+        audience = Audience(settings.audience.segments, warmup=settings.audience.warmup)
         updates = [
             UserUpdate(
-                u, states[u].newest_ms, 1, 0, 0, b.evidence() if b.visits_total >= settings.min_sessions else None
+                u,
+                states[u].newest_ms,
+                1,
+                0,
+                0,
+                b.evidence() if b.visits_total >= settings.audience.min_sessions else None,
             )
             for u, b in behaviours.items()
         ]
@@ -254,7 +257,17 @@ def _feast_command(settings: Settings, machine: dict) -> tuple[list[str], int]:
 
     port = free_port()
     feast = Path(sys.executable).with_name("feast")
-    command = [str(feast), "-c", settings.feature_repo, "serve", "-h", HOST, "-p", str(port), *FEAST_SERVE_FLAGS[2:]]
+    command = [
+        str(feast),
+        "-c",
+        settings.store.feature_repo,
+        "serve",
+        "-h",
+        HOST,
+        "-p",
+        str(port),
+        *FEAST_SERVE_FLAGS[2:],
+    ]
     return _on_server_cpus(command, machine), port
 
 

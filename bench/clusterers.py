@@ -47,12 +47,12 @@ def candidates(k: int) -> dict:
 def run_clusterers(settings: Settings, args) -> int:
     from river import preprocessing
 
-    k = settings.segments or 4
+    k = settings.audience.segments or 4
     sim = Simulator(users=args.users, seed=7)
     models = {}
     for name, clusterer in candidates(k).items():
         if clusterer is None:
-            models[name] = [SegmentModel(k, warmup=settings.segment_warmup), None, 0.0, 0]
+            models[name] = [SegmentModel(k, warmup=settings.audience.warmup), None, 0.0, 0]
         else:
             models[name] = [clusterer, preprocessing.StandardScaler(), 0.0, 0]
     behaviours: dict[str, Behaviour] = {}
@@ -64,16 +64,16 @@ def run_clusterers(settings: Settings, args) -> int:
     )
     for n, event in enumerate(events, 1):
         batch.setdefault(event.user_id, []).append(event)
-        if n % settings.batch_size and n != args.events:
+        if n % settings.kafka.batch_size and n != args.events:
             continue
         evidence = {}
         for user_id, user_events in batch.items():
             b = behaviours.get(user_id) or behaviours.setdefault(
                 user_id,
-                Behaviour(settings.behaviour_half_life_s, settings.session_gap_s, settings.behaviour_max_idle_s),
+                settings.audience.new_behaviour(),
             )
             b.update_many(user_events)
-            if b.visits_total >= settings.min_sessions:
+            if b.visits_total >= settings.audience.min_sessions:
                 evidence[user_id] = b.evidence()
         priors.observe(list(evidence.values()))  # as the audience step does: priors from the traffic itself
         prior = priors.values()

@@ -11,8 +11,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 
-import msgspec
-
 from config.settings import Settings, settings_env
 
 
@@ -23,13 +21,13 @@ def bench_settings(settings: Settings, **overrides) -> Iterator[Settings]:
     from store.feast import new_repo
 
     with contextlib.ExitStack() as stack:
-        brokers = settings.brokers or stack.enter_context(EmbeddedBroker()).address
+        brokers = settings.kafka.brokers or stack.enter_context(EmbeddedBroker()).address
         repo = stack.enter_context(tempfile.TemporaryDirectory(prefix="tailor-bench-"))
         tag = uuid.uuid4().hex[:8]
         values = {"brokers": brokers, "topic": f"bench-{tag}", "dlq_topic": f"bench-{tag}.dlq"}
         values.update(overrides)
-        bench = new_repo(msgspec.structs.replace(settings, **values), repo)
-        ensure_topics(bench.brokers, [bench.topic, bench.dlq_topic], bench.partitions)
+        bench = new_repo(settings.replace(**values), repo)
+        ensure_topics(bench.kafka.brokers, [bench.kafka.topic, bench.kafka.dlq_topic], bench.kafka.partitions)
         yield bench
 
 

@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 
-import msgspec
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from tqdm import tqdm
 
@@ -74,7 +73,7 @@ def run_freshness(settings: Settings, args) -> int:
         )
         try:
             store = open_store(bench)
-            producer = make_producer(bench.brokers, **{"linger.ms": 0})
+            producer = make_producer(bench.kafka.brokers, **{"linger.ms": 0})
             read = _reader(store)
             _warm_up(producer, bench, read, flow)
             # The probe is a Feast client too: keep its own collector pauses (Feast's
@@ -103,9 +102,9 @@ def run_freshness(settings: Settings, args) -> int:
         "max_ms": round(max(latencies), 2) if latencies else None,
         "kafka_p50_ms": round(percentile(kafka_latencies, 50), 2),
         "kafka_p99_ms": round(percentile(kafka_latencies, 99), 2),
-        "online_store": "redis" if settings.redis_url else "sqlite",
+        "online_store": "redis" if settings.redis.url else "sqlite",
         "recovery": not args.no_recovery,
-        "epoch_s": bench.epoch_s,
+        "epoch_s": bench.flow.epoch_s,
     }
     print(json.dumps(result))
     return 0
@@ -121,11 +120,13 @@ def run_cold(settings: Settings, args) -> int:
         recovery, ready_file = os.path.join(tmp, "recovery"), os.path.join(tmp, "flow.ready")
         flow_log = os.path.join(tmp, "flow.log")
         init_recovery(recovery)
-        producer = make_producer(bench.brokers, **{"linger.ms": 0})
+        producer = make_producer(bench.kafka.brokers, **{"linger.ms": 0})
         start_ms = int(time.time() * 1000) - 3_600_000  # the hour before now
-        produce_all(producer, bench.topic, simulated_records(args.users, seed=3, n=args.backlog, start_ms=start_ms))
+        produce_all(
+            producer, bench.kafka.topic, simulated_records(args.users, seed=3, n=args.backlog, start_ms=start_ms)
+        )
         producer.flush()
-        bench = msgspec.structs.replace(bench, ready_file=ready_file)
+        bench = bench.replace(ready_file=ready_file)
         env = {**os.environ, **settings_env(bench)}
         load = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "simulate", "--rate", str(args.rate), "--users", str(args.users)],
@@ -198,9 +199,9 @@ def run_cold(settings: Settings, args) -> int:
         "p99_ms": round(percentile(latencies, 99), 2),
         "stop_ms": round(stop_ms, 1),
         "exit_code": exit_code,
-        "online_store": "redis" if settings.redis_url else "sqlite",
+        "online_store": "redis" if settings.redis.url else "sqlite",
         "recovery": not args.no_recovery,
-        "epoch_s": bench.epoch_s,
+        "epoch_s": bench.flow.epoch_s,
     }
     print(json.dumps(result))
     return 0
@@ -236,7 +237,7 @@ def _reader(store):
 
 def _send(producer, settings: Settings, seq: int) -> None:
     event = Event(f"probe-{seq}", "click", PROBE_USER, int(time.time() * 1000))
-    producer.produce(settings.topic, encode_event(event), PROBE_USER.encode())
+    producer.produce(settings.kafka.topic, encode_event(event), PROBE_USER.encode())
     if producer.flush(10) != 0:  # returns once the broker acknowledged it
         raise RuntimeError("the broker did not acknowledge a probe within 10 s")
 
@@ -298,12 +299,12 @@ class _KafkaObserver(threading.Thread):
         self._stopping = threading.Event()
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.brokers,
+                "bootstrap.servers": settings.kafka.brokers,
                 "group.id": "tailor-bench-observer",
-                "fetch.wait.max.ms": str(settings.fetch_wait_ms),
+                "fetch.wait.max.ms": str(settings.kafka.fetch_wait_ms),
             }
         )
-        topic = settings.topic
+        topic = settings.kafka.topic
         partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
 

@@ -30,7 +30,6 @@ import threading
 import time
 import urllib.request
 
-import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import bench_settings, percentile
@@ -48,15 +47,15 @@ def run_live(settings: Settings, args) -> int:
 
     with contextlib.ExitStack() as stack:
         broker = None
-        if not settings.brokers:
+        if not settings.kafka.brokers:
             broker = stack.enter_context(EmbeddedBroker())
-            settings = msgspec.structs.replace(settings, brokers=broker.address)
+            settings = settings.replace(brokers=broker.address)
         bench = stack.enter_context(bench_settings(settings))
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tailor-live-"))
         recovery, ready_file = os.path.join(tmp, "recovery"), os.path.join(tmp, "flow.ready")
         flow_log = os.path.join(tmp, "flow.log")
         init_recovery(recovery)
-        bench = msgspec.structs.replace(bench, ready_file=ready_file)
+        bench = bench.replace(ready_file=ready_file)
         port = free_port()
         env = {
             **os.environ,
@@ -75,7 +74,7 @@ def run_live(settings: Settings, args) -> int:
         _wait_ready(flow, ready_file, flow_log, poll_s=0.05)
         store = open_store(bench)
         read = _reader(store)
-        producer = make_producer(bench.brokers, **{"linger.ms": 0})
+        producer = make_producer(bench.kafka.brokers, **{"linger.ms": 0})
         lag = _LagSampler(bench, f"http://127.0.0.1:{port}/metrics", broker)
         if lag.consumed() is None:
             raise RuntimeError(f"the flow's metrics do not answer on port {port}: {_tail(flow_log)}")
@@ -131,9 +130,9 @@ def run_live(settings: Settings, args) -> int:
         "broker": "embedded" if broker is not None else "external",
         "broker_cpu_pct_median": round(sorted(cpu)[len(cpu) // 2]) if cpu else None,
         "broker_cpu_pct_max": round(max(cpu)) if cpu else None,
-        "fetch_wait_ms": bench.fetch_wait_ms,
+        "fetch_wait_ms": bench.kafka.fetch_wait_ms,
         "producer_linger_ms": PRODUCER_DEFAULTS["linger.ms"],
-        "online_store": "redis" if settings.redis_url else "sqlite",
+        "online_store": "redis" if settings.redis.url else "sqlite",
         "recovery": not args.no_recovery,
     }
     print(json.dumps(result))
@@ -158,8 +157,8 @@ class _LagSampler(threading.Thread):
         self.samples: list[tuple[int, int, float | None]] = []
         self.last: int | None = None
         self._url = metrics_url
-        self._topic = settings.topic
-        self._consumer = Consumer({"bootstrap.servers": settings.brokers, "group.id": "tailor-bench-lag"})
+        self._topic = settings.kafka.topic
+        self._consumer = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "tailor-bench-lag"})
         meta = self._consumer.list_topics(self._topic, timeout=10).topics[self._topic]
         self._parts = [TopicPartition(self._topic, p) for p in meta.partitions]
         self._broker = None

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 
-import msgspec
 from tqdm import tqdm
 
 from bench.common import bench_settings, peak_rss_mb, run_child
@@ -29,19 +28,19 @@ def run_ingest(settings: Settings, args) -> int:
 
     start_ms = int(time.time() * 1000) - 6 * 3_600_000  # six hours of traffic ending near now
     with bench_settings(settings) as bench:
-        producer = make_producer(bench.brokers)
+        producer = make_producer(bench.kafka.brokers)
         if args.uniform:
             records = uniform_records(args.users, args.events, start_ms)
         else:
             records = simulated_records(args.users, seed=7, n=args.events, start_ms=start_ms)
         bar = tqdm(records, total=args.events, desc="pre-filling topic", unit="ev", file=sys.stderr, mininterval=0.5)
-        produce_all(producer, bench.topic, bar)
+        produce_all(producer, bench.kafka.topic, bar)
         producer.flush()
         runs = []
         for i in range(args.repeat):
             print(f"flow run {i + 1}/{args.repeat} over it ...", file=sys.stderr)
             with fresh_repo(bench) as run_settings:
-                runs.append(run_child("bench.ingest:flow_child", msgspec.structs.replace(run_settings, tail=False)))
+                runs.append(run_child("bench.ingest:flow_child", run_settings.replace(tail=False)))
         print(f"naive path: one FeatureStore.push per event, {args.naive_events} events ...", file=sys.stderr)
         naive = naive_push(bench, args.users, args.naive_events, start_ms)
     rates = [r["consumed"] / r["seconds"] for r in runs]
@@ -61,9 +60,9 @@ def run_ingest(settings: Settings, args) -> int:
         "naive_events": naive["events"],
         "naive_events_per_s": round(naive["events_per_s"], 1),
         "speedup_vs_naive": round(median / naive["events_per_s"], 1),
-        "online_store": "redis" if settings.redis_url else "sqlite",
-        "batch_size": bench.batch_size,
-        "partitions": bench.partitions,
+        "online_store": "redis" if settings.redis.url else "sqlite",
+        "batch_size": bench.kafka.batch_size,
+        "partitions": bench.kafka.partitions,
     }
     print(json.dumps(result))
     return 0
@@ -142,7 +141,7 @@ def naive_push(settings: Settings, users: int, n: int, start_ms: int) -> dict:
     for event in events:
         state = states.get(event.user_id)
         if state is None:
-            state = states[event.user_id] = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+            state = states[event.user_id] = UserActivity(settings.flow.lateness_ms, settings.flow.affinity_half_life_s)
         state.update(event)
         row = pd.DataFrame(
             {

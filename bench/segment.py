@@ -57,34 +57,33 @@ def run_segment(settings: Settings, args) -> int:
     os.environ["TAILOR_BENCH_USERS"] = str(users)  # the children rebuild the simulator's ground truth
     os.environ["TAILOR_BENCH_SHAPE"] = args.shape
     start_ms = start_of(args, drift_at)
-    with bench_settings(settings, segments=settings.segments or 4, drift_warmup=args.burn_in) as bench:
-        drifted = msgspec.structs.replace(bench, topic=bench.topic + ".drifted")
-        ensure_topics(bench.brokers, [drifted.topic], bench.partitions)
-        producer = make_producer(bench.brokers)
+    with bench_settings(settings, segments=settings.audience.segments or 4, drift_warmup=args.burn_in) as bench:
+        drifted = bench.replace(topic=bench.kafka.topic + ".drifted")
+        ensure_topics(bench.kafka.brokers, [drifted.kafka.topic], bench.kafka.partitions)
+        producer = make_producer(bench.kafka.brokers)
         for target, drift in ((bench, None), (drifted, Drift(at_event=drift_at, shares=_default_shares()))):
             events = Simulator(users=users, seed=SEED, start_ms=start_ms, drift=drift, shape=args.shape).events(n)
             label = "pre-filling stationary topic" if drift is None else f"pre-filling topic drifted at {drift_at}"
             bar = tqdm(records_of(events), total=n, desc=label, unit="ev", file=sys.stderr, mininterval=0.5)
-            produce_all(producer, target.topic, bar)
+            produce_all(producer, target.kafka.topic, bar)
             producer.flush()
         on, off = [], []
         for i in range(args.repeat):
-            for segments, runs in ((bench.segments, on), (0, off)):
+            for segments, runs in ((bench.audience.segments, on), (0, off)):
                 what = "with segmentation and drift" if segments else "without"
                 print(f"run {i + 1}/{args.repeat} {what} ...", file=sys.stderr)
                 with fresh_repo(bench) as run_settings:
-                    child = msgspec.structs.replace(
-                        run_settings,
+                    child = run_settings.replace(
                         tail=False,
                         segments=segments,
-                        drift_topic=f"{bench.topic}.alerts.{len(on)}.{len(off)}",
+                        drift_topic=f"{bench.kafka.topic}.alerts.{len(on)}.{len(off)}",
                     )
-                    ensure_topics(child.brokers, [child.drift_topic], 1)
+                    ensure_topics(child.kafka.brokers, [child.kafka.drift_topic], 1)
                     runs.append(run_child("bench.segment:flow_child", child))
         print("run over the drifted topic ...", file=sys.stderr)
         with fresh_repo(drifted) as run_settings:
-            child = msgspec.structs.replace(run_settings, tail=False, drift_topic=f"{drifted.topic}.alerts")
-            ensure_topics(child.brokers, [child.drift_topic], 1)
+            child = run_settings.replace(tail=False, drift_topic=f"{drifted.kafka.topic}.alerts")
+            ensure_topics(child.kafka.brokers, [child.kafka.drift_topic], 1)
             drift_run = run_child("bench.segment:flow_child", child)
     print(json.dumps(summarize(args, bench, on, off, drift_run, drift_at, start_ms)))
     return 0
@@ -150,14 +149,14 @@ def summarize(
         "drift_run_ari": drift_run["ari"],
         "drift_run_profiles": drift_run["profiles"],
         "thresholds": {
-            "kl": bench.kl_threshold,
-            "segment_kl": bench.segment_kl_threshold,
-            "js": bench.js_threshold,
-            "adwin_delta": bench.adwin_delta,
-            "patience": bench.drift_patience,
-            "window": bench.drift_window,
-            "reference": bench.drift_reference,
-            "warmup": bench.drift_warmup,
+            "kl": bench.audience.kl_threshold,
+            "segment_kl": bench.audience.segment_kl_threshold,
+            "js": bench.audience.js_threshold,
+            "adwin_delta": bench.audience.adwin_delta,
+            "patience": bench.audience.drift_patience,
+            "window": bench.audience.drift_window,
+            "reference": bench.audience.drift_reference,
+            "warmup": bench.audience.drift_warmup,
         },
         "peak_rss_mb": max(r["peak_rss_mb"] for r in on),
     }
@@ -235,7 +234,7 @@ def flow_child() -> None:
         "dead_letters": int(REGISTRY.get_sample_value("tailor_events_total", {"outcome": "dead_letter"}) or 0),
         "peak_rss_mb": peak_rss_mb(),
     }
-    if settings.segments:
+    if settings.audience.segments:
         result.update(quality(settings, seen["audience"]))
     print(json.dumps(result))
 
@@ -276,7 +275,7 @@ def quality(settings: Settings, audience) -> dict:
     pairs = [(truth_sim.profile_of(u), s) for u, s in zip(got["user_id"], got["segment"]) if s is not None and s >= 0]
     alerts = [
         msgspec.json.decode(m.value())
-        for m in read_topic(settings.brokers, settings.drift_topic, audience.alerts_total, timeout_s=10)
+        for m in read_topic(settings.kafka.brokers, settings.kafka.drift_topic, audience.alerts_total, timeout_s=10)
     ]
     from engine.audience.segments import RATE_FEATURES
 

@@ -32,8 +32,8 @@ def run_retrain(settings, args) -> int:
             lr=args.lr,
             max_records=args.max_records,
             replay=args.replay,
-            ppl_tolerance=settings.retrain_ppl_tolerance,
-            metric_tolerance=settings.retrain_metric_tolerance,
+            ppl_tolerance=settings.retrain.ppl_tolerance,
+            metric_tolerance=settings.retrain.metric_tolerance,
             dry_run=args.dry_run,
         )
     except ValueError as exc:
@@ -49,8 +49,8 @@ def run_retrain(settings, args) -> int:
     def run_once(trigger: Trigger, reason: str, feedback: str | None = args.feedback) -> int:
         try:
             record = retrain(
-                settings.model_dir,
-                settings.model_registry,
+                settings.generation.model_dir,
+                settings.retrain.model_registry,
                 feedback=feedback,
                 trigger=trigger,
                 reason=reason,

@@ -15,10 +15,10 @@ from engine.audience.segments import FEATURE_NAMES, SegmentProfile
 def run_segments(settings: Settings, args) -> int:
     from store.feast import open_store, read_profiles
 
-    if not settings.segments:
+    if not settings.audience.segments:
         print("tailor segments: segmentation is off (TAILOR_SEGMENTS=0)", file=sys.stderr)
         return 2
-    profiles = read_profiles(open_store(settings), settings.segments)
+    profiles = read_profiles(open_store(settings), settings.audience.segments)
     if args.json:
         import msgspec
 
@@ -27,7 +27,7 @@ def run_segments(settings: Settings, args) -> int:
     if not profiles:
         print(
             "no segment profiles yet: the flow writes them once its segment model has warmed up "
-            f"({settings.segment_warmup} users with enough history)",
+            f"({settings.audience.warmup} users with enough history)",
             file=sys.stderr,
         )
         return 1

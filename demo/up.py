@@ -77,7 +77,7 @@ class ChildDied(RuntimeError):
 
 
 def run_up(settings: Settings, args) -> int:
-    repo = Path(settings.feature_repo)
+    repo = Path(settings.store.feature_repo)
     if not (repo / "feature_store.yaml").is_file():
         print(
             f"tailor up: no feature_store.yaml in {repo}; set TAILOR_FEATURE_REPO to a Feast repository "
@@ -109,19 +109,19 @@ def run_up(settings: Settings, args) -> int:
 
 def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.ExitStack) -> None:
     say = _say
-    embedded = not settings.brokers
+    embedded = not settings.kafka.brokers
     broker: EmbeddedBroker | None = None
     if embedded:
         broker = EmbeddedBroker(log_path=str(data / "logs" / "broker.log"))
         stack.callback(broker.stop)  # before start: an interrupted start still stops it
         say("starting the embedded Kafka broker (Tansu) ...")
         broker.start()
-        settings = msgspec.structs.replace(settings, brokers=broker.address)
+        settings = settings.replace(brokers=broker.address)
     # The flow must keep reading: a demo flow that stops at the end of the topic is a dead demo.
     # The segment model fits once it has seen half the demo's users (or the configured
     # warm-up, if smaller), so a small demo gets segments within its first minute or two.
-    settings = msgspec.structs.replace(
-        settings, tail=True, segment_warmup=max(settings.segments, min(settings.segment_warmup, args.users // 2))
+    settings = settings.replace(
+        tail=True, segment_warmup=max(settings.audience.segments, min(settings.audience.warmup, args.users // 2))
     )
 
     from store.feast import apply_definitions, open_store, reset_feature_data  # Feast imports slowly
@@ -136,16 +136,20 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         # wrote describe events that no longer exist, so they go as well.
         reset_feature_data(store)
     apply_definitions(store)
-    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic, settings.drift_topic], settings.partitions)
+    ensure_topics(
+        settings.kafka.brokers,
+        [settings.kafka.topic, settings.kafka.dlq_topic, settings.kafka.drift_topic],
+        settings.kafka.partitions,
+    )
 
     recovery = data / "recovery"
     if embedded:
         # The embedded broker keeps its log in memory: offsets recovered from a
         # previous run point into a log that no longer exists.
         shutil.rmtree(recovery, ignore_errors=True)
-    if embedded and not settings.redis_url:
+    if embedded and not settings.redis.url:
         # Their counters went with the features: an earlier demo's experiments start afresh too.
-        Path(settings.experiment_db or data / "experiments.db").unlink(missing_ok=True)
+        Path(settings.store.experiment_db or data / "experiments.db").unlink(missing_ok=True)
     if not args.no_model:
         _ensure_model(settings, data / "logs" / "model-build.log")
     settings = _demo_keys(settings, data)
@@ -157,7 +161,7 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     from engine.privacy import Pseudonymizer
 
     base = f"http://127.0.0.1:{args.api_port}"
-    api_key, setup_key = demo_api_keys(settings.api_keys)
+    api_key, setup_key = demo_api_keys(settings.api.api_keys)
     storefront = None
     if not getattr(args, "no_experiment", False):
         storefront = Storefront(base, api_key, setup_key=setup_key)
@@ -168,16 +172,16 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         users=args.users,
         rate=args.rate,
         seed=SEED,
-        pseudonym=Pseudonymizer(settings.pseudonym_key).pseudonym,
+        pseudonym=Pseudonymizer(settings.api.pseudonym_key).pseudonym,
         storefront=storefront,
     )
     stack.callback(traffic.stop)
     traffic.start()
 
-    online = f"Redis {settings.redis_url}" if settings.redis_url else f"SQLite {repo / 'data' / 'online.db'}"
+    online = f"Redis {settings.redis.url}" if settings.redis.url else f"SQLite {repo / 'data' / 'online.db'}"
     say("")
-    say(f"  broker        {settings.brokers}" + (" (embedded Tansu, in memory)" if embedded else ""))
-    say(f"  topics        {settings.topic} (events), {settings.dlq_topic} (dead letters)")
+    say(f"  broker        {settings.kafka.brokers}" + (" (embedded Tansu, in memory)" if embedded else ""))
+    say(f"  topics        {settings.kafka.topic} (events), {settings.kafka.dlq_topic} (dead letters)")
     say(f"  flow          pid {flow.pid}, log {flow.log_path}, recovery {recovery}")
     say(f"  api           {base} (pid {api.pid}, log {api.log_path}); reference {base}/docs")
     say(f"  api key       {api_key}  (to serve; every key: TAILOR_API_KEYS, or {data / 'demo-api-keys'})")
@@ -193,8 +197,8 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         )
     say(f"  feast         repo {repo}, online store {online}")
     say(f"  traffic       {args.users} simulated users (u000000 ...), {args.rate:g} events/s, seed {SEED}")
-    say(f"  more traffic  TAILOR_BROKERS={settings.brokers} tailor simulate --rate 1000")
-    if not settings.redis_url:  # the plain Feast CLI reads feature_store.yaml, which says SQLite
+    say(f"  more traffic  TAILOR_BROKERS={settings.kafka.brokers} tailor simulate --rate 1000")
+    if not settings.redis.url:  # the plain Feast CLI reads feature_store.yaml, which says SQLite
         say(f"  feast http    feast -c {repo} serve  ->  POST http://localhost:6566/get-online-features")
     say("  stop          Ctrl-C" + (f" (or wait {args.seconds:g} s)" if args.seconds > 0 else ""))
     say("")
@@ -260,7 +264,7 @@ def _start_flow(settings: Settings, recovery: Path, log_path: Path, stack: conte
     init_recovery(recovery)
     ready_file = recovery.parent / "flow.ready"
     ready_file.unlink(missing_ok=True)  # a killed run's: not this flow's readiness
-    settings = msgspec.structs.replace(settings, ready_file=str(ready_file))
+    settings = settings.replace(ready_file=str(ready_file))
     env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
     flow = _Child("flow", flow_command(settings, str(recovery)), env, log_path)
     flow.ready_file = ready_file
@@ -318,11 +322,11 @@ class _Probe:
 
 
 def _ensure_model(settings: Settings, log_path: Path) -> None:
-    """Build the copy model into ``settings.model_dir`` if it holds none (first run: minutes)."""
+    """Build the copy model into ``settings.generation.model_dir`` if it holds none (first run: minutes)."""
     from models.serve.manifest import ModelDirError, read_manifest
 
     try:
-        read_manifest(settings.model_dir)
+        read_manifest(settings.generation.model_dir)
         return
     except ModelDirError:
         pass
@@ -334,7 +338,7 @@ def _ensure_model(settings: Settings, log_path: Path) -> None:
             "serving the templates' default copy"
         )
         return
-    model_dir = Path(settings.model_dir)
+    model_dir = Path(settings.generation.model_dir)
     trained = model_dir.parent / "trained"
     _say(f"no copy model in {model_dir}: building one (first run only; about 7 minutes on 2 cores; log {log_path}) ...")
     cli = [sys.executable, "-m", "cli.main"]
@@ -365,7 +369,7 @@ def _demo_keys(settings: Settings, data: Path) -> Settings:
         ("pseudonym_key", "pseudonym-key", lambda: secrets.token_hex(32)),
         ("api_keys", "demo-api-keys", lambda: f"{serve_key()},demo-admin-{secrets.token_hex(8)}=admin"),
     ):
-        if getattr(settings, field):
+        if getattr(settings.api, field):
             continue
         path = data / name
         if not path.is_file():
@@ -375,7 +379,7 @@ def _demo_keys(settings: Settings, data: Path) -> Settings:
         if field == "api_keys" and len(set(demo_api_keys(values[field]))) == 1:
             values[field] += f",{serve_key()}"
             path.write_text(values[field])
-    return msgspec.structs.replace(settings, **values)
+    return settings.replace(**values)
 
 
 def demo_api_keys(api_keys: str) -> tuple[str, str]:
@@ -479,7 +483,7 @@ class Traffic:
 
     def _run(self) -> None:
         producer = make_producer(
-            self.settings.brokers, on_delivery=self._on_delivery, **{"client.id": "tailor-up-traffic"}
+            self.settings.kafka.brokers, on_delivery=self._on_delivery, **{"client.id": "tailor-up-traffic"}
         )
         # paced() sleeps on the stop event, so stopping never waits out a slow rate.
         events = live(paced(self.simulator, self.rate, sleep=self._stop.wait))
@@ -500,7 +504,7 @@ class Traffic:
                 value = encode_event(msgspec.structs.replace(event, user_id=key.decode()))
                 while not self._stop.is_set():
                     try:
-                        producer.produce(self.settings.topic, value, key)
+                        producer.produce(self.settings.kafka.topic, value, key)
                         break
                     except BufferError:  # the broker is slow: let the local queue drain
                         producer.poll(0.05)
@@ -596,12 +600,12 @@ class FeatureView:
 
     def _segments(self) -> dict[str, str]:
         """Watched users' segment labels (none while the segment model warms up)."""
-        if not self.settings.segments:
+        if not self.settings.audience.segments:
             return {}
         from store.feast import read_profiles
 
         try:
-            labels = {p.segment: p.label for p in read_profiles(self.store, self.settings.segments)}
+            labels = {p.segment: p.label for p in read_profiles(self.store, self.settings.audience.segments)}
             got = self.store.get_online_features(
                 features=["user_segment:segment"],
                 entity_rows=[{"user_id": self.traffic.pseudonym(u)} for u in self.watched],
@@ -616,9 +620,9 @@ class FeatureView:
         dlq = self._dlq.count()
         parts = [
             f"up {elapsed:.0f} s",
-            f"broker {self.settings.brokers}{self.broker_note}",
+            f"broker {self.settings.kafka.brokers}{self.broker_note}",
             f"{t.delivered:,} events produced ({t.produced / elapsed if elapsed else 0:,.0f}/s)",
-            f"DLQ {self.settings.dlq_topic}: {'?' if dlq is None else f'{dlq:,}'} dead letters",
+            f"DLQ {self.settings.kafka.dlq_topic}: {'?' if dlq is None else f'{dlq:,}'} dead letters",
             "waiting for the flow's first write"
             if self.first_features_s is None
             else f"first features after {self.first_features_s:.1f} s",
@@ -677,10 +681,10 @@ class _DeadLetterCount:
     def __init__(self, settings: Settings):
         from confluent_kafka import Consumer
 
-        self.topic = settings.dlq_topic
+        self.topic = settings.kafka.dlq_topic
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.brokers,
+                "bootstrap.servers": settings.kafka.brokers,
                 "group.id": f"tailor-up-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "client.id": "tailor-up-dlq-count",

@@ -117,7 +117,7 @@ def decode_message(msg: Message, max_ahead_ms: int) -> Event | DeadLetter:
 
 def decoder(settings: Settings) -> Callable[[list[Message]], list[Event | DeadLetter]]:
     """Decodes one polled batch (one Python call per batch, not per message)."""
-    max_ahead_ms = int(settings.max_ahead_s * 1000)
+    max_ahead_ms = int(settings.flow.max_ahead_s * 1000)
 
     def decode_batch(batch: list[Message]) -> list[Event | DeadLetter]:
         decoded = [decode_message(msg, max_ahead_ms) for msg in batch]
@@ -139,17 +139,15 @@ class UserActivityLogic(StatefulBatchLogic):
 
     def __init__(self, settings: Settings, resume: tuple[UserActivity, Behaviour | None] | None):
         if resume is None:
-            self.state = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+            self.state = UserActivity(settings.flow.lateness_ms, settings.flow.affinity_half_life_s)
             self.behaviour = None
         elif isinstance(resume, UserActivity):  # a snapshot from before segmentation
             self.state, self.behaviour = resume, None
         else:
             self.state, self.behaviour = resume
-        if settings.segments and self.behaviour is None:
-            self.behaviour = Behaviour(
-                settings.behaviour_half_life_s, settings.session_gap_s, settings.behaviour_max_idle_s
-            )
-        self.min_sessions = settings.min_sessions
+        if settings.audience.segments and self.behaviour is None:
+            self.behaviour = settings.audience.new_behaviour()
+        self.min_sessions = settings.audience.min_sessions
 
     def on_batch(self, events: list[Event]):
         update = self.state.update
@@ -185,20 +183,7 @@ class AudienceLogic(StatefulBatchLogic):
         self.on_audience = on_audience
         self._profiles_due = 0.0
         self._stale = False  # assignments since the last profiles written
-        self.audience = resume or Audience(
-            settings.segments,
-            warmup=settings.segment_warmup,
-            drift_warmup=settings.drift_warmup,
-            drift_reference=settings.drift_reference,
-            drift_window=settings.drift_window,
-            drift_patience=settings.drift_patience,
-            kl_threshold=settings.kl_threshold,
-            segment_kl_threshold=settings.segment_kl_threshold,
-            js_threshold=settings.js_threshold,
-            adwin_delta=settings.adwin_delta,
-            drift_action=settings.drift_action,
-            distance_step=settings.segment_distance_step,
-        )
+        self.audience = resume or settings.audience.new_audience()
 
     #: Segment profiles are rewritten at most this often (and at every re-fit, and at the end of the input).
     PROFILES_EVERY_S = 1.0
@@ -342,7 +327,7 @@ class FeatureStoreSink(FixedPartitionedSink):
         return time.monotonic() - started
 
     def list_parts(self) -> list[str]:
-        return [str(i) for i in range(self.settings.sink_parts)]
+        return [str(i) for i in range(self.settings.flow.sink_parts)]
 
     def part_fn(self, item_key: str) -> int:
         return zlib.crc32(item_key.encode())
@@ -377,10 +362,10 @@ def build_flow(
     keeps its own signal handling.
     """
     settings = settings or Settings.from_env()
-    tail = settings.tail if tail is None else tail
-    if not settings.brokers:
+    tail = settings.kafka.tail if tail is None else tail
+    if not settings.kafka.brokers:
         raise ValueError("TAILOR_BROKERS is not set: point it at Kafka (host:port), or use `tailor up`")
-    brokers = settings.brokers.split(",")
+    brokers = settings.kafka.brokers.split(",")
     readiness = FlowReadiness(settings)
     stop = threading.Event()
     signals = StopOnSignals(stop, readiness).install() if _is_flow_process() else None
@@ -389,10 +374,10 @@ def build_flow(
     flow = Dataflow("user_features")
     source = RawKafkaSource(
         brokers,
-        [settings.topic],
+        [settings.kafka.topic],
         tail=tail,
-        batch_size=settings.batch_size,
-        add_config={"fetch.wait.max.ms": str(settings.fetch_wait_ms)},
+        batch_size=settings.kafka.batch_size,
+        add_config={"fetch.wait.max.ms": str(settings.kafka.fetch_wait_ms)},
         stop=stop,
         on_assigned=readiness.assigned,
         on_fetching=readiness.fetching,
@@ -412,20 +397,22 @@ def build_flow(
     valid = op.branch("valid", decoded, lambda x: isinstance(x, Event))
     dead_letters = op.map("dead_letter", valid.falses, DeadLetter.to_sink)
     # KafkaSinkMessage with the reason
-    op.output("dlq", dead_letters, KafkaSink(brokers, settings.dlq_topic))
+    op.output("dlq", dead_letters, KafkaSink(brokers, settings.kafka.dlq_topic))
     by_user = op.key_on("by_user", valid.trues, _user_of)
     # (user_id, Event)
     users = op.stateful_batch("user_activity", by_user, lambda resume: UserActivityLogic(settings, resume))
     # (user_id, (user_id, UserActivity, UserUpdate | None))
     rows = [users]
-    if settings.segments:
+    if settings.audience.segments:
         updates = op.filter_map("to_audience", users, _to_audience)
         # ("audience", UserUpdate): one key, so every worker's updates meet on one worker
         audience = op.stateful_batch("audience", updates, lambda resume: AudienceLogic(settings, resume, on_audience))
         # ("audience", (user_id, SegmentAssignment) | ("segment_profiles", [SegmentProfile]) | DriftAlert)
         alerts = op.branch("alerts", audience, _is_alert)
         op.output(
-            "drift", op.map("drift_message", alerts.trues, alert_message), KafkaSink(brokers, settings.drift_topic)
+            "drift",
+            op.map("drift_message", alerts.trues, alert_message),
+            KafkaSink(brokers, settings.kafka.drift_topic),
         )
         rows.append(op.map("by_row_key", alerts.falses, _keyed))
         # (key, (key, SegmentAssignment | [SegmentProfile])), keyed by user or "segment_profiles"
@@ -488,9 +475,9 @@ class FlowReadiness:
 
     def __init__(self, settings: Settings):
         self.started = time.monotonic()
-        self.topic = settings.topic
-        self.online = "redis" if settings.redis_url else "sqlite"
-        self.ready_file = Path(settings.ready_file) if settings.ready_file else None
+        self.topic = settings.kafka.topic
+        self.online = "redis" if settings.redis.url else "sqlite"
+        self.ready_file = Path(settings.flow.ready_file) if settings.flow.ready_file else None
         self.loaded_s: float | None = None
         self.ready = False
         self._assigned: set[str] = set()
@@ -611,15 +598,19 @@ def flow_command(
     if addresses:
         cmd += ["-i", str(process_id or 0), "-a", addresses]
     if recovery_dir:
-        cmd += ["-r", str(recovery_dir), "-s", str(settings.epoch_s), "-b", "0"]
+        cmd += ["-r", str(recovery_dir), "-s", str(settings.flow.epoch_s), "-b", "0"]
     return cmd
 
 
 def run_flow(settings: Settings, args) -> int:
-    if not settings.brokers:
+    if not settings.kafka.brokers:
         print("tailor flow: set TAILOR_BROKERS to your Kafka (host:port), or run `tailor up`", file=sys.stderr)
         return 2
-    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic, settings.drift_topic], settings.partitions)
+    ensure_topics(
+        settings.kafka.brokers,
+        [settings.kafka.topic, settings.kafka.dlq_topic, settings.kafka.drift_topic],
+        settings.kafka.partitions,
+    )
     if args.recovery_dir:
         init_recovery(args.recovery_dir)
     cmd = flow_command(settings, args.recovery_dir, args.workers, args.process_id, args.addresses)

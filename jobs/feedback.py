@@ -93,14 +93,14 @@ def run_export(settings: Settings, args) -> int:
             )
             return 2
     else:
-        if not settings.brokers:
+        if not settings.kafka.brokers:
             print(
                 f"{COMMAND}: no Kafka broker configured; set TAILOR_BROKERS=host:port, "
                 "or pass --events FILE with the events as JSONL",
                 file=sys.stderr,
             )
             return 2
-        source = f"kafka:{settings.topic}"
+        source = f"kafka:{settings.kafka.topic}"
         try:
             join_topic(settings, join, bad)
         except RuntimeError as exc:
@@ -128,8 +128,10 @@ def join_topic(settings: Settings, join: FeedbackJoin, bad: list[str], *, progre
     DLQ), so the messages from since - max_ahead_s on hold every event from since on.
     """
     since_ms = join.since_ms
-    start_ms = None if since_ms is None else since_ms - round(settings.max_ahead_s * 1000)
-    for event in events_of_topic(settings.brokers, settings.topic, bad, progress=progress, start_ms=start_ms):
+    start_ms = None if since_ms is None else since_ms - round(settings.flow.max_ahead_s * 1000)
+    for event in events_of_topic(
+        settings.kafka.brokers, settings.kafka.topic, bad, progress=progress, start_ms=start_ms
+    ):
         join.add(event)
 
 
@@ -148,7 +150,7 @@ def default_path(settings: Settings, cutoff_ms: int) -> Path:
     stamp = datetime.fromtimestamp(cutoff_ms // 1000, tz=UTC).strftime("%Y%m%dT%H%M%S")
     if cutoff_ms % 1000:
         stamp += f".{cutoff_ms % 1000:03d}"
-    return Path(settings.feature_repo) / "data" / "feedback" / f"feedback-{stamp}Z.parquet"
+    return Path(settings.store.feature_repo) / "data" / "feedback" / f"feedback-{stamp}Z.parquet"
 
 
 def summary_of(summary: FeedbackSummary, bad: list[str], *, source: str, path: Path) -> dict:

@@ -112,11 +112,11 @@ def pseudonymizer_for(settings: Settings, args) -> Callable[[str], str] | None:
         return None
     from engine.privacy import Pseudonymizer
 
-    if not settings.pseudonym_key:
+    if not settings.api.pseudonym_key:
         raise ValueError(
             "--pseudonymize needs TAILOR_PSEUDONYM_KEY, the key the API pseudonymizes with: set it to the API's key"
         )
-    return Pseudonymizer(settings.pseudonym_key).pseudonym
+    return Pseudonymizer(settings.api.pseudonym_key).pseudonym
 
 
 def pseudonymized(events: Iterable[Event], pseudonym: Callable[[str], str] | None) -> Iterable[Event]:
@@ -465,7 +465,7 @@ def _deliver(
     ``remark`` is asked once the records are used up, so what it adds to the
     summary can depend on how far the stream got.
     """
-    if out is None and not settings.brokers:
+    if out is None and not settings.kafka.brokers:
         print(
             f"{command}: no Kafka broker configured; set TAILOR_BROKERS=host:port, "
             "or run `tailor up` for the embedded one",
@@ -493,7 +493,7 @@ def _deliver(
     bar.close()
     seconds = time.monotonic() - started
     rate = tally.count / seconds if seconds > 0 else 0.0
-    target = out or f"topic {settings.topic}"
+    target = out or f"topic {settings.kafka.topic}"
     line = f"{command}: {tally.count} events from {source} to {target} in {seconds:.2f} s ({rate:,.0f} events/s)"
     if remark is not None:
         line += remark()
@@ -515,16 +515,16 @@ def _produce(settings: Settings, records: Iterable[tuple[bytes, bytes]]) -> int:
     """Produce to the events topic; returns how many messages the broker refused."""
     from flows.kafka import ensure_topics, make_producer, produce_all
 
-    ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic], settings.partitions)
+    ensure_topics(settings.kafka.brokers, [settings.kafka.topic, settings.kafka.dlq_topic], settings.kafka.partitions)
     failures: list[str] = []
 
     def on_delivery(err, _msg) -> None:
         if err is not None:
             failures.append(str(err))
 
-    producer = make_producer(settings.brokers, on_delivery=on_delivery)
+    producer = make_producer(settings.kafka.brokers, on_delivery=on_delivery)
     try:
-        produce_all(producer, settings.topic, records)
+        produce_all(producer, settings.kafka.topic, records)
     finally:
         unsent = producer.flush(30)
     if failures:

@@ -3,7 +3,7 @@
 Two kinds of trigger feed one debounce (`engine.learning.retrain_policy.debounce`, at most one
 run per ``TAILOR_RETRAIN_MIN_INTERVAL_S``):
 
-- drift: the flow writes each `DriftAlert` as JSON to ``settings.drift_topic``; the
+- drift: the flow writes each `DriftAlert` as JSON to ``settings.kafka.drift_topic``; the
   watch reads them with the offsets of the consumer group ``tailor-retrain`` (a restart
   goes on where it stopped; a first start reads only alerts sent from then on) and
   asks `drift_reason` whether an alert counts. On when ``TAILOR_RETRAIN_ON_DRIFT`` is
@@ -143,7 +143,7 @@ def watch(
             store.get_feature_view(ARM_VIEW)
         except FeatureViewNotFoundException:
             raise RuntimeError(
-                f"feature view {ARM_VIEW!r} is not registered in {settings.feature_repo}: run "
+                f"feature view {ARM_VIEW!r} is not registered in {settings.store.feature_repo}: run "
                 "`tailor apply` (the flow writes the arm counters there)"
             ) from None
     watcher = RetrainWatch(on_trigger, min_interval_s=min_interval_s, arms=arms, store=store, clock=clock)
@@ -164,9 +164,11 @@ def watch(
                     try:
                         reason = drift_reason(decode(message.value()), features)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        log.warning("skipping a message on %s that is not a drift alert: %s", settings.drift_topic, exc)
+                        log.warning(
+                            "skipping a message on %s that is not a drift alert: %s", settings.kafka.drift_topic, exc
+                        )
                 elif message is not None:
-                    log.warning("drift topic %s: %s", settings.drift_topic, message.error())
+                    log.warning("drift topic %s: %s", settings.kafka.drift_topic, message.error())
             elif stop is not None:
                 stop.wait(max(0.0, min(poll_s, next_check - time.monotonic())))
             else:
@@ -187,10 +189,10 @@ def _drift_consumer(settings: Settings, group: str):
 
     from flows.kafka import ensure_topics
 
-    ensure_topics(settings.brokers, [settings.drift_topic], settings.partitions)
+    ensure_topics(settings.kafka.brokers, [settings.kafka.drift_topic], settings.kafka.partitions)
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.brokers,
+            "bootstrap.servers": settings.kafka.brokers,
             "group.id": group,
             "enable.auto.commit": True,
             "client.id": "tailor-retrain-watch",
@@ -199,8 +201,10 @@ def _drift_consumer(settings: Settings, group: str):
     # Explicit assignment of every partition (one watcher reads all alerts; no rebalance to wait
     # for), positions from the group's committed offsets; a partition never committed starts at
     # its current end, so a first start reads alerts sent from now on.
-    partitions = consumer.list_topics(settings.drift_topic, timeout=10).topics[settings.drift_topic].partitions
-    positions = consumer.committed([TopicPartition(settings.drift_topic, p) for p in partitions], timeout=10)
+    partitions = (
+        consumer.list_topics(settings.kafka.drift_topic, timeout=10).topics[settings.kafka.drift_topic].partitions
+    )
+    positions = consumer.committed([TopicPartition(settings.kafka.drift_topic, p) for p in partitions], timeout=10)
     for position in positions:
         if position.offset < 0:
             position.offset = consumer.get_watermark_offsets(position, timeout=10)[1]
@@ -211,7 +215,7 @@ def _drift_consumer(settings: Settings, group: str):
 def export_fresh_feedback(settings: Settings, *, window_h: float = 24.0, cutoff_ms: int | None = None) -> Path:
     """`tailor feedback export` as of now (the events topic to its end), to its default path; returns the path.
 
-    It covers ``settings.retrain_feedback_days`` before the cut-off (0: the whole topic).
+    It covers ``settings.retrain.feedback_days`` before the cut-off (0: the whole topic).
 
     Raises `RuntimeError` when the topic cannot be read and `OSError` when the file
     cannot be written.
@@ -221,13 +225,13 @@ def export_fresh_feedback(settings: Settings, *, window_h: float = 24.0, cutoff_
     from jobs.produce import now_ms
 
     cutoff_ms = now_ms() if cutoff_ms is None else cutoff_ms
-    days = settings.retrain_feedback_days
+    days = settings.retrain.feedback_days
     since_ms = cutoff_ms - round(days * 86_400_000) if days > 0 else None
     join = FeedbackJoin(cutoff_ms, max(1, round(window_h * 3_600_000)), since_ms)
     bad: list[str] = []
     join_topic(settings, join, bad, progress=False)
     path = default_path(settings, cutoff_ms)
-    rows, report = write_export(join, bad, source=f"kafka:{settings.topic}", path=path)
+    rows, report = write_export(join, bad, source=f"kafka:{settings.kafka.topic}", path=path)
     print(
         f"{COMMAND}: exported {len(rows)} rows of feedback ({report['exposures']} exposures, "
         f"{report['outcomes_counted']} outcomes counted, cut-off {report['cutoff']}) to {path}",
@@ -292,7 +296,7 @@ def run_watch(
     except ValueError as exc:
         print(f"{COMMAND}: {exc}", file=sys.stderr)
         return 2
-    drift = settings.retrain_on_drift if args.drift is None else args.drift
+    drift = settings.retrain.on_drift if args.drift is None else args.drift
     if not drift and not arms:
         print(
             f"{COMMAND}: nothing to watch: drift triggers are off (TAILOR_RETRAIN_ON_DRIFT=false or --no-drift) "
@@ -300,7 +304,7 @@ def run_watch(
             file=sys.stderr,
         )
         return 2
-    if not settings.brokers and (drift or not args.feedback):
+    if not settings.kafka.brokers and (drift or not args.feedback):
         needs = " and ".join(
             n for n in ("drift alerts" if drift else "", "" if args.feedback else "fresh feedback") if n
         )
@@ -329,7 +333,7 @@ def run_watch(
 
     watched = []
     if drift:
-        watched.append(f"drift alerts from {settings.drift_topic}")
+        watched.append(f"drift alerts from {settings.kafka.drift_topic}")
     for arm in arms:
         rules = [
             f"under {arm.floor:g}" if arm.floor else "",
@@ -342,14 +346,14 @@ def run_watch(
     data = f"on {args.feedback}" if args.feedback else "on feedback exported afresh for each run"
     print(
         f"{COMMAND}: retraining {data} on {'; '.join(watched)}, at most once per "
-        f"{settings.retrain_min_interval_s:g} s (Ctrl-C stops)",
+        f"{settings.retrain.min_interval_s:g} s (Ctrl-C stops)",
         file=sys.stderr,
     )
     try:
         watch(
             settings,
             on_trigger,
-            min_interval_s=settings.retrain_min_interval_s,
+            min_interval_s=settings.retrain.min_interval_s,
             drift=drift,
             arms=arms,
             check_every_s=args.check_every_s,

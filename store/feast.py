@@ -61,7 +61,7 @@ ARM_FLOATS = frozenset({"value_sum", "value_sum_sq"})
 FIRST_EXPOSURE_VIEW = "user_experiment"
 #: The user_experiment feature holding the user's first arm.
 FIRST_ARM = "arm"
-_DEFAULT_REPO = Path(Settings().feature_repo)
+_DEFAULT_REPO = Path(Settings().store.feature_repo)
 OFFLINE_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -73,27 +73,27 @@ OFFLINE_SCHEMA = pa.schema(
 
 
 def open_store(settings: Settings, *, redis_timeout_ms: float | None = None) -> FeatureStore:
-    """The Feast store of ``settings.feature_repo``, on Redis when ``redis_url`` is set.
+    """The Feast store of ``settings.store.feature_repo``, on Redis when ``redis_url`` is set.
 
-    Redis calls wait at most ``redis_timeout_ms`` (default ``settings.redis_timeout_ms``)
+    Redis calls wait at most ``redis_timeout_ms`` (default ``settings.redis.timeout_ms``)
     and go through the server's circuit breaker (`store.redis_online`).
     """
-    repo = Path(settings.feature_repo)
+    repo = Path(settings.store.feature_repo)
     yaml_path = repo / "feature_store.yaml"
     if not yaml_path.is_file():
         raise FileNotFoundError(f"no feature_store.yaml in {repo}: set TAILOR_FEATURE_REPO to a Feast repository")
     raw = yaml.safe_load(os.path.expandvars(yaml_path.read_text()))
-    if settings.redis_url:
+    if settings.redis.url:
         # skip_dedup: every write is the user's newest state, so the read-before-write
         # timestamp check Feast would do costs a round trip and saves nothing.
         from store.redis_online import STORE_TYPE
 
         raw["online_store"] = {
             "type": STORE_TYPE,
-            "connection_string": settings.redis_url,
+            "connection_string": settings.redis.url,
             "skip_dedup": True,
-            "timeout_ms": redis_timeout_ms or settings.redis_timeout_ms,
-            "breaker_s": settings.redis_breaker_s,
+            "timeout_ms": redis_timeout_ms or settings.redis.timeout_ms,
+            "breaker_s": settings.redis.breaker_s,
         }
     (repo / "data").mkdir(exist_ok=True)
     return FeatureStore(repo_path=str(repo), config=RepoConfig(repo_path=repo, **raw))
@@ -107,7 +107,7 @@ def new_repo(settings: Settings, folder: str | os.PathLike) -> Settings:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(_DEFAULT_REPO / "feature_store.yaml", folder)
-    fresh = msgspec.structs.replace(settings, feature_repo=str(folder))
+    fresh = settings.replace(feature_repo=str(folder))
     apply_definitions(open_store(fresh))
     return fresh
 
@@ -163,7 +163,7 @@ def run_apply(settings: Settings, args) -> int:
     if args.repo:
         settings = Settings.from_env(feature_repo=args.repo)
     apply_definitions(open_store(settings))
-    print(f"applied Tailor's feature definitions to {settings.feature_repo}")
+    print(f"applied Tailor's feature definitions to {settings.store.feature_repo}")
     return 0
 
 
@@ -182,14 +182,14 @@ class FeatureWriter:
     """
 
     def __init__(self, settings: Settings, store: FeatureStore | None = None, offline: bool = True):
-        self.store = store or open_store(settings, redis_timeout_ms=settings.redis_write_timeout_ms)
-        self.retry_max_s = settings.redis_retry_max_s
+        self.store = store or open_store(settings, redis_timeout_ms=settings.redis.write_timeout_ms)
+        self.retry_max_s = settings.redis.retry_max_s
         self.view = self.store.get_feature_view(TILES_VIEW)
         self.config = self.store.config
         self.online = self.store._get_provider().online_store
         self.offline = offline
         self.offline_path = offline_dir(self.store)
-        self.offline_flush_rows = settings.offline_flush_rows
+        self.offline_flush_rows = settings.flow.offline_flush_rows
         self._offline_rows: list[tuple] = []
         self._entity_keys: dict[str, bytes] = {}
         self._sqlite = self._sqlite_upsert()

@@ -64,9 +64,13 @@ def make_settings(broker, feature_repo):
             "partitions": 3,
         }
         values.update(overrides)
-        settings = Settings(**values)
+        settings = Settings.of(**values)
         apply_definitions(open_store(settings))
-        ensure_topics(settings.brokers, [settings.topic, settings.dlq_topic, settings.drift_topic], settings.partitions)
+        ensure_topics(
+            settings.kafka.brokers,
+            [settings.kafka.topic, settings.kafka.dlq_topic, settings.kafka.drift_topic],
+            settings.kafka.partitions,
+        )
         return settings
 
     return make

@@ -13,8 +13,8 @@ def produce_events(settings, events: list[Event]) -> None:
 
 
 def produce_raw(settings, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = make_producer(settings.brokers, **{"message.max.bytes": 2_000_000})
-    produce_all(producer, settings.topic, records)
+    producer = make_producer(settings.kafka.brokers, **{"message.max.bytes": 2_000_000})
+    produce_all(producer, settings.kafka.topic, records)
     assert producer.flush(30) == 0, "producer did not deliver everything"
 
 
@@ -24,7 +24,7 @@ def consume_all(brokers: str, topic: str, expected: int, timeout_s: float = 20.0
 
 
 def dead_letters(settings, expected: int) -> list[dict]:
-    return [json.loads(m.value()) for m in consume_all(settings.brokers, settings.dlq_topic, expected)]
+    return [json.loads(m.value()) for m in consume_all(settings.kafka.brokers, settings.kafka.dlq_topic, expected)]
 
 
 def online_features(settings, user_ids: list[str]) -> dict[str, list]:

@@ -53,7 +53,7 @@ def test_events_are_pseudonymized_and_bad_ones_get_a_reason(api_settings):
         assert one.status_code == 202 and one.json()["accepted"] == 1
         for bad, status in ((b"{not json", 400), (b"[]", 400), (json.dumps([batch[0]] * 1001).encode(), 413)):
             assert client.post("/v1/events", content=bad, headers=HEADERS).status_code == status
-    sent = [json.loads(m.value()) for m in consume_all(api_settings.brokers, api_settings.topic, 3)]
+    sent = [json.loads(m.value()) for m in consume_all(api_settings.kafka.brokers, api_settings.kafka.topic, 3)]
     assert len(sent) == 3
     alice = Pseudonymizer(KEY).pseudonym("alice@example.com")
     assert {e["user_id"] for e in sent} == {alice, Pseudonymizer(KEY).pseudonym("bob")}

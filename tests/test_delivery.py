@@ -132,7 +132,7 @@ def test_a_stopped_broker_gets_503_never_202_and_every_202_is_in_the_topic(event
         assert client.get("/readyz").json()["broker"] == "ok"
         metrics = client.get("/metrics").text
         assert 'tailor_events_delivery_failed_total{reason="timed_out"}' in metrics
-    in_topic = topic_ids(own_broker.address, settings.topic, set(accepted))
+    in_topic = topic_ids(own_broker.address, settings.kafka.topic, set(accepted))
     assert len(accepted) >= 100
     missing = sorted(set(accepted) - set(in_topic))
     assert not missing, f"{len(missing)} events answered 202 are not in the topic: {missing[:5]}"
@@ -167,7 +167,7 @@ def test_a_full_producer_queue_is_503_and_the_api_recovers_by_itself(events_sett
 
 def test_a_dead_broker_address_is_503_at_once(make_settings):
     settings = make_settings(pseudonym_key=KEY, api_keys="ingester=ingest+serve")
-    dead = msgspec.structs.replace(settings, brokers=f"127.0.0.1:{free_port()}")
+    dead = settings.replace(brokers=f"127.0.0.1:{free_port()}")
     with TestClient(app=create_app(dead)) as client:
         time.sleep(0.5)  # librdkafka's first connection attempt is refused within milliseconds
         for i in range(3):
@@ -191,7 +191,7 @@ def test_a_batch_is_validated_whole_before_any_of_it_is_produced(make_settings, 
         assert response.json()["accepted"] == 3
         assert [(r["index"], "user_id" in r["reason"]) for r in response.json()["rejected"]] == [(2, True)]
     expected = {"whole-0", "whole-1", "whole-3"}
-    assert sorted(topic_ids(broker.address, settings.topic, expected)) == sorted(expected)
+    assert sorted(topic_ids(broker.address, settings.kafka.topic, expected)) == sorted(expected)
 
 
 def dropped_impressions(client) -> float:
@@ -206,7 +206,7 @@ def test_impressions_never_wedge_personalize_and_are_logged_again_once_the_broke
     ask = {"user_id": "ann", "slot": "headline"}
     with TestClient(app=create_app(settings)) as client:
         first = client.post("/v1/personalize", json=ask, headers=HEADERS).json()["exposure_id"]
-        assert first in topic_ids(own_broker.address, settings.topic, {first})  # delivered before the stop
+        assert first in topic_ids(own_broker.address, settings.kafka.topic, {first})  # delivered before the stop
         before = dropped_impressions(client)
         os.kill(own_broker._proc.pid, signal.SIGSTOP)
         try:
@@ -223,7 +223,7 @@ def test_impressions_never_wedge_personalize_and_are_logged_again_once_the_broke
         assert dropped == 12, f"{dropped} of the 12 impressions sent while the broker was stopped counted as dropped"
         wait_for_202(client, "back")
         logged = client.post("/v1/personalize", json=ask, headers=HEADERS).json()["exposure_id"]
-    assert logged in topic_ids(own_broker.address, settings.topic, {logged})
+    assert logged in topic_ids(own_broker.address, settings.kafka.topic, {logged})
 
 
 def test_the_producer_is_freed_at_shutdown_and_stops_reconnecting(make_settings):
@@ -232,7 +232,7 @@ def test_the_producer_is_freed_at_shutdown_and_stops_reconnecting(make_settings)
     import weakref
 
     settings = make_settings(pseudonym_key=KEY, api_keys="ingester=ingest+serve")
-    dead = msgspec.structs.replace(settings, brokers=f"127.0.0.1:{free_port()}")
+    dead = settings.replace(brokers=f"127.0.0.1:{free_port()}")
     with TestClient(app=create_app(dead)) as client:
         assert post(client, batch("gone", 2))[0].status_code == 503
         producer = weakref.ref(client.app.state.events)

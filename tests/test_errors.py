@@ -15,10 +15,10 @@ def test_a_broker_that_is_down_is_named_in_the_error():
 
 
 def test_flow_without_a_broker_says_what_to_set(capsys):
-    assert run_flow(Settings(brokers=""), build_parser().parse_args(["flow"])) == 2
+    assert run_flow(Settings.of(brokers=""), build_parser().parse_args(["flow"])) == 2
     assert "TAILOR_BROKERS" in capsys.readouterr().err
     with pytest.raises(ValueError, match="TAILOR_BROKERS"):
-        build_flow(Settings(brokers=""))
+        build_flow(Settings.of(brokers=""))
 
 
 def test_malformed_setting_is_a_clear_error():
@@ -33,7 +33,7 @@ def test_segmentation_settings_are_checked():
         Settings.from_env({"TAILOR_DRIFT_ACTION": "panic"})
     with pytest.raises(ValueError, match="TAILOR_SEGMENTS must be 0"):
         Settings.from_env({"TAILOR_SEGMENTS": "1"})
-    assert Settings.from_env({"TAILOR_SEGMENTS": "0"}).segments == 0
+    assert Settings.from_env({"TAILOR_SEGMENTS": "0"}).audience.segments == 0
 
 
 # -- the API: no 500 for what a client sent, and a 500 that can be traced -------------------------------------

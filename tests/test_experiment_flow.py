@@ -139,7 +139,7 @@ def test_each_users_first_arm_is_recorded_for_sticky_assignment(make_settings):
     produce_events(settings, events + events)  # a replay writes the same rows
     run_main(build_flow(settings, tail=False))
     store = open_store(settings)
-    reader = OnlineReader(store, settings.segments)
+    reader = OnlineReader(store, settings.audience.segments)
     # u1 saw "b" after "a": still "a" (first exposure); u4 was never exposed; nobody saw experiment "nope".
     got = {
         (user, experiment): reader.first_arm(user, experiment)

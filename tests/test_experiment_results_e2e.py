@@ -69,8 +69,8 @@ def send_events(client, events: list[dict]) -> None:
 
 def count_through_the_flow(settings, messages: int) -> None:
     """Wait until the API's producer delivered ``messages`` records, then run the flow to the topic's end."""
-    landed = consume_all(settings.brokers, settings.topic, messages, timeout_s=30)
-    assert len(landed) == messages, f"{len(landed)} of {messages} records reached {settings.topic}"
+    landed = consume_all(settings.kafka.brokers, settings.kafka.topic, messages, timeout_s=30)
+    assert len(landed) == messages, f"{len(landed)} of {messages} records reached {settings.kafka.topic}"
     run_main(build_flow(settings, tail=False))
 
 
@@ -271,10 +271,10 @@ def test_the_bandit_refresh_interval_comes_from_the_settings(tmp_path):
     from api.experiments import open_experiments
     from config.settings import Settings
 
-    settings = Settings(feature_repo=str(tmp_path), bandit_every_s=0.2)
+    settings = Settings.of(feature_repo=str(tmp_path), bandit_every_s=0.2)
     live = open_experiments(settings, feature_store=None)
     try:
-        assert live.bandit_every_s == settings.bandit_every_s
+        assert live.bandit_every_s == settings.api.bandit_every_s
     finally:
         live.store.close()
 

@@ -93,7 +93,7 @@ def test_every_response_logs_an_impression_with_what_was_served(api_settings):
         bodies = [serve(client, f"user-{n}") for n in range(5)] + [serve(client, "user-9", "cta")]
     events = {
         json.loads(m.value())["event_id"]: json.loads(m.value())
-        for m in consume_all(settings.brokers, settings.topic, len(bodies))
+        for m in consume_all(settings.kafka.brokers, settings.kafka.topic, len(bodies))
     }
     assert len(events) == len(bodies)
     for body in bodies:

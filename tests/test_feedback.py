@@ -262,8 +262,8 @@ def test_export_from_kafka_reads_the_topic_to_its_end(make_settings, tmp_path, c
     produce_raw(settings, [(b"u9", b"not json")])
     assert run_feedback(settings, export_args("--cutoff", str(T0 + 4 * HOUR), "--window-h", "2")) == 0
     summary = json.loads(capsys.readouterr().out)
-    expected_path = Path(settings.feature_repo) / "data" / "feedback" / "feedback-20260101T040000Z.parquet"
-    assert summary["path"] == str(expected_path) and summary["source"] == f"kafka:{settings.topic}"
+    expected_path = Path(settings.store.feature_repo) / "data" / "feedback" / "feedback-20260101T040000Z.parquet"
+    assert summary["path"] == str(expected_path) and summary["source"] == f"kafka:{settings.kafka.topic}"
     rows = read_rows(expected_path)
     # A 2 h window: the purchase 3 h after its exposure no longer counts.
     assert sorted(rows, key=lambda r: r.text) == [
@@ -292,12 +292,12 @@ def test_export_since_leaves_out_what_kafka_holds_from_before(make_settings, cap
     from flows.kafka import make_producer
 
     settings = make_settings()
-    producer = make_producer(settings.brokers)
+    producer = make_producer(settings.kafka.brokers)
     old, new = point_in_time_events()[:2], point_in_time_events()[3:]
     for event in old:  # messages stamped at their event time, two hours before --since
-        producer.produce(settings.topic, encode_event(event), event.user_id.encode(), timestamp=event.ts)
+        producer.produce(settings.kafka.topic, encode_event(event), event.user_id.encode(), timestamp=event.ts)
     for event in new:
-        producer.produce(settings.topic, encode_event(event), event.user_id.encode(), timestamp=event.ts)
+        producer.produce(settings.kafka.topic, encode_event(event), event.user_id.encode(), timestamp=event.ts)
     assert producer.flush(30) == 0
     since = T0 + 2 * HOUR + 10 * MIN  # past the old ones by more than TAILOR_MAX_AHEAD_S (5 min)
     assert run_feedback(settings, export_args("--cutoff", str(T0 + 4 * HOUR), "--since", str(since))) == 0
@@ -319,7 +319,7 @@ def test_export_since_leaves_out_what_kafka_holds_from_before(make_settings, cap
     ],
 )
 def test_bad_input_is_a_clear_error_with_code_2(argv, says, capsys):
-    assert run_feedback(Settings(brokers=""), export_args(*argv)) == 2
+    assert run_feedback(Settings.of(brokers=""), export_args(*argv)) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and err.count("\n") == 1
 
@@ -333,15 +333,17 @@ def test_unreadable_or_unwritable_files_are_code_2(tmp_path, capsys, monkeypatch
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code = run_feedback(Settings(brokers=""), export_args("--events", str(events), "--out", str(blocker / "x.parquet")))
+    code = run_feedback(
+        Settings.of(brokers=""), export_args("--events", str(events), "--out", str(blocker / "x.parquet"))
+    )
     assert code == 2 and "cannot write" in capsys.readouterr().err
     monkeypatch.setattr("jobs.feedback.events_of_file", refuse)
-    assert run_feedback(Settings(brokers=""), export_args("--events", str(events))) == 2
+    assert run_feedback(Settings.of(brokers=""), export_args("--events", str(events))) == 2
     assert "Permission denied" in capsys.readouterr().err
 
 
 def test_no_broker_and_no_file_says_what_to_do(capsys):
-    assert run_feedback(Settings(brokers=""), export_args()) == 2
+    assert run_feedback(Settings.of(brokers=""), export_args()) == 2
     assert "--events FILE" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         export_args("--window-h", "0")

@@ -29,7 +29,7 @@ class FlowProcess:
 
     def __init__(self, settings, recovery, log_path):
         init_recovery(recovery)
-        self.ready_file = settings.ready_file
+        self.ready_file = settings.flow.ready_file
         self.log_path = log_path
         env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
         with open(log_path, "ab") as log:
@@ -131,7 +131,7 @@ def test_a_signal_stops_a_running_flow_cleanly_within_seconds(make_settings, flo
     log = flow.log()
     assert code == 0, log
     assert took_s < 3.0, f"stopping took {took_s:.1f} s"
-    assert not os.path.exists(settings.ready_file)
+    assert not os.path.exists(settings.flow.ready_file)
     assert f"tailor flow: {signal.Signals(sig).name}: stopping" in log
     assert "Traceback" not in log and "panicked" not in log, log
     # The offline (Parquet) buffer was flushed on the way out ...
@@ -162,7 +162,9 @@ def test_a_flow_restarted_after_sigterm_keeps_its_state(make_settings, flow_proc
     second.wait_ready()
     produce_events(settings, clicks("keeper", 3, first=5))
     assert wait_lifetime_events(settings, "keeper", 8) == 8  # the count goes on from the first run's 5
-    assert len(consume_all(settings.brokers, settings.dlq_topic, expected=2, timeout_s=3.0)) == 1  # nothing replayed
+    assert (
+        len(consume_all(settings.kafka.brokers, settings.kafka.dlq_topic, expected=2, timeout_s=3.0)) == 1
+    )  # nothing replayed
     code, _ = second.stop(signal.SIGTERM)
     assert code == 0, second.log()
 
@@ -187,7 +189,7 @@ def test_bench_freshness_cold_prints_one_json_object(broker, capsys):
     from config.settings import Settings
 
     args = Namespace(cold=True, rate=200.0, users=100, backlog=500, first_probes=3, seconds=0.0, no_recovery=False)
-    assert run_cold(Settings(brokers=broker.address), args) == 0
+    assert run_cold(Settings.of(brokers=broker.address), args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["bench"] == "freshness_cold" and result["exit_code"] == 0, result
     assert result["ready_ms"] > 0 and result["cold_servable_ms"] is not None, result

@@ -11,7 +11,7 @@ def test_bench_freshness_live_prints_lag_and_drains(capsys):
 
     args = Namespace(live=True, cold=False, rate=300.0, users=100, seconds=6.0, drain_timeout=60.0, no_recovery=False)
     # No brokers: the benchmark starts its own embedded broker (and samples its CPU).
-    assert run_live(Settings(brokers=""), args) == 0
+    assert run_live(Settings.of(brokers=""), args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["bench"] == "freshness_live" and result["broker"] == "embedded", result
     assert result["produced_events"] > 300, result  # the load ran (plus the probes)

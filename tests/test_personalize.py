@@ -33,7 +33,7 @@ ITEM = {
 def seed_user(settings, user_id: str, *, clicks: int = 3, category: str = "shoes", segment: int | None = 2) -> str:
     """Write a user's activity (and segment, with its profile) straight into the online store."""
     pseudonym = Pseudonymizer(KEY).pseudonym(user_id)
-    activity = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+    activity = UserActivity(settings.flow.lateness_ms, settings.flow.affinity_half_life_s)
     now = now_ms()
     for n in range(clicks):
         activity.update(
@@ -121,7 +121,7 @@ def test_context_is_rendered_literally_and_never_stored(api_settings):
             r = personalize(client, slot="email_subject", context={"first_name": name})
             assert r.status_code == 200, r.text
             assert r.json()["content"]["text"].startswith(f"Hi {name}: ")
-    stored = b"".join(p.read_bytes() for p in Path(settings.feature_repo).rglob("*") if p.is_file())
+    stored = b"".join(p.read_bytes() for p in Path(settings.store.feature_repo).rglob("*") if p.is_file())
     assert b"Zebulon" not in stored and b"__mro__" not in stored
 
 

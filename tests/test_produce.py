@@ -25,7 +25,7 @@ def args(*argv):
 
 
 def no_broker():
-    return Settings(brokers="")
+    return Settings.of(brokers="")
 
 
 DAY_MS = 86_400_000
@@ -130,7 +130,7 @@ def test_paced_spaces_items_by_the_rate():
 
 def broker_settings(broker):
     suffix = uuid.uuid4().hex[:8]
-    return Settings(brokers=broker.address, topic=f"events-{suffix}", dlq_topic=f"dlq-{suffix}", partitions=3)
+    return Settings.of(brokers=broker.address, topic=f"events-{suffix}", dlq_topic=f"dlq-{suffix}", partitions=3)
 
 
 def consume_all(settings, expected, timeout_s=20.0):
@@ -143,14 +143,14 @@ def consume_all(settings, expected, timeout_s=20.0):
 
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.brokers,
+            "bootstrap.servers": settings.kafka.brokers,
             "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
         }
     )
-    partitions = consumer.list_topics(settings.topic, timeout=10).topics[settings.topic].partitions
-    consumer.assign([TopicPartition(settings.topic, p, 0) for p in partitions])
+    partitions = consumer.list_topics(settings.kafka.topic, timeout=10).topics[settings.kafka.topic].partitions
+    consumer.assign([TopicPartition(settings.kafka.topic, p, 0) for p in partitions])
     messages = []
     deadline = time.monotonic() + timeout_s
     quiet_until = None
@@ -429,7 +429,7 @@ def test_dry_run_produces_nothing(broker, tmp_path, capsys):
     assert run_replay(settings, args("replay", str(path), "--rebase-time", "--dry-run")) == 0
     assert json.loads(capsys.readouterr().out)["valid"] == 100
     topics = AdminClient({"bootstrap.servers": broker.address}).list_topics(timeout=10).topics
-    assert settings.topic not in topics
+    assert settings.kafka.topic not in topics
 
 
 # -- user ids: as given, or pseudonymized as the API does (issue 13) ----------------------------
@@ -458,7 +458,7 @@ def test_simulate_pseudonymize_writes_the_apis_pseudonyms(tmp_path, capsys):
     from engine.privacy import Pseudonymizer
 
     raw, pseudo = tmp_path / "raw.jsonl", tmp_path / "pseudo.jsonl"
-    settings = Settings(brokers="", pseudonym_key=PSEUDONYM_KEY)
+    settings = Settings.of(brokers="", pseudonym_key=PSEUDONYM_KEY)
     common = ("simulate", "--events", "200", "--users", "20", "--start", START)
     assert run_simulate(settings, args(*common, "--out", str(raw))) == 0
     assert "user ids as given" in capsys.readouterr().err

@@ -379,8 +379,8 @@ def test_a_read_against_a_refused_redis_fails_at_once_and_then_without_trying(ma
     from store.redis_guard import StoreUnavailable
 
     settings = make_settings()  # definitions applied (the registry is a file)
-    refused = msgspec.structs.replace(settings, redis_url=f"127.0.0.1:{free_port()}")
-    reader = OnlineReader(open_store(refused), refused.segments)
+    refused = settings.replace(redis_url=f"127.0.0.1:{free_port()}")
+    reader = OnlineReader(open_store(refused), refused.audience.segments)
     times = []
     for _ in range(3):
         started = time.monotonic()
@@ -476,9 +476,7 @@ def test_flow_survives_a_redis_outage_and_its_features_are_complete(make_setting
         time.sleep(12)  # the flow meets the outage: it must retry, not exit
         assert proc.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
         redis.start()
-        reference = uninterrupted_run(
-            msgspec.structs.replace(settings, redis_url="", ready_file=""), tmp_path / "reference"
-        )
+        reference = uninterrupted_run(settings.replace(redis_url="", ready_file=""), tmp_path / "reference")
         expected = online_states(reference, users)
         assert all(expected.values())
         _wait(lambda: online_states(settings, users) == expected, 60, proc, tmp_path / "flow.log")

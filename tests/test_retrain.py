@@ -438,8 +438,8 @@ def test_watch_retrains_on_drift_alerts_at_most_once_per_interval(broker):
     from flows.kafka import ensure_topics
     from jobs.retrain_watch import watch
 
-    settings = Settings(brokers=broker.address, drift_topic=f"drift-{uuid.uuid4().hex[:8]}")
-    ensure_topics(settings.brokers, [settings.drift_topic], 1)
+    settings = Settings.of(brokers=broker.address, drift_topic=f"drift-{uuid.uuid4().hex[:8]}")
+    ensure_topics(settings.kafka.brokers, [settings.kafka.drift_topic], 1)
     now = [1000.0]
     reasons: list[str] = []
     stop, ready = threading.Event(), threading.Event()
@@ -457,10 +457,10 @@ def test_watch_retrains_on_drift_alerts_at_most_once_per_interval(broker):
         },
     )
     watcher.start()
-    producer = Producer({"bootstrap.servers": settings.brokers})
+    producer = Producer({"bootstrap.servers": settings.kafka.brokers})
 
     def send(value: bytes) -> None:
-        producer.produce(settings.drift_topic, value)
+        producer.produce(settings.kafka.drift_topic, value)
         producer.flush(10)
 
     def alert(feature: str) -> bytes:

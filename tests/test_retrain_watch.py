@@ -82,7 +82,7 @@ def test_readings_wait_for_enough_new_users_and_restart_when_counters_go_back():
 def test_an_unapplied_feature_repo_is_a_clear_error(feature_repo, capsys):
     from config.settings import Settings
 
-    settings = Settings(brokers="127.0.0.1:1", feature_repo=str(feature_repo))
+    settings = Settings.of(brokers="127.0.0.1:1", feature_repo=str(feature_repo))
     args = retrain_args("--no-drift", "--arm", "hero/b", "--floor", "0.02", "--feedback", "f.parquet")
     assert run_watch(settings, args, lambda *a: None) == 2
     err = capsys.readouterr().err
@@ -164,9 +164,9 @@ def test_one_watch_process_serves_drift_and_threshold_triggers_through_one_debou
         assert ready.wait(30), "the watch never started"
         write(writer, arm("a", 1400, 70), arm("b", 1400, 51))  # b: 1 of 400 new users converted
         wait_for(lambda: runs, "the threshold run")
-        producer = Producer({"bootstrap.servers": settings.brokers})
+        producer = Producer({"bootstrap.servers": settings.kafka.brokers})
         producer.produce(
-            settings.drift_topic,
+            settings.kafka.drift_topic,
             msgspec.json.encode(
                 DriftAlert(
                     feature="clicks_5m",
@@ -219,7 +219,7 @@ def test_one_watch_process_serves_drift_and_threshold_triggers_through_one_debou
 def test_watch_options_that_cannot_work_are_code_2(argv, on_drift, says, capsys):
     from config.settings import Settings
 
-    settings = Settings(brokers="", retrain_on_drift=on_drift)
+    settings = Settings.of(brokers="", retrain_on_drift=on_drift)
     assert run_watch(settings, retrain_args(*argv), lambda *a: None) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
@@ -279,10 +279,10 @@ def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_sett
     write(writer, arm("b", 1000, 50))
     registry = tmp_path / "registry"
     for name, value in {
-        "BROKERS": settings.brokers,
-        "TOPIC": settings.topic,
-        "DRIFT_TOPIC": settings.drift_topic,
-        "FEATURE_REPO": settings.feature_repo,
+        "BROKERS": settings.kafka.brokers,
+        "TOPIC": settings.kafka.topic,
+        "DRIFT_TOPIC": settings.kafka.drift_topic,
+        "FEATURE_REPO": settings.store.feature_repo,
         "MODEL_DIR": str(tmp_path / "onnx"),
         "MODEL_REGISTRY": str(registry),
         "RETRAIN_MIN_INTERVAL_S": "3600",
@@ -350,7 +350,7 @@ def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_sett
     (record,) = runs(registry)
     assert record.trigger == "threshold" and record.reason.startswith("threshold: hero/b conversion rate 0 is under")
     path = Path(record.data.feedback)
-    assert path.is_file() and path.parent == Path(settings.feature_repo).resolve() / "data" / "feedback"
+    assert path.is_file() and path.parent == Path(settings.store.feature_repo).resolve() / "data" / "feedback"
     rows = sorted(pq.read_table(path).to_pylist(), key=lambda r: r["text"])
     assert [(r["text"], r["impressions"], r["clickers"], r["converters"]) for r in rows] == [
         ("Deals end soon", 1, 1, 0),

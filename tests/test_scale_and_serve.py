@@ -48,7 +48,7 @@ def test_feast_serve_returns_features_finished_at_read_time(make_settings):
     feast = os.path.join(os.path.dirname(sys.executable), "feast")
     server = subprocess.Popen(
         [feast, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=settings.feature_repo,
+        cwd=settings.store.feature_repo,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

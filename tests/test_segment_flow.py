@@ -65,7 +65,7 @@ def test_segments_recover_profiles_through_feast_with_one_and_two_workers(make_s
     assert ari_two >= 0.5
 
     # The profiles: in Feast, and printed by `tailor segments`.
-    profiles = read_profiles(open_store(settings), settings.segments)
+    profiles = read_profiles(open_store(settings), settings.audience.segments)
     assert len(profiles) == 4 and sum(p.size for p in profiles) >= 0.95 * USERS
     assert any("email-driven" in p.label for p in profiles)
     assert run_segments(settings, argparse.Namespace(json=False)) == 0
@@ -108,14 +108,16 @@ def test_an_injected_drift_reaches_the_drift_topic(make_settings):
     settings = make_settings(tail=False, drift_warmup=300_000, drift_action="refit")
     simulated(settings, n=800_000, drift=Drift(at_event=600_000, shares=dict(DEFAULT_DRIFT_SHARES)))
     run_main(build_flow(settings))
-    alerts = [json.loads(m.value()) for m in read_topic(settings.brokers, settings.drift_topic, 1, timeout_s=10)]
+    alerts = [
+        json.loads(m.value()) for m in read_topic(settings.kafka.brokers, settings.kafka.drift_topic, 1, timeout_s=10)
+    ]
     assert alerts, "no drift alert on the topic"
     alert = alerts[0]
     assert {"feature", "method", "score", "threshold", "window", "time", "time_ms", "action"} <= set(alert)
     assert alert["score"] > alert["threshold"]
     if alert["method"] != "adwin":
         assert alert["action"] == "refit"
-        profiles = read_profiles(open_store(settings), settings.segments)
+        profiles = read_profiles(open_store(settings), settings.audience.segments)
         assert {p.model_version for p in profiles} == {2}
 
 
@@ -125,7 +127,7 @@ def test_a_snapshot_from_before_segmentation_resumes():
     from flows.features import UserActivityLogic
 
     settings = Settings()
-    old = UserActivity(settings.lateness_ms, settings.affinity_half_life_s)
+    old = UserActivity(settings.flow.lateness_ms, settings.flow.affinity_half_life_s)
     logic = UserActivityLogic(settings, old)
     assert logic.state is old and logic.behaviour is not None
     out, _ = logic.on_batch([Event("e1", "app_open", "u1", 1_767_225_600_000)])
@@ -150,7 +152,7 @@ def test_a_clicks_and_purchases_stream_is_segmented_and_its_profiles_settle_when
                 features=["user_segment:segment"], entity_rows=[{"user_id": u} for u in sim.users]
             ).to_dict()
             segmented = sum(s is not None for s in got["segment"])
-            profiles = read_profiles(store, settings.segments)
+            profiles = read_profiles(store, settings.audience.segments)
             if segmented >= 0.95 * 200 and sum(p.size for p in profiles) == segmented:
                 break  # the stream idles: the last profiles were written without another event
             assert flow.poll() is None, "the flow exited"

@@ -517,7 +517,7 @@ def test_the_audience_step_writes_stale_profiles_once_the_stream_idles():
     from config.settings import Settings
     from flows.features import PROFILES_KEY, AudienceLogic
 
-    logic = AudienceLogic(Settings(segments=2, segment_warmup=4), None)
+    logic = AudienceLogic(Settings.of(segments=2, segment_warmup=4), None)
     from engine.audience.audience import UserUpdate
 
     behaviours = {}  # forty users' behaviour, as the flow's per-user step keeps it

@@ -354,7 +354,7 @@ def test_drift_shares_are_normalised_and_the_callers_dict_kept():
 
 
 def simulate(*argv):
-    return run_simulate(Settings(brokers=""), build_parser().parse_args(["simulate", *argv]))
+    return run_simulate(Settings.of(brokers=""), build_parser().parse_args(["simulate", *argv]))
 
 
 def test_cli_drift_writes_the_drifted_stream(tmp_path, capsys):

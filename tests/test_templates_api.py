@@ -238,12 +238,12 @@ def test_live_templates_serve_the_last_snapshot_when_the_store_fails(tmp_path, c
 def _redis_settings(request, tmp_path) -> Settings:
     server = request.getfixturevalue("redis_server")
     redis_client(server.url + ",db=9").flushdb()  # db 9 is this test's own
-    return Settings(feature_repo=str(tmp_path), redis_url=server.url + ",db=9")
+    return Settings.of(feature_repo=str(tmp_path), redis_url=server.url + ",db=9")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
 def test_defaults_are_seeded_once(backend, request, tmp_path):
-    settings = Settings(feature_repo=str(tmp_path)) if backend == "sqlite" else _redis_settings(request, tmp_path)
+    settings = Settings.of(feature_repo=str(tmp_path)) if backend == "sqlite" else _redis_settings(request, tmp_path)
     first = open_template_store(settings)
     try:
         assert isinstance(first, SQLiteTemplateStore if backend == "sqlite" else RedisTemplateStore)
@@ -266,7 +266,7 @@ def test_defaults_are_seeded_once(backend, request, tmp_path):
 
 
 def test_template_db_setting_places_the_sqlite_file(tmp_path):
-    store = open_template_store(Settings(feature_repo=str(tmp_path), template_db=str(tmp_path / "x" / "t.db")))
+    store = open_template_store(Settings.of(feature_repo=str(tmp_path), template_db=str(tmp_path / "x" / "t.db")))
     store.close()
     assert (tmp_path / "x" / "t.db").is_file() and not (tmp_path / "data").exists()
     with pytest.raises(ValueError, match="option 'colour' is not known"):
@@ -278,7 +278,7 @@ def test_template_db_setting_places_the_sqlite_file(tmp_path):
 
 def _wired() -> bool:
     """Whether create_app registers the template routes yet (else the tests build the same app themselves)."""
-    app = create_app(Settings(pseudonym_key=KEY, api_keys=API_KEYS))
+    app = create_app(Settings.of(pseudonym_key=KEY, api_keys=API_KEYS))
     return any(route.path.startswith("/v1/templates") for route in app.routes)
 
 
@@ -286,7 +286,7 @@ def _templates_only_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def resources(app: Litestar):
         app.state.settings = settings
-        app.state.api_keys = parse_api_keys(settings.api_keys)
+        app.state.api_keys = parse_api_keys(settings.api.api_keys)
         app.state.templates = open_templates(settings)
         try:
             yield
@@ -304,7 +304,7 @@ def _templates_only_app(settings: Settings) -> Litestar:
 @pytest.fixture
 def client(feature_repo):
     # No broker needed: these routes never produce, and the Kafka producer connects lazily.
-    settings = Settings(feature_repo=str(feature_repo), pseudonym_key=KEY, api_keys=API_KEYS, brokers="127.0.0.1:9")
+    settings = Settings.of(feature_repo=str(feature_repo), pseudonym_key=KEY, api_keys=API_KEYS, brokers="127.0.0.1:9")
     if _wired():
         from store.feast import apply_definitions, open_store
 

@@ -219,16 +219,16 @@ def test_the_demo_serves_with_a_serve_only_key_and_keeps_admin_for_the_setup(tmp
     from demo.up import _demo_keys, demo_api_keys
 
     settings = _demo_keys(Settings(), tmp_path)
-    keys = parse_api_keys(settings.api_keys)
-    serving, setup = demo_api_keys(settings.api_keys)
+    keys = parse_api_keys(settings.api.api_keys)
+    serving, setup = demo_api_keys(settings.api.api_keys)
     assert keys[serving] == {"serve"} and "admin" in keys[setup]
-    assert _demo_keys(Settings(), tmp_path).api_keys == settings.api_keys  # kept between runs
+    assert _demo_keys(Settings(), tmp_path).api.api_keys == settings.api.api_keys  # kept between runs
     assert (tmp_path / "demo-api-keys").stat().st_mode & 0o077 == 0
     # An older demo's file held one admin key: it gets a serve key, and the admin key stays.
     old = tmp_path / "old"
     old.mkdir()
     (old / "demo-api-keys").write_text("demo-0123=admin")
-    upgraded = _demo_keys(Settings(), old).api_keys
+    upgraded = _demo_keys(Settings(), old).api.api_keys
     serving, setup = demo_api_keys(upgraded)
     assert setup == "demo-0123" and parse_api_keys(upgraded)[serving] == {"serve"}
     assert (old / "demo-api-keys").read_text() == upgraded

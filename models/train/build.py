@@ -283,12 +283,12 @@ def stored_segment_styles(settings) -> dict[str, str]:
     """Live segment label -> copy style, from the segment profiles in Feast (empty if none yet)."""
     from models.train.corpus import segment_style_for_label
 
-    if not settings.segments:
+    if not settings.audience.segments:
         return {}
     try:
         from store.feast import open_store, read_profiles
 
-        profiles = read_profiles(open_store(settings), settings.segments)
+        profiles = read_profiles(open_store(settings), settings.audience.segments)
     except Exception as exc:  # noqa: BLE001 - no store or nothing applied yet: train without them
         print(
             f"tailor train: no stored segment profiles ({type(exc).__name__}); styles map at serving time",
