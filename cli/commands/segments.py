@@ -7,12 +7,19 @@ row per segment id), so the API and this command read them the same way.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from config.settings import Settings
-from engine.audience.segments import FEATURE_NAMES, SegmentProfile
+if TYPE_CHECKING:
+    from config.settings import Settings
+    from engine.audience.segments import SegmentProfile
 
 
-def run_segments(settings: Settings, args) -> int:
+def add_parser(subparsers) -> None:
+    segs = subparsers.add_parser("segments", help="print the segment profiles the flow keeps in Feast")
+    segs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(settings: Settings, args) -> int:
     from store.feast import open_store, read_profiles
 
     if not settings.audience.segments:
@@ -38,6 +45,8 @@ def run_segments(settings: Settings, args) -> int:
 def print_table(profiles: list[SegmentProfile], file=None) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from engine.audience.segments import FEATURE_NAMES
 
     table = Table(title=f"Segments (model version {profiles[0].model_version})")
     table.add_column("id", justify="right")
