@@ -244,7 +244,7 @@ def _on_server_cpus(command: list[str], machine: dict) -> list[str]:
 
 
 def _api_command(settings: Settings, machine: dict) -> tuple[list[str], int]:
-    from flows.kafka import free_port
+    from dev.services import free_port
 
     port = free_port()
     script = Path(sys.executable).with_name("tailor")
@@ -253,7 +253,7 @@ def _api_command(settings: Settings, machine: dict) -> tuple[list[str], int]:
 
 
 def _feast_command(settings: Settings, machine: dict) -> tuple[list[str], int]:
-    from flows.kafka import free_port
+    from dev.services import free_port
 
     port = free_port()
     feast = Path(sys.executable).with_name("feast")

@@ -17,7 +17,8 @@ from config.settings import Settings, settings_env
 @contextlib.contextmanager
 def bench_settings(settings: Settings, **overrides) -> Iterator[Settings]:
     """Settings on the configured broker (or an embedded one), fresh topics, a temp Feast repo."""
-    from flows.kafka import EmbeddedBroker, ensure_topics
+    from dev.services import EmbeddedBroker
+    from flows.kafka import ensure_topics
     from store.feast import new_repo
 
     with contextlib.ExitStack() as stack:

@@ -41,8 +41,9 @@ SAMPLE_S = 1.0
 
 def run_live(settings: Settings, args) -> int:
     from bench.freshness import _probe_for, _reader, _tail, _wait_ready
+    from dev.services import EmbeddedBroker, free_port
     from flows.features import flow_command, init_recovery
-    from flows.kafka import PRODUCER_DEFAULTS, EmbeddedBroker, free_port, make_producer
+    from flows.kafka import PRODUCER_DEFAULTS, make_producer
     from store.feast import open_store
 
     with contextlib.ExitStack() as stack:

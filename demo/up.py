@@ -43,7 +43,8 @@ from demo.supervisor import (
     wait_ready,
 )
 from demo.traffic import Traffic
-from flows.kafka import EmbeddedBroker, ensure_topics
+from dev.services import EmbeddedBroker
+from flows.kafka import ensure_topics
 
 #: The simulator's seed: the same seed gives the same users and profiles.
 SEED = 7

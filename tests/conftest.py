@@ -23,7 +23,7 @@ warnings.filterwarnings("ignore", message=".*experimental.*")
 @pytest.fixture(scope="session")
 def broker():
     """One Tansu broker (memory storage) for the session; tests use their own topics."""
-    from flows.kafka import EmbeddedBroker
+    from dev.services import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b
@@ -31,7 +31,7 @@ def broker():
 
 @pytest.fixture(scope="session")
 def redis_server():
-    from flows.kafka import RedisServer
+    from dev.services import RedisServer
 
     with RedisServer() as r:
         yield r
