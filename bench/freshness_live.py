@@ -30,10 +30,11 @@ import threading
 import time
 import urllib.request
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from bench.common import bench_settings, percentile
 from config.settings import Settings, settings_env
+from flows.kafka import end_offsets
 
 #: Seconds between lag samples.
 SAMPLE_S = 1.0
@@ -161,7 +162,7 @@ class _LagSampler(threading.Thread):
         self._topic = settings.kafka.topic
         self._consumer = Consumer({"bootstrap.servers": settings.kafka.brokers, "group.id": "tailor-bench-lag"})
         meta = self._consumer.list_topics(self._topic, timeout=10).topics[self._topic]
-        self._parts = [TopicPartition(self._topic, p) for p in meta.partitions]
+        self._parts = list(meta.partitions)
         self._broker = None
         if broker is not None and broker.pid is not None:
             import psutil
@@ -191,7 +192,7 @@ class _LagSampler(threading.Thread):
         if consumed is None:
             return None
         with self._lock:
-            produced = sum(self._consumer.get_watermark_offsets(p, timeout=5)[1] for p in self._parts)
+            produced = sum(end_offsets(self._consumer, self._topic, self._parts, timeout_s=5).values())
         # On Tansu the end offsets can trail what a fetch already returned by a few dozen records
         # (seen: -61 at 1,000 events/s): a lag below zero reads as none.
         self.last = max(0, produced - consumed)

@@ -211,15 +211,10 @@ class _DeadLetterCount:
         return self._count
 
     def _read(self) -> int | None:
-        from confluent_kafka import TopicPartition
+        from flows.kafka import watermarks
 
         try:
-            partitions = self._consumer.list_topics(self.topic, timeout=2).topics[self.topic].partitions
-            total = 0
-            for p in partitions:
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=2)
-                total += max(0, high - low)
-            return total
+            return sum(max(0, high - low) for low, high in watermarks(self._consumer, self.topic, timeout_s=2).values())
         except Exception:  # noqa: BLE001 - a count we cannot get shows as "?"
             return None
 

@@ -54,6 +54,26 @@ def ensure_topics(brokers: str, topics: Iterable[str], partitions: int, timeout_
         time.sleep(0.1)
 
 
+def watermarks(
+    consumer: Consumer, topic: str, partitions: Iterable[int] | None = None, timeout_s: float = 10.0
+) -> dict[int, tuple[int, int]]:
+    """Each partition's (low, high) watermark offsets: its first message, and where the next one lands.
+
+    ``partitions`` defaults to every partition of the topic. Raises `KafkaException` when the
+    broker does not answer within ``timeout_s``.
+    """
+    if partitions is None:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s) for p in partitions}
+
+
+def end_offsets(
+    consumer: Consumer, topic: str, partitions: Iterable[int] | None = None, timeout_s: float = 10.0
+) -> dict[int, int]:
+    """Each partition's end (high watermark): a read that gets there has read all that was produced so far."""
+    return {p: high for p, (_, high) in watermarks(consumer, topic, partitions, timeout_s).items()}
+
+
 #: What `make_producer` sets unless told otherwise. ``linger.ms`` 50, not 5: live traffic
 #: lingered 5 ms lands as many small record batches, and the embedded broker's fetch cost
 #: grows with the batches in its log; at 1,000 events/s the flow fell 25,707 events behind
@@ -161,7 +181,7 @@ class _RawKafkaPartition(_KafkaSourcePartition):
         if self._offset >= 0:
             return True
         try:
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._part_idx), timeout=10)
+            low, high = watermarks(self._consumer, self._topic, [self._part_idx])[self._part_idx]
         except KafkaException:
             return False  # no broker yet: the consumer keeps trying on its own
         if self._offset == OFFSET_BEGINNING:

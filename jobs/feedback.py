@@ -245,6 +245,8 @@ def topic_to_end(
     """
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+    from flows.kafka import watermarks
+
     consumer = Consumer(
         {
             "bootstrap.servers": brokers,
@@ -267,11 +269,11 @@ def topic_to_end(
             )
         ends: dict[int, int] = {}
         starts = []
-        for partition in sorted(metadata.partitions):
-            try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            except KafkaException as exc:
-                raise RuntimeError(f"could not read the offsets of {topic!r} on {brokers}: {exc}") from None
+        try:
+            offsets = watermarks(consumer, topic, sorted(metadata.partitions), timeout_s=10)
+        except KafkaException as exc:
+            raise RuntimeError(f"could not read the offsets of {topic!r} on {brokers}: {exc}") from None
+        for partition, (low, high) in offsets.items():
             if high > low:
                 ends[partition] = high
                 starts.append(TopicPartition(topic, partition, low))

@@ -187,7 +187,7 @@ def _drift_consumer(settings: Settings, group: str):
     """A consumer of every partition of the drift topic, at the group's offsets (the end when never committed)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from flows.kafka import ensure_topics
+    from flows.kafka import end_offsets, ensure_topics
 
     ensure_topics(settings.kafka.brokers, [settings.kafka.drift_topic], settings.kafka.partitions)
     consumer = Consumer(
@@ -205,9 +205,12 @@ def _drift_consumer(settings: Settings, group: str):
         consumer.list_topics(settings.kafka.drift_topic, timeout=10).topics[settings.kafka.drift_topic].partitions
     )
     positions = consumer.committed([TopicPartition(settings.kafka.drift_topic, p) for p in partitions], timeout=10)
+    ends = end_offsets(
+        consumer, settings.kafka.drift_topic, [p.partition for p in positions if p.offset < 0], timeout_s=10
+    )
     for position in positions:
         if position.offset < 0:
-            position.offset = consumer.get_watermark_offsets(position, timeout=10)[1]
+            position.offset = ends[position.partition]
     consumer.assign(positions)
     return consumer
 
