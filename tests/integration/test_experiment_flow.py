@@ -12,7 +12,7 @@ from store.feast import ARM_FEATURES, open_store
 from store.online import read_arm_counters
 from tests.conftest import now_ms
 from tests.support import produce_events
-from tests.test_exposures import expected, story
+from tests.unit.test_exposures import expected, story
 
 pytestmark = pytest.mark.integration
 

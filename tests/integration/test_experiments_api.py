@@ -11,8 +11,8 @@ from api.app import create_app
 from engine.experiments.designs import ExperimentSpec, Variant, allocation_shares, variant_of
 from engine.privacy import Pseudonymizer
 from tests.conftest import ADMIN, KEY, SERVE
+from tests.integration.test_personalize import seed_user
 from tests.support import consume_all
-from tests.test_personalize import seed_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

@@ -16,8 +16,8 @@ from config.settings import settings_env
 from flows.features import build_flow, flow_command
 from flows.kafka import free_port
 from tests.conftest import now_ms
+from tests.integration.test_recovery import messy_events
 from tests.support import online_features, online_states, produce_events, uninterrupted_run
-from tests.test_recovery import messy_events
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient, TestClient
 from api.app import create_app
 from models.serve.manifest import read_manifest, write_manifest
 from tests.conftest import ADMIN, SERVE
-from tests.test_personalize import ITEM
+from tests.integration.test_personalize import ITEM
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

@@ -19,8 +19,8 @@ from engine.features.events import Event
 from engine.learning.retrain_policy import ArmSeries, ArmThreshold, arm_check
 from jobs.retrain_watch import RetrainWatch, run_watch, watch
 from store.feast import FeatureWriter, open_store
-from tests import test_retrain
 from tests.conftest import now_ms
+from tests.integration import test_retrain
 from tests.support import produce_events
 
 MIN = 60_000
@@ -369,7 +369,7 @@ def test_end_to_end_a_falling_arm_fine_tunes_on_fresh_feedback(make_settings, we
 
     from models.serve.registry import runs
     from models.train.retrain import retrain
-    from tests.test_retrain import _config
+    from tests.integration.test_retrain import _config
 
     settings = make_settings()
     model_dir, registry = tmp_path / "models" / "onnx", tmp_path / "registry"
