@@ -102,7 +102,7 @@ def test_readiness_and_metrics(api_settings, make_settings, tmp_path):
         metrics = response.text
         assert "tailor_api_requests_total" in metrics and 'path="/v1/segments"' in metrics
         assert "tailor_api_request_duration_seconds_bucket" in metrics
-    from flows.kafka import free_port
+    from dev.services import free_port
 
     down = make_settings(pseudonym_key=KEY, api_keys="k=serve")
     down = type(down)(**{**__import__("msgspec").structs.asdict(down), "brokers": f"127.0.0.1:{free_port()}"})

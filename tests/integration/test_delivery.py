@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from litestar.testing import TestClient
 
 from api.app import create_app
-from flows.kafka import EmbeddedBroker, free_port
+from dev.services import EmbeddedBroker, free_port
 from tests.conftest import KEY, now_ms
 
 pytestmark = pytest.mark.integration

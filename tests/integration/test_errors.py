@@ -4,8 +4,9 @@ import pytest
 
 from cli.main import build_parser
 from config.settings import Settings
+from dev.services import free_port
 from flows.features import build_flow, run_flow
-from flows.kafka import ensure_topics, free_port
+from flows.kafka import ensure_topics
 
 
 def test_a_broker_that_is_down_is_named_in_the_error():

@@ -22,9 +22,9 @@ import msgspec
 import pytest
 
 from config.settings import settings_env
+from dev.services import free_port
 from engine.features.events import Event
 from flows.features import flow_command, init_recovery
-from flows.kafka import free_port
 from tests.conftest import ADMIN, KEY, SERVE, now_ms
 from tests.support import online_states, produce_events, uninterrupted_run
 

@@ -255,7 +255,6 @@ def served(event_id: str, user: str, ts: int, text: str) -> Event:
 def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_settings, tmp_path, monkeypatch):
     """Through `tailor retrain --watch` itself, only the fine-tuning replaced: the run record names a fresh file."""
     pytest.importorskip("torch")
-    import cli.retrain
     import jobs.retrain_watch
     import models.train.retrain
     from cli.main import main
@@ -310,7 +309,7 @@ def test_a_triggered_run_without_feedback_exports_fresh_feedback_first(make_sett
         return record
 
     stop, ready = threading.Event(), threading.Event()
-    monkeypatch.setattr(cli.retrain, "retrain", fake_retrain)  # the command calls it by this name
+    monkeypatch.setattr(models.train.retrain, "retrain", fake_retrain)  # the command imports it from there as it runs
     monkeypatch.setattr(
         jobs.retrain_watch,
         "run_watch",

@@ -13,8 +13,8 @@ import pytest
 from bytewax.testing import run_main
 
 from config.settings import settings_env
+from dev.services import free_port
 from flows.features import build_flow, flow_command
-from flows.kafka import free_port
 from tests.conftest import now_ms
 from tests.integration.test_recovery import messy_events
 from tests.support import online_features, online_states, produce_events, uninterrupted_run

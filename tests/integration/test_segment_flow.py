@@ -12,7 +12,7 @@ import pytest
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import run_main
 
-from cli.segments import run_segments
+from cli.commands.segments import run as run_segments
 from config.settings import settings_env
 from engine.audience.segments import adjusted_rand_index
 from engine.features.events import Event

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from demo.up import format_value, pick_watched
+from demo.live import format_value, pick_watched
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def personalized_while_up(port: int, key: str, stop: threading.Event, found: lis
 @pytest.mark.integration
 @pytest.mark.model
 def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo, exported):
-    from flows.kafka import free_port
+    from dev.services import free_port
 
     port = free_port()
     env = up_env(feature_repo) | {"TAILOR_MODEL_DIR": str(exported[0]), "TAILOR_API_KEYS": "t3st=admin"}
@@ -130,7 +130,7 @@ def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo,
 
 @pytest.mark.integration
 def test_sigterm_stops_everything_cleanly(feature_repo):
-    from flows.kafka import free_port
+    from dev.services import free_port
 
     proc = subprocess.Popen(
         [
@@ -241,8 +241,8 @@ def test_the_storefront_serves_with_the_serve_key_and_sets_up_with_the_admin_key
     import contextlib
 
     from demo.storefront import Storefront
-    from demo.up import _start_api
-    from flows.kafka import free_port
+    from demo.supervisor import start_api
+    from dev.services import free_port
 
     settings = make_settings(
         pseudonym_key="0123456789abcdef0123456789abcdef",
@@ -252,7 +252,7 @@ def test_the_storefront_serves_with_the_serve_key_and_sets_up_with_the_admin_key
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
-        api = _start_api(settings, port, tmp_path / "api.log", stack)
+        api = start_api(settings, port, tmp_path / "api.log", stack)
         # Without the admin key the experiment cannot be set up: the serve key is refused there.
         alone = Storefront(base, "front")
         stack.callback(alone.stop)
