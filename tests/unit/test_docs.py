@@ -12,8 +12,9 @@ PACKAGES = ("api", "bench", "cli", "config", "demo", "dev", "engine", "feature_r
 #: Folders a run creates (the model's artifacts, the Feast data): quoted as where things land, not as code.
 MADE_BY_RUNS = ("models/artifacts", "feature_repo/data", "tests/.")
 QUOTED = re.compile(r"`([^`\n]+)`")
-PATH = re.compile(r"^(?:%s)/[\w./-]*$" % "|".join(PACKAGES))
-DOTTED = re.compile(r"^((?:%s)(?:\.\w+)+)" % "|".join(PACKAGES))
+_TOP = "|".join(PACKAGES)
+PATH = re.compile(rf"^(?:{_TOP})/[\w./-]*$")
+DOTTED = re.compile(rf"^((?:{_TOP})(?:\.\w+)+)")
 
 
 def _quoted(doc: str) -> list[str]:
