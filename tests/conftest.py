@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import random
 import shutil
-import time
 import uuid
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from config.settings import Settings
+from tests.support import KEY, write_feedback
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The API tests' pseudonym key and API keys (a serving key and an admin key).
-KEY = "0123456789abcdef0123456789abcdef"
-SERVE = {"X-API-Key": "server"}
-ADMIN = {"X-API-Key": "boss"}
 warnings.filterwarnings("ignore", message=".*experimental.*")
 
 
@@ -113,6 +111,43 @@ def exported(request, tmp_path_factory):
     return out, manifest
 
 
+@pytest.fixture(scope="module")
+def weak(tmp_path_factory):
+    """A deliberately undertrained tiny model (300 records, one epoch), exported int8, and feedback files.
+
+    Its catalog has 40 items: a 7,680-record corpus, where the holdout split by item works as on the full one.
+    """
+    pytest.importorskip("torch")
+    from engine.content.catalog import build_catalog
+    from models.serve.registry import TRAINED
+    from models.train.build import TrainConfig, train
+    from models.train.corpus import CopyRecord, build_corpus, split_holdout
+    from models.train.export import export
+
+    root = tmp_path_factory.mktemp("weak")
+    records = build_corpus(seed=1, catalog=build_catalog(seed=1, n_items=40))
+    train(
+        root / TRAINED,
+        TrainConfig(size="tiny", max_records=300, lr=5e-3, seed=1, eval_samples=1),
+        records,
+        progress=False,
+    )
+    export(root / TRAINED, root / "onnx", quantize=True, version="weak-1")
+    corpus_train, _ = split_holdout(records, 0.1, seed=1)
+    good = random.Random(0).sample(corpus_train, 1500)
+    rng = random.Random(1)
+    words = [f"zq{i}x" for i in range(3000)]
+    garbage = [CopyRecord(r.segment, r.slot, r.tone, r.item_id, " ".join(rng.choices(words, k=8))) for r in good]
+    summary = {b"tailor.feedback": b'{"rows": 1500, "cutoff_ms": 1800000000000}'}
+    return SimpleNamespace(
+        records=records,
+        trained=root / TRAINED,
+        onnx=root / "onnx",
+        good=write_feedback(root / "good.parquet", good, metadata=summary),
+        garbage=write_feedback(root / "garbage.parquet", garbage),
+    )
+
+
 @pytest.fixture
 def api_settings(make_settings, exported):
     """Settings for an API on the session broker, a fresh Feast repo and the tiny copy model (10 s budget)."""
@@ -127,7 +162,3 @@ def api_settings(make_settings, exported):
         return make_settings(**(values | overrides))
 
     return make
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

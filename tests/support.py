@@ -1,11 +1,24 @@
-"""Helpers for integration tests: produce, consume, read features back."""
+"""What the tests share: the API keys, a clock, events to send, and produce, consume, read features back."""
 
 from __future__ import annotations
 
 import json
+import random
+import time
+from pathlib import Path
 
+from engine.experiments.exposures import ArmCounters
 from engine.features.events import Event, encode_event
 from flows.kafka import make_producer, produce_all, read_topic
+
+#: The API tests' pseudonym key and API keys (a serving key and an admin key).
+KEY = "0123456789abcdef0123456789abcdef"
+SERVE = {"X-API-Key": "server"}
+ADMIN = {"X-API-Key": "boss"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def produce_events(settings, events: list[Event]) -> None:
@@ -109,3 +122,199 @@ def feed_audience(
             yield seen, flush()
     if batch:
         yield seen, flush()
+
+
+# -- events like a real producer fleet's (the recovery and scale tests) ---------------------------
+
+EVENT_TYPES = ["page_view", "click", "impression", "add_to_cart", "purchase", "app_open"]
+
+
+def messy_events(n: int, users: int, seed: int) -> list[Event]:
+    """Events with re-sends and out-of-order times, like a real producer fleet."""
+    rng = random.Random(seed)
+    start, events = now_ms() - 4 * 3_600_000, []  # 200 ms apart: 60k events end 40 min ago
+    for i in range(n):
+        if events and rng.random() < 0.03:
+            events.append(rng.choice(events[-500:]))
+            continue
+        kind = rng.choice(EVENT_TYPES)
+        ts = start + i * 200 - rng.randrange(0, 120_000)
+        events.append(
+            Event(
+                f"e{i}",
+                kind,
+                f"u{rng.randrange(users)}",
+                ts,
+                category=rng.choice("abcd"),
+                value=round(rng.uniform(5, 90), 2) if kind == "purchase" else None,
+            )
+        )
+    return events
+
+
+# -- an experiment's story and its counters (the exposure and experiment-flow tests) ----------------
+
+STORY_T = 1_767_225_600_000  # 2026-01-01
+
+
+def impression(eid, user, ts, experiment="hero", variant="a"):
+    return Event(eid, "impression", user, ts, experiment=experiment, variant=variant)
+
+
+def experiment_story(T: int = STORY_T) -> dict[str, list[Event]]:
+    """Three exposed users in two variants, one who never saw the experiment; the exposure and flow tests count it."""
+    return {
+        "u1": [
+            impression("u1-i1", "u1", T),
+            Event("u1-c1", "click", "u1", T + 1, experiment="hero", variant="a"),
+            Event("u1-c2", "click", "u1", T + 2, experiment="hero"),
+            Event("u1-p1", "purchase", "u1", T + 3, value=30.0),
+            Event("u1-p1", "purchase", "u1", T + 3, value=30.0),  # a re-send: counted once
+            impression("u1-i2", "u1", T + 4, variant="b"),  # intention-to-treat: stays in "a"
+            impression("u1-x1", "u1", T + 10, experiment="cta", variant="x"),
+            Event("u1-p2", "purchase", "u1", T + 11, value=7.0),  # both experiments: hero total 37, cta 7
+            Event("u1-v1", "page_view", "u1", T + 12),  # not an experiment event
+        ],
+        "u2": [
+            Event("u2-p0", "purchase", "u2", T - 10, value=5.0),  # before any exposure: unattributed
+            impression("u2-i1", "u2", T),
+            Event("u2-k1", "conversion", "u2", T + 5, experiment="hero", value=10.0),
+            Event("u2-p1", "purchase", "u2", T + 6, value=20.0),  # u2's hero total: 30
+        ],
+        "u3": [
+            impression("u3-i1", "u3", T, variant="b"),
+            Event("u3-c0", "click", "u3", T - 1, experiment="hero"),  # before the exposure: unexposed
+            Event("u3-k1", "conversion", "u3", T + 1),  # no value
+            Event("u3-c1", "click", "u3", T + 2),  # names no experiment: not an experiment click
+        ],
+        "u4": [  # never exposed
+            Event("u4-c1", "click", "u4", T, experiment="hero"),
+            Event("u4-p1", "purchase", "u4", T + 1, experiment="hero", value=50.0),
+        ],
+    }
+
+
+def experiment_counters(T: int = STORY_T) -> dict[tuple[str, str], ArmCounters]:
+    """The arms' counters after `experiment_story`."""
+    return {
+        ("hero", "a"): ArmCounters(
+            experiment="hero",
+            variant="a",
+            users=2,
+            impressions=3,
+            clickers=1,
+            clicks=2,
+            converters=2,
+            conversions=4,
+            value_sum=67.0,
+            value_sum_sq=37.0**2 + 30.0**2,
+            updated_ms=T + 11,
+        ),
+        ("hero", "b"): ArmCounters(
+            experiment="hero", variant="b", users=1, impressions=1, converters=1, conversions=1, updated_ms=T + 1
+        ),
+        ("cta", "x"): ArmCounters(
+            experiment="cta",
+            variant="x",
+            users=1,
+            impressions=1,
+            converters=1,
+            conversions=1,
+            value_sum=7.0,
+            value_sum_sq=49.0,
+            updated_ms=T + 11,
+        ),
+    }
+
+
+# -- a user and an item for the API (personalize, model swap, experiments) -----------------------
+
+ITEM = {
+    "item_id": "i-77",
+    "title": "Trail Shoe",
+    "brand": "Acme",
+    "category": "shoes",
+    "price": 80.0,
+    "discount_pct": 25,
+}
+
+
+def seed_user(settings, user_id: str, *, clicks: int = 3, category: str = "shoes", segment: int | None = 2) -> str:
+    """Write a user's activity (and segment, with its profile) straight into the online store."""
+    from engine.audience.audience import SegmentAssignment
+    from engine.audience.segments import SegmentProfile
+    from engine.features.tiles import UserActivity
+    from engine.privacy import Pseudonymizer
+    from store.feast import FeatureWriter
+
+    pseudonym = Pseudonymizer(KEY).pseudonym(user_id)
+    activity = UserActivity(settings.flow.lateness_ms, settings.flow.affinity_half_life_s)
+    now = now_ms()
+    for n in range(clicks):
+        activity.update(
+            Event(event_id=f"{user_id}-{n}", type="click", user_id=pseudonym, ts=now - 1000 + n, category=category)
+        )
+    writer = FeatureWriter(settings, offline=False)
+    writer.write({pseudonym: activity})
+    if segment is not None:
+        writer.write_segments({pseudonym: SegmentAssignment(segment, 0.4, 1, now)})
+        writer.write_profiles(
+            [
+                SegmentProfile(
+                    segment=segment,
+                    label="buys what they cart, budget",
+                    size=10,
+                    share=0.25,
+                    centre={},
+                    model_version=1,
+                )
+            ]
+        )
+    writer.close()
+    return pseudonym
+
+
+# -- templates that validate but cannot render (issue 13): the engine's and the routes' cases --------
+
+NINES = "9" * 400  # past the largest float: `| money` overflows (300 nines still fit, at 1e300)
+#: Bodies the small language allows that cannot render for any caller, and what the refusal says.
+UNRENDERABLE = [
+    ("{% if 1 %}" * 99 + "x" + "{% endif %}" * 99, "nests too deeply"),
+    ("{{ " + NINES + " | money }}", "OverflowError"),
+    ("{% if user.vip == 'yes' %}{{ " + NINES + " | money }}{% endif %}", "OverflowError"),  # a branch samples miss
+    ("{{ 1.5 | round(2, 'sideways') }}", "method"),
+    ("{{ 'x' | trim(5) }}", "TypeError"),
+    ("{{ item.title | money }}", "ValueError"),
+    ("{% if item.price > 'cheap' %}x{% endif %}", "not supported"),
+]
+
+
+# -- tailor retrain (tiny models) -----------------------------------------------------------------
+
+
+def write_feedback(path, records, weights=None, metadata=None) -> Path:
+    """Feedback as `tailor feedback export` writes it (the columns retrain reads, last_ms, the summary)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "style": [r.segment for r in records],
+            "slot": [r.slot for r in records],
+            "tone": [r.tone for r in records],
+            "text": [r.text for r in records],
+            "weight": weights or [1.0] * len(records),
+            "last_ms": [1_700_000_000_000 + i for i in range(len(records))],
+        }
+    )
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+    return path
+
+
+def retrain_config(**overrides):
+    """`tailor retrain`'s configuration for the tiny models of the tests."""
+    from models.train.retrain import RetrainConfig
+
+    # Small on purpose: a few dozen steps and 128 sampled texts per model keep a run near 15 s.
+    values = {"epochs": 2, "lr": 1e-2, "max_records": 800, "eval_samples": 2, "eval_records": 600}
+    return RetrainConfig(**{**values, **overrides})

@@ -9,8 +9,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app, parse_api_keys
 from engine.privacy import Pseudonymizer
-from tests.conftest import now_ms
-from tests.support import consume_all
+from tests.support import consume_all, now_ms
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from dev.services import EmbeddedBroker, free_port
-from tests.conftest import KEY, now_ms
+from tests.support import KEY, now_ms
 
 pytestmark = pytest.mark.integration
 

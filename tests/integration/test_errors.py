@@ -44,7 +44,7 @@ BLANK_IDS = (" ", "\t", "\u00a0", "\u3000", "\u200b", " \u200b\n")
 
 @pytest.fixture
 def app_settings(make_settings):
-    from tests.conftest import KEY
+    from tests.support import KEY
 
     return make_settings(pseudonym_key=KEY, api_keys="server=ingest+serve,boss=admin")
 
@@ -56,7 +56,7 @@ def test_blank_user_ids_are_refused_with_the_reason_never_500(app_settings):
     from litestar.testing import TestClient
 
     from api.app import create_app
-    from tests.conftest import SERVE, now_ms
+    from tests.support import SERVE, now_ms
 
     events = [{"event_id": f"b{i}", "type": "click", "user_id": u, "ts": now_ms()} for i, u in enumerate(BLANK_IDS)]
     events.append({"event_id": "ok", "type": "click", "user_id": "alice", "ts": now_ms()})
@@ -88,7 +88,7 @@ def test_deeply_nested_json_is_a_400_on_every_post_and_patch_route(app_settings)
     from litestar.testing import TestClient
 
     from api.app import create_app
-    from tests.conftest import ADMIN
+    from tests.support import ADMIN
 
     app = create_app(app_settings)
     routes = sorted(
@@ -121,7 +121,7 @@ def test_a_500_is_logged_with_its_traceback_under_the_request_id_it_answers(app_
     from litestar.testing import TestClient
 
     from api.app import create_app
-    from tests.conftest import SERVE
+    from tests.support import SERVE
 
     class Collect(logging.Handler):
         def emit(self, record):

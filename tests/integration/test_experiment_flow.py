@@ -10,9 +10,7 @@ from flows.features import build_flow
 from flows.metrics import EXPERIMENT_EVENTS
 from store.feast import ARM_FEATURES, open_store
 from store.online import read_arm_counters
-from tests.conftest import now_ms
-from tests.support import produce_events
-from tests.unit.test_exposures import expected, story
+from tests.support import experiment_counters, experiment_story, now_ms, produce_events
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +19,12 @@ VARIANTS = {"hero": ["a", "b", "c"], "cta": ["x"]}
 
 def story_events(t: int) -> list:
     # Interleave the users, as a producer fleet would; each user's own order is kept.
-    per_user = list(story(t).values())
+    per_user = list(experiment_story(t).values())
     return [events[i] for i in range(max(map(len, per_user))) for events in per_user if i < len(events)]
 
 
 def wanted(t: int) -> dict[str, dict[str, ArmCounters]]:
-    arms = expected(t)
+    arms = experiment_counters(t)
     return {
         experiment: {v: arms.get((experiment, v), ArmCounters(experiment=experiment, variant=v)) for v in variants}
         for experiment, variants in VARIANTS.items()

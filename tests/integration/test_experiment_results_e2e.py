@@ -16,8 +16,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from flows.features import build_flow
-from tests.conftest import ADMIN, SERVE, now_ms
-from tests.support import consume_all
+from tests.support import ADMIN, SERVE, consume_all, now_ms
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

@@ -10,9 +10,7 @@ from litestar.testing import TestClient
 from api.app import create_app
 from engine.experiments.designs import ExperimentSpec, Variant, allocation_shares, variant_of
 from engine.privacy import Pseudonymizer
-from tests.conftest import ADMIN, KEY, SERVE
-from tests.integration.test_personalize import seed_user
-from tests.support import consume_all
+from tests.support import ADMIN, KEY, SERVE, consume_all, seed_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

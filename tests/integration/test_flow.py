@@ -9,8 +9,7 @@ from bytewax.testing import run_main
 
 from engine.features.events import Event
 from flows.features import build_flow
-from tests.conftest import now_ms
-from tests.support import dead_letters, online_features, produce_events, produce_raw
+from tests.support import dead_letters, now_ms, online_features, produce_events, produce_raw
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,7 @@ from bytewax.testing import run_main
 from config.settings import settings_env
 from engine.features.events import Event
 from flows.features import build_flow, flow_command, init_recovery
-from tests.conftest import now_ms
-from tests.support import consume_all, online_features, produce_events, produce_raw
+from tests.support import consume_all, now_ms, online_features, produce_events, produce_raw
 
 pytestmark = pytest.mark.integration
 

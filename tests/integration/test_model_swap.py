@@ -14,8 +14,7 @@ from litestar.testing import AsyncTestClient, TestClient
 
 from api.app import create_app
 from models.serve.manifest import read_manifest, write_manifest
-from tests.conftest import ADMIN, SERVE
-from tests.integration.test_personalize import ITEM
+from tests.support import ADMIN, ITEM, SERVE
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

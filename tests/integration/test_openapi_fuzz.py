@@ -31,7 +31,7 @@ from api.personalize import ItemIn, PersonalizeRequest
 from api.templates import TemplateIn, TemplatePatch
 from engine.content.templates import DEFAULT_TEMPLATES, Template
 from engine.experiments.designs import ExperimentSpec, Variant
-from tests.unit.test_templates import UNRENDERABLE
+from tests.support import UNRENDERABLE
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 

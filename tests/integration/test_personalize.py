@@ -10,53 +10,9 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from engine.audience.audience import SegmentAssignment
-from engine.audience.segments import SegmentProfile
-from engine.features.events import Event
-from engine.features.tiles import UserActivity
-from engine.privacy import Pseudonymizer
-from store.feast import FeatureWriter
-from tests.conftest import ADMIN, KEY, SERVE, now_ms
+from tests.support import ADMIN, ITEM, SERVE, now_ms, seed_user
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
-
-ITEM = {
-    "item_id": "i-77",
-    "title": "Trail Shoe",
-    "brand": "Acme",
-    "category": "shoes",
-    "price": 80.0,
-    "discount_pct": 25,
-}
-
-
-def seed_user(settings, user_id: str, *, clicks: int = 3, category: str = "shoes", segment: int | None = 2) -> str:
-    """Write a user's activity (and segment, with its profile) straight into the online store."""
-    pseudonym = Pseudonymizer(KEY).pseudonym(user_id)
-    activity = UserActivity(settings.flow.lateness_ms, settings.flow.affinity_half_life_s)
-    now = now_ms()
-    for n in range(clicks):
-        activity.update(
-            Event(event_id=f"{user_id}-{n}", type="click", user_id=pseudonym, ts=now - 1000 + n, category=category)
-        )
-    writer = FeatureWriter(settings, offline=False)
-    writer.write({pseudonym: activity})
-    if segment is not None:
-        writer.write_segments({pseudonym: SegmentAssignment(segment, 0.4, 1, now)})
-        writer.write_profiles(
-            [
-                SegmentProfile(
-                    segment=segment,
-                    label="buys what they cart, budget",
-                    size=10,
-                    share=0.25,
-                    centre={},
-                    model_version=1,
-                )
-            ]
-        )
-    writer.close()
-    return pseudonym
 
 
 def personalize(client, **body):

@@ -10,37 +10,10 @@ import time
 import pytest
 
 from config.settings import settings_env
-from engine.features.events import Event
 from flows.features import flow_command, init_recovery
-from tests.conftest import now_ms
-from tests.support import online_states, produce_events, uninterrupted_run
+from tests.support import messy_events, online_states, produce_events, uninterrupted_run
 
 pytestmark = pytest.mark.integration
-
-TYPES = ["page_view", "click", "impression", "add_to_cart", "purchase", "app_open"]
-
-
-def messy_events(n: int, users: int, seed: int) -> list[Event]:
-    """Events with re-sends and out-of-order times, like a real producer fleet."""
-    rng = random.Random(seed)
-    start, events = now_ms() - 4 * 3_600_000, []  # 200 ms apart: 60k events end 40 min ago
-    for i in range(n):
-        if events and rng.random() < 0.03:
-            events.append(rng.choice(events[-500:]))
-            continue
-        kind = rng.choice(TYPES)
-        ts = start + i * 200 - rng.randrange(0, 120_000)
-        events.append(
-            Event(
-                f"e{i}",
-                kind,
-                f"u{rng.randrange(users)}",
-                ts,
-                category=rng.choice("abcd"),
-                value=round(rng.uniform(5, 90), 2) if kind == "purchase" else None,
-            )
-        )
-    return events
 
 
 def test_sigkill_at_arbitrary_points_ends_like_an_uninterrupted_run(make_settings, tmp_path):

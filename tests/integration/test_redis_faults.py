@@ -25,8 +25,7 @@ from config.settings import settings_env
 from dev.services import free_port
 from engine.features.events import Event
 from flows.features import flow_command, init_recovery
-from tests.conftest import ADMIN, KEY, SERVE, now_ms
-from tests.support import online_states, produce_events, uninterrupted_run
+from tests.support import ADMIN, KEY, SERVE, now_ms, online_states, produce_events, uninterrupted_run
 
 pytestmark = pytest.mark.integration
 

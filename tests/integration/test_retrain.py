@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import threading
 import uuid
@@ -29,6 +28,7 @@ from models.serve.registry import (
     version_dir,
     versions,
 )
+from tests.support import retrain_config, write_feedback
 
 
 def _fake_model(folder: Path, version: str, *, created: str = "", trained: str = "") -> Path:
@@ -198,60 +198,6 @@ def test_run_records_append_and_read_back(tmp_path):
 
 # -- tailor retrain (tiny models) -----------------------------------------------
 
-N_ITEMS = 40  # a 7,680-record corpus: the holdout split by item works as on the full one
-
-
-def _write_feedback(path: Path, records, weights=None, metadata=None) -> Path:
-    """Feedback as `tailor feedback export` writes it (the columns retrain reads, last_ms, the summary)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table(
-        {
-            "style": [r.segment for r in records],
-            "slot": [r.slot for r in records],
-            "tone": [r.tone for r in records],
-            "text": [r.text for r in records],
-            "weight": weights or [1.0] * len(records),
-            "last_ms": [1_700_000_000_000 + i for i in range(len(records))],
-        }
-    )
-    pq.write_table(table.replace_schema_metadata(metadata), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def weak(tmp_path_factory):
-    """A deliberately undertrained tiny model (300 records, one epoch), exported int8, and feedback files."""
-    pytest.importorskip("torch")
-    from engine.content.catalog import build_catalog
-    from models.train.build import TrainConfig, train
-    from models.train.corpus import CopyRecord, build_corpus, split_holdout
-    from models.train.export import export
-
-    root = tmp_path_factory.mktemp("weak")
-    records = build_corpus(seed=1, catalog=build_catalog(seed=1, n_items=N_ITEMS))
-    train(
-        root / TRAINED,
-        TrainConfig(size="tiny", max_records=300, lr=5e-3, seed=1, eval_samples=1),
-        records,
-        progress=False,
-    )
-    export(root / TRAINED, root / "onnx", quantize=True, version="weak-1")
-    corpus_train, _ = split_holdout(records, 0.1, seed=1)
-    good = random.Random(0).sample(corpus_train, 1500)
-    rng = random.Random(1)
-    words = [f"zq{i}x" for i in range(3000)]
-    garbage = [CopyRecord(r.segment, r.slot, r.tone, r.item_id, " ".join(rng.choices(words, k=8))) for r in good]
-    summary = {b"tailor.feedback": b'{"rows": 1500, "cutoff_ms": 1800000000000}'}
-    return SimpleNamespace(
-        records=records,
-        trained=root / TRAINED,
-        onnx=root / "onnx",
-        good=_write_feedback(root / "good.parquet", good, metadata=summary),
-        garbage=_write_feedback(root / "garbage.parquet", garbage),
-    )
-
 
 @pytest.fixture
 def served(weak, tmp_path):
@@ -259,14 +205,6 @@ def served(weak, tmp_path):
     model_dir = tmp_path / "models" / "onnx"
     shutil.copytree(weak.onnx, model_dir)
     return SimpleNamespace(model_dir=model_dir, registry=tmp_path / "registry")
-
-
-def _config(**overrides):
-    from models.train.retrain import RetrainConfig
-
-    # Small on purpose: a few dozen steps and 128 sampled texts per model keep a run near 15 s.
-    values = {"epochs": 2, "lr": 1e-2, "max_records": 800, "eval_samples": 2, "eval_records": 600}
-    return RetrainConfig(**{**values, **overrides})
 
 
 @pytest.mark.model
@@ -282,7 +220,7 @@ def test_retrain_promotes_a_better_model(weak, served):
         served.registry,
         feedback=weak.good,
         reason="weekly feedback",
-        config=_config(metric_tolerance=0.1),
+        config=retrain_config(metric_tolerance=0.1),
         records=weak.records,
         progress=False,
     )
@@ -325,7 +263,7 @@ def test_retrain_refuses_a_worse_model_and_leaves_the_served_one(weak, served):
         feedback=weak.garbage,
         trigger="drift",
         reason="drift: x",
-        config=_config(replay=0.0),
+        config=retrain_config(replay=0.0),
         records=weak.records,
         progress=False,
     )
@@ -351,7 +289,7 @@ def test_dry_run_evaluates_but_never_promotes(weak, served):
         feedback=weak.good,
         records=weak.records,
         progress=False,
-        config=_config(max_records=200, epochs=1, dry_run=True, metric_tolerance=1.0),
+        config=retrain_config(max_records=200, epochs=1, dry_run=True, metric_tolerance=1.0),
     )
     assert record.decision.startswith("dry run, would ") and not record.promoted
     assert set(record.metrics) == {"current", "candidate"}
@@ -367,7 +305,7 @@ def test_missing_trained_weights_is_a_clear_recorded_error(weak, tmp_path):
     write_manifest(model_dir, msgspec.structs.replace(read_manifest(model_dir), trained="/nowhere/trained"))
     registry = tmp_path / "registry"
     with pytest.raises(RetrainError, match="no torch weights for model weak-1") as info:
-        retrain(model_dir, registry, feedback=weak.good, config=_config(), progress=False)
+        retrain(model_dir, registry, feedback=weak.good, config=retrain_config(), progress=False)
     (record,) = runs(registry)
     assert record == info.value.record and "no torch weights" in record.error and "/nowhere/trained" in record.error
     assert not record.promoted and record.current_version == "weak-1" and record.finished
@@ -386,12 +324,12 @@ def test_unusable_feedback_and_missing_model_are_clear_errors(weak, served, tmp_
         pa.table({"style": ["email_driven"], "slot": ["cta"], "tone": ["urgent"], "text": ["Hurry"]}), no_weight
     )
     with pytest.raises(RetrainError, match="lacks the feedback column.s. weight"):
-        retrain(served.model_dir, served.registry, feedback=no_weight, config=_config(), progress=False)
+        retrain(served.model_dir, served.registry, feedback=no_weight, config=retrain_config(), progress=False)
     junk = tmp_path / "junk.parquet"
     junk.write_text("not parquet")
     with pytest.raises(RetrainError, match="is not a Parquet feedback file"):
         read_feedback(junk)
-    odd = _write_feedback(tmp_path / "odd.parquet", [], [])
+    odd = write_feedback(tmp_path / "odd.parquet", [], [])
     with pytest.raises(RetrainError, match="no usable feedback rows"):
         read_feedback(odd)
     rows = [
@@ -400,11 +338,11 @@ def test_unusable_feedback_and_missing_model_are_clear_errors(weak, served, tmp_
         CopyRecord("email_driven", "cta", "urgent", "x", " "),
         CopyRecord("email_driven", "cta", "urgent", "x", "Shop now"),
     ]
-    mixed = read_feedback(_write_feedback(tmp_path / "mixed.parquet", rows, [2.0, 1.0, 1.0, 0.0]))
+    mixed = read_feedback(write_feedback(tmp_path / "mixed.parquet", rows, [2.0, 1.0, 1.0, 0.0]))
     assert [r.text for r in mixed.records] == ["Hurry, see picks"] and mixed.weights == [2.0]
     assert mixed.skipped == 3 and mixed.cutoff_ms == 1_700_000_000_003  # no summary: the newest last_ms
     with pytest.raises(RetrainError, match="no model directory"):
-        retrain(tmp_path / "nothing", served.registry, config=_config(), progress=False)
+        retrain(tmp_path / "nothing", served.registry, config=retrain_config(), progress=False)
     assert [bool(r.error) for r in runs(served.registry)] == [True, True]
 
 

@@ -19,12 +19,9 @@ from engine.features.events import Event
 from engine.learning.retrain_policy import ArmSeries, ArmThreshold, arm_check
 from jobs.retrain_watch import RetrainWatch, run_watch, watch
 from store.feast import FeatureWriter, open_store
-from tests.conftest import now_ms
-from tests.integration import test_retrain
-from tests.support import produce_events
+from tests.support import now_ms, produce_events
 
 MIN = 60_000
-weak = test_retrain.weak  # the fixture: a tiny undertrained model, exported
 
 
 def arm(variant: str, users: int, converters: int, experiment: str = "hero") -> ArmCounters:
@@ -368,7 +365,7 @@ def test_end_to_end_a_falling_arm_fine_tunes_on_fresh_feedback(make_settings, we
 
     from models.serve.registry import runs
     from models.train.retrain import retrain
-    from tests.integration.test_retrain import _config
+    from tests.support import retrain_config
 
     settings = make_settings()
     model_dir, registry = tmp_path / "models" / "onnx", tmp_path / "registry"
@@ -395,7 +392,7 @@ def test_end_to_end_a_falling_arm_fine_tunes_on_fresh_feedback(make_settings, we
                 feedback=feedback,
                 trigger=trigger,
                 reason=reason,
-                config=_config(max_records=40, epochs=1, eval_samples=1, eval_records=100),
+                config=retrain_config(max_records=40, epochs=1, eval_samples=1, eval_records=100),
                 records=weak.records,
                 progress=False,
             )

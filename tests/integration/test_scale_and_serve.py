@@ -15,9 +15,7 @@ from bytewax.testing import run_main
 from config.settings import settings_env
 from dev.services import free_port
 from flows.features import build_flow, flow_command
-from tests.conftest import now_ms
-from tests.integration.test_recovery import messy_events
-from tests.support import online_features, online_states, produce_events, uninterrupted_run
+from tests.support import messy_events, now_ms, online_features, online_states, produce_events, uninterrupted_run
 
 pytestmark = pytest.mark.integration
 

@@ -459,7 +459,7 @@ def test_template_out_shows_every_template_field():
 
 # -- templates that cannot render (issue 13) --------------------------------------------------------
 
-from tests.unit.test_templates import UNRENDERABLE  # noqa: E402 - the engine's cases, through the routes
+from tests.support import UNRENDERABLE  # noqa: E402 - the engine's cases, through the routes
 
 #: The small language's own refusals, for what a render could not survive either.
 REFUSED_BY_LANGUAGE = [

@@ -11,12 +11,9 @@ from engine.experiments.assignment import welch_ttest_from_sums
 from engine.experiments.exposures import SEEN_IDS_PER_USER, ArmCounters, FirstExposure, UserExposures
 from engine.features.events import Event
 from flows.experiments import ArmLogic, ExposureLogic, arm_key, experiment_events
+from tests.support import STORY_T, experiment_counters, experiment_story, impression
 
-T = 1_767_225_600_000  # 2026-01-01
-
-
-def impression(eid, user, ts, experiment="hero", variant="a"):
-    return Event(eid, "impression", user, ts, experiment=experiment, variant=variant)
+T = STORY_T  # 2026-01-01, the story's start
 
 
 def totals(deltas_per_user: list[list[ArmCounters]]) -> dict[tuple[str, str], ArmCounters]:
@@ -28,79 +25,13 @@ def totals(deltas_per_user: list[list[ArmCounters]]) -> dict[tuple[str, str], Ar
     return arms
 
 
-def story(T: int = T) -> dict[str, list[Event]]:
-    """Three exposed users in two variants, one who never saw the experiment; the flow test uses it too."""
-    return {
-        "u1": [
-            impression("u1-i1", "u1", T),
-            Event("u1-c1", "click", "u1", T + 1, experiment="hero", variant="a"),
-            Event("u1-c2", "click", "u1", T + 2, experiment="hero"),
-            Event("u1-p1", "purchase", "u1", T + 3, value=30.0),
-            Event("u1-p1", "purchase", "u1", T + 3, value=30.0),  # a re-send: counted once
-            impression("u1-i2", "u1", T + 4, variant="b"),  # intention-to-treat: stays in "a"
-            impression("u1-x1", "u1", T + 10, experiment="cta", variant="x"),
-            Event("u1-p2", "purchase", "u1", T + 11, value=7.0),  # both experiments: hero total 37, cta 7
-            Event("u1-v1", "page_view", "u1", T + 12),  # not an experiment event
-        ],
-        "u2": [
-            Event("u2-p0", "purchase", "u2", T - 10, value=5.0),  # before any exposure: unattributed
-            impression("u2-i1", "u2", T),
-            Event("u2-k1", "conversion", "u2", T + 5, experiment="hero", value=10.0),
-            Event("u2-p1", "purchase", "u2", T + 6, value=20.0),  # u2's hero total: 30
-        ],
-        "u3": [
-            impression("u3-i1", "u3", T, variant="b"),
-            Event("u3-c0", "click", "u3", T - 1, experiment="hero"),  # before the exposure: unexposed
-            Event("u3-k1", "conversion", "u3", T + 1),  # no value
-            Event("u3-c1", "click", "u3", T + 2),  # names no experiment: not an experiment click
-        ],
-        "u4": [  # never exposed
-            Event("u4-c1", "click", "u4", T, experiment="hero"),
-            Event("u4-p1", "purchase", "u4", T + 1, experiment="hero", value=50.0),
-        ],
-    }
-
-
-def expected(T: int = T) -> dict[tuple[str, str], ArmCounters]:
-    """The arms' counters after `story`."""
-    return {
-        ("hero", "a"): ArmCounters(
-            experiment="hero",
-            variant="a",
-            users=2,
-            impressions=3,
-            clickers=1,
-            clicks=2,
-            converters=2,
-            conversions=4,
-            value_sum=67.0,
-            value_sum_sq=37.0**2 + 30.0**2,
-            updated_ms=T + 11,
-        ),
-        ("hero", "b"): ArmCounters(
-            experiment="hero", variant="b", users=1, impressions=1, converters=1, conversions=1, updated_ms=T + 1
-        ),
-        ("cta", "x"): ArmCounters(
-            experiment="cta",
-            variant="x",
-            users=1,
-            impressions=1,
-            converters=1,
-            conversions=1,
-            value_sum=7.0,
-            value_sum_sq=49.0,
-            updated_ms=T + 11,
-        ),
-    }
-
-
-EXPECTED = expected()
+EXPECTED = experiment_counters()
 
 
 def test_the_story_counts_exactly_per_arm_with_every_rule():
     tallies = {}
     deltas = []
-    for user_id, events in story().items():
+    for user_id, events in experiment_story().items():
         user = UserExposures()
         d, tallies[user_id] = user.update(events)
         deltas.append(d)
@@ -114,7 +45,7 @@ def test_the_story_counts_exactly_per_arm_with_every_rule():
 
 
 def test_batching_does_not_change_the_counts():
-    for user_id, events in story().items():
+    for user_id, events in experiment_story().items():
         whole, _ = UserExposures().update(events)
         user, one_by_one = UserExposures(), []
         for event in events:
@@ -173,7 +104,7 @@ def test_seen_ids_are_bounded_and_forget_the_oldest_first():
 
 def test_state_survives_pickle_and_msgpack():
     user = UserExposures()
-    user.update(story()["u1"])
+    user.update(experiment_story()["u1"])
     again = pickle.loads(pickle.dumps(user))
     assert again == user
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(user), type=UserExposures) == user
@@ -194,10 +125,10 @@ def test_arm_counters_feed_the_statistics():
 
 
 def test_the_flow_logic_classes_without_a_flow():
-    events = [e for user_events in story().values() for e in user_events]
+    events = [e for user_events in experiment_story().values() for e in user_events]
     assert [e.type for e in experiment_events(events)].count("page_view") == 0
     arms, firsts = {}, []
-    for user, user_events in story().items():
+    for user, user_events in experiment_story().items():
         logic = ExposureLogic(None)
         out, discard = logic.on_batch(experiment_events(user_events))
         assert discard is (user == "u4") and isinstance(logic.snapshot(), UserExposures)  # u4: never exposed
@@ -218,8 +149,10 @@ def test_the_flow_logic_classes_without_a_flow():
         FirstExposure("u3", "hero", "b", T),
     ]
     again = ExposureLogic(None)
-    again.on_batch(experiment_events(story()["u1"]))
-    assert not [i for _, i in again.on_batch(experiment_events(story()["u1"]))[0] if isinstance(i, FirstExposure)]
+    again.on_batch(experiment_events(experiment_story()["u1"]))
+    assert not [
+        i for _, i in again.on_batch(experiment_events(experiment_story()["u1"]))[0] if isinstance(i, FirstExposure)
+    ]
     # A resumed arm adds onto its snapshot and emits a copy of its totals.
     arm = ArmLogic(pickle.loads(pickle.dumps(arms[arm_key("hero", "b")].snapshot())))
     ((key, emitted),) = arm.on_batch([ArmCounters(experiment="hero", variant="b", clicks=1, updated_ms=T + 50)])[0]

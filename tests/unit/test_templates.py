@@ -18,6 +18,7 @@ from engine.content.templates import (
     revise,
     validate_body,
 )
+from tests.support import UNRENDERABLE
 
 ITEMS = build_catalog(seed=1, n_items=20).items
 ON_SALE = next(i for i in ITEMS if i.discount_pct)
@@ -296,18 +297,6 @@ def test_default_templates_cover_every_slot_and_render():
 
 
 # -- templates that validate but cannot render (issue 13) ----------------------------------------
-
-NINES = "9" * 400  # past the largest float: `| money` overflows (300 nines still fit, at 1e300)
-#: Bodies the small language allows that cannot render for any caller, and what the refusal says.
-UNRENDERABLE = [
-    ("{% if 1 %}" * 99 + "x" + "{% endif %}" * 99, "nests too deeply"),
-    ("{{ " + NINES + " | money }}", "OverflowError"),
-    ("{% if user.vip == 'yes' %}{{ " + NINES + " | money }}{% endif %}", "OverflowError"),  # a branch samples miss
-    ("{{ 1.5 | round(2, 'sideways') }}", "method"),
-    ("{{ 'x' | trim(5) }}", "TypeError"),
-    ("{{ item.title | money }}", "ValueError"),
-    ("{% if item.price > 'cheap' %}x{% endif %}", "not supported"),
-]
 
 
 @pytest.mark.parametrize("body, says", UNRENDERABLE)
