@@ -12,9 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from config.settings import Settings
-from tests.support import KEY, write_feedback
+from tests.support import KEY, ROOT, write_feedback
 
-ROOT = Path(__file__).resolve().parent.parent
 warnings.filterwarnings("ignore", message=".*experimental.*")
 
 

@@ -11,6 +11,8 @@ from engine.experiments.exposures import ArmCounters
 from engine.features.events import Event, encode_event
 from flows.kafka import make_producer, produce_all, read_topic
 
+#: The repository root (tests/ is one level down).
+ROOT = Path(__file__).resolve().parent.parent
 #: The API tests' pseudonym key and API keys (a serving key and an admin key).
 KEY = "0123456789abcdef0123456789abcdef"
 SERVE = {"X-API-Key": "server"}

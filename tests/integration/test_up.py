@@ -17,8 +17,7 @@ import psutil
 import pytest
 
 from demo.live import format_value, pick_watched
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 def up_env(feature_repo: Path) -> dict[str, str]:

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from cli.main import build_parser
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 

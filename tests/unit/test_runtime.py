@@ -23,8 +23,8 @@ import pytest
 from models.serve import runtime
 from models.serve.manifest import Manifest, ModelDirError, read_manifest, write_manifest
 from models.serve.runtime import CPU, GenerationResult, Generator, choose_providers, pick_next
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTROL = ["<seg=bargain_hunter>", "<seg=loyal>", "<slot=headline>", "<slot=body>", "<tone=urgent>", "<tone=calm>"]
 EOS, PAD = "<|endoftext|>", "<pad>"
 PROMPTS = [
