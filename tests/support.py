@@ -320,3 +320,12 @@ def retrain_config(**overrides):
     # Small on purpose: a few dozen steps and 128 sampled texts per model keep a run near 15 s.
     values = {"epochs": 2, "lr": 1e-2, "max_records": 800, "eval_samples": 2, "eval_records": 600}
     return RetrainConfig(**{**values, **overrides})
+
+
+# -- tailor retrain --watch --------------------------------------------------------------------------
+
+
+def retrain_args(*argv: str):
+    from cli.main import build_parser
+
+    return build_parser().parse_args(["retrain", "--watch", *argv])

@@ -1,4 +1,4 @@
-"""``tailor retrain --watch``: experiment-arm thresholds read from Feast, drift alerts, fresh feedback per run."""
+"""``tailor retrain --watch`` on a real broker: experiment-arm thresholds read from Feast, drift alerts, fresh feedback per run."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import msgspec
 import pyarrow.parquet as pq
 import pytest
 
-from cli.main import build_parser
 from engine.audience.drift import DriftAlert
 from engine.experiments.exposures import ArmCounters
 from engine.features.events import Event
-from engine.learning.retrain_policy import ArmSeries, ArmThreshold, arm_check
+from engine.learning.retrain_policy import ArmThreshold
 from jobs.retrain_watch import RetrainWatch, run_watch, watch
 from store.feast import FeatureWriter, open_store
-from tests.support import now_ms, produce_events
+from tests.support import now_ms, produce_events, retrain_args
 
 MIN = 60_000
 
@@ -47,43 +46,6 @@ def wait_for(condition, what: str, timeout_s: float = 20.0) -> None:
             return
         done.wait(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def retrain_args(*argv: str):
-    return build_parser().parse_args(["retrain", "--watch", *argv])
-
-
-# -- the rate series (pure) ----------------------------------------------------------------------------------------
-
-
-def test_readings_wait_for_enough_new_users_and_restart_when_counters_go_back():
-    rule = ArmThreshold(experiment="hero", variant="b", floor=0.02, min_users=100)
-    series, reason = arm_check(rule, ArmSeries(), 1000, 50)
-    assert (series, reason) == (ArmSeries(1000, 50), None)  # the starting point only
-    for users in (1040, 1080):  # 80 new users, none converted: too few to read a rate
-        series, reason = arm_check(rule, series, users, 50)
-        assert reason is None and series == ArmSeries(1000, 50)
-    series, reason = arm_check(rule, series, 1120, 50)  # 120 new users, none converted
-    assert series.rates == (0.0,) and reason.startswith("threshold: hero/b conversion rate 0 is under the floor 0.02")
-    assert reason.endswith("last reading 0 of 120 new users")
-    series, reason = arm_check(rule, series, 10, 1)  # the store was rebuilt: a new starting point, rates kept
-    assert (series, reason) == (ArmSeries(10, 1, (0.0,)), None)
-    # Late conversions of earlier users never make a rate above 1.
-    assert arm_check(rule, ArmSeries(0, 0), 100, 150)[0].rates == (1.0,)
-    clicks = ArmThreshold(experiment="hero", variant="b", metric="click", floor=0.1, min_users=10)
-    assert arm_check(clicks, ArmSeries(0, 0), 10, 0)[1].startswith("threshold: hero/b click rate 0 is under")
-    with pytest.raises(ValueError, match="set a floor"):
-        ArmThreshold(experiment="hero", variant="b")
-
-
-def test_an_unapplied_feature_repo_is_a_clear_error(feature_repo, capsys):
-    from config.settings import Settings
-
-    settings = Settings.of(brokers="127.0.0.1:1", feature_repo=str(feature_repo))
-    args = retrain_args("--no-drift", "--arm", "hero/b", "--floor", "0.02", "--feedback", "f.parquet")
-    assert run_watch(settings, args, lambda *a: None) == 2
-    err = capsys.readouterr().err
-    assert "feature view 'experiment_arm' is not registered" in err and "tailor apply" in err
 
 
 # -- thresholds read from the online store -------------------------------------------------------------------------
@@ -193,45 +155,7 @@ def test_one_watch_process_serves_drift_and_threshold_triggers_through_one_debou
     assert runs[1][2] - runs[0][2] >= 1.4  # the drift alert came too soon and waited for the interval
 
 
-# -- the command's glue: options, fresh feedback ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "argv, on_drift, says",
-    [
-        ([], False, "nothing to watch"),
-        (["--no-drift"], True, "nothing to watch"),
-        (["--arm", "hero"], True, "expects EXPERIMENT/VARIANT"),
-        (["--arm", "hero/b"], True, "needs --floor RATE, --relative-drop X or both"),
-        (["--floor", "0.02"], True, "add --arm"),
-        (["--arm", "hero/b", "--floor", "2"], True, "floor must be in [0, 1]"),
-        (
-            ["--arm", "hero/b", "--floor", "0.02", "--no-drift"],
-            True,
-            "the fresh feedback come from (or pass --feedback",
-        ),
-        (["--feedback", "f.parquet"], True, "set TAILOR_BROKERS to the Kafka the drift alerts come from\n"),
-    ],
-)
-def test_watch_options_that_cannot_work_are_code_2(argv, on_drift, says, capsys):
-    from config.settings import Settings
-
-    settings = Settings.of(brokers="", retrain_on_drift=on_drift)
-    assert run_watch(settings, retrain_args(*argv), lambda *a: None) == 2
-    err = capsys.readouterr().err
-    assert says in err and err.count("\n") == 1
-
-
-def test_trigger_options_without_watch_are_refused(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("torch")
-    from cli.main import main
-
-    monkeypatch.setenv("TAILOR_MODEL_DIR", str(tmp_path / "nothing"))
-    monkeypatch.setenv("TAILOR_MODEL_REGISTRY", str(tmp_path / "registry"))
-    for argv in (["--arm", "hero/b", "--floor", "0.02"], ["--no-drift"], ["--min-users", "100"]):
-        assert main(["retrain", *argv]) == 2, argv
-        assert "add --watch" in capsys.readouterr().err
-    assert not (tmp_path / "registry").exists()  # no run was attempted
+# -- the command's glue: fresh feedback ------------------------------------------------------------------------------
 
 
 def served(event_id: str, user: str, ts: int, text: str) -> Event:
