@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -329,3 +330,12 @@ def retrain_args(*argv: str):
     from cli.main import build_parser
 
     return build_parser().parse_args(["retrain", "--watch", *argv])
+
+
+# -- tailor up ---------------------------------------------------------------------------------------
+
+
+def up_env(feature_repo: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env["TAILOR_FEATURE_REPO"] = str(feature_repo)  # empty TAILOR_BROKERS: the embedded broker
+    return env
