@@ -6,7 +6,10 @@ import json
 import os
 import random
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from engine.experiments.exposures import ArmCounters
 from engine.features.events import Event, encode_event
@@ -339,3 +342,33 @@ def up_env(feature_repo: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
     env["TAILOR_FEATURE_REPO"] = str(feature_repo)  # empty TAILOR_BROKERS: the embedded broker
     return env
+
+
+# -- tailor simulate and replay ----------------------------------------------------------------------
+
+
+SIM_START = "2026-01-01T00:00:00Z"
+SIM_START_MS = 1_767_225_600_000
+
+
+def cli_args(*argv):
+    from cli.main import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+DAY_MS = 86_400_000
+
+
+def rfc3339(ts_ms):
+    moment = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def restamped(events, times):
+    """The events as JSON lines stamped with ``times``, every third as RFC 3339 (the Event type refuses pre-2000)."""
+    lines = []
+    for n, (event, ts) in enumerate(zip(events, times)):
+        stamp = rfc3339(ts) if n % 3 == 0 else ts
+        lines.append(json.dumps(msgspec.to_builtins(event) | {"ts": stamp}))
+    return lines
