@@ -13,6 +13,7 @@ import msgspec
 
 from engine.experiments.exposures import ArmCounters
 from engine.features.events import Event, encode_event
+from engine.learning.feedback import FeedbackRow
 from flows.kafka import make_producer, produce_all, read_topic
 
 #: The repository root (tests/ is one level down).
@@ -372,3 +373,88 @@ def restamped(events, times):
         stamp = rfc3339(ts) if n % 3 == 0 else ts
         lines.append(json.dumps(msgspec.to_builtins(event) | {"ts": stamp}))
     return lines
+
+
+# -- tailor feedback export --------------------------------------------------------------------------
+
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MIN = 60_000
+HOUR = 3_600_000
+
+
+def served_copy(
+    event_id,
+    user,
+    ts,
+    text,
+    *,
+    experiment="hero",
+    style="bargain_hunter",
+    tone="urgent",
+    slot="headline",
+    generated=True,
+    model_version="v1",
+    more=None,
+) -> Event:
+    props = {
+        "slot": slot,
+        "template": "hero_default@3",
+        "style": style,
+        "tone": tone,
+        "segment": 2,
+        "model_version": model_version,
+        "generated": generated,
+        f"copy.{slot}": text,
+    }
+    props.update(more or {})
+    return Event(
+        event_id, "impression", user, ts, experiment=experiment, variant="ai" if experiment else None, props=props
+    )
+
+
+def click(event_id, user, ts, experiment="hero", exposure_id=None) -> Event:
+    return Event(
+        event_id, "click", user, ts, experiment=experiment, props={"exposure_id": exposure_id} if exposure_id else None
+    )
+
+
+def purchase(event_id, user, ts, value, experiment=None) -> Event:
+    return Event(event_id, "purchase", user, ts, value=value, experiment=experiment)
+
+
+def feedback_row(text, **fields) -> FeedbackRow:
+    values = {
+        "style": "bargain_hunter",
+        "slot": "headline",
+        "tone": "urgent",
+        "text": text,
+        "model_version": "v1",
+        "experiments": "hero",
+        "first_ms": T0,
+        "last_ms": T0,
+    }
+    values.update(fields)
+    return FeedbackRow(**values)
+
+
+def point_in_time_events() -> list[Event]:
+    return [
+        served_copy("x1", "u1", T0, "Half price today"),
+        click("c1", "u1", T0 + MIN),
+        purchase("p1", "u1", T0 + 3 * HOUR, 50.0),  # after a 2 h cut-off, inside the 24 h window
+        served_copy("x2", "u2", T0 + 3 * HOUR, "Deals end soon"),  # served_copy after a 2 h cut-off
+        click("c2", "u2", T0 + 3 * HOUR + MIN),
+    ]
+
+
+def feedback_export_args(*argv):
+    from cli.main import build_parser
+
+    return build_parser().parse_args(["feedback", "export", *argv])
+
+
+def read_feedback_rows(path) -> list[FeedbackRow]:
+    import pyarrow.parquet as pq
+
+    return [FeedbackRow(**r) for r in pq.read_table(path).to_pylist()]
