@@ -5,6 +5,9 @@
 small online write.
 ``user_activity`` finishes the windows at read time, so every Feast client
 (``get_online_features``, ``feast serve``) reads values that are correct now.
+
+Names are typed here once: ``store.feast`` takes its view, feature and entity-key names
+from these objects, and registers every Feast object of this module (``tailor apply``).
 """
 
 from datetime import timedelta

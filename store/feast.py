@@ -1,7 +1,8 @@
-"""The Feast side of the flow: open the store, apply definitions, write rows.
+"""The Feast side of Tailor: view names and keys, opening the store, the writer, training sets.
 
-Online writes skip Feast's DataFrame layer (see `FeatureWriter`); the same rows
-go to Parquet parts under the offline source, for training sets. With Redis, a
+View, feature and entity-key names come from the definitions in `feature_repo.features`,
+typed there once. Online writes skip Feast's DataFrame layer (see `FeatureWriter`); the
+same rows go to Parquet parts under the offline source, for training sets. With Redis, a
 write Redis cannot take is retried with backoff until it lands (never dropped).
 """
 
@@ -23,48 +24,54 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from feast import FeatureStore, RepoConfig
+from feast import Entity, FeatureService, FeatureStore, FeatureView, OnDemandFeatureView, RepoConfig
+from feast.data_source import DataSource
 from feast.errors import FeatureViewNotFoundException
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.sqlite import SqliteOnlineStore
-from feast.infra.online_stores.sqlite import _table_id as _sqlite_table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
+from feast.types import Float64
 
 from config.settings import Settings
 from engine.audience.audience import SegmentAssignment
 from engine.audience.segments import SegmentProfile
 from engine.experiments.exposures import ArmCounters, FirstExposure
 from engine.features.tiles import FEATURES, UserActivity, finish
+from feature_repo import features as definitions
 from store import metrics
 from store.redis_guard import OUTAGE_ERRORS
+from store.sqlite_online import STORE_TYPE as SQLITE_STORE_TYPE
+from store.sqlite_online import TailorSqliteOnlineStore
 
 log = logging.getLogger("tailor.flow")
 
-TILES_VIEW = "user_activity_tiles"
-SEGMENT_VIEW = "user_segment"
-PROFILE_VIEW = "segment_profile"
-ARM_VIEW = "experiment_arm"
-#: The experiment_arm features, in `ArmCounters` field order (Int64 unless in `ARM_FLOATS`).
-ARM_FEATURES = (
-    "users",
-    "impressions",
-    "clickers",
-    "clicks",
-    "converters",
-    "conversions",
-    "value_sum",
-    "value_sum_sq",
-    "updated_ms",
-)
-ARM_FLOATS = frozenset({"value_sum", "value_sum_sq"})
-FIRST_EXPOSURE_VIEW = "user_experiment"
+TILES_VIEW = definitions.user_activity_tiles_fv.name
+SEGMENT_VIEW = definitions.user_segment_fv.name
+PROFILE_VIEW = definitions.segment_profile_fv.name
+ARM_VIEW = definitions.experiment_arm_fv.name
+FIRST_EXPOSURE_VIEW = definitions.user_experiment_fv.name
+#: The finished activity features (on demand, over `TILES_VIEW`) and the service Feast clients read them by.
+ACTIVITY_VIEW = definitions.user_activity.name
+ACTIVITY_SERVICE = definitions.user_activity_v1.name
+#: Entity join keys.
+USER_ID = definitions.user.join_key
+SEGMENT_ID = definitions.segment.join_key
+EXPERIMENT_ID = definitions.experiment.join_key
+VARIANT = definitions.variant.join_key
+#: The user_segment and segment_profile features, in schema order.
+SEGMENT_FEATURES = tuple(f.name for f in definitions.user_segment_fv.features)
+PROFILE_FEATURES = tuple(f.name for f in definitions.segment_profile_fv.features)
+#: The experiment_arm features, in schema (and `ArmCounters` field) order; Int64 unless in `ARM_FLOATS`.
+ARM_FEATURES = tuple(f.name for f in definitions.experiment_arm_fv.features)
+ARM_FLOATS = frozenset(f.name for f in definitions.experiment_arm_fv.features if f.dtype == Float64)
 #: The user_experiment feature holding the user's first arm.
 FIRST_ARM = "arm"
+#: The Feast object kinds `apply_definitions` registers (what ``feast apply`` finds in a repo).
+_DEFINITION_KINDS = (Entity, DataSource, FeatureView, OnDemandFeatureView, FeatureService)
 _DEFAULT_REPO = Path(Settings().store.feature_repo)
 OFFLINE_SCHEMA = pa.schema(
     [
-        ("user_id", pa.string()),
+        (USER_ID, pa.string()),
         ("event_timestamp", pa.timestamp("ms", tz="UTC")),
         ("created", pa.timestamp("ms", tz="UTC")),
         ("state", pa.binary()),
@@ -74,6 +81,9 @@ OFFLINE_SCHEMA = pa.schema(
 
 def open_store(settings: Settings, *, redis_timeout_ms: float | None = None) -> FeatureStore:
     """The Feast store of ``settings.store.feature_repo``, on Redis when ``redis_url`` is set.
+
+    Otherwise the online store is Tailor's SQLite store (`store.sqlite_online`), which
+    ``feature_store.yaml`` names; a yaml naming Feast's plain ``sqlite`` gets it too.
 
     Redis calls wait at most ``redis_timeout_ms`` (default ``settings.redis.timeout_ms``)
     and go through the server's circuit breaker (`store.redis_online`).
@@ -95,8 +105,16 @@ def open_store(settings: Settings, *, redis_timeout_ms: float | None = None) -> 
             "timeout_ms": redis_timeout_ms or settings.redis.timeout_ms,
             "breaker_s": settings.redis.breaker_s,
         }
+    elif (online := raw.get("online_store")) is None or isinstance(online, dict) and _is_feast_sqlite(online):
+        # A repository whose feature_store.yaml names Feast's own SQLite store (one copied
+        # before Tailor's existed): the same file and tables, plus the flow's fast write.
+        raw["online_store"] = {**(online or {}), "type": SQLITE_STORE_TYPE}
     (repo / "data").mkdir(exist_ok=True)
     return FeatureStore(repo_path=str(repo), config=RepoConfig(repo_path=repo, **raw))
+
+
+def _is_feast_sqlite(online_store: dict) -> bool:
+    return online_store.get("type", "sqlite") == "sqlite"  # Feast's default type
 
 
 def new_repo(settings: Settings, folder: str | os.PathLike) -> Settings:
@@ -113,33 +131,12 @@ def new_repo(settings: Settings, folder: str | os.PathLike) -> Settings:
 
 
 def apply_definitions(store: FeatureStore) -> None:
-    """Register Tailor's entities, views and services (what ``feast apply`` does)."""
-    from feature_repo import features
+    """Register Tailor's entities, sources, views and services (what ``feast apply`` does).
 
-    objects = [
-        features.user,
-        features.user_activity_tiles_source,
-        features.user_activity_push_source,
-        features.user_activity_tiles_fv,
-        features.user_activity,
-        features.user_activity_v1,
-        features.segment,
-        features.user_segment_source,
-        features.user_segment_push_source,
-        features.user_segment_fv,
-        features.segment_profile_source,
-        features.segment_profile_push_source,
-        features.segment_profile_fv,
-        features.user_segment_v1,
-        features.experiment,
-        features.variant,
-        features.experiment_arm_source,
-        features.experiment_arm_push_source,
-        features.experiment_arm_fv,
-        features.user_experiment_source,
-        features.user_experiment_push_source,
-        features.user_experiment_fv,
-    ]
+    They are the Feast objects `feature_repo.features` defines, found by kind as ``feast apply``
+    finds them, so a definition added there is registered without a second list here.
+    """
+    objects = [obj for obj in vars(definitions).values() if isinstance(obj, _DEFINITION_KINDS)]
     store.apply(objects)
     offline_dir(store).mkdir(parents=True, exist_ok=True)
 
@@ -171,9 +168,10 @@ class FeatureWriter:
     """Writes users' packed tiles to the online store and buffers offline rows.
 
     `write` is one online transaction for all the users given. On SQLite it
-    upserts Feast's own table rows with one ``executemany`` (Feast's per-row
-    Python costs ~10x more, measured in bench/ingest); any other online store
-    (Redis) goes through Feast's ``online_write_batch``, retried with backoff
+    hands rows serialized here to `TailorSqliteOnlineStore.write_rows`, one
+    ``executemany`` (Feast's ``online_write_batch`` costs ~10x more, measured in
+    bench/ingest); any other online store (Redis) goes through Feast's
+    ``online_write_batch``, retried with backoff
     (0.1 s doubling to ``TAILOR_REDIS_RETRY_MAX_S``) while Redis cannot take it:
     the flow waits for Redis instead of exiting, and loses nothing (every row is
     a user's newest state or an absolute counter, so a write that landed before
@@ -186,13 +184,16 @@ class FeatureWriter:
         self.retry_max_s = settings.redis.retry_max_s
         self.view = self.store.get_feature_view(TILES_VIEW)
         self.config = self.store.config
-        self.online = self.store._get_provider().online_store
+        self.online = self.store.provider.online_store
         self.offline = offline
         self.offline_path = offline_dir(self.store)
         self.offline_flush_rows = settings.flow.offline_flush_rows
         self._offline_rows: list[tuple] = []
         self._entity_keys: dict[str, bytes] = {}
-        self._sqlite = self._sqlite_upsert()
+        # Tailor's SQLite store takes serialized rows (`write_rows`); None for any other.
+        self._sqlite = self.online if isinstance(self.online, TailorSqliteOnlineStore) else None
+        if self._sqlite is not None:
+            self._sqlite.prepare_writes(self.config)
         self._views = {}  # other views, looked up by warm_up (or when first written)
 
     def warm_up(self) -> None:
@@ -204,9 +205,9 @@ class FeatureWriter:
         A Redis that cannot answer yet is waited for, with the writes' backoff.
         """
         keys = {
-            TILES_VIEW: _entity_key(""),
-            SEGMENT_VIEW: _entity_key(""),
-            PROFILE_VIEW: EntityKey(join_keys=["segment_id"], entity_values=[Value(int64_val=-1)]),
+            TILES_VIEW: user_key(""),
+            SEGMENT_VIEW: user_key(""),
+            PROFILE_VIEW: segment_key(-1),
             ARM_VIEW: arm_entity_key("", ""),
             FIRST_EXPOSURE_VIEW: first_exposure_key("", ""),
         }
@@ -231,31 +232,13 @@ class FeatureWriter:
                 ) from None
         return view
 
-    def _sqlite_upsert(self):
-        if not isinstance(self.online, SqliteOnlineStore):
-            return None
-        conn = self.online._get_conn(self.config)
-        # WAL lets readers (the API, feast serve) read while the flow writes;
-        # synchronous=NORMAL survives a process crash without an fsync per batch.
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        table = _sqlite_table_id(
-            self.config.project, self.view, self.config.registry.enable_online_feature_view_versioning
-        )
-        sql = (
-            f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
-            "VALUES (?, 'state', ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-            "value = excluded.value, value_text = NULL, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
-        )
-        return conn, sql
-
     def _entity_key_bin(self, user_id: str) -> bytes:
         key = self._entity_keys.get(user_id)
         if key is None:
             if len(self._entity_keys) > 1_000_000:
                 self._entity_keys.clear()
             key = serialize_entity_key(
-                _entity_key(user_id), entity_key_serialization_version=self.config.entity_key_serialization_version
+                user_key(user_id), entity_key_serialization_version=self.config.entity_key_serialization_version
             )
             self._entity_keys[user_id] = key
         return key
@@ -266,18 +249,16 @@ class FeatureWriter:
         now_ms = int(time.time() * 1000)
         packed = [(user_id, state.newest_ms, state.packed()) for user_id, state in users.items()]
         if self._sqlite is not None:
-            conn, sql = self._sqlite
-            # Feast stores times as epoch seconds in this table.
+            now_s = now_ms // 1000
             rows = [
-                (self._entity_key_bin(u), Value(bytes_val=blob).SerializeToString(), ts // 1000, now_ms // 1000)
+                (self._entity_key_bin(u), "state", Value(bytes_val=blob).SerializeToString(), ts // 1000, now_s)
                 for u, ts, blob in packed
             ]
-            with conn:
-                conn.executemany(sql, rows)
+            self._sqlite.write_rows(self.config, self.view, rows)
         else:
             now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
             data = [
-                (_entity_key(u), {"state": Value(bytes_val=blob)}, datetime.fromtimestamp(ts / 1000, tz=UTC), now)
+                (user_key(u), {"state": Value(bytes_val=blob)}, datetime.fromtimestamp(ts / 1000, tz=UTC), now)
                 for u, ts, blob in packed
             ]
             self._online_write(self.view, data)
@@ -300,19 +281,18 @@ class FeatureWriter:
                 flat.append((key, "segment", _int64_value(a.segment), ts, now_s))
                 flat.append((key, "segment_distance", _double_value(a.distance), ts, now_s))
                 flat.append((key, "model_version", _int64_value(a.model_version), ts, now_s))
-            self._sqlite_upsert_flat(view, flat)
+            self._sqlite.write_rows(self.config, view, flat)
         else:
-            self._upsert(view, [(_entity_key(u), a.ts, _segment_values(a)) for u, a in users.items()])
+            self._upsert(view, [(user_key(u), a.ts, _segment_values(a)) for u, a in users.items()])
 
     def write_profiles(self, profiles: list[SegmentProfile]) -> None:
         """Segment profiles into ``segment_profile`` (entity: segment id)."""
         now_ms = int(time.time() * 1000)
         rows = []
         for p in profiles:
-            key = EntityKey(join_keys=["segment_id"], entity_values=[Value(int64_val=p.segment)])
             rows.append(
                 (
-                    key,
+                    segment_key(p.segment),
                     now_ms,
                     {
                         "label": Value(string_val=p.label),
@@ -364,7 +344,8 @@ class FeatureWriter:
         now_ms = int(time.time() * 1000)
         if self._sqlite is not None:
             version = self.config.entity_key_serialization_version
-            self._sqlite_upsert_flat(
+            self._sqlite.write_rows(
+                self.config,
                 view,
                 [
                     (key_bin, name, value.SerializeToString(), ts // 1000, now_ms // 1000)
@@ -402,19 +383,6 @@ class FeatureWriter:
                 delay = min(delay * 2, self.retry_max_s)
         if failures:
             log.warning("%s landed after %d retries", what, failures)
-
-    def _sqlite_upsert_flat(self, view, flat: list[tuple[bytes, str, bytes, int, int]]) -> None:
-        """(entity key, feature name, serialized Value, event s, created s) rows into Feast's SQLite table."""
-        conn, _ = self._sqlite
-        versioned = self.config.registry.enable_online_feature_view_versioning
-        table = _sqlite_table_id(self.config.project, view, versioned)
-        sql = (
-            f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, created_ts) '
-            "VALUES (?, ?, ?, NULL, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
-            "value = excluded.value, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
-        )
-        with conn:
-            conn.executemany(sql, flat)
 
     def flush_offline(self) -> None:
         if not self._offline_rows:
@@ -463,25 +431,31 @@ def _segment_values(a: SegmentAssignment) -> dict[str, Value]:
     }
 
 
-def _entity_key(user_id: str) -> EntityKey:
-    return EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+def user_key(user_id: str) -> EntityKey:
+    """The ``user_activity_tiles`` and ``user_segment`` row key of one user (a pseudonym)."""
+    return EntityKey(join_keys=[USER_ID], entity_values=[Value(string_val=user_id)])
+
+
+def segment_key(segment: int) -> EntityKey:
+    """The ``segment_profile`` row key of one segment."""
+    return EntityKey(join_keys=[SEGMENT_ID], entity_values=[Value(int64_val=segment)])
 
 
 def arm_entity_key(experiment: str, variant: str) -> EntityKey:
     """The ``experiment_arm`` row key of one (experiment, variant)."""
     return EntityKey(
-        join_keys=["experiment_id", "variant"], entity_values=[Value(string_val=experiment), Value(string_val=variant)]
+        join_keys=[EXPERIMENT_ID, VARIANT], entity_values=[Value(string_val=experiment), Value(string_val=variant)]
     )
 
 
 def first_exposure_key(user_id: str, experiment: str) -> EntityKey:
     """The ``user_experiment`` row key of one (user, experiment)."""
     return EntityKey(
-        join_keys=["experiment_id", "user_id"], entity_values=[Value(string_val=experiment), Value(string_val=user_id)]
+        join_keys=[EXPERIMENT_ID, USER_ID], entity_values=[Value(string_val=experiment), Value(string_val=user_id)]
     )
 
 
-def training_set(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:
+def historical_features_for(store: FeatureStore, entity_df: pd.DataFrame) -> pd.DataFrame:
     """Point-in-time user_activity features for each (user_id, event_timestamp) row.
 
     Feast joins each row to the newest tiles written at or before its
@@ -509,13 +483,13 @@ def _bytes_or_none(value) -> bytes | None:
 def read_profiles(store, n_segments: int) -> list[SegmentProfile]:
     """Profiles of segments ``0 .. n_segments - 1`` that the flow has written."""
     got = store.get_online_features(
-        features=[f"segment_profile:{name}" for name in ("label", "size", "share", "centre", "model_version")],
-        entity_rows=[{"segment_id": k} for k in range(n_segments)],
+        features=[f"{PROFILE_VIEW}:{name}" for name in PROFILE_FEATURES],
+        entity_rows=[{SEGMENT_ID: k} for k in range(n_segments)],
     ).to_dict()
     return [
         SegmentProfile(segment=k, label=label, size=size, share=share, centre=json.loads(centre), model_version=version)
         for k, label, size, share, centre, version in zip(
-            got["segment_id"], got["label"], got["size"], got["share"], got["centre"], got["model_version"]
+            got[SEGMENT_ID], got["label"], got["size"], got["share"], got["centre"], got["model_version"]
         )
         if label is not None
     ]

@@ -3,8 +3,9 @@
 ``FeatureStore.get_online_features`` costs about 1.1 ms a call here (median,
 SQLite; most of it resolving the request and running the on-demand view's
 Python), which would cap a core at under 1,000 requests/s. The API instead asks
-Feast's own online store (``provider.online_read``, SQLite or Redis, whatever
-``feature_store.yaml`` configures) for the raw rows of ``user_activity_tiles``
+Feast's own online store (``provider.online_read``, the `OnlineStore` interface: the
+SQLite store of `store.sqlite_online` or Redis, whatever ``feature_store.yaml`` and
+``TAILOR_REDIS_URL`` configure) for the raw rows of ``user_activity_tiles``
 and ``user_segment``, and finishes the windows with the very function the
 ``user_activity`` on-demand view runs (`engine.features.tiles.finish`). The values are
 the ones a plain Feast client reads (a test checks it); only the overhead goes.
@@ -28,8 +29,6 @@ from typing import Any
 
 import msgspec
 from feast.errors import FeatureViewNotFoundException
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
 
 from engine.audience.segments import SegmentProfile
 from engine.experiments.exposures import ArmCounters
@@ -40,8 +39,12 @@ from store.feast import (
     ARM_VIEW,
     FIRST_ARM,
     FIRST_EXPOSURE_VIEW,
+    SEGMENT_FEATURES,
+    SEGMENT_VIEW,
+    TILES_VIEW,
     arm_entity_key,
     first_exposure_key,
+    user_key,
 )
 from store.redis_guard import RedisUnavailable, StoreUnavailable
 
@@ -76,16 +79,17 @@ class OnlineReader:
 
     def __init__(self, store, n_segments: int):
         self._store = store
-        self._provider = store._get_provider()
+        self._provider = store.provider
         self._config = store.config
-        self._tiles = store.get_feature_view("user_activity_tiles")
-        self._segments = store.get_feature_view("user_segment") if n_segments else None
+        self._tiles = store.get_feature_view(TILES_VIEW)
+        self._segments = store.get_feature_view(SEGMENT_VIEW) if n_segments else None
         try:
             self._first = store.get_feature_view(FIRST_EXPOSURE_VIEW)
         except FeatureViewNotFoundException:  # a repository applied before it existed
             log.warning(
-                "no user_experiment view in the feature repository (run `tailor apply`): after an "
-                "allocation change, users already assigned to an experiment may change arms"
+                "no %s view in the feature repository (run `tailor apply`): after an "
+                "allocation change, users already assigned to an experiment may change arms",
+                FIRST_EXPOSURE_VIEW,
             )
             self._first = None
         self._n_segments = n_segments
@@ -98,15 +102,13 @@ class OnlineReader:
             return self._features(user_id, now_ms)
 
     def _features(self, user_id: str, now_ms: int | None) -> tuple[dict[str, Any], UserSegment | None]:
-        key = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+        key = user_key(user_id)
         _, row = self._provider.online_read(self._config, self._tiles, [key], ["state"])[0]
         state = row["state"].bytes_val if row and "state" in row else None
         features = finish(state, int(time.time() * 1000) if now_ms is None else now_ms)
         segment = None
         if self._segments is not None:
-            _, seg = self._provider.online_read(
-                self._config, self._segments, [key], ["segment", "segment_distance", "model_version"]
-            )[0]
+            _, seg = self._provider.online_read(self._config, self._segments, [key], list(SEGMENT_FEATURES))[0]
             if seg and seg.get("segment") is not None and seg["segment"].HasField("int64_val"):
                 distance = seg.get("segment_distance")
                 segment = UserSegment(
@@ -155,7 +157,7 @@ def read_arm_counters(store, experiment: str, variants: list[str]) -> dict[str, 
     """
     view = store.get_feature_view(ARM_VIEW)
     keys = [arm_entity_key(experiment, v) for v in variants]
-    rows = store._get_provider().online_read(store.config, view, keys, list(ARM_FEATURES))
+    rows = store.provider.online_read(store.config, view, keys, list(ARM_FEATURES))
     out = {}
     for variant, (_, row) in zip(variants, rows):
         counters = ArmCounters(experiment=experiment, variant=variant)

@@ -8,7 +8,7 @@ from bytewax.testing import run_main
 
 from engine.features.events import Event
 from flows.features import build_flow
-from store.feast import open_store, training_set
+from store.feast import historical_features_for, open_store
 from tests.conftest import now_ms
 from tests.support import produce_events
 
@@ -36,7 +36,7 @@ def test_training_set_is_point_in_time_correct(make_settings):
             "event_timestamp": [at(now - 4 * HOUR), at(now - 2 * HOUR), at(now), at(now)],
         }
     )
-    got = training_set(open_store(settings), entity_df).sort_values("event_timestamp").reset_index(drop=True)
+    got = historical_features_for(open_store(settings), entity_df).sort_values("event_timestamp").reset_index(drop=True)
     dana = got[got.user_id == "dana"].reset_index(drop=True)
     assert dana.lifetime_events.tolist() == [0, 4, 7]  # nothing from each row's future
     assert dana.purchases_24h.tolist() == [0, 0, 3]
