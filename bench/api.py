@@ -210,11 +210,11 @@ def write_population(settings: Settings, n_users: int) -> Population:
 
 def _feature_refs(settings: Settings) -> list[str]:
     """What the API's features route reads: the user_activity_v1 service and the segment."""
-    from store.feast import open_store
+    from store.feast import ACTIVITY_SERVICE, SEGMENT_VIEW, open_store
 
-    service = open_store(settings).get_feature_service("user_activity_v1")
+    service = open_store(settings).get_feature_service(ACTIVITY_SERVICE)
     refs = [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
-    return [*refs, "user_segment:segment", "user_segment:model_version"]
+    return [*refs, f"{SEGMENT_VIEW}:segment", f"{SEGMENT_VIEW}:model_version"]
 
 
 def _pin_cpus() -> dict:

@@ -226,9 +226,11 @@ def _tail(path: str, chars: int = 2000) -> str:
 
 
 def _reader(store):
+    from store.feast import ACTIVITY_VIEW, USER_ID
+
     def read() -> int:
         got = store.get_online_features(
-            features=["user_activity:lifetime_events"], entity_rows=[{"user_id": PROBE_USER}]
+            features=[f"{ACTIVITY_VIEW}:lifetime_events"], entity_rows=[{USER_ID: PROBE_USER}]
         ).to_dict()
         return got["lifetime_events"][0] or 0
 

@@ -262,17 +262,17 @@ def quality(settings: Settings, audience) -> dict:
     """ARI of the segments read through Feast vs. the latent profiles; alerts from the drift topic."""
     from engine.audience.segments import adjusted_rand_index
     from flows.kafka import read_topic
-    from store.feast import open_store
+    from store.feast import SEGMENT_VIEW, USER_ID, open_store
 
     store = open_store(settings)
     users = sorted(audience.members)  # every user the model segmented
     got = store.get_online_features(
-        features=["user_segment:segment", "user_segment:model_version"], entity_rows=[{"user_id": u} for u in users]
+        features=[f"{SEGMENT_VIEW}:segment", f"{SEGMENT_VIEW}:model_version"], entity_rows=[{USER_ID: u} for u in users]
     ).to_dict()
     truth_sim = Simulator(
         users=int(os.environ["TAILOR_BENCH_USERS"]), seed=SEED, shape=os.environ.get("TAILOR_BENCH_SHAPE", "sessions")
     )
-    pairs = [(truth_sim.profile_of(u), s) for u, s in zip(got["user_id"], got["segment"]) if s is not None and s >= 0]
+    pairs = [(truth_sim.profile_of(u), s) for u, s in zip(got[USER_ID], got["segment"]) if s is not None and s >= 0]
     alerts = [
         msgspec.json.decode(m.value())
         for m in read_topic(settings.kafka.brokers, settings.kafka.drift_topic, audience.alerts_total, timeout_s=10)

@@ -68,10 +68,12 @@ class FeatureView:
         api_probe: Probe | None = None,
         storefront: Storefront | None = None,
     ):
+        from store.feast import ACTIVITY_SERVICE
+
         self.store = store
         self.api_probe = api_probe
         self.storefront = storefront
-        self.service = store.get_feature_service("user_activity_v1")
+        self.service = store.get_feature_service(ACTIVITY_SERVICE)
         self.settings = settings
         self.traffic = traffic
         self.broker_note = broker_note
@@ -87,9 +89,11 @@ class FeatureView:
         self.watched = pick_watched(self.watched, self.traffic.last_seen(), self.size, time.monotonic())
         if not self.watched:
             return [], None
+        from store.feast import USER_ID
+
         try:
             got = self.store.get_online_features(
-                features=self.service, entity_rows=[{"user_id": self.traffic.pseudonym(u)} for u in self.watched]
+                features=self.service, entity_rows=[{USER_ID: self.traffic.pseudonym(u)} for u in self.watched]
             ).to_dict()
         except Exception as exc:  # noqa: BLE001 - shown in the view; the demo goes on
             return [], f"reading features failed: {type(exc).__name__}: {exc}"
@@ -113,13 +117,13 @@ class FeatureView:
         """Watched users' segment labels (none while the segment model warms up)."""
         if not self.settings.audience.segments:
             return {}
-        from store.feast import read_profiles
+        from store.feast import SEGMENT_VIEW, USER_ID, read_profiles
 
         try:
             labels = {p.segment: p.label for p in read_profiles(self.store, self.settings.audience.segments)}
             got = self.store.get_online_features(
-                features=["user_segment:segment"],
-                entity_rows=[{"user_id": self.traffic.pseudonym(u)} for u in self.watched],
+                features=[f"{SEGMENT_VIEW}:segment"],
+                entity_rows=[{USER_ID: self.traffic.pseudonym(u)} for u in self.watched],
             ).to_dict()
         except Exception:  # noqa: BLE001 - the activity columns still show
             return {}
