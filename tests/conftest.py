@@ -15,6 +15,14 @@ from config.settings import Settings
 from tests.support import KEY, ROOT, write_feedback
 
 warnings.filterwarnings("ignore", message=".*experimental.*")
+#: Fixtures that train or export a copy model: a test that asks for one is a `model` test.
+MODEL_FIXTURES = {"trained", "exported", "weak", "tiny"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")

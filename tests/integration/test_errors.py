@@ -2,6 +2,8 @@
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 BLANK_IDS = (" ", "\t", "\u00a0", "\u3000", "\u200b", " \u200b\n")
 
 

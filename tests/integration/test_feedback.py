@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from engine.features.events import encode_event
 from jobs.feedback import run_feedback
 from tests.support import (
@@ -16,6 +18,8 @@ from tests.support import (
     point_in_time_events,
     read_feedback_rows,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def test_export_from_kafka_reads_the_topic_to_its_end(make_settings, tmp_path, capsys):

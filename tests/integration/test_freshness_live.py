@@ -3,7 +3,11 @@
 import json
 from argparse import Namespace
 
+import pytest
+
 from config.settings import Settings
+
+pytestmark = pytest.mark.integration
 
 
 def test_bench_freshness_live_prints_lag_and_drains(capsys):

@@ -14,6 +14,8 @@ from jobs.produce import run_replay, run_simulate
 from jobs.simulator import Simulator
 from tests.support import DAY_MS, KEY, SIM_START, SIM_START_MS, cli_args, now_ms, restamped
 
+pytestmark = pytest.mark.integration
+
 JAN_1997_MS = 852_076_800_000  # 1997-01-01T00:00:00Z
 
 

@@ -8,6 +8,8 @@ import uuid
 import msgspec
 import pytest
 
+pytestmark = pytest.mark.integration
+
 # -- the drift trigger (Kafka) --------------------------------------------------
 
 

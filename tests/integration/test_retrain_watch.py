@@ -20,6 +20,8 @@ from jobs.retrain_watch import RetrainWatch, run_watch, watch
 from store.feast import FeatureWriter, open_store
 from tests.support import now_ms, produce_events, retrain_args
 
+pytestmark = pytest.mark.integration
+
 MIN = 60_000
 
 

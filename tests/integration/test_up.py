@@ -17,6 +17,8 @@ import pytest
 
 from tests.support import ROOT, up_env
 
+pytestmark = pytest.mark.integration
+
 
 def processes_mentioning(text: str) -> list[str]:
     """Processes other than this one whose command line or environment contains ``text``."""
