@@ -9,8 +9,7 @@ from bytewax.testing import run_main
 from engine.features.events import Event
 from flows.features import build_flow
 from store.feast import historical_features_for, open_store
-from tests.conftest import now_ms
-from tests.support import produce_events
+from tests.support import now_ms, produce_events
 
 pytestmark = pytest.mark.integration
 HOUR = 3_600_000
