@@ -87,9 +87,7 @@ def test_missing_keys_are_clear_errors(make_settings):
 
 def test_readiness_and_metrics(api_settings, make_settings, tmp_path):
     # No copy model in tmp_path: the API serves default copy but is not ready (test_personalize has one).
-    api_settings = type(api_settings)(
-        **{**__import__("msgspec").structs.asdict(api_settings), "model_dir": str(tmp_path / "no-model")}
-    )
+    api_settings = api_settings.replace(model_dir=str(tmp_path / "no-model"))
     with TestClient(app=create_app(api_settings)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
