@@ -37,7 +37,7 @@ from litestar.params import FromPath, JSONBody
 
 from api.templates import ErrorBody
 from config.settings import Settings
-from engine.experiments.assignment import HOLDOUT, ArmStats, ExperimentReport, analyze, thompson_allocation
+from engine.experiments.assignment import HOLDOUT
 from engine.experiments.designs import (
     ExperimentSpec,
     FactorEffect,
@@ -53,6 +53,7 @@ from engine.experiments.designs import (
     targets,
     variant_of,
 )
+from engine.experiments.statistics import ArmStats, ExperimentReport, analyze, thompson_allocation
 from store.redis_guard import StoreUnavailable, redis_call, redis_client
 
 log = logging.getLogger("tailor.api")

@@ -36,15 +36,10 @@ import numpy as np
 
 from bench.common import peak_rss_mb, percentile
 from config.settings import Settings
-from engine.experiments.assignment import (
-    Allocation,
-    Arm,
+from engine.experiments.assignment import Allocation, Arm, Experiment, assign, assign_factorial, assign_many
+from engine.experiments.statistics import (
     ArmStats,
-    Experiment,
     analyze,
-    assign,
-    assign_factorial,
-    assign_many,
     msprt_pvalue,
     plan_sample_size,
     rate_ci,

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(settings, args) -> int:
-    from engine.experiments.assignment import plan_duration, plan_sample_size
+    from engine.experiments.statistics import plan_duration, plan_sample_size
 
     if args.action != "plan":  # pragma: no cover - argparse only offers plan
         raise AssertionError(args.action)

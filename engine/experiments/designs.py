@@ -46,19 +46,8 @@ import numpy as np
 import scipy.stats as sps
 
 from engine.content.brand import Slot
-from engine.experiments.assignment import (
-    HOLDOUT,
-    Allocation,
-    Arm,
-    ArmStats,
-    Experiment,
-    ExperimentReport,
-    analyze,
-    assign,
-    assign_factorial,
-    benjamini_hochberg,
-    holm,
-)
+from engine.experiments.assignment import HOLDOUT, Allocation, Arm, Experiment, assign, assign_factorial
+from engine.experiments.statistics import ArmStats, ExperimentReport, analyze, benjamini_hochberg, holm
 
 ExperimentId = Annotated[
     str,

@@ -56,7 +56,7 @@ from typing import Literal
 
 import msgspec
 
-from engine.experiments.assignment import ArmStats
+from engine.experiments.statistics import ArmStats
 from engine.features.events import Event
 
 #: Event ids remembered per user to drop repeats; the oldest is forgotten first.
@@ -78,7 +78,7 @@ class ArmCounters(msgspec.Struct, kw_only=True):
     many times as they happened (``impressions``, ``clicks``, ``conversions``).
     ``value_sum`` and ``value_sum_sq`` sum each exposed user's *total* value (a
     user who bought twice adds one total, squared once), so the variance is per
-    user, as `engine.experiments.assignment` assumes. The same struct carries a change
+    user, as `engine.experiments.statistics` assumes. The same struct carries a change
     (a delta from `UserExposures.update`); `add` folds one into the totals.
 
     Examples
@@ -117,7 +117,7 @@ class ArmCounters(msgspec.Struct, kw_only=True):
             self.updated_ms = delta.updated_ms
 
     def stats(self, metric: Literal["click", "conversion"]) -> ArmStats:
-        """The arm as `engine.experiments.assignment.ArmStats`: exposed users, users who clicked (or converted), value sums."""
+        """The arm as `engine.experiments.statistics.ArmStats`: exposed users, users who clicked (or converted), value sums."""
         if metric == "click":
             successes = self.clickers
         elif metric == "conversion":

@@ -11,7 +11,7 @@ import pytest
 
 from bench.experiment import simulate
 from cli.main import main
-from engine.experiments.assignment import plan_sample_size
+from engine.experiments.statistics import plan_sample_size
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from cli.main import main
-from engine.experiments.assignment import plan_sample_size
+from engine.experiments.statistics import plan_sample_size
 
 
 def test_plan_prints_users_per_arm_and_days(capsys):

@@ -7,8 +7,8 @@ import pickle
 import msgspec
 import pytest
 
-from engine.experiments.assignment import welch_ttest_from_sums
 from engine.experiments.exposures import SEEN_IDS_PER_USER, ArmCounters, FirstExposure, UserExposures
+from engine.experiments.statistics import welch_ttest_from_sums
 from engine.features.events import Event
 from flows.experiments import ArmLogic, ExposureLogic, arm_key, experiment_events
 from tests.support import STORY_T, experiment_counters, experiment_story, impression
