@@ -56,18 +56,21 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_500_INTERNAL_SERVER_ERROR
 
 from api.delivery import EXPOSURES_DROPPED, EventProducer  # noqa: F401 - the counter's old home
-from api.experiments import ExperimentController, LiveExperiments, open_experiments
+from api.experiments import ExperimentController
+from api.http import ErrorBody, error_responses
 from api.metrics import RequestMetrics
 from api.model_swap import ModelWatcher
 from api.personalize import Personalized, PersonalizeRequest, personalize
-from api.templates import ErrorBody, TemplateController, open_templates
+from api.templates import TemplateController
 from config.settings import Settings
 from engine.audience.segments import SegmentProfile
 from engine.content.personalize import NoTemplate
 from engine.content.templates import TemplateError
 from engine.features.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
 from engine.privacy import InvalidUserId, Pseudonymizer
+from store.experiments import LiveExperiments, open_experiments
 from store.redis_guard import StoreUnavailable
+from store.templates import open_templates
 
 log = logging.getLogger("tailor.api")
 
@@ -319,12 +322,10 @@ def server_error(request: Request, exc: Exception) -> Response[ServerError]:
 
 
 _ERRORS = {
-    code: ResponseSpec(ErrorBody, description=text)
-    for code, text in (
-        (400, "the body is malformed: not JSON, wrong types, unknown fields or nested too deeply"),
-        (401, "no API key, or an unknown one"),
-        (403, "the API key lacks the route's scope"),
-    )
+    400: ResponseSpec(
+        ErrorBody, description="the body is malformed: not JSON, wrong types, unknown fields or nested too deeply"
+    ),
+    **error_responses({}),
 }
 
 

@@ -372,7 +372,7 @@ async def personalize(
 ) -> Personalized:
     """The content for one request (see the module docstring for the steps).
 
-    ``experiments`` (`api.experiments.LiveExperiments`) puts the user in the slot's running
+    ``experiments`` (`store.experiments.LiveExperiments`) puts the user in the slot's running
     experiment, if any targets them; ``expose`` logs the impression event of the response.
     Raises `TemplateError` or `engine.content.personalize.NoTemplate` with a reason the caller can act on.
     """

@@ -267,8 +267,8 @@ def test_thompson_weights_follow_the_counters_and_steer_new_users(api_settings):
 
 
 def test_the_bandit_refresh_interval_comes_from_the_settings(tmp_path):
-    from api.experiments import open_experiments
     from config.settings import Settings
+    from store.experiments import open_experiments
 
     settings = Settings.of(feature_repo=str(tmp_path), bandit_every_s=0.2)
     live = open_experiments(settings, feature_store=None)

@@ -227,7 +227,7 @@ def test_state_errors_are_4xx_with_what_to_do(api_settings):
 
 
 def test_results_draws_shrink_past_twenty_arms_to_bound_a_read():
-    from api.experiments import draws_for
+    from engine.experiments.results import draws_for
 
     assert [draws_for(n) for n in (2, 3, 21, 22, 100, 1000)] == [100_000, 100_000, 100_000, 95_238, 20_202, 10_000]
 

@@ -14,21 +14,19 @@ from litestar.openapi import OpenAPIConfig
 from litestar.testing import TestClient
 
 from api.app import create_app, parse_api_keys, require_scope
-from api.templates import (
+from api.templates import TemplateController, TemplateOut, TemplatePatch
+from config.settings import Settings
+from engine.content.templates import DEFAULT_TEMPLATES, Template, TemplateError, new_template
+from store.redis_guard import redis_client
+from store.templates import (
     LiveTemplates,
     RedisTemplateStore,
     SQLiteTemplateStore,
     TemplateConflict,
-    TemplateController,
     TemplateNotFound,
-    TemplateOut,
-    TemplatePatch,
     open_template_store,
     open_templates,
-    redis_client,
 )
-from config.settings import Settings
-from engine.content.templates import DEFAULT_TEMPLATES, Template, TemplateError, new_template
 
 KEY = "0123456789abcdef0123456789abcdef"
 API_KEYS = "boss=admin,reader=serve"
