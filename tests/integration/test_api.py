@@ -102,7 +102,7 @@ def test_readiness_and_metrics(api_settings, make_settings, tmp_path):
     from dev.services import free_port
 
     down = make_settings(pseudonym_key=KEY, api_keys="k=serve")
-    down = type(down)(**{**__import__("msgspec").structs.asdict(down), "brokers": f"127.0.0.1:{free_port()}"})
+    down = down.replace(brokers=f"127.0.0.1:{free_port()}")
     with TestClient(app=create_app(down)) as client:
         not_ready = client.get("/readyz")
         # Either the metadata request failed, or the producer already knows it cannot deliver (api/delivery.py).
