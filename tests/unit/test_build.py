@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from config.settings import Settings
 from models.serve.manifest import read_manifest
 from models.train.build import EVALUATION, TrainConfig, train
 from models.train.corpus import CONTROL_TOKENS, SLOTS, TONES, build_corpus, control_prefix
@@ -178,12 +179,8 @@ def test_stored_segment_profiles_name_the_styles(exported, trained, tmp_path):
     from models.train.build import stored_segment_styles
     from models.train.export import export
 
-    class NoStore:
-        segments = 4
-        feature_repo = str(tmp_path / "nowhere")
-        redis_url = ""
-
-    assert stored_segment_styles(NoStore()) == {}  # no store: no mapping, no crash
+    no_store = Settings.of(segments=4, feature_repo=str(tmp_path / "nowhere"), redis_url="")
+    assert stored_segment_styles(no_store) == {}  # no store: no mapping, no crash
     folder, _ = trained
     evaluation = json.loads((folder / EVALUATION).read_text())
     evaluation["training"]["segment_styles"] = {"high spend, click-happy": "loyal_high_spender"}
