@@ -101,6 +101,8 @@ class StoreSettings(_Section):
     template_db: str = ""
     #: SQLite file of the experiments; empty: ``<feature_repo>/data/experiments.db`` (Redis with TAILOR_REDIS_URL).
     experiment_db: str = ""
+    #: SQLite file of the item catalog; empty: ``<feature_repo>/data/catalog.db`` (Redis with TAILOR_REDIS_URL).
+    catalog_db: str = ""
     #: JSON file of brand rules (engine/content/brand.py); empty: the built-in defaults.
     brand_rules: str = ""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -51,6 +51,14 @@ class Item(msgspec.Struct, frozen=True, omit_defaults=True):
         if not self.discount_pct:
             return self.price
         return round(self.price * (100 - self.discount_pct) / 100, 2)
+
+    def facts(self) -> dict[str, Any]:
+        """What a template and copy grounding may state about the item: its fields and its sale price.
+
+        >>> Item("i1", "Acme Rain Shell", "Acme", "outerwear", 120.0, 25).facts()["sale_price"]
+        90.0
+        """
+        return {**msgspec.structs.asdict(self), "sale_price": self.sale_price}
 
 
 class Catalog(msgspec.Struct, frozen=True):

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -131,6 +132,35 @@ def choose_item(
                 return item, f"in the user's top category ({top})"
         return items[0], f"the first candidate (none is in the user's top category, {top})"
     return items[0], "the first candidate (no category stands out for this user)"
+
+
+def choose_from_catalog(
+    shelf: Sequence[Mapping[str, Any]], top_category: str | None, user: str
+) -> tuple[Mapping[str, Any] | None, str]:
+    """The item to feature when the request gave no candidates: one from the user's top category's shelf.
+
+    ``shelf`` is the first items of ``top_category`` in the catalog (by id); a user
+    is shown the same one of them on every request (a stable hash of ``user``), and
+    different users different ones. No top category, or an empty shelf: no item.
+
+    >>> shelf = [{"item_id": "i1", "category": "shoes"}, {"item_id": "i2", "category": "shoes"}]
+    >>> item, why = choose_from_catalog(shelf, "shoes", "p_123")
+    >>> item in shelf, why
+    (True, "picked from the catalog: top category 'shoes' (one of its first 2 items)")
+    >>> choose_from_catalog(shelf, "shoes", "p_123") == (item, why)
+    True
+    >>> choose_from_catalog([], "books", "p_123")
+    (None, "no candidates given, and the catalog has no item in the user's top category 'books'")
+    >>> choose_from_catalog(shelf, None, "p_123")[1]
+    'no candidates given, and no category stands out for this user to pick from the catalog'
+    """
+    if not top_category:
+        return None, "no candidates given, and no category stands out for this user to pick from the catalog"
+    if not shelf:
+        return None, f"no candidates given, and the catalog has no item in the user's top category {top_category!r}"
+    digest = hashlib.blake2b(f"{user}\x00{top_category}".encode(), digest_size=8).digest()
+    item = shelf[int.from_bytes(digest, "big") % len(shelf)]
+    return item, f"picked from the catalog: top category {top_category!r} (one of its first {len(shelf)} items)"
 
 
 def explaining_features(features: Mapping[str, Any]) -> dict[str, Any]:
