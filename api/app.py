@@ -9,6 +9,7 @@ into keyed-HMAC pseudonyms (`engine.privacy`) before Kafka or Feast see them.
 
 ``POST /v1/personalize`` (api/personalize.py) serves a user's content;
 ``/v1/templates`` (api/templates.py) manages the versioned templates it renders;
+``/v1/items`` (api/items.py) the item catalog it picks candidates from;
 ``/v1/experiments`` (api/experiments.py) runs A/B/n and factorial experiments on
 them: personalize assigns each user a variant and logs the impression to Kafka,
 the flow counts outcomes per variant, and the results route reads those counters.
@@ -58,6 +59,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_500_INTERNAL_SERVER_ER
 from api.delivery import EXPOSURES_DROPPED, EventProducer  # noqa: F401 - the counter's old home
 from api.experiments import ExperimentController
 from api.http import ErrorBody, error_responses
+from api.items import ItemController
 from api.metrics import RequestMetrics
 from api.model_swap import ModelWatcher
 from api.personalize import Personalized, PersonalizeRequest, personalize
@@ -68,6 +70,7 @@ from engine.content.personalize import NoTemplate
 from engine.content.templates import TemplateError
 from engine.features.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
 from engine.privacy import InvalidUserId, Pseudonymizer
+from store.catalog import ItemNotFound, open_live_catalog
 from store.experiments import LiveExperiments, open_experiments
 from store.redis_guard import StoreUnavailable
 from store.templates import open_templates
@@ -431,7 +434,10 @@ def user_features(user_id: FromPath[str], request: Request) -> dict[str, Any]:
         **_ERRORS,
         404: ResponseSpec(ErrorBody, description="no live template for the slot"),
         413: ResponseSpec(ErrorBody, description=f"the body is over {MAX_BODY_BYTES} bytes"),
-        422: ResponseSpec(ErrorBody, description="the template needs context or an item the request lacks"),
+        422: ResponseSpec(
+            ErrorBody,
+            description="the template needs context or an item the request lacks, or item_ids the catalog lacks",
+        ),
     },
 )
 async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request) -> Personalized:
@@ -441,6 +447,8 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
     segment, fills its AI copy (cached, or generated within the time budget,
     checked against the brand rules; default copy otherwise, with the reason in
     ``explanation.fallbacks``) and renders it with ``context`` and the featured item.
+    Candidates come as `items`, or as `item_ids` read from the catalog (422 naming the
+    unknown ones); with neither, one of the catalog's items in the user's top category.
     """
     state = request.app.state
     try:
@@ -456,9 +464,12 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
             writer=state.writer,
             experiments=state.experiments,
             expose=state.expose,
+            catalog=state.catalog,
         )
     except NoTemplate as exc:
         raise NotFoundException(detail=exc.reason) from None
+    except ItemNotFound as exc:
+        raise HTTPException(status_code=422, detail=exc.reason) from None
     except TemplateError as exc:
         raise HTTPException(status_code=422, detail=exc.reason) from None
 
@@ -567,6 +578,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.store = open_store(settings)
         app.state.reader = OnlineReader(app.state.store, settings.audience.segments)
         app.state.templates = open_templates(settings)
+        app.state.catalog = open_live_catalog(settings)
         cache_redis = None
         if settings.redis.url and settings.generation.copy_cache_redis_ttl_s > 0:
             from store.redis_guard import redis_client
@@ -616,6 +628,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if cache_redis is not None:
                 await cache_redis.aclose()
             app.state.templates.store.close()
+            app.state.catalog.store.close()
             events.close(10)
             # Frees the client now (expose holds it too): no reconnect attempts after shutdown.
             app.state.producer = app.state.expose = app.state.events = events = None
@@ -645,6 +658,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             segments,
             TemplateController,
             ExperimentController,
+            ItemController,
         ],
         lifespan=[resources],
         guards=[require_scope],

@@ -16,6 +16,7 @@ from typing import Any
 from litestar.datastructures import State
 from litestar.di import Provide
 
+from store.catalog import LiveCatalog
 from store.experiments import ExperimentStore, LiveExperiments
 from store.templates import LiveTemplates
 
@@ -28,6 +29,11 @@ def provide(accessor: Callable[[State], Any]) -> Provide:
 def live_templates(state: State) -> LiveTemplates:
     """The templates being served, over their store (``.store``)."""
     return state.templates
+
+
+def live_catalog(state: State) -> LiveCatalog:
+    """The item catalog, over its store (``.store``), with the shelves personalize picks from."""
+    return state.catalog
 
 
 def live_experiments(state: State) -> LiveExperiments:

@@ -38,6 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from api.cache import CachedCopy, CopyCache, copy_key
 from engine.content.brand import BrandRules, Slot, check
 from engine.content.personalize import (
+    choose_from_catalog,
     choose_item,
     choose_template,
     default_templates,
@@ -47,6 +48,7 @@ from engine.content.personalize import (
 )
 from engine.content.templates import ITEM_FIELDS, RenderFailed, TemplateError, render
 from engine.features.events import Event
+from store.catalog import ItemNotFound
 
 log = logging.getLogger("tailor.api")
 
@@ -98,7 +100,8 @@ class ItemIn(Strict, frozen=True):
 
 class PersonalizeRequest(Strict, frozen=True):
     """Who, where, and what the caller knows: ``context`` fills ``user.*`` placeholders for
-    this response only (never stored); ``items`` are candidates, one of which is featured."""
+    this response only (never stored); ``items`` (or ``item_ids`` from the catalog) are
+    candidates, one of which is featured; with neither, one is picked from the catalog."""
 
     user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     slot: Slot
@@ -107,6 +110,14 @@ class PersonalizeRequest(Strict, frozen=True):
     ] = {}
     items: Annotated[list[ItemIn], msgspec.Meta(max_length=50)] = []
     template_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    #: Candidates by id, read from the catalog (PUT /v1/items) instead of sent whole; not with ``items``.
+    item_ids: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]], msgspec.Meta(max_length=50)
+    ] = []
+
+    def __post_init__(self):
+        if self.items and self.item_ids:
+            raise ValueError("send candidates as `items` or as `item_ids`, not both")
 
 
 class Content(msgspec.Struct):
@@ -369,13 +380,22 @@ async def personalize(
     writer: CopyWriter,
     experiments=None,
     expose: Callable[[Event], None] | None = None,
+    catalog=None,
 ) -> Personalized:
     """The content for one request (see the module docstring for the steps).
 
     ``experiments`` (`store.experiments.LiveExperiments`) puts the user in the slot's running
     experiment, if any targets them; ``expose`` logs the impression event of the response.
-    Raises `TemplateError` or `engine.content.personalize.NoTemplate` with a reason the caller can act on.
+    ``catalog`` (`store.catalog.LiveCatalog`) resolves ``item_ids`` and, when the request gives no
+    candidates, offers the user's top category's items. Raises `TemplateError`,
+    `engine.content.personalize.NoTemplate` or `store.catalog.ItemNotFound` with a reason the caller can act on.
     """
+    if request.item_ids:  # only these requests, and those with no candidates at all, read the catalog
+        if catalog is None:
+            raise _no_catalog()
+        candidates: list[dict[str, Any]] = [i.facts() for i in catalog.resolve(request.item_ids)]
+    else:
+        candidates = [msgspec.structs.asdict(i) for i in request.items]
     features, segment = reader.features(pseudonym)
     profile = reader.profiles().get(segment.segment) if segment is not None else None
     label = profile.label if profile is not None else None
@@ -411,7 +431,12 @@ async def personalize(
         if assignment is not None:
             template_why += f" (arm {arm.name} of experiment {assignment.experiment})"
     tone, tone_why = tone_for(template, style)
-    item, item_why = choose_item([msgspec.structs.asdict(i) for i in request.items], features)
+    if candidates or catalog is None:
+        item, item_why = choose_item(candidates, features)
+    else:
+        top = features.get("top_category")
+        picked, item_why = choose_from_catalog(catalog.shelf(top) if top else (), top, pseudonym)
+        item = picked.facts() if picked is not None else None
     item_id = item["item_id"] if item else None
 
     fields = template.fields
@@ -508,6 +533,10 @@ async def personalize(
         ),
         exposure_id=exposure_id,
     )
+
+
+def _no_catalog() -> ItemNotFound:
+    return ItemNotFound("this server has no catalog to read item_ids from: send the candidates as items")
 
 
 _PINNED: dict[tuple[str, int], Any] = {}

@@ -21,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.content.catalog import CATEGORY_SPECS
 from engine.content.templates import DEFAULT_TEMPLATES, Template
+
+T = TypeVar("T")
 
 #: The tone copy takes for each segment style when the template names none.
 STYLE_TONES: dict[str, str] = {
@@ -134,9 +136,7 @@ def choose_item(
     return items[0], "the first candidate (no category stands out for this user)"
 
 
-def choose_from_catalog(
-    shelf: Sequence[Mapping[str, Any]], top_category: str | None, user: str
-) -> tuple[Mapping[str, Any] | None, str]:
+def choose_from_catalog(shelf: Sequence[T], top_category: str | None, user: str) -> tuple[T | None, str]:
     """The item to feature when the request gave no candidates: one from the user's top category's shelf.
 
     ``shelf`` is the first items of ``top_category`` in the catalog (by id); a user

@@ -29,6 +29,7 @@ from api.app import create_app
 from api.experiments import AllocationPatch
 from api.personalize import ItemIn, PersonalizeRequest
 from api.templates import TemplateIn, TemplatePatch
+from engine.content.catalog import CATALOG_SEED, build_catalog
 from engine.content.templates import DEFAULT_TEMPLATES, Template
 from engine.experiments.designs import ExperimentSpec, Variant
 from tests.support import UNRENDERABLE
@@ -82,6 +83,8 @@ def cases(operation, mode: GenerationMode):
         ids = {"template_id": list(DEFAULT_TEMPLATES)}
     elif "{experiment_id}" in operation.path:
         ids = {"experiment_id": [e["id"] for e in EXPERIMENTS]}
+    elif "{item_id}" in operation.path:
+        ids = {"item_id": [i.item_id for i in ITEMS]}
     else:
         return generated
     ((name, values),) = ids.items()
@@ -143,6 +146,9 @@ def fixed(operation, body, path_parameters=None, status: int | None = 422, what:
     return None
 
 
+#: Items in the catalog before fuzzing starts, so that most valid cases of ``{item_id}`` reach past the 404.
+ITEMS = build_catalog(CATALOG_SEED, 20).items
+
 #: A cta template stored before save-time render checks (it cannot compile), first by id: every
 #: fuzzed cta request is served through the fallback to the slot's default template.
 STALE = Template("cta-000-stale", 1, "cta", UNRENDERABLE[0][0])
@@ -159,6 +165,7 @@ def test_every_operation_answers_as_documented(make_settings, exported):
             started = client.post(f"/v1/experiments/{body['id']}/start", headers=HEADERS)
             assert started.status_code == 200, started.text
         client.app.state.templates.store.create(STALE)
+        client.app.state.catalog.store.upsert(ITEMS)
         served = client.post("/v1/personalize", json={"user_id": "u1", "slot": "cta"}, headers=HEADERS)
         assert served.status_code == 200 and served.json()["template_id"] == "cta-ai", served.text
     schema = schemathesis.openapi.from_asgi("/docs/openapi.json", create_app(settings))
@@ -167,7 +174,7 @@ def test_every_operation_answers_as_documented(make_settings, exported):
         assert struct.__struct_config__.forbid_unknown_fields, struct
         components[struct.__name__]["additionalProperties"] = False
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 19, [op.label for op in operations]  # a new route: check it is fuzzed, then count it
+    assert len(operations) == 23, [op.label for op in operations]  # a new route: check it is fuzzed, then count it
     failures = [failure for op in operations for mode in modes(op) if (failure := fuzz(op, mode))]
     # Bodies the schema allows that cannot render: a documented 422 on create and on revise, never a 5xx.
     by_label = {op.label: op for op in operations}
@@ -196,7 +203,7 @@ def test_every_operation_answers_as_documented(make_settings, exported):
     # JSON nested deeper than msgspec decodes (issue 13: a 500 on every POST and PATCH route): a 400.
     deep = _nested(DEEP)
     for label, operation in by_label.items():
-        if label.split()[0] in ("POST", "PATCH") and operation.definition.raw.get("requestBody"):
+        if label.split()[0] in ("POST", "PATCH", "PUT") and operation.definition.raw.get("requestBody"):
             params = {name: "cta-ai" if "template" in name else "fuzz-ab" for name in _path_names(operation.path)}
             # The events route decodes a batch item by item: each item nested too deep is rejected in its 202.
             status = None if operation.path == "/v1/events" else 400
