@@ -24,6 +24,7 @@ COMMANDS = {
     "retrain": "cli.commands.retrain",
     "samples": "cli.commands.samples",
     "experiment": "cli.commands.experiment",
+    "catalog": "cli.commands.catalog",
     "feedback": "cli.commands.feedback",
     "bench": "cli.commands.bench",
 }
