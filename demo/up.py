@@ -81,6 +81,26 @@ def run_up(settings: Settings, args) -> int:
     return code
 
 
+def load_demo_catalog(settings: Settings) -> None:
+    """The simulator's items into the catalog store, so /v1/personalize picks from what the events talk about.
+
+    The same items every run (`engine.content.catalog.build_catalog` with the simulator's seed), so a
+    second run changes nothing; as ``tailor catalog load`` does.
+    """
+    from engine.content.catalog import CATALOG_SEED, build_catalog
+    from store.catalog import open_catalog
+
+    items = build_catalog(CATALOG_SEED).items
+    store = open_catalog(settings)
+    try:
+        statuses = store.upsert(items)
+        total = store.count()
+    finally:
+        store.close()
+    created = sum(status == "created" for status in statuses)
+    say(f"demo catalog: {len(items)} simulated items ({created} new), {total} in the catalog")
+
+
 def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.ExitStack) -> None:
     embedded = not settings.kafka.brokers
     broker: EmbeddedBroker | None = None
@@ -126,6 +146,7 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     if not args.no_model:
         ensure_model(settings, data / "logs" / "model-build.log")
     settings = _demo_keys(settings, data)
+    load_demo_catalog(settings)
     flow = start_flow(settings, recovery, data / "logs" / "flow.log", stack)
     api = start_api(settings, args.api_port, data / "logs" / "api.log", stack)
     # Traffic starts once the flow can write, so that the first features shown measure

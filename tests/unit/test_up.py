@@ -62,3 +62,21 @@ def test_the_demo_serves_with_a_serve_only_key_and_keeps_admin_for_the_setup(tmp
     assert (old / "demo-api-keys").read_text() == upgraded
     # Keys the user set are used as given, each use taking the least scope among them.
     assert demo_api_keys("boss=admin,in=ingest,both=ingest+serve,front=serve") == ("front", "boss")
+
+
+def test_the_demo_loads_the_simulators_catalog_once(tmp_path, capsys):
+    from config.settings import Settings
+    from demo.up import load_demo_catalog
+    from engine.content.catalog import CATALOG_SEED, build_catalog
+    from store.catalog import SQLiteCatalog
+
+    settings = Settings.of(feature_repo=str(tmp_path), catalog_db=str(tmp_path / "catalog.db"), redis_url="")
+    load_demo_catalog(settings)
+    assert "demo catalog: 400 simulated items (400 new), 400 in the catalog" in capsys.readouterr().out
+    load_demo_catalog(settings)  # the next demo run: the same items, nothing new
+    assert "(0 new), 400 in the catalog" in capsys.readouterr().out
+    store = SQLiteCatalog(tmp_path / "catalog.db")
+    try:
+        assert store.get_many(["sku-000000"]) == {"sku-000000": build_catalog(CATALOG_SEED).items[0]}
+    finally:
+        store.close()
