@@ -58,7 +58,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_500_INTERNAL_SERVER_ER
 
 from api.delivery import EXPOSURES_DROPPED, EventProducer  # noqa: F401 - the counter's old home
 from api.experiments import ExperimentController
-from api.http import ErrorBody, error_responses
+from api.http import TOO_DEEP, ErrorBody, error_responses, refuse_too_deep
 from api.items import ItemController
 from api.metrics import RequestMetrics
 from api.model_swap import ModelWatcher
@@ -252,9 +252,6 @@ def metrics() -> Response[bytes]:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-_TOO_DEEP = "the JSON body nests too deeply (the decoder stops near 1,000 levels): send a flatter document"
-#: A body with fewer brackets than this cannot nest deep enough to trouble the decoder: it skips the check.
-_DEEP_BRACKETS = 200
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
 
@@ -269,15 +266,7 @@ async def refuse_deep_json(request: Request) -> None:
     """
     if request.method not in _BODY_METHODS or request.route_handler.opt.get("reads_body"):
         return
-    body = await request.body()
-    if body.count(b"[") + body.count(b"{") < _DEEP_BRACKETS:
-        return
-    try:
-        msgspec.json.decode(body)
-    except RecursionError:
-        raise HTTPException(status_code=400, detail=_TOO_DEEP) from None
-    except msgspec.DecodeError:
-        pass  # malformed: the route's own decoding says how
+    refuse_too_deep(await request.body())
 
 
 def too_deep(request: Request, exc: RecursionError) -> Response:
@@ -290,7 +279,7 @@ def too_deep(request: Request, exc: RecursionError) -> Response:
             request.scope.get("path_template", "?"),
             exc_info=exc,
         )
-        return Response(ErrorBody(400, _TOO_DEEP), status_code=400)
+        return Response(ErrorBody(400, TOO_DEEP), status_code=400)
     return server_error(request, exc)
 
 
@@ -368,7 +357,7 @@ async def post_events(request: Request) -> Response[EventsAccepted]:
     except msgspec.DecodeError as exc:
         raise HTTPException(status_code=400, detail=f"the body is not JSON: {exc}") from None
     except RecursionError:
-        raise HTTPException(status_code=400, detail=_TOO_DEEP) from None
+        raise HTTPException(status_code=400, detail=TOO_DEEP) from None
     if not items:
         raise HTTPException(status_code=400, detail="no events: send an object or a non-empty array")
     if len(items) > MAX_BATCH:

@@ -25,7 +25,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, QueryParameter
 
 from api.dependencies import live_catalog, provide
-from api.http import StrictBody, error_responses, http_errors
+from api.http import TOO_DEEP, StrictBody, error_responses, http_errors, refuse_too_deep
 from engine.content.catalog import Item
 from store.catalog import ItemNotFound, LiveCatalog
 
@@ -120,7 +120,6 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=True):
 
 _BATCH_DECODER = msgspec.json.Decoder(_Batch)
 _ITEM_SCHEMA = {**msgspec.json.schema(CatalogItem)["$defs"]["CatalogItem"], "additionalProperties": False}
-_TOO_DEEP = "the JSON body nests too deeply (the decoder stops near 1,000 levels): send a flatter document"
 
 _errors = partial(
     error_responses,
@@ -157,6 +156,7 @@ class ItemsOperation(Operation):
 
 def _batch(body: bytes) -> list[msgspec.Raw]:
     """The body's items, each undecoded; a malformed body is a 400, too many items a 413."""
+    refuse_too_deep(body)  # the route reads its own body, so the app's check skips it
     try:
         raws = _BATCH_DECODER.decode(body).items
     except msgspec.DecodeError as exc:
@@ -164,7 +164,7 @@ def _batch(body: bytes) -> list[msgspec.Raw]:
             status_code=400, detail=f'the body must be a JSON object {{"items": [...]}}: {exc}'
         ) from None
     except RecursionError:
-        raise HTTPException(status_code=400, detail=_TOO_DEEP) from None
+        raise HTTPException(status_code=400, detail=TOO_DEEP) from None
     if not raws:
         raise HTTPException(status_code=400, detail="no items: send at least one")
     if len(raws) > MAX_ITEMS:
