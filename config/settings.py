@@ -3,7 +3,7 @@
 `Settings` holds one section per stage (``settings.kafka.brokers``, ``settings.redis.timeout_ms``,
 ``settings.audience.segments`` ...), and a component is handed the section it needs, whole. Each field is
 still read from one flat variable, ``TAILOR_<NAME>``, where NAME is the field's setting name (its msgspec
-``name``: ``TAILOR_REDIS_TIMEOUT_MS`` for ``redis.timeout_ms``); `names` lists them all.
+``name``: ``TAILOR_REDIS_TIMEOUT_MS`` for ``redis.timeout_ms``).
 
 >>> s = Settings.of(brokers="k:9092", redis_timeout_ms=20.0)
 >>> s.kafka.brokers, s.redis.timeout_ms, s.audience.segments
@@ -339,11 +339,6 @@ _SECTIONS: dict[str, type[_Section]] = {
 _NAMES: dict[str, tuple[str, msgspec.structs.FieldInfo]] = {
     f.encode_name: (section, f) for section, kind in _SECTIONS.items() for f in msgspec.structs.fields(kind)
 }
-
-
-def names() -> list[str]:
-    """Every setting's name, in order (``TAILOR_`` + upper case is its environment variable)."""
-    return list(_NAMES)
 
 
 def _parse_bool(text: str) -> bool:
