@@ -88,16 +88,15 @@ def load_demo_catalog(settings: Settings) -> None:
     second run changes nothing; as ``tailor catalog load`` does.
     """
     from engine.content.catalog import CATALOG_SEED, build_catalog
-    from store.catalog import open_catalog
+    from store.catalog import load_items, open_catalog
 
     items = build_catalog(CATALOG_SEED).items
     store = open_catalog(settings)
     try:
-        statuses = store.upsert(items)
+        created = load_items(store, items)["created"]
         total = store.count()
     finally:
         store.close()
-    created = sum(status == "created" for status in statuses)
     say(f"demo catalog: {len(items)} simulated items ({created} new), {total} in the catalog")
 
 

@@ -295,6 +295,25 @@ return 1
             return int(self._redis.hlen(self._items))
 
 
+#: Items per write when loading many, as one PUT /v1/items carries at most.
+LOAD_BATCH = 1000
+
+
+def load_items(store: CatalogStore, items: Sequence[Item], on_batch=None) -> dict[Written, int]:
+    """Write ``items`` in batches of `LOAD_BATCH`; how many were created, updated, unchanged.
+
+    ``on_batch(n)`` is called after each batch of ``n`` items (a progress bar's ``update``).
+    """
+    counts: dict[Written, int] = {"created": 0, "updated": 0, "unchanged": 0}
+    for start in range(0, len(items), LOAD_BATCH):
+        batch = items[start : start + LOAD_BATCH]
+        for status in store.upsert(batch):
+            counts[status] += 1
+        if on_batch is not None:
+            on_batch(len(batch))
+    return counts
+
+
 def open_catalog(settings: Settings) -> CatalogStore:
     """The store ``settings`` name: Redis if ``redis_url`` is set, else the SQLite file."""
     if settings.redis.url:

@@ -13,9 +13,6 @@ import sys
 
 from cli.arguments import positive_int
 
-#: Items per write, as one PUT /v1/items carries at most.
-BATCH = 1000
-
 
 def add_parser(subparsers) -> None:
     cat = subparsers.add_parser("catalog", help="the item catalog: load the simulator's items (the demo catalog)")
@@ -30,7 +27,7 @@ def run(settings, args) -> int:
     from tqdm import tqdm
 
     from engine.content.catalog import CATALOG_SEED, build_catalog
-    from store.catalog import open_catalog
+    from store.catalog import load_items, open_catalog
     from store.redis_guard import StoreUnavailable
 
     if args.action != "load":  # pragma: no cover - argparse only offers load
@@ -39,14 +36,9 @@ def run(settings, args) -> int:
     items = build_catalog(seed, args.items).items
     store = open_catalog(settings)
     where = "Redis" if settings.redis.url else str(store.path)
-    counts = {"created": 0, "updated": 0, "unchanged": 0}
     try:
         with tqdm(total=len(items), unit="item", file=sys.stderr, leave=False, disable=args.quiet) as bar:
-            for start in range(0, len(items), BATCH):
-                batch = items[start : start + BATCH]
-                for status in store.upsert(batch):
-                    counts[status] += 1
-                bar.update(len(batch))
+            counts = load_items(store, items, bar.update)
         total = store.count()
     except StoreUnavailable as exc:
         print(f"tailor catalog load: {exc.detail}", file=sys.stderr)
