@@ -221,28 +221,48 @@ class ApiSettings(_Section):
 
 
 class GenerationSettings(_Section):
-    """The copy model the API serves (models/serve/) and the cache of what it wrote."""
+    """The copy model, the background generator that writes its copy (jobs/copy_generator.py), and where copy lives."""
 
     #: Exported copy model folder (`tailor export`); a missing one serves default copy.
     model_dir: str = str(_ROOT / "models" / "artifacts" / "onnx")
-    #: How often the API checks TAILOR_MODEL_DIR for a newly promoted version.
+    #: How often the API and the generator check TAILOR_MODEL_DIR for a newly promoted version.
     model_reload_s: float = 2.0
-    #: Longest a personalize request waits for generated copy before it serves the
-    #: template's default copy (the generation goes on and fills the cache). On a CPU
-    #: a snippet takes 20-50 ms, so a new (segment, slot, item) gets default copy once
-    #: and generated copy from then on; raise it (or use a GPU) to wait for the copy.
-    budget_ms: float = field(default=8.0, name="generation_budget_ms")
-    #: Dynamic batching of generator calls: most prompts per batch and longest wait for company.
-    max_batch: int = field(default=16, name="generation_max_batch")
-    max_wait_ms: float = field(default=2.0, name="generation_max_wait_ms")
-    #: Generated snippets kept in the in-process LRU cache ...
+    #: Generated snippets each API process keeps in its LRU in front of the copy store.
     copy_cache_size: int = 50_000
-    #: ... and, when set (with TAILOR_REDIS_URL), in Redis for this many seconds, shared by replicas.
-    copy_cache_redis_ttl_s: int = 0
+    #: SQLite file of generated copy and queued misses; empty: ``<feature_repo>/data/copy.db``
+    #: (Redis instead with TAILOR_REDIS_URL).
+    copy_db: str = ""
+    #: > 0: copy in Redis expires after this many seconds (0: kept; new keys come with a new
+    #: model, template version or item facts).
+    copy_ttl_s: int = 0
+    #: Prompts per ONNX Runtime batch of the background generator.
+    generator_batch: int = 32
+    #: Seconds the idle generator sleeps between looks at the queue.
+    generator_poll_s: float = 0.05
+    #: Samples tried per key until one passes the fact and brand checks (the last one greedy).
+    generator_attempts: int = 3
+    #: > 0: the generator serves Prometheus metrics on this port.
+    generator_metrics_port: int = 0
 
     def __post_init__(self):
         if not self.model_reload_s > 0:
             raise ValueError(f"TAILOR_MODEL_RELOAD_S must be a positive number of seconds, got {self.model_reload_s}")
+        for name, value in (
+            ("TAILOR_COPY_CACHE_SIZE", self.copy_cache_size),
+            ("TAILOR_GENERATOR_BATCH", self.generator_batch),
+            ("TAILOR_GENERATOR_ATTEMPTS", self.generator_attempts),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.copy_ttl_s < 0 or not 0 <= self.generator_metrics_port < 65536:
+            raise ValueError(
+                "TAILOR_COPY_TTL_S must be 0 or more and TAILOR_GENERATOR_METRICS_PORT a port (0: none), "
+                f"got {self.copy_ttl_s} and {self.generator_metrics_port}"
+            )
+        if not self.generator_poll_s > 0:
+            raise ValueError(
+                f"TAILOR_GENERATOR_POLL_S must be a positive number of seconds, got {self.generator_poll_s}"
+            )
 
 
 class RetrainSettings(_Section):
