@@ -13,14 +13,15 @@ into keyed-HMAC pseudonyms (`engine.privacy`) before Kafka or Feast see them.
 ``/v1/experiments`` (api/experiments.py) runs A/B/n and factorial experiments on
 them: personalize assigns each user a variant and logs the impression to Kafka,
 the flow counts outcomes per variant, and the results route reads those counters.
-A promoted copy model is swapped in without a restart (api/model_swap.py).
-``/healthz`` says the process is alive, ``/readyz`` whether the broker, the
-store and the copy model answer, ``/metrics`` serves Prometheus request counts
-and latency histograms per route, the copy cache's hit ratio, the
-generator's batch sizes and queue waits, events not delivered and impressions
-dropped. ``POST /v1/events`` answers 202 only once the broker acknowledged every
-valid event, and 503 with ``Retry-After`` otherwise (api/delivery.py). Every 500
-is logged with its traceback under a request id that its answer carries (header
+Copy is written ahead of need by the background generator (jobs/copy_generator.py),
+never in this process; a promoted model's copy is served without a restart (api/model_swap.py).
+``/healthz`` says the process is alive, ``/readyz`` whether the broker and the
+store answer (and which copy model is served), ``/metrics`` serves Prometheus request
+counts and latency histograms per route, the copy cache's hit ratio, misses queued
+for the background generator, events not delivered and impressions dropped.
+``POST /v1/events`` answers 202 only once the broker acknowledged every valid
+event, and 503 with ``Retry-After`` otherwise (api/delivery.py). Every 500 is
+logged with its traceback under a request id that its answer carries (header
 ``X-Request-ID`` and the body). The OpenAPI document is at
 ``/docs/openapi.json`` and an interactive reference at ``/docs``.
 """
@@ -41,14 +42,12 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
 )
-from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -64,7 +63,7 @@ from api.metrics import RequestMetrics
 from api.model_swap import ModelWatcher
 from api.personalize import Personalized, PersonalizeRequest, personalize
 from api.templates import TemplateController
-from config.settings import Settings
+from config.settings import Settings, settings_env
 from engine.audience.segments import SegmentProfile
 from engine.content.personalize import NoTemplate
 from engine.content.templates import TemplateError
@@ -179,23 +178,36 @@ def parse_api_keys(text: str) -> dict[str, frozenset[str]]:
     return keys
 
 
-async def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Guard: the request's X-API-Key must hold the route's scope (401 without a key, 403 without the scope).
-
-    Async on purpose: Litestar runs a sync guard in a worker thread, which cost
-    about half a millisecond a request (profiled).
-    """
-    scope = handler.opt.get("scope")
-    if scope is None:
-        return
-    key = connection.headers.get("x-api-key")
+def check_scope(scope: str, key: str | None, api_keys: dict[str, set[str]]) -> None:
+    """The request's X-API-Key must hold the route's ``scope``: 401 without a key, 403 without the scope."""
     if not key:
         raise NotAuthorizedException(detail="missing API key: send it in the X-API-Key header")
-    scopes = connection.app.state.api_keys.get(key)
+    scopes = api_keys.get(key)
     if scopes is None:
         raise NotAuthorizedException(detail="unknown API key")
     if scope not in scopes:
         raise PermissionDeniedException(detail=f"this API key lacks the '{scope}' scope")
+
+
+class RequireScope:
+    """ASGI middleware: every route whose ``opt`` names a ``scope`` needs an API key holding it.
+
+    A middleware, not a Litestar guard: Litestar copies the route handler for each
+    guard call, a twentieth of a cached personalize request (profiled), and runs a
+    sync guard in a worker thread. Litestar applies it after routing, inside its
+    exception handling, so a refusal is the usual 401/403 body.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            needed = scope["route_handler"].opt.get("scope")
+            if needed is not None:
+                key = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-api-key"), None)
+                check_scope(needed, key, scope["app"].state.api_keys)
+        await self.app(scope, receive, send)
 
 
 @get("/healthz", sync_to_thread=False, security=[{}])
@@ -210,7 +222,10 @@ def healthz() -> Health:
     responses={503: ResponseSpec(Readiness, description="a dependency does not answer: which, and why")},
 )
 async def readyz(request: Request) -> Response[Readiness]:
-    """Ready to serve: the broker takes events, the feature store and the copy model answer (503 and which otherwise).
+    """Ready to serve: the broker takes events and the feature store answers (503 and which otherwise).
+
+    ``model`` says which copy model's copy is served, or why none is (then default copy
+    is, which is a correct answer: not a reason to take the replica out of a balancer).
 
     The broker is not ready while the producer cannot deliver (every broker
     down, a delivery just timed out, or its queue full), even if metadata answers.
@@ -227,7 +242,9 @@ async def readyz(request: Request) -> Response[Readiness]:
         store = "ok"
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         store = f"unreachable: {type(exc).__name__}: {exc}"[:200]
-    model = "ok" if state.writer.generator is not None else state.writer.unavailable
+    # No model yet is not unready: every replica serves default copy until the generator writes some.
+    writer = state.writer
+    model = "ok" if writer.current is not None else f"none, serving default copy: {writer.unavailable}"[:300]
     redis = ""
     if state.redis_health is not None:  # pings Redis and restores what it lost (api/redis_health.py)
         try:
@@ -236,7 +253,7 @@ async def readyz(request: Request) -> Response[Readiness]:
             )
         except TimeoutError:
             redis = "unreachable: no answer in 3 s"
-    ready = broker == store == model == "ok" and (not redis or redis.startswith("ok"))
+    ready = broker == store == "ok" and (not redis or redis.startswith("ok"))
     return Response(Readiness(ready, broker, store, model, redis), status_code=200 if ready else 503)
 
 
@@ -433,9 +450,10 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
     """Personalized content for one user and slot, with why it was chosen.
 
     Reads the user's features and segment, picks the template for the slot and
-    segment, fills its AI copy (cached, or generated within the time budget,
-    checked against the brand rules; default copy otherwise, with the reason in
-    ``explanation.fallbacks``) and renders it with ``context`` and the featured item.
+    segment, fills its AI copy (written ahead of need by the background generator,
+    checked against the item's facts and the brand rules; default copy otherwise, with
+    the reason in ``explanation.fallbacks``: a key not generated yet is queued, never
+    waited for) and renders it with ``context`` and the featured item.
     Candidates come as `items`, or as `item_ids` read from the catalog (422 naming the
     unknown ones); with neither, one of the catalog's items in the user's top category.
     """
@@ -488,7 +506,12 @@ async def _refresh_experiments(experiments: LiveExperiments, every_s: float = 0.
 
 
 def run_api(settings: Settings, args) -> int:
-    """``tailor api``: serve the app with uvicorn until stopped."""
+    """``tailor api``: serve the app with uvicorn until stopped; ``--workers N`` runs N processes on one port.
+
+    Each worker is a whole API (its own producer, caches and metrics); they share the
+    stores and the copy the background generator writes, so any worker answers alike.
+    """
+    import os
     import sys
 
     import uvicorn
@@ -498,51 +521,36 @@ def run_api(settings: Settings, args) -> int:
     except ValueError as exc:
         print(f"tailor api: {exc}", file=sys.stderr)
         return 2
+    workers = getattr(args, "workers", 1)
+    if workers > 1:
+        # Workers are spawned and build their app from the environment: hand them these settings.
+        os.environ.update(settings_env(settings))
+        uvicorn.run(
+            "api.app:create_app", factory=True, workers=workers, host=args.host, port=args.port, log_level="warning"
+        )
+        return 0
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
-def open_copy_writer(settings: Settings, cache_redis=None):
-    """The generator (None with the reason when no model is built), its batcher and the copy cache."""
+def open_copy_writer(settings: Settings):
+    """The copy the background generator writes, as this process reads it; no model yet serves default copy."""
     from api.cache import CopyCache
-    from api.personalize import CopyWriter, Loaded, open_generator
-    from models.serve.batching import BatchingGenerator
+    from api.personalize import CopyWriter, read_served_model
     from models.serve.manifest import ModelDirError
     from store.brand import brand_rules
+    from store.copies import open_copies
 
-    rules = brand_rules(settings)
-    generator, unavailable = None, ""
+    model, unavailable = None, ""
     try:
-        generator = open_generator(settings.generation.model_dir)
+        model = read_served_model(settings.generation.model_dir)
     except ModelDirError as exc:
         unavailable = f"no copy model loaded: {exc}"
         log.warning("%s; serving default copy", unavailable)
-    from store.redis_guard import breaker_for
-
-    cache = CopyCache(
-        settings.generation.copy_cache_size,
-        redis=cache_redis,
-        ttl_s=settings.generation.copy_cache_redis_ttl_s,
-        breaker=breaker_for(settings.redis.url, settings.redis.breaker_s) if cache_redis else None,
+    cache = CopyCache(open_copies(settings), settings.generation.copy_cache_size)
+    return CopyWriter(
+        cache, brand_rules(settings), model=model, unavailable=unavailable, registry=settings.retrain.model_registry
     )
-    writer = CopyWriter(
-        cache, rules, settings.generation.budget_ms, unavailable, registry=settings.retrain.model_registry
-    )
-
-    def make_batcher(gen) -> BatchingGenerator:
-        batcher = BatchingGenerator(
-            gen,
-            max_batch=settings.generation.max_batch,
-            max_wait_ms=settings.generation.max_wait_ms,
-            on_batch=writer.observe_batch,
-        )
-        batcher.start()
-        return batcher
-
-    writer.make_batcher = make_batcher
-    if generator is not None:
-        writer.current = Loaded(generator, make_batcher(generator))
-    return writer
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -568,12 +576,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.reader = OnlineReader(app.state.store, settings.audience.segments)
         app.state.templates = open_templates(settings)
         app.state.catalog = open_live_catalog(settings)
-        cache_redis = None
-        if settings.redis.url and settings.generation.copy_cache_redis_ttl_s > 0:
-            from store.redis_guard import redis_client
-
-            cache_redis = redis_client(settings.redis.url, use_async=True, timeout_ms=settings.redis.timeout_ms)
-        app.state.writer = open_copy_writer(settings, cache_redis)
+        app.state.writer = open_copy_writer(settings)
         app.state.experiments = open_experiments(settings, app.state.store)
         app.state.experiment_store = app.state.experiments.store
         app.state.redis_health = None
@@ -603,19 +606,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ModelWatcher(settings.generation.model_dir, app.state.writer).run(settings.generation.model_reload_s)
         )
         refresher = asyncio.create_task(_refresh_experiments(app.state.experiments))
+        flusher = asyncio.create_task(app.state.writer.cache.flush_forever())
         redis_watch = asyncio.create_task(app.state.redis_health.watch()) if app.state.redis_health else None
         try:
             yield
         finally:
             watcher.cancel()
             refresher.cancel()
+            flusher.cancel()
             if redis_watch is not None:
                 redis_watch.cancel()
                 app.state.redis_health.close()
-            await app.state.writer.close()
+            app.state.writer.cache.flush()  # misses of the last moments still reach the generator
+            app.state.writer.cache.store.close()
             app.state.experiment_store.close()
-            if cache_redis is not None:
-                await cache_redis.aclose()
             app.state.templates.store.close()
             app.state.catalog.store.close()
             events.close(10)
@@ -650,7 +654,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ItemController,
         ],
         lifespan=[resources],
-        guards=[require_scope],
         before_request=refuse_deep_json,
         # Litestar hands this every exception that is not an HTTPException below 500.
         exception_handlers={
@@ -659,7 +662,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             StoreUnavailable: store_unavailable,
         },
         # Request counts, errors and latency histograms per route (path templates, not raw paths).
-        middleware=[RequestMetrics],
+        middleware=[RequestMetrics, RequireScope],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=openapi,
     )

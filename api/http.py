@@ -34,7 +34,7 @@ class ErrorBody(msgspec.Struct):
     detail: str
 
 
-#: What a guarded route's 401 and 403 mean (`api.app.require_scope`).
+#: What a scoped route's 401 and 403 mean (`api.app.RequireScope`).
 AUTH_ERRORS = {401: "no API key, or an unknown one", 403: "the API key lacks the route's scope"}
 
 

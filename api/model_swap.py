@@ -1,13 +1,15 @@
-"""Hot swap: the API picks up a newly promoted copy model without a restart.
+"""Hot swap: the API serves a newly promoted copy model's copy without a restart.
 
 `tailor retrain` promotes a version by pointing ``TAILOR_MODEL_DIR`` (a symlink
 into the registry then) at it in one atomic rename. `ModelWatcher` checks every
 ``TAILOR_MODEL_RELOAD_S`` where the directory resolves to and its manifest's
-version; when they change it loads the new model in a worker thread (the event
-loop keeps serving), then `CopyWriter.swap` makes it the served one in a single
-assignment. Requests already waiting on the old model finish on it; no request
-fails during the swap (tested under concurrent load). A directory that cannot be
-loaded (half-written, corrupt) is logged once and the old model keeps serving.
+version; when they change it reads the new manifest (the API loads no ONNX
+session: the background generator writes the copy) and `CopyWriter.serve` makes it
+the served one in a single assignment. Copy keys carry the model version, so from
+then on requests read the new model's copy as the generator writes it (it re-warms
+the catalog on the same promotion), and default copy for keys it has not reached
+yet. A directory that cannot be read (half-written, corrupt, the old prompt) is
+logged once and the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class ModelWatcher:
     def __init__(self, model_dir: str | Path, writer):
         self.model_dir = Path(model_dir)
         self.writer = writer
-        self.seen = model_identity(model_dir) if writer.generator is not None else None
+        self.seen = model_identity(model_dir) if writer.current is not None else None
         self._failed: tuple[str, int] | None = None
         self.swaps = 0
 
@@ -44,20 +46,20 @@ class ModelWatcher:
         identity = model_identity(self.model_dir)
         if identity is None or identity == self.seen or identity == self._failed:
             return False
-        from api.personalize import open_generator
+        from api.personalize import read_served_model
 
         try:
-            generator = await asyncio.get_running_loop().run_in_executor(None, open_generator, identity[0])
-        except (ModelDirError, OSError, RuntimeError, ValueError) as exc:
+            model = await asyncio.get_running_loop().run_in_executor(None, read_served_model, identity[0])
+        except (ModelDirError, OSError, ValueError) as exc:
             log.warning(
                 "not swapping to the model in %s: %s (still serving %s)", identity[0], exc, self.writer.model_version
             )
             self._failed = identity
             return False
         self.seen = identity
-        if generator.version == self.writer.model_version:
+        if model.version == self.writer.model_version:
             return False  # the same model re-exported in place, or re-pointed to itself
-        await self.writer.swap(generator)
+        self.writer.serve(model)
         self.swaps += 1
         return True
 

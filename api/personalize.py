@@ -1,4 +1,4 @@
-"""POST /v1/personalize: features -> segment -> template -> generated copy -> brand rules -> render.
+"""POST /v1/personalize: features -> segment -> template -> generated copy -> checks -> render.
 
 One request, in order:
 
@@ -6,15 +6,15 @@ One request, in order:
 2. the segment's readable label (its profile), mapped to the copy model's
    segment style (the manifest's map, else `models.train.corpus.segment_style_for_label`);
 3. the template for (slot, segment) (`engine.content.personalize.choose_template`) and a tone;
-4. each ``ai.<slot>`` the template uses: from the copy cache, else generated
-   with control codes (segment style, slot, tone) through the batching
-   generator, waiting at most ``TAILOR_GENERATION_BUDGET_MS``;
-5. the copy grounded in the featured item (`engine.content.personalize.ground_copy`:
-   the model writes catalog names and prices; they become the item's own) and
-   checked against the brand rules; copy that is late, failed, cannot be
-   grounded or broke a rule is replaced by the template's default copy, and the
-   explanation says why (late copy still lands in the cache for the next request);
-6. the template rendered with the caller's context (used for this response,
+4. the featured item: a candidate of the request, or one from the catalog;
+5. each ``ai.<slot>`` the template uses: the copy the background generator wrote for
+   (model, template version, style, slot, tone, the item's facts), read from the copy
+   cache (api/cache.py). Generation never runs here: a key not generated yet is
+   queued for the generator and served default copy now, with the reason;
+6. the copy checked, never rewritten: every price, percentage, name and attribute it
+   states must be the featured item's (`engine.content.grounding.grounding_problem`),
+   and it must keep the brand rules; else the template's default copy, and why;
+7. the template rendered with the caller's context (used for this response,
    never stored) and the featured item. A template that cannot render (a filter
    fails on the caller's value, a body stored before save-time checks) is
    replaced by the slot's default template (`engine.content.personalize.default_templates`),
@@ -23,9 +23,7 @@ One request, in order:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -33,17 +31,17 @@ from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
-from api.cache import CachedCopy, CopyCache, copy_key
+from api.cache import CopyCache
 from engine.content.brand import BrandRules, Slot, check
+from engine.content.grounding import grounding_problem
 from engine.content.personalize import (
     choose_from_catalog,
     choose_item,
     choose_template,
     default_templates,
     explaining_features,
-    ground_copy,
     tone_for,
 )
 from engine.content.templates import ITEM_FIELDS, RenderFailed, TemplateError, render
@@ -60,24 +58,9 @@ FALLBACKS = Counter(
     "template instead of one that could not render), by reason.",
     ["reason"],
 )
-GENERATOR_BATCH = Histogram(
-    "tailor_generator_batch_size", "Prompts per generator batch.", buckets=(1, 2, 4, 8, 16, 32, 64)
+QUEUED = Counter(
+    "tailor_copy_misses_queued_total", "Copy-cache misses queued for the background generator (once per key)."
 )
-GENERATOR_WAIT = Histogram(
-    "tailor_generator_queue_wait_seconds",
-    "Time a prompt waited for its batch to start.",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
-)
-GENERATOR_SECONDS = Histogram(
-    "tailor_generator_batch_seconds",
-    "Time to generate one batch.",
-    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
-)
-
-#: New tokens generated per slot: room for the slot's longest copy, no more.
-NEW_TOKENS: dict[str, int] = {"headline": 20, "description": 56, "cta": 10, "email_subject": 24}
-#: Sampling: varied copy per item; the cache keeps what was served stable.
-SAMPLING = {"greedy": False, "top_p": 0.9, "temperature": 0.8}
 
 Text = Annotated[str, msgspec.Meta(max_length=200)]
 
@@ -96,6 +79,10 @@ class ItemIn(Strict, frozen=True):
     price: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
     sale_price: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
     discount_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    #: Facts generated copy may state ("colour": "navy"), as the catalog keeps them.
+    attributes: Annotated[
+        dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], Text], msgspec.Meta(max_length=32)
+    ] = {}
 
 
 class PersonalizeRequest(Strict, frozen=True):
@@ -165,200 +152,139 @@ class Personalized(msgspec.Struct):
     exposure_id: str | None = None
 
 
-class Loaded(NamedTuple):
-    """A copy model being served: its generator and the batching queue in front of it."""
+class ServedModel(NamedTuple):
+    """The copy model the generator writes with, as the API needs it: no ONNX session, only its manifest."""
 
-    generator: Any
-    batcher: Any
+    version: str
+    #: Live segment label -> the style to prompt with (the manifest's map).
+    segment_styles: dict[str, str]
 
 
-def open_generator(folder: str | Path):
-    """The ONNX generator of an exported model folder, set up for serving.
+def read_served_model(folder: str | Path) -> ServedModel:
+    """The served model's version and style map, from its manifest; `ModelDirError` says why not."""
+    from engine.content.grounding import PROMPT_FORMAT
+    from models.serve.manifest import ModelDirError, read_manifest
 
-    As many threads as CPUs this process may use (not the machine's cores: it may be
-    pinned), and no spinning between batches: the event loop shares those CPUs.
-    """
-    from models.serve.runtime import Generator
-
-    return Generator(folder, intra_op_threads=len(os.sched_getaffinity(0)), spinning=False)
+    manifest = read_manifest(folder)
+    if getattr(manifest, "prompt_format", 1) != PROMPT_FORMAT:
+        raise ModelDirError(
+            f"the copy model in {folder} ({manifest.version}) was trained for the old prompt, without the item's "
+            "facts: build a new one with `tailor train && tailor export --quantize`"
+        )
+    return ServedModel(manifest.version, dict(manifest.segment_styles))
 
 
 class CopyWriter:
-    """The generator behind a batching queue, with the copy cache in front and brand rules after.
+    """Generated copy for a request: looked up, never generated here; checked against the item and the rules.
 
-    ``current`` is the served model (set by its opener, or `swap`); while it is None
-    (no model built) every ai slot gets default copy.
-    `swap` replaces the served model while requests run (hot swap after a promotion);
-    `copy_for` can also generate with another version from the model registry (an
-    experiment arm's ``model_version``), loaded on first use.
+    ``current`` is the served model (`ServedModel`, set by `serve` on a promotion);
+    while it is None (no model built yet) every ai slot gets default copy, and the
+    reason says so. An experiment arm's ``model_version`` keys its copy under that
+    version; the background generator loads it from the registry.
     """
-
-    #: Seconds an old model's queue keeps running after a swap, for the generations it holds.
-    SWAP_GRACE_S = 5.0
 
     def __init__(
         self,
         cache: CopyCache,
         rules: BrandRules,
-        budget_ms: float,
+        *,
+        model: ServedModel | None = None,
         unavailable: str = "",
         registry: str | Path | None = None,
-        make_batcher=None,
     ):
-        self.current: Loaded | None = None
+        self.current = model
         self.cache = cache
         self.rules = rules
-        self.budget_s = budget_ms / 1000
         self.unavailable = unavailable
         self.registry = Path(registry) if registry else None
-        #: ``make_batcher(generator) -> started BatchingGenerator``; needed by `swap` and other versions.
-        self.make_batcher = make_batcher
-        self.others: dict[str, Loaded] = {}  # other versions, for experiment arms
-        self._loading: dict[str, asyncio.Task] = {}
-        self._pending: dict[str, asyncio.Task] = {}
-        self._retiring: set[asyncio.Task] = set()
-
-    @property
-    def generator(self):
-        return self.current.generator if self.current is not None else None
+        # What a hit would otherwise recompute on every request (profiled): a label's style, and a
+        # snippet's verdict against its item's facts and the brand rules (the key fixes both).
+        self._styles: dict[str, str] = {}
+        self._verdicts: dict[tuple[str, str], tuple[str | None, str | None]] = {}
 
     @property
     def model_version(self) -> str | None:
-        return self.generator.version if self.generator is not None else None
+        return self.current.version if self.current is not None else None
 
     def model_versions(self) -> set[str]:
-        """The versions this process can generate with: the served one and the registry's."""
+        """The versions copy can be served for: the served one and the registry's."""
         from models.serve.registry import versions
 
         known = {self.model_version} - {None}
         return known | set(versions(self.registry)) if self.registry else known
 
-    async def swap(self, generator) -> None:
-        """Serve ``generator`` from now on; the old model's queue drains for `SWAP_GRACE_S`, then closes.
-
-        Requests that already queued a prompt on the old model get their copy (cached
-        under the old version's keys); new requests use the new model at once.
-        """
-        old = self.current
-        self.current = Loaded(generator, self.make_batcher(generator))
-        self.unavailable = ""
-        if old is not None and old.batcher is not None:
-            task = asyncio.create_task(self._retire(old.batcher))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
-        log.info(
-            "now serving copy model %s (was %s)",
-            generator.version,
-            old.generator.version if old is not None else "none",
-        )
-
-    async def _retire(self, batcher) -> None:
-        await asyncio.sleep(self.SWAP_GRACE_S)
-        await batcher.close()
-
-    async def close(self) -> None:
-        for task in list(self._retiring):
-            task.cancel()
-        loaded = [self.current, *self.others.values()]
-        for item in loaded:
-            if item is not None and item.batcher is not None:
-                await item.batcher.close()
-
-    def _for_version(self, version: str | None) -> tuple[Loaded | None, str | None]:
-        """The loaded model for ``version`` (None: the served one), or why there is none yet."""
-        if version is None or version == self.model_version:
-            return self.current, None if self.current is not None else self.unavailable
-        loaded = self.others.get(version)
-        if loaded is not None:
-            return loaded, None
-        if version not in self._loading:
-            task = self._loading[version] = asyncio.create_task(self._load(version))
-            task.add_done_callback(lambda t: self._loading.pop(version, None))
-        return None, f"copy model version {version} is loading (the next requests will use it)"
-
-    async def _load(self, version: str) -> None:
-        from models.serve.registry import version_dir
-
-        folder = None
-        try:
-            if self.registry is None:
-                raise FileNotFoundError("no model registry is configured (TAILOR_MODEL_REGISTRY)")
-            folder = version_dir(self.registry, version)
-            generator = await asyncio.get_running_loop().run_in_executor(None, open_generator, folder)
-            self.others[version] = Loaded(generator, self.make_batcher(generator))
-        except Exception as exc:  # noqa: BLE001 - the arm keeps default copy; logged
-            log.warning("cannot load copy model version %s from %s: %s", version, folder, exc)
+    def serve(self, model: ServedModel) -> None:
+        """Serve copy of ``model`` from now on (a promotion): one assignment, so no request sees half of it."""
+        old = self.model_version
+        self.current, self.unavailable, self._styles = model, "", {}
+        log.info("now serving copy of model %s (was %s)", model.version, old or "none")
 
     def style_for(self, label: str | None) -> str:
-        from models.train.corpus import DEFAULT_STYLE, segment_style_for_label
+        style = self._styles.get(label)  # type: ignore[arg-type]
+        if style is None:
+            from models.train.corpus import DEFAULT_STYLE, segment_style_for_label
 
-        if label is None:
-            return DEFAULT_STYLE
-        styles = self.generator.manifest.segment_styles if self.generator is not None else {}
-        return styles.get(label) or segment_style_for_label(label)
+            styles = self.current.segment_styles if self.current is not None else {}
+            found = DEFAULT_STYLE if label is None else styles.get(label) or segment_style_for_label(label)
+            style = self._styles[label] = found  # type: ignore[index]
+        return style
 
-    async def copy_for(
-        self, key: str, style: str, slot: str, tone: str, version: str | None = None
+    def copy_for(
+        self, template, style: str, slot: str, tone: str, item: dict | None, version: str | None = None
     ) -> tuple[str | None, bool, str | None]:
-        """(text or None, from the cache, why not generated copy) for one ai slot.
+        """(checked text or None, from the cache, why not generated copy) for one ai slot of ``template``.
 
-        ``version``: generate with that model version (an experiment arm's) instead of the served one.
+        A key nobody generated yet is queued for the background generator and answered
+        at once without copy; generated copy that states what the item's facts do not
+        back or breaks a brand rule is not served (`finish`). ``version``: an experiment
+        arm's model version instead of the served one.
         """
-        loaded, why = self._for_version(version)
-        if loaded is None:
-            return None, False, why
-        cached = await self.cache.get(key)
-        hit = cached is not None
-        _count(hit)
-        if cached is None:
-            task = self._pending.get(key)
-            if task is None:  # one generation per key, however many requests wait for it
-                task = self._pending[key] = asyncio.create_task(self._generate(loaded.batcher, key, style, slot, tone))
-                task.add_done_callback(lambda t: self._finished(key, t))
-            try:
-                cached = await asyncio.wait_for(asyncio.shield(task), self.budget_s)
-            except TimeoutError:
-                return (
-                    None,
-                    False,
-                    (
-                        f"generation took longer than {self.budget_s * 1000:g} ms "
-                        "(the copy will be cached for the next request)"
-                    ),
-                )
-            except Exception as exc:  # noqa: BLE001 - the request still gets default copy
-                return None, False, f"generation failed: {type(exc).__name__}: {exc}"[:200]
-        return cached.text, hit, None
+        from store.copies import CopyJob, copy_key
 
-    def _finished(self, key: str, task: asyncio.Task) -> None:
-        self._pending.pop(key, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("copy generation for %s failed: %r", key, task.exception())
-
-    async def _generate(self, batcher, key: str, style: str, slot: str, tone: str) -> CachedCopy:
-        from models.train.corpus import control_prefix
-
-        result = await batcher.generate(control_prefix(style, slot, tone), max_new_tokens=NEW_TOKENS[slot], **SAMPLING)
-        value = CachedCopy(result.text.strip())
-        await self.cache.put(key, value)
-        return value
+        version = version or self.model_version
+        if version is None:
+            return None, False, self.unavailable or "no copy model loaded"
+        key = copy_key(version, template.template_id, template.version, style, slot, tone, item)
+        text = self.cache.get(key)
+        _count(text is not None)
+        if text is not None:
+            verdict = self._verdicts.get((key, text))
+            if verdict is None:
+                if len(self._verdicts) >= VERDICTS:
+                    self._verdicts.clear()
+                verdict = self._verdicts[(key, text)] = self.finish(text, item, slot, tone)
+            return verdict[0], True, verdict[1]
+        job = CopyJob(
+            key=key,
+            model_version=version,
+            template_id=template.template_id,
+            template_version=template.version,
+            style=style,
+            slot=slot,
+            tone=tone,
+            item=item,
+            requested_ms=int(time.time() * 1000),
+        )
+        if self.cache.request(job):
+            QUEUED.inc()
+        return None, False, NOT_YET
 
     def finish(self, text: str, item: dict | None, slot: str, tone: str) -> tuple[str | None, str | None]:
-        """Generated copy grounded in the featured item and checked against the brand rules, or why not."""
-        grounded, why = ground_copy(text, item)
-        if grounded is None:
-            return None, f"generated copy {why}"
-        violations = check(self.rules, grounded, slot=slot, tone=tone)
+        """Generated copy if it states only the featured item's facts and keeps the brand rules, else why not."""
+        problem = grounding_problem(text, item)
+        if problem is not None:
+            return None, f"generated copy {problem}"
+        violations = check(self.rules, text, slot=slot, tone=tone)
         if violations:
             broken = "; ".join(f"{v.rule}: {v.detail}" for v in violations)
             return None, f"generated copy broke brand rules: {broken}"
-        return grounded, None
+        return text, None
 
-    def observe_batch(self, size: int, waits_ms: list[float], seconds: float) -> None:
-        GENERATOR_BATCH.observe(size)
-        GENERATOR_SECONDS.observe(seconds)
-        for wait in waits_ms:
-            GENERATOR_WAIT.observe(wait / 1000)
+
+#: Verdicts kept (one per snippet served); past it they are forgotten and recomputed.
+VERDICTS = 100_000
+#: Why a miss serves default copy: the request never waits for generation.
+NOT_YET = "not generated yet: queued for the background copy generator (served from the next request once written)"
 
 
 _HITS, _MISSES = COPY_CACHE.labels("hit"), COPY_CACHE.labels("miss")
@@ -449,13 +375,8 @@ async def personalize(
         if default_copy:  # by design (holdout, or a default-copy arm): not a fallback
             copy[slot] = template.default_copy[slot]
             continue
-        key = copy_key(
-            version or writer.model_version or "-", template.template_id, template.version, style, slot, tone, item_id
-        )
-        text, cached, why = await writer.copy_for(key, style, slot, tone, version)
+        text, cached, why = writer.copy_for(template, style, slot, tone, item, version)
         all_cached = all_cached and cached
-        if text is not None:
-            text, why = writer.finish(text, item, slot, tone)
         if text is None:
             copy[slot] = template.default_copy[slot]
             fallbacks.append(Fallback(slot, why or "no copy"))
@@ -580,8 +501,7 @@ def _reason_kind(why: str | None) -> str:
     if not why:
         return "other"
     for prefix, kind in (
-        ("generation took", "slow"),
-        ("generation failed", "error"),
+        ("not generated yet", "pending"),
         ("generated copy broke", "brand"),
         ("generated copy", "ungrounded"),
         ("no copy model", "no_model"),

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 from feast.errors import FeatureViewNotFoundException
+from feast.infra.key_encoding_utils import serialize_entity_key
 
 from engine.audience.segments import SegmentProfile
 from engine.experiments.exposures import ArmCounters
@@ -47,6 +48,7 @@ from store.feast import (
     user_key,
 )
 from store.redis_guard import RedisUnavailable, StoreUnavailable
+from store.sqlite_online import TailorSqliteOnlineStore
 
 log = logging.getLogger("tailor.api")
 
@@ -82,6 +84,9 @@ class OnlineReader:
         self._provider = store.provider
         self._config = store.config
         self._tiles = store.get_feature_view(TILES_VIEW)
+        online = getattr(self._provider, "online_store", None)
+        self._sqlite = online if isinstance(online, TailorSqliteOnlineStore) else None
+        self._key_version = self._config.entity_key_serialization_version
         self._segments = store.get_feature_view(SEGMENT_VIEW) if n_segments else None
         try:
             self._first = store.get_feature_view(FIRST_EXPOSURE_VIEW)
@@ -101,14 +106,22 @@ class OnlineReader:
         with _answering():
             return self._features(user_id, now_ms)
 
+    def _read(self, view, key, key_bin: bytes | None, features: list[str]) -> dict | None:
+        if key_bin is not None:  # Tailor's SQLite store: one lean read (store.sqlite_online)
+            return self._sqlite.read_values(self._config, view, key_bin)
+        return self._provider.online_read(self._config, view, [key], features)[0][1]
+
     def _features(self, user_id: str, now_ms: int | None) -> tuple[dict[str, Any], UserSegment | None]:
         key = user_key(user_id)
-        _, row = self._provider.online_read(self._config, self._tiles, [key], ["state"])[0]
+        key_bin = None
+        if self._sqlite is not None:
+            key_bin = serialize_entity_key(key, entity_key_serialization_version=self._key_version)
+        row = self._read(self._tiles, key, key_bin, ["state"])
         state = row["state"].bytes_val if row and "state" in row else None
         features = finish(state, int(time.time() * 1000) if now_ms is None else now_ms)
         segment = None
         if self._segments is not None:
-            _, seg = self._provider.online_read(self._config, self._segments, [key], list(SEGMENT_FEATURES))[0]
+            seg = self._read(self._segments, key, key_bin, list(SEGMENT_FEATURES))
             if seg and seg.get("segment") is not None and seg["segment"].HasField("int64_val"):
                 distance = seg.get("segment_distance")
                 segment = UserSegment(

@@ -17,6 +17,7 @@ from typing import Literal
 
 from feast.infra.online_stores.helpers import compute_table_id
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 #: The ``type`` of the online store in a Feast config (Feast finds the config class by
 #: this name plus ``Config``; its SQLite code accepts a type ending in ``SqliteOnlineStore``).
@@ -30,9 +31,33 @@ class TailorSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
 
 
 class TailorSqliteOnlineStore(SqliteOnlineStore):
-    """`SqliteOnlineStore` with `write_rows`: many serialized rows in one transaction."""
+    """`SqliteOnlineStore` with `write_rows` (many serialized rows in one transaction) and `read_values`."""
 
     _upserts: dict[str, str] | None = None
+    _selects: dict[str, str] | None = None
+
+    def read_values(self, config, table, entity_key: bytes) -> dict[str, ValueProto]:
+        """One entity's features by name, from its serialized key: Feast's ``online_read`` of one row, leaner.
+
+        The same rows and Values; no event timestamps (parsing them was a fifth of a
+        personalize request's time at the API's peak, profiled) and the SQL built once.
+        """
+        rows = self._get_conn(config).execute(self._select_sql(config, table), (entity_key,)).fetchall()
+        values = {}
+        for name, raw in rows:
+            value = ValueProto()
+            value.ParseFromString(raw)
+            values[name] = value
+        return values
+
+    def _select_sql(self, config, table) -> str:
+        if self._selects is None:
+            self._selects = {}
+        sql = self._selects.get(table.name)  # a view's table id is fixed for the store's life
+        if sql is None:
+            name = compute_table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+            sql = self._selects[table.name] = f'SELECT feature_name, value FROM "{name}" WHERE entity_key = ?'
+        return sql
 
     def prepare_writes(self, config) -> None:
         """Tune the connection for a process that writes often (the flow)."""

@@ -157,14 +157,13 @@ def weak(tmp_path_factory):
 
 @pytest.fixture
 def api_settings(make_settings, exported):
-    """Settings for an API on the session broker, a fresh Feast repo and the tiny copy model (10 s budget)."""
+    """Settings for an API on the session broker, a fresh Feast repo and the tiny copy model."""
 
     def make(**overrides):
         values = {
             "pseudonym_key": KEY,
             "api_keys": "server=ingest+serve,boss=admin",
             "model_dir": str(exported[0]),
-            "generation_budget_ms": 10_000.0,
         }
         return make_settings(**(values | overrides))
 

@@ -458,3 +458,31 @@ def read_feedback_rows(path) -> list[FeedbackRow]:
     import pyarrow.parquet as pq
 
     return [FeedbackRow(**r) for r in pq.read_table(path).to_pylist()]
+
+
+# -- the background copy generator, run in the test's process -----------------------------------
+
+
+def write_queued_copy(client, settings) -> int:
+    """What the background generator does for a test: the API's queued misses (and the warm plan) written.
+
+    Flushes the app's queued misses to the copy store, then runs `jobs.copy_generator.CopyGenerator`
+    rounds here until nothing is left to write; returns how many snippets it wrote.
+    """
+    from jobs.copy_generator import CopyGenerator
+
+    client.app.state.writer.cache.flush()
+    generator = CopyGenerator(settings)
+    written = 0
+    while True:
+        step = generator.step()
+        if not step:
+            return written
+        written += step
+
+
+def served_after_generation(client, settings, request, **body):
+    """A personalize response that missed (default copy, the key queued), then the one after the generator ran."""
+    first = request(client, **body).json()
+    write_queued_copy(client, settings)
+    return first, request(client, **body).json()

@@ -19,11 +19,9 @@ Examples
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from engine.content.catalog import CATEGORY_SPECS
 from engine.content.templates import DEFAULT_TEMPLATES, Template
 
 T = TypeVar("T")
@@ -170,90 +168,3 @@ def explaining_features(features: Mapping[str, Any]) -> dict[str, Any]:
         value = features.get(name)
         out[name] = round(value, 4) if isinstance(value, float) else value
     return out
-
-
-# -- grounding generated copy in the featured item ------------------------------
-#
-# The copy model learnt its lines from a catalog (models/train/corpus.py), so it writes
-# product names and prices from that catalog, not the caller's item. Grounding
-# swaps them for the featured item's own, or refuses the copy when it cannot.
-
-
-def _alternation(words) -> str:
-    return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
-
-
-_BRANDS = _alternation(b for spec in CATEGORY_SPECS.values() for b in spec.brands)
-_ADJECTIVES = _alternation(a for spec in CATEGORY_SPECS.values() for a in spec.adjectives)
-_NOUNS = _alternation(n for spec in CATEGORY_SPECS.values() for n in spec.nouns)
-_TITLE = re.compile(rf"\b(?:{_BRANDS})\s+(?:{_ADJECTIVES})\s+(?:{_NOUNS})\b")
-_BRAND = re.compile(rf"\b(?:{_BRANDS})\b")
-# A product's noun, with whatever of its name precedes it ("Nordvik Cloud Thriller", "Cloud Thriller").
-_NOUN = re.compile(rf"\b(?:(?:{_BRANDS})\s+)?(?:(?:{_ADJECTIVES})\s+)?(?:{_NOUNS})\b")
-_MONEY = re.compile(r"(?<![\w.])\d{1,7}\.\d{2}(?!\w)(?!\.\d)")
-_PCT = re.compile(r"(?<![\w.])\d{1,3}\s?%")
-
-
-def _money(amount: float) -> str:
-    return f"{amount:.2f}"
-
-
-def ground_copy(text: str, item: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
-    """``text`` with the product names, prices and discounts it states made the featured item's.
-
-    Returns ``(grounded text, None)``, or ``(None, reason)`` when the copy states a
-    fact the request cannot back (a price, but the item has none; a discount the
-    item does not have; more than two amounts).
-
-    >>> item = {"title": "Acme Rain Shell", "brand": "Acme", "price": 120.0, "discount_pct": 25}
-    >>> ground_copy("Get the Nordvik Insulated Rain Jacket for just 82.99, down from 99.00.", item)
-    ('Get the Acme Rain Shell for just 90.00, down from 120.00.', None)
-    >>> ground_copy("New in: Nordvik Cloud Parka", item)  # a name the catalog never had, still a product
-    ('New in: Acme Rain Shell', None)
-    >>> ground_copy("Save 30% today", {"title": "Acme Rain Shell", "price": 120.0})
-    (None, 'states a 30% discount; the featured item has none')
-    >>> ground_copy("Only 9.99: hurry", None)
-    (None, 'states a price (9.99), but the request featured no priced item')
-    >>> ground_copy("New season picks, just for you", None)
-    ('New season picks, just for you', None)
-    """
-    item = item or {}
-    title, brand = item.get("title"), item.get("brand")
-    if _TITLE.search(text) or _NOUN.search(text):
-        if not title:
-            return None, "names a product, but the request featured no item with a title"
-        text = _NOUN.sub(title, _TITLE.sub(title, text))
-    if _BRAND.search(text.replace(title, "") if title else text):
-        if not brand:
-            return None, "names a brand, but the request featured no item with a brand"
-        text = _BRAND.sub(brand, text) if not title else _sub_outside(text, title, _BRAND, brand)
-    amounts = _MONEY.findall(text)
-    if amounts:
-        price = item.get("price")
-        if price is None:
-            return None, f"states a price ({amounts[0]}), but the request featured no priced item"
-        if len(amounts) > 2:
-            return None, f"states {len(amounts)} amounts; only a price and a sale price can be grounded"
-        pct = item.get("discount_pct") or 0
-        sale = item.get("sale_price") or round(price * (100 - pct) / 100, 2)
-        values = [float(a) for a in amounts]
-        if len(values) == 2:  # "price, down from was": the larger is the list price
-            high, low = amounts[values.index(max(values))], amounts[values.index(min(values))]
-            mapping = {high: _money(price), low: _money(sale)}
-            if sale == price:
-                return None, "states a price and a former price; the featured item is not on sale"
-        else:
-            mapping = {amounts[0]: _money(sale)}
-        text = _MONEY.sub(lambda m: mapping[m.group()], text)
-    percents = _PCT.findall(text)
-    if percents:
-        pct = item.get("discount_pct")
-        if not pct:
-            return None, f"states a {percents[0].replace(' ', '')} discount; the featured item has none"
-        text = _PCT.sub(f"{pct}%", text)
-    return text, None
-
-
-def _sub_outside(text: str, keep: str, pattern: re.Pattern, replacement: str) -> str:
-    """``pattern`` replaced in ``text`` except inside occurrences of ``keep``."""
-    return keep.join(pattern.sub(replacement, part) for part in text.split(keep))

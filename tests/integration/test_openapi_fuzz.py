@@ -155,9 +155,7 @@ STALE = Template("cta-000-stale", 1, "cta", UNRENDERABLE[0][0])
 
 
 def test_every_operation_answers_as_documented(make_settings, exported):
-    settings = make_settings(
-        pseudonym_key=KEY, api_keys="fuzz=admin", model_dir=str(exported[0]), generation_budget_ms=50.0
-    )
+    settings = make_settings(pseudonym_key=KEY, api_keys="fuzz=admin", model_dir=str(exported[0]))
     with TestClient(app=create_app(settings)) as client:
         for body in EXPERIMENTS:
             created = client.post("/v1/experiments", json=body, headers=HEADERS)

@@ -13,7 +13,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.testing import TestClient
 
-from api.app import create_app, parse_api_keys, require_scope
+from api.app import RequireScope, create_app, parse_api_keys
 from api.templates import TemplateController, TemplateOut, TemplatePatch
 from config.settings import Settings
 from engine.content.templates import DEFAULT_TEMPLATES, Template, TemplateError, new_template
@@ -293,7 +293,7 @@ def _templates_only_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[TemplateController],
-        guards=[require_scope],
+        middleware=[RequireScope],
         lifespan=[resources],
         openapi_config=OpenAPIConfig(title="Tailor", version="0.1.0", use_handler_docstrings=True),
     )
