@@ -25,6 +25,7 @@ COMMANDS = {
     "samples": "cli.commands.samples",
     "experiment": "cli.commands.experiment",
     "catalog": "cli.commands.catalog",
+    "copy": "cli.commands.copy",
     "feedback": "cli.commands.feedback",
     "bench": "cli.commands.bench",
 }
