@@ -165,7 +165,9 @@ class FeatureView:
         except Exception as exc:  # noqa: BLE001 - shown in the view; the demo goes on
             return f"experiment {front.experiment}: reading counters failed ({type(exc).__name__})"
         arms = ", ".join(f"{v} {counters[v].users} users/{counters[v].converters} converted" for v in variants)
-        return f"experiment {front.experiment} ({front.served:,} headlines served): {arms}"
+        share = front.generated_share
+        generated = "" if share is None else f"; generated arm: {share:.0%} generated copy"
+        return f"experiment {front.experiment} ({front.served:,} headlines served{generated}): {arms}"
 
     def close(self) -> None:
         self._dlq.close()

@@ -3,9 +3,12 @@
 `Storefront` is a thread that talks to the API over HTTP like a client. Once the
 API answers it creates and starts `EXPERIMENT` (generated vs default headline
 copy, a 10% holdout). Then, whenever a simulated session starts (the traffic calls
-`session_started`), it asks ``/v1/personalize`` for that user's headline, at most
-once per `SERVE_EVERY_S` per user: the API assigns the user an arm and logs the
-impression. The storefront remembers whom it served; the traffic asks it
+`session_started` with the items the user looked at lately, as a "recently viewed"
+shelf would show them), it asks ``/v1/personalize`` for that user's headline about
+those items (``item_ids``, read from the catalog the demo loads), at most once per
+`SERVE_EVERY_S` per user: the API assigns the user an arm and logs the impression.
+It counts what the generated arm served (`generated_share`: generated copy rather
+than default copy), which the live view shows. The storefront remembers whom it served; the traffic asks it
 (`experiment_of`) whether a click came after a served headline, and if so the
 click names the experiment, as a storefront reports what was clicked. Purchases
 are attributed by the flow itself (to every experiment a user had seen).
@@ -57,9 +60,12 @@ class Storefront:
         self.state = "waiting for the API"
         self.served = 0
         self.failed = 0
+        #: Headlines the generated arm served, and how many of them were generated copy.
+        self.generated_arm = 0
+        self.generated_copy = 0
         self._exposed_ms: dict[str, int] = {}  # raw user id -> when their headline was last served
         self._lock = threading.Lock()
-        self._queue: queue.Queue[str] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[str, tuple[str, ...]]] = queue.Queue(maxsize=QUEUE_SIZE)
         self._running = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tailor-up-storefront", daemon=True)
@@ -73,13 +79,21 @@ class Storefront:
 
     # -- called by the traffic thread: never blocks ---------------------------
 
-    def session_started(self, user_id: str) -> None:
-        """A simulated session began: serve the user a headline soon (dropped if the queue is full)."""
+    def session_started(self, user_id: str, item_ids: tuple[str, ...] = ()) -> None:
+        """A simulated session began: serve the user a headline about ``item_ids`` soon (dropped if the queue is full).
+
+        No items (a user's first session): the API picks one from the catalog for them.
+        """
         if self._running.is_set():
             try:
-                self._queue.put_nowait(user_id)
+                self._queue.put_nowait((user_id, tuple(item_ids)))
             except queue.Full:
                 pass
+
+    @property
+    def generated_share(self) -> float | None:
+        """Share of the generated arm's headlines that were generated copy (None before any)."""
+        return self.generated_copy / self.generated_arm if self.generated_arm else None
 
     def experiment_of(self, user_id: str, ts_ms: int) -> str | None:
         """The experiment a click of ``user_id`` at ``ts_ms`` reports: ours if their headline came first."""
@@ -102,7 +116,7 @@ class Storefront:
         self._running.set()
         while not self._stop.is_set():
             try:
-                user = self._queue.get(timeout=0.2)
+                user, item_ids = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
             now = int(time.time() * 1000)
@@ -110,9 +124,15 @@ class Storefront:
                 last = self._exposed_ms.get(user)
             if last is not None and now - last < SERVE_EVERY_S * 1000:
                 continue
-            status, _ = self._call("POST", "/v1/personalize", {"user_id": user, "slot": "headline"})
+            request = {"user_id": user, "slot": "headline"}
+            if item_ids:
+                request["item_ids"] = list(item_ids)
+            status, body = self._call("POST", "/v1/personalize", request)
             if status == 200:
                 self.served += 1
+                if body.get("variant") == "generated":
+                    self.generated_arm += 1
+                    self.generated_copy += not body["explanation"]["fallbacks"]
                 with self._lock:
                     self._exposed_ms[user] = now
             else:

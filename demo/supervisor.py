@@ -128,35 +128,48 @@ class Probe:
         return f"API ready after {self.ready_after_s:.0f} s"
 
 
-def ensure_model(settings: Settings, log_path: Path) -> None:
-    """Build the copy model into ``settings.generation.model_dir`` if it holds none (first run: minutes)."""
+def start_model_build(settings: Settings, log_path: Path, stack: contextlib.ExitStack) -> Child | None:
+    """Build the copy model in the background if ``TAILOR_MODEL_DIR`` holds none fit to serve (first run: minutes).
+
+    The demo does not wait: the API serves the templates' default copy meanwhile, and
+    once the model lands (`demo.model_build` moves it into place whole) the API and the
+    background generator pick it up as they pick up a promotion. None when there is
+    nothing to build, or the build cannot run here.
+    """
+    from engine.content.grounding import PROMPT_FORMAT
     from models.serve.manifest import ModelDirError, read_manifest
 
     try:
-        read_manifest(settings.generation.model_dir)
-        return
+        if getattr(read_manifest(settings.generation.model_dir), "prompt_format", 1) == PROMPT_FORMAT:
+            return None
+        why = "holds a model trained for the old prompt"
     except ModelDirError:
-        pass
+        why = "holds none"
     try:
         import torch  # noqa: F401 - only to know whether the build can run here
     except ImportError:
         say(
-            "no copy model, and the build needs the train extra (pip install -e '.[train]'): "
+            f"{settings.generation.model_dir} {why}, and the build needs the train extra (pip install -e '.[train]'): "
             "serving the templates' default copy"
         )
-        return
+        return None
     model_dir = Path(settings.generation.model_dir)
-    trained = model_dir.parent / "trained"
-    say(f"no copy model in {model_dir}: building one (first run only; about 7 minutes on 2 cores; log {log_path}) ...")
-    cli = [sys.executable, "-m", "cli.main"]
-    for step in (["train", "--out", str(trained)], ["export", str(trained), "--out", str(model_dir), "--quantize"]):
-        with open(log_path, "ab") as log:
-            # Progress bars go to the terminal; everything else to the log.
-            result = subprocess.run(cli + step, stdout=log, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            raise ChildDied(
-                f"`tailor {step[0]}` failed (code {result.returncode}); last lines of {log_path}:\n{tail(log_path)}"
-            )
+    say(
+        f"copy model: {model_dir} {why}; building one in the background (first run only; about 15 minutes on "
+        f"2 cores; log {log_path}). Default copy until then; the API and the generator switch to it when it lands."
+    )
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    build = Child("model build", [sys.executable, "-m", "demo.model_build", str(model_dir)], env, log_path)
+    stack.callback(build.stop)
+    return build
+
+
+def start_generator(settings: Settings, log_path: Path, stack: contextlib.ExitStack) -> Child:
+    """The background copy generator (`tailor copy generate`): copy for the catalog, templates and misses."""
+    env = {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
+    generator = Child("copy generator", [sys.executable, "-m", "cli.main", "copy", "generate"], env, log_path)
+    stack.callback(generator.stop)
+    return generator
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -18,6 +18,8 @@ from jobs.simulator import Simulator
 
 #: Simulated events that start a session: the demo storefront serves the user a headline then.
 SESSION_STARTS = frozenset({"app_open", "email_click"})
+#: Items a user looked at lately that the storefront's headline may feature (a "recently viewed" shelf).
+RECENT_ITEMS = 5
 
 
 class Traffic:
@@ -48,6 +50,7 @@ class Traffic:
         self.failed = 0
         self.error: str | None = None
         self._last_seen: dict[str, float] = {}
+        self._recent: dict[str, list[str]] = {}  # raw user id -> item ids seen lately, newest first
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tailor-up-traffic", daemon=True)
@@ -58,6 +61,13 @@ class Traffic:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(15)
+
+    def _recent_item(self, user: str, item_id: str) -> None:
+        recent = self._recent.setdefault(user, [])
+        if item_id in recent:
+            recent.remove(item_id)
+        recent.insert(0, item_id)
+        del recent[RECENT_ITEMS:]
 
     def last_seen(self) -> dict[str, float]:
         """Each user's latest event, as ``time.monotonic()``; in first-seen order."""
@@ -82,8 +92,10 @@ class Traffic:
                     break
                 raw = event.user_id
                 if self.storefront is not None:
+                    if event.item_id is not None:
+                        self._recent_item(raw, event.item_id)
                     if event.type in SESSION_STARTS:
-                        self.storefront.session_started(raw)
+                        self.storefront.session_started(raw, tuple(self._recent.get(raw, ())))
                     elif event.type == "click" and event.experiment is None:
                         # A click after a served headline: the storefront reports it for the experiment.
                         experiment = self.storefront.experiment_of(raw, event.ts)

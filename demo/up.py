@@ -4,16 +4,19 @@ What runs, and who owns it (the children in demo/supervisor.py, the traffic in
 demo/traffic.py, the view in demo/live.py; this module wires them)::
 
     this process ── Tansu broker (child, unless TAILOR_BROKERS is set)
-                 ├─ the copy model: built first if there is none (tailor train + export)
+                 ├─ the copy model: built in the background if there is none (child:
+                 │  tailor train + export; default copy is served until it lands)
                  ├─ the features flow (child: python -m bytewax.run, own process group;
                  │  the traffic waits for its ready file)
                  ├─ the API (child: tailor api, own process group)
+                 ├─ the background copy generator (child: tailor copy generate): copy for
+                 │  the demo catalog, every live template, style and tone, and for misses
                  ├─ simulated traffic (thread: paced, stamped with the wall clock,
                  │  user ids pseudonymized as the API's edge does)
                  └─ live view: Feast get_online_features(user_activity_v1) twice a second
 
 Everything it starts is stopped on the way out (Ctrl-C, SIGTERM, ``--seconds``, or an
-error): the traffic first, then the API, then the flow (SIGINT, then SIGTERM, then
+error): the traffic first, then the generator and the API, then the flow (SIGINT, then SIGTERM, then
 SIGKILL to its whole process group), then the broker. When stdout is not a terminal (CI, tests, a pipe) the
 live view becomes one plain snapshot every few seconds.
 """
@@ -36,10 +39,11 @@ from demo.supervisor import (
     ChildDied,
     Probe,
     StopSignals,
-    ensure_model,
     say,
     start_api,
     start_flow,
+    start_generator,
+    start_model_build,
     wait_ready,
 )
 from demo.traffic import Traffic
@@ -142,12 +146,12 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     if embedded and not settings.redis.url:
         # Their counters went with the features: an earlier demo's experiments start afresh too.
         Path(settings.store.experiment_db or data / "experiments.db").unlink(missing_ok=True)
-    if not args.no_model:
-        ensure_model(settings, data / "logs" / "model-build.log")
+    build = None if args.no_model else start_model_build(settings, data / "logs" / "model-build.log", stack)
     settings = _demo_keys(settings, data)
     load_demo_catalog(settings)
     flow = start_flow(settings, recovery, data / "logs" / "flow.log", stack)
     api = start_api(settings, args.api_port, data / "logs" / "api.log", stack)
+    generator = start_generator(settings, data / "logs" / "generator.log", stack)
     # Traffic starts once the flow can write, so that the first features shown measure
     # the pipeline, not Feast's import (the API goes on starting meanwhile).
     wait_ready(flow)
@@ -177,10 +181,16 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
     say(f"  topics        {settings.kafka.topic} (events), {settings.kafka.dlq_topic} (dead letters)")
     say(f"  flow          pid {flow.pid}, log {flow.log_path}, recovery {recovery}")
     say(f"  api           {base} (pid {api.pid}, log {api.log_path}); reference {base}/docs")
+    say(f"  generator     pid {generator.pid}, log {generator.log_path} (tailor copy status: what it has written)")
+    if build is not None:
+        say(f"  model build   pid {build.pid}, log {build.log_path}: default copy until the model lands")
     say(f"  api key       {api_key}  (to serve; every key: TAILOR_API_KEYS, or {data / 'demo-api-keys'})")
     say(
         f"  try           curl -s {base}/v1/personalize -H 'X-API-Key: {api_key}' "
-        '-H \'Content-Type: application/json\' -d \'{"user_id": "u000003", "slot": "headline"}\''
+        '-H \'Content-Type: application/json\' -d \'{"user_id": "u000003", "slot": "headline", "template_id": "headline-ai"}\''
+    )
+    say(
+        "                (an item from the user's top category, with its copy; naming the template leaves the demo experiment out)"
     )
     if storefront is not None:
         say(
@@ -206,10 +216,25 @@ def _run(settings: Settings, args, repo: Path, data: Path, stack: contextlib.Exi
         storefront=storefront,
     )
     deadline = time.monotonic() + args.seconds if args.seconds > 0 else None
+    builds = [build] if build is not None else []
+
+    def check() -> None:
+        _check(flow, broker, traffic, api)
+        generator.check()
+        for child in list(builds):  # a build that ends is no reason to stop the demo
+            code = child.proc.poll()
+            if code is not None:
+                builds.remove(child)
+                say(
+                    "copy model built: the API and the generator switch to it"
+                    if code == 0
+                    else f"the copy model build failed (code {code}); default copy goes on; see {child.log_path}"
+                )
+
     if sys.stdout.isatty():
-        live_view(view, deadline, lambda: _check(flow, broker, traffic, api))
+        live_view(view, deadline, check)
     else:
-        plain_view(view, deadline, lambda: _check(flow, broker, traffic, api))
+        plain_view(view, deadline, check)
 
 
 def _demo_keys(settings: Settings, data: Path) -> Settings:

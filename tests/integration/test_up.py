@@ -109,9 +109,15 @@ def test_up_runs_the_pipeline_end_to_end_and_leaves_nothing_behind(feature_repo,
     assert found[0]["experiment"] is None, report
     # The demo experiment ran: the storefront served headlines, and the flow counted the exposed users.
     assert "experiment    demo-headline" in result.stdout, report
-    last = re.findall(r"experiment demo-headline \(([\d,]+) headlines served\): (.*)", result.stdout)[-1]
+    last = re.findall(r"experiment demo-headline \(([\d,]+) headlines served[^)]*\): (.*)", result.stdout)[-1]
     counted = [int(n) for n in re.findall(r"(\d+) users/", last[1])]
     assert int(last[0].replace(",", "")) > 0 and len(counted) == 3 and sum(counted) > 0, report
+    # The background generator wrote the copy the storefront's sessions asked for: the experiment's
+    # generated arm served generated copy, not only default copy.
+    shares = [int(n) for n in re.findall(r"generated arm: (\d+)% generated copy", result.stdout)]
+    assert shares and max(shares) > 0, report
+    generator_pid = int(re.search(r"generator +pid (\d+)", result.stdout).group(1))
+    assert not psutil.pid_exists(generator_pid) or psutil.Process(generator_pid).status() == psutil.STATUS_ZOMBIE
     api_pid = int(re.search(r"api +http\S+ \(pid (\d+)", result.stdout).group(1))
     assert not psutil.pid_exists(api_pid) or psutil.Process(api_pid).status() == psutil.STATUS_ZOMBIE
     flow_pid = int(re.search(r"flow +pid (\d+)", result.stdout).group(1))
