@@ -29,12 +29,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import percentile
-from models.train.corpus import SEGMENT_STYLES, TONES, control_prefix
+from engine.content.catalog import CATALOG_SEED, build_catalog
+from engine.content.grounding import copy_prompt
+from models.train.corpus import SEGMENT_STYLES, TONES
 
 
 def prompts_for(n: int, slot: str = "headline") -> list[str]:
-    combos = [control_prefix(seg, slot, tone) for seg in SEGMENT_STYLES for tone in TONES]
-    return [combos[i % len(combos)] for i in range(n)]
+    """``n`` prompts as the generator writes them: every style and tone, about the demo catalog's items."""
+    items = [i.facts() for i in build_catalog(CATALOG_SEED, 50).items]
+    combos = [(seg, tone) for seg in SEGMENT_STYLES for tone in TONES]
+    prompts = []
+    for i in range(n):
+        seg, tone = combos[i % len(combos)]
+        prompts.append(copy_prompt(seg, slot, tone, items[i % len(items)]))
+    return prompts
 
 
 def summarize(latencies_s: list[float], tokens: int, seconds: float, **extra) -> dict:
