@@ -1,18 +1,29 @@
 """A deterministic marketing-copy corpus: what the copy model learns to write.
 
-Every text is written for one catalog item, one audience segment (a simulator
-profile), one slot (headline, description, call to action, email subject) and
-one tone. The model sees it as ``control_prefix(segment, slot, tone) + " " +
-text`` and learns to continue a prefix, so at serving time the prefix steers it.
+Every text is written for one audience segment (a simulator profile), one slot
+(headline, description, call to action, email subject), one tone and, mostly,
+one catalog item. The model sees it as ``copy_prompt(segment, slot, tone,
+item) + " " + text`` (`engine.content.grounding`: the control codes, then
+``<facts>`` and the item's facts, then ``<copy>``) and learns to continue a
+prompt, so at serving time the codes steer it and the facts feed it.
 
 Texts come from phrase banks: tone templates carry the tone (each has a word of
 `TONE_WORDS`), segment phrases carry what the audience cares about (price for
 bargain hunters, craft and first access for high spenders, discovery for
 window shoppers, "picked for you" for email readers), and the item fills in
-title, brand, attributes and prices. Segment phrases and item fields use no
-tone word, so a text obeys its own tone and no other: tone obedience of the
-model can later be measured with `obeys_tone` alone. Discount phrases are used
-only for items on sale, with the item's own numbers.
+title, brand, attributes and prices, written as the prompt writes them (prices
+with two decimals, "25%"), so the model learns to copy them from the prompt.
+Segment phrases and item fields use no tone word, so a text obeys its own tone
+and no other: tone obedience of the model can later be measured with
+`obeys_tone` alone. Discount phrases are used only for items on sale, with the
+item's own numbers. Headlines and descriptions always name the item.
+
+Real shops send items with few facts, so a share of the items' prompts leave
+out their attributes, brand or price (`prompt_item`), and those items' texts
+state only what their prompt gives. Generic records (item id `GENERIC`,
+facts ``none``) are copy for a request with no item: they name no product,
+brand, attribute, price or percentage. Every text passes
+`engine.content.grounding.grounding_problem` against its own prompt's facts.
 
 The same seed always gives the same corpus; each item has its own random
 stream, so adding items does not change the texts of the others.
@@ -21,11 +32,12 @@ Examples
 --------
 >>> from engine.content.catalog import build_catalog
 >>> records = build_corpus(seed=0, catalog=build_catalog(seed=1, n_items=3), per_combination=2)
->>> len(records) == 3 * len(SEGMENT_STYLES) * len(SLOTS) * len(TONES) * 2
+>>> items = [r for r in records if r.item_id != GENERIC]  # the rest: generic copy, for no item
+>>> len(items) == 3 * len(SEGMENT_STYLES) * len(SLOTS) * len(TONES) * 2
 True
 >>> all(obeys_tone(r.text, r.tone) and obeys_length(r.text, r.slot) for r in records)
 True
->>> training_text(records[0]).startswith("<seg=bargain_hunter> <slot=headline> <tone=urgent> ")
+>>> training_text(records[0]).startswith("<seg=bargain_hunter> <slot=headline> <tone=urgent> <facts> title: ")
 True
 """
 
@@ -42,6 +54,13 @@ import msgspec
 # Slots, tones, their length limits and tone words: one definition, shared with the brand rules.
 from engine.content.brand import MAX_CHARS, SLOTS, TONE_WORDS, TONES  # noqa: F401 - re-exported
 from engine.content.catalog import CATALOG_SEED, CATEGORY_SPECS, Catalog, Item, build_catalog
+from engine.content.grounding import (  # noqa: F401 - re-exported: the prompt is the serving side's too
+    CATEGORY_WORDS,
+    CONTROL_TOKENS,
+    control_prefix,
+    copy_prompt,
+    grounding_problem,
+)
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
@@ -65,6 +84,12 @@ def obeys_tone(text: str, tone: str) -> bool:
     return not TONE_WORDS[tone].isdisjoint(_tokens(text))
 
 
+def _only_tone(text: str, tone: str) -> bool:
+    """Whether ``text`` uses ``tone``'s words and no other tone's (what the tone obedience measures rests on)."""
+    words = _tokens(text)
+    return all(TONE_WORDS[t].isdisjoint(words) != (t == tone) for t in TONES)
+
+
 def obeys_length(text: str, slot: str) -> bool:
     """Whether ``text`` is non-empty and fits ``slot``'s `MAX_CHARS`.
 
@@ -80,10 +105,13 @@ class SegmentStyle(msgspec.Struct, frozen=True):
     """What copy for one audience segment emphasises, and the phrases that say it.
 
     Phrases are `str.format` patterns over the item's fields (``{title}``,
-    ``{noun}``, ``{brand}``, ``{category}``, ``{price}``, ``{was}``, ``{pct}``,
-    ``{saving}``). ``hooks`` are short appositive phrases (headlines, subjects),
-    ``lines`` whole sentences (descriptions), ``ctas`` short imperatives. The
-    ``sale_`` variants name a discount and are used only for items on sale.
+    ``{noun}``, ``{brand}``, ``{category}``, ``{price}``, ``{was}``, ``{pct}``),
+    each as the prompt's facts write it. ``hooks`` are short appositive phrases
+    (headlines, subjects), ``lines`` whole sentences (descriptions), ``ctas``
+    short imperatives. The ``sale_`` variants name a discount and are used only
+    for items on sale; the ``unpriced_`` ones replace the phrases that need a
+    price when the prompt gives none. No phrase states the saving in money:
+    the prompt does not (the model would have to subtract).
     """
 
     emphasis: str
@@ -93,6 +121,9 @@ class SegmentStyle(msgspec.Struct, frozen=True):
     sale_hooks: tuple[str, ...] = ()
     sale_lines: tuple[str, ...] = ()
     sale_ctas: tuple[str, ...] = ()
+    unpriced_hooks: tuple[str, ...] = ()
+    unpriced_lines: tuple[str, ...] = ()
+    unpriced_ctas: tuple[str, ...] = ()
 
 
 #: One style per simulator profile (`jobs.simulator.PROFILES`), keyed by its name.
@@ -111,7 +142,7 @@ SEGMENT_STYLES: dict[str, SegmentStyle] = {
         lines=(
             "The {title} is only {price}.",
             "Get the {title} for just {price}.",
-            "A smart buy: the {title} at {price}.",
+            "A clever buy: the {title} at {price}.",
             "Big value, small price: {price} for the {title}.",
             "Keep more in your pocket with the {title} at {price}.",
         ),
@@ -120,17 +151,24 @@ SEGMENT_STYLES: dict[str, SegmentStyle] = {
             "save {pct}%",
             "{pct}% off",
             "{price}, down from {was}",
-            "save {saving}",
+            "{price} instead of {was}",
             "{pct}% off, only {price}",
             "was {was}, only {price}",
         ),
         sale_lines=(
             "Save {pct}%: the {title} is {price}, down from {was}.",
             "Take {pct}% off the {title} and pay just {price}.",
-            "That is {saving} off the usual {was} for the {title}.",
+            "The {title} is down from the usual {was} to {price}.",
             "The {title} was {was}; it is {price} with {pct}% off.",
         ),
-        sale_ctas=("Save {pct}%", "Get {pct}% off", "Save {saving}", "Shop {pct}% off"),
+        sale_ctas=("Save {pct}%", "Get {pct}% off", "Take {pct}% off", "Shop {pct}% off"),
+        unpriced_hooks=("great value", "a bargain find", "big value", "a value pick"),
+        unpriced_lines=(
+            "The {title} is great value.",
+            "A clever buy: the {title}.",
+            "Big value, small price: the {title}.",
+        ),
+        unpriced_ctas=("Shop the deal", "Get the deal", "Grab a bargain", "See the value"),
     ),
     "loyal_high_spender": SegmentStyle(
         emphasis="quality, craft, new arrivals and exclusive first access",
@@ -220,8 +258,8 @@ _HEADLINES: dict[str, tuple[str, ...]] = {
         "Last chance: {title}, {hook}",
         "Don't miss it: {title}, {hook}",
         "{title} is going fast: {hook}",
-        "Today only: {hook}",
-        "{Hook} - act fast",
+        "Today only: the {title}, {hook}",
+        "{Hook}: the {title} - act fast",
     ),
     "playful": (
         "Psst, {title}: {hook}",
@@ -237,10 +275,10 @@ _HEADLINES: dict[str, tuple[str, ...]] = {
         "The {title}. Timeless, {hook}",
         "Refined {category}: {title}, {hook}",
         "{title}: exceptional, {hook}",
-        "The finest {category}: {hook}",
+        "The finest {category}: {title}, {hook}",
         "{Hook}: {title}, simply superb",
         "Crafted by {brand}: the {noun}, {hook}",
-        "Elegant {category}, {hook}",
+        "Elegant {category}: the {noun}, {hook}",
     ),
     "informative": (
         "{title}: {hook}, details inside",
@@ -259,7 +297,7 @@ _SUBJECTS: dict[str, tuple[str, ...]] = {
         "{title}: {hook} (ending soon)",
         "Don't miss the {title}, {hook}",
         "Hurry, {hook}: {title}",
-        "Final hours: {hook} on {category}",
+        "Final hours: {hook} on the {noun}",
     ),
     "playful": (
         "Psst... {hook}: {title}",
@@ -396,17 +434,7 @@ _DESCRIPTION_FORMS = (
     "{open} {line}",
 )
 
-# Readable category names for copy ("new in tech", not "new in electronics").
-_CATEGORY_WORDS = {
-    "shoes": "shoes",
-    "outerwear": "outerwear",
-    "electronics": "tech",
-    "home": "homeware",
-    "beauty": "beauty",
-    "sports": "sports gear",
-    "books": "books",
-    "grocery": "pantry staples",
-}
+_CATEGORY_WORDS = CATEGORY_WORDS
 
 #: Segment-label phrases (engine.audience.segments.FEATURES words) -> (style, weight). Strong cues weigh 2:
 # they match the simulator profile nearly one to one; weak cues 1. "quick looks" and
@@ -482,36 +510,20 @@ def segment_style_for_label(label: str) -> str:
 
 
 class CopyRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One training text and the controls it was written for."""
+    """One training text, the controls it was written for, and the item facts its prompt carries."""
 
     segment: str
     slot: str
     tone: str
     item_id: str
     text: str
-
-
-#: Every control token, segments then slots then tones: add them to a tokenizer as special tokens.
-CONTROL_TOKENS: list[str] = (
-    [f"<seg={s}>" for s in SEGMENT_STYLES] + [f"<slot={s}>" for s in SLOTS] + [f"<tone={t}>" for t in TONES]
-)
-
-
-def control_prefix(segment: str, slot: str, tone: str) -> str:
-    """The control tokens that steer the model, in the one order it is trained on.
-
-    >>> control_prefix("bargain_hunter", "headline", "urgent")
-    '<seg=bargain_hunter> <slot=headline> <tone=urgent>'
-    """
-    for kind, value, known in (("segment", segment, SEGMENT_STYLES), ("slot", slot, SLOTS), ("tone", tone, TONES)):
-        if value not in known:
-            raise ValueError(f"unknown {kind} {value!r}; use one of {', '.join(known)}")
-    return f"<seg={segment}> <slot={slot}> <tone={tone}>"
+    #: The item as its prompt states it (`engine.content.catalog.Item.facts`); None: generic copy, no item.
+    item: dict | None = None
 
 
 def training_text(record: CopyRecord) -> str:
-    """What the model trains on: the control prefix, a space, then the text."""
-    return control_prefix(record.segment, record.slot, record.tone) + " " + record.text
+    """What the model trains on: the prompt (controls and the item's facts), a space, then the text."""
+    return copy_prompt(record.segment, record.slot, record.tone, record.item) + " " + record.text
 
 
 def _cap(text: str) -> str:
@@ -529,9 +541,9 @@ def _noun_of(item: Item) -> str:
     return next((n for n in nouns if item.title.endswith(n)), _CATEGORY_WORDS.get(item.category, item.category))
 
 
-def _attribute_phrases(item: Item) -> list[str]:
+def _attribute_phrases(attributes: dict[str, str]) -> list[str]:
     """Short prepositional phrases about the item ("in navy", "with a 2-year warranty")."""
-    a = item.attributes
+    a = attributes
     phrases = [f"in {a[k]}" for k in ("colour", "material", "format", "language") if k in a]
     if "warranty" in a:
         phrases.append(f"with a {a['warranty'].split()[0]}-year warranty")
@@ -543,12 +555,12 @@ def _attribute_phrases(item: Item) -> list[str]:
         phrases.append(f"for a {a['diet']} diet")
     if "origin" in a:
         phrases.append("sourced locally" if a["origin"] == "local" else f"from {a['origin']}")
-    return phrases or [f"from {item.brand}"]
+    return phrases
 
 
-def _facts(item: Item, phrases: list[str]) -> list[str]:
+def _facts(attributes: dict[str, str], phrases: list[str]) -> list[str]:
     """Sentences about the item for descriptions: each phrase, and the attributes read together."""
-    a = item.attributes
+    a = attributes
     facts = [f"{_cap(p)}." for p in phrases]
     if "colour" in a and "material" in a:
         facts.append(f"In {a['colour']} {a['material']}.")
@@ -565,71 +577,102 @@ def _facts(item: Item, phrases: list[str]) -> list[str]:
 
 
 class _ItemFields:
-    """An item's fill-ins, at three title lengths (full, brand + noun, noun)."""
+    """An item's fill-ins as its prompt states them, at three title lengths (full, brand + noun, noun).
 
-    __slots__ = ("tiers", "attrs", "facts", "discounted")
+    A fact the prompt leaves out (``shown`` lacks the brand, the attributes or the
+    price) has no fill-in: a phrase that needs it raises KeyError and is not used.
+    """
 
-    def __init__(self, item: Item):
+    __slots__ = ("tiers", "attrs", "facts", "discounted", "priced")
+
+    def __init__(self, item: Item, shown: dict):
         noun = _noun_of(item)
-        base = {
-            "brand": item.brand,
-            "noun": noun,
-            "category": _CATEGORY_WORDS.get(item.category, item.category),
-            "price": _money(item.sale_price),
-            "was": _money(item.price),
-            "pct": item.discount_pct or 0,
-            "saving": _money(round(item.price - item.sale_price, 2)),
-        }
-        titles = dict.fromkeys((item.title, f"{item.brand} {noun}", noun))  # distinct, in order
+        brand = shown.get("brand")
+        self.priced = shown.get("price") is not None
+        base = {"noun": noun, "category": _CATEGORY_WORDS.get(item.category, item.category)}
+        if brand:
+            base["brand"] = brand
+        if self.priced:
+            base |= {"price": _money(item.sale_price), "was": _money(item.price), "pct": item.discount_pct or 0}
+        shorter = (f"{brand} {noun}", noun) if brand else (noun,)
+        titles = dict.fromkeys((item.title, *shorter))  # distinct, in order
         self.tiers = [{**base, "title": t} for t in titles]
-        self.attrs = _attribute_phrases(item)
-        self.facts = _facts(item, self.attrs)
-        self.discounted = bool(item.discount_pct)
+        attributes = shown.get("attributes") or {}
+        self.attrs = _attribute_phrases(attributes) or ([f"from {brand}"] if brand else [])
+        self.facts = _facts(attributes, self.attrs)
+        self.discounted = self.priced and bool(item.discount_pct)
 
 
-def _pool(style: SegmentStyle, kind: str, discounted: bool) -> tuple[str, ...]:
+def _pool(style: SegmentStyle, kind: str, fields: _ItemFields) -> tuple[str, ...]:
+    if not fields.priced:
+        unpriced = getattr(style, f"unpriced_{kind}")
+        return unpriced or getattr(style, kind)
     regular, sale = getattr(style, kind), getattr(style, f"sale_{kind}")
-    return sale + regular if discounted else regular
+    return sale + regular if fields.discounted else regular
 
 
 def _candidate(rng: random.Random, fields: _ItemFields, style: SegmentStyle, slot: str, tone: str) -> str | None:
     """One random text for the combination, at the longest title that fits; None if none does."""
     limit = MAX_CHARS[slot]
-    attr = rng.choice(fields.attrs)
+    extra = {"attr": rng.choice(fields.attrs)} if fields.attrs else {}
     if slot == "description":
         pattern = rng.choice(_DESCRIPTION_FORMS)
         parts = {
             "open": rng.choice(_OPENERS[tone]),
             "close": rng.choice(_CLOSERS[tone]),
-            "line": rng.choice(_pool(style, "lines", fields.discounted)),
-            "fact": rng.choice(fields.facts),
+            "line": rng.choice(_pool(style, "lines", fields)),
         }
+        if fields.facts:
+            parts["fact"] = rng.choice(fields.facts)
     elif slot == "cta":
         pattern = rng.choice(_CTAS[tone])
-        core = rng.choice(_pool(style, "ctas", fields.discounted))
+        core = rng.choice(_pool(style, "ctas", fields))
         parts = {"Core": core, "core": core[:1].lower() + core[1:]}
     else:
         pattern = rng.choice(_HEADLINES[tone] if slot == "headline" else _SUBJECTS[tone])
-        hook = rng.choice(_pool(style, "hooks", fields.discounted))
+        hook = rng.choice(_pool(style, "hooks", fields))
         parts = {"hook": hook, "Hook": _cap(hook)}
-    for tier in fields.tiers:
-        filled = {name: part.format_map(tier) for name, part in parts.items()}
-        text = pattern.format_map({**tier, **filled, "attr": attr})
-        if len(text) <= limit:
-            return text
+    try:
+        for tier in fields.tiers:
+            filled = {name: part.format_map(tier) for name, part in parts.items()}
+            text = pattern.format_map({**tier, **filled, **extra})
+            if len(text) <= limit:
+                return text
+    except KeyError:  # the phrase needs a fact this prompt does not give
+        return None
     return None
 
 
+#: Shares of items whose prompt leaves a fact out (real shops send few facts); their texts do not state it.
+NO_ATTRIBUTES_SHARE = 0.15
+NO_BRAND_SHARE = 0.1
+NO_PRICE_SHARE = 0.05
+
+
+def prompt_item(rng: random.Random, item: Item) -> dict:
+    """What the prompt says about ``item`` (``Item.facts()``), now and then without its attributes, brand or price."""
+    shown = item.facts()
+    if item.attributes and rng.random() < NO_ATTRIBUTES_SHARE:
+        shown["attributes"] = {}
+    if rng.random() < NO_BRAND_SHARE:
+        del shown["brand"]
+    if rng.random() < NO_PRICE_SHARE:
+        for key in ("price", "sale_price", "discount_pct"):
+            shown.pop(key, None)
+    return shown
+
+
 def _item_texts(rng: random.Random, item: Item, per_combination: int) -> list[CopyRecord]:
-    fields = _ItemFields(item)
+    shown = prompt_item(rng, item)
+    fields = _ItemFields(item, shown)
     records = []
     for segment, style in SEGMENT_STYLES.items():
         for slot in SLOTS:
             for tone in TONES:
                 texts: dict[str, None] = {}
-                for _ in range(40 * per_combination):
+                for _ in range(60 * per_combination):
                     text = _candidate(rng, fields, style, slot, tone)
-                    if text is not None and obeys_tone(text, tone):
+                    if text is not None and _only_tone(text, tone):
                         texts[text] = None
                         if len(texts) == per_combination:
                             break
@@ -638,8 +681,110 @@ def _item_texts(rng: random.Random, item: Item, per_combination: int) -> list[Co
                         f"only {len(texts)} distinct {tone} {slot} texts for {item.item_id} ({segment}); "
                         f"ask for per_combination <= {len(texts)}"
                     )
-                records.extend(CopyRecord(segment, slot, tone, item.item_id, t) for t in texts)
+                records.extend(CopyRecord(segment, slot, tone, item.item_id, t, shown) for t in texts)
     return records
+
+
+# Generic copy: for a request with no item. It names no product, brand, attribute, price or discount.
+_GENERIC_HOOKS: dict[str, tuple[str, ...]] = {
+    "bargain_hunter": ("big savings", "deals for you", "prices cut", "more for less", "value picks", "clever buys"),
+    "loyal_high_spender": tuple(h for h in SEGMENT_STYLES["loyal_high_spender"].hooks if "{" not in h),
+    "window_shopper": tuple(h for h in SEGMENT_STYLES["window_shopper"].hooks if "{" not in h),
+    "email_driven": tuple(h for h in SEGMENT_STYLES["email_driven"].hooks if "{" not in h),
+}
+_GENERIC_CTAS: dict[str, tuple[str, ...]] = {
+    "bargain_hunter": ("Shop the deals", "See the savings", "Grab a deal", "Shop value picks"),
+    **{s: tuple(c for c in style.ctas if "{" not in c) for s, style in SEGMENT_STYLES.items() if s != "bargain_hunter"},
+}
+_GENERIC_LINES: dict[str, tuple[str, ...]] = {
+    "bargain_hunter": (
+        "Big value, small prices, all week.",
+        "Keep more in your pocket with this week's deals.",
+        "Smart buys at prices you will like.",
+    ),
+    "loyal_high_spender": (
+        "Members get first access to the new season.",
+        "Quality you can feel, built for years of wear.",
+        "New arrivals, chosen for our members.",
+    ),
+    "window_shopper": (
+        "Something new to discover, just landed.",
+        "Fresh inspiration for your wishlist.",
+        "Take a look around: new finds are in.",
+    ),
+    "email_driven": (
+        "We picked these for you.",
+        "Your weekly edit has new picks.",
+        "Chosen for you, straight to your inbox.",
+    ),
+}
+_GENERIC_HEADLINES: dict[str, tuple[str, ...]] = {
+    "urgent": (
+        "Today only: {hook}",
+        "{Hook} - act fast",
+        "Hurry: {hook}, today only",
+        "Last chance: {hook}",
+        "{Hook}, ends tonight",
+        "Don't miss it: {hook}",
+    ),
+    "playful": (
+        "Psst, {hook}!",
+        "Ooh, {hook}",
+        "Yay, {hook}!",
+        "Hey, {hook}",
+        "{Hook}? Yes please",
+        "Treat time: {hook}",
+    ),
+    "premium": (
+        "{Hook}: simply superb",
+        "Timeless: {hook}",
+        "Refined picks, {hook}",
+        "{Hook}, crafted for you",
+        "Exceptional: {hook}",
+    ),
+    "informative": (
+        "{Hook}: details inside",
+        "{Hook}, see the details",
+        "{Hook}: what's included",
+        "Available here: {hook}",
+        "{Hook}. The details",
+    ),
+}
+
+
+def _generic_candidate(rng: random.Random, segment: str, slot: str, tone: str) -> str:
+    if slot == "description":
+        opener = rng.choice([o for o in _OPENERS[tone] if "{" not in o])
+        closer = rng.choice([c for c in _CLOSERS[tone] if "{" not in c])
+        line = rng.choice(_GENERIC_LINES[segment])
+        return rng.choice((f"{opener} {line} {closer}", f"{line} {closer}", f"{opener} {line}"))
+    if slot == "cta":
+        core = rng.choice(_GENERIC_CTAS[segment])
+        return rng.choice(_CTAS[tone]).format(Core=core, core=core[:1].lower() + core[1:])
+    hook = rng.choice(_GENERIC_HOOKS[segment])
+    return rng.choice(_GENERIC_HEADLINES[tone]).format(hook=hook, Hook=_cap(hook))
+
+
+def _generic_texts(rng: random.Random, per_combination: int) -> list[CopyRecord]:
+    records = []
+    for segment in SEGMENT_STYLES:
+        for slot in SLOTS:
+            for tone in TONES:
+                texts: dict[str, None] = {}
+                for _ in range(60 * per_combination):
+                    text = _generic_candidate(rng, segment, slot, tone)
+                    if _only_tone(text, tone) and obeys_length(text, slot) and grounding_problem(text, None) is None:
+                        texts[text] = None
+                        if len(texts) == per_combination:
+                            break
+                records.extend(CopyRecord(segment, slot, tone, GENERIC, t) for t in texts)
+    return records
+
+
+#: The item id of generic records (no item): they always train, never go to the holdout.
+GENERIC = "-"
+#: Generic texts per (segment, slot, tone), for every `per_combination` of item texts.
+GENERIC_PER_COMBINATION = 6
 
 
 def build_corpus(
@@ -660,7 +805,9 @@ def build_corpus(
     Returns
     -------
     list of CopyRecord
-        In item order, then segment, slot and tone in `SEGMENT_STYLES`, `SLOTS`, `TONES` order.
+        In item order, then segment, slot and tone in `SEGMENT_STYLES`, `SLOTS`, `TONES` order;
+        then the generic records (no item), ``GENERIC_PER_COMBINATION * per_combination`` per
+        (segment, slot, tone) where the phrase banks have that many.
 
     Examples
     --------
@@ -678,7 +825,8 @@ def build_corpus(
     for item in items:
         # One stream per item: an item's texts do not depend on the items before it.
         records.extend(_item_texts(random.Random(f"corpus-{seed}-{item.item_id}"), item, per_combination))
-    return records
+    generic = GENERIC_PER_COMBINATION * per_combination
+    return records + _generic_texts(random.Random(f"corpus-{seed}-generic"), generic)
 
 
 def split_holdout(
@@ -689,6 +837,7 @@ def split_holdout(
     About ``fraction`` of the distinct items (at least one) go to the holdout
     with all their records; the choice depends on the seed and the set of item
     ids, not on the order of ``records``. Both sides keep the input order.
+    Generic records (item id `GENERIC`: no item) always train.
 
     Examples
     --------
@@ -699,7 +848,7 @@ def split_holdout(
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1 (exclusive), got {fraction}")
-    item_ids = sorted({r.item_id for r in records})
+    item_ids = sorted({r.item_id for r in records} - {GENERIC})
     if len(item_ids) < 2:
         raise ValueError(f"a holdout by item needs records of at least 2 items, got {len(item_ids)}")
     random.Random(f"holdout-{seed}").shuffle(item_ids)

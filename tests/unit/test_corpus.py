@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+import engine.content.grounding
 import models.train.corpus
 from engine.audience.segments import FEATURES
 from engine.content.catalog import CATALOG_SEED, build_catalog
 from jobs.simulator import PROFILES
 from models.train.corpus import (
     CONTROL_TOKENS,
+    GENERIC,
     LABEL_CUES,
     MAX_CHARS,
     NEUTRAL_LABEL_WORDS,
@@ -48,7 +50,8 @@ def catalog():
 
 @pytest.fixture(scope="module")
 def corpus(catalog):
-    return build_corpus(0, catalog=catalog, per_combination=PER)
+    """The item records (the generic ones, for no item, have their own test)."""
+    return [r for r in build_corpus(0, catalog=catalog, per_combination=PER) if r.item_id != GENERIC]
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +60,44 @@ def items(catalog):
 
 
 def test_default_corpus_is_the_shared_catalog_and_complete(corpus, catalog):
-    assert build_corpus() == corpus
+    assert build_corpus()[: len(corpus)] == corpus
     assert len(corpus) == len(catalog.items) * len(SEGMENT_STYLES) * len(SLOTS) * len(TONES) * PER == 76_800
     combos = Counter((r.item_id, r.segment, r.slot, r.tone) for r in corpus)
     assert len(combos) == len(catalog.items) * 4 * 4 * 4
     assert set(combos.values()) == {PER}
+
+
+def test_generic_records_name_no_product_and_always_train(catalog):
+    from engine.content.grounding import grounding_problem
+
+    generic = [r for r in build_corpus(0, catalog=catalog.items[:3], per_combination=PER) if r.item_id == GENERIC]
+    combos = Counter((r.segment, r.slot, r.tone) for r in generic)
+    assert len(combos) == 4 * 4 * 4 and min(combos.values()) >= PER
+    assert all(r.item is None and grounding_problem(r.text, None) is None for r in generic)
+    assert all(obeys_tone(r.text, r.tone) and obeys_length(r.text, r.slot) for r in generic)
+    train, holdout = split_holdout(generic + corpus_of(catalog.items[:10]), 0.2)
+    assert not [r for r in holdout if r.item_id == GENERIC]
+
+
+def corpus_of(items):
+    return [r for r in build_corpus(0, catalog=items) if r.item_id != GENERIC]
+
+
+def test_every_text_states_only_its_prompts_facts(corpus):
+    from engine.content.grounding import grounding_problem
+
+    assert [r.text for r in corpus if grounding_problem(r.text, r.item)] == []
+    # Some items' prompts carry no attributes, brand or price (as real shops send them): their texts state none.
+    few = [r for r in corpus if not r.item["attributes"]]
+    assert 0.05 < len(few) / len(corpus) < 0.3
+    unbranded = [r for r in corpus if "brand" not in r.item]
+    assert 0.04 < len(unbranded) / len(corpus) < 0.2
+    brand_and_noun = re.compile(r"\b(?:Nordvik|Kestrel|Voltra|Lumen|Aurelle|Birchwood|Stridewell) [A-Z]")
+    for r in unbranded:
+        assert not brand_and_noun.search(r.text.replace(r.item["title"], "")), r  # no "brand noun" short title
+    unpriced = [r for r in corpus if "price" not in r.item]
+    assert 0.01 < len(unpriced) / len(corpus) < 0.1
+    assert not [r.text for r in unpriced if MONEY.search(r.text) or PCT.search(r.text)]
 
 
 def test_same_seed_same_corpus_other_seed_other_texts(catalog):
@@ -73,7 +109,7 @@ def test_same_seed_same_corpus_other_seed_other_texts(catalog):
 
 
 def test_an_items_texts_do_not_depend_on_other_items(catalog):
-    alone = build_corpus(0, catalog=catalog.items[5:6])
+    alone = [r for r in build_corpus(0, catalog=catalog.items[5:6]) if r.item_id != GENERIC]
     assert alone == [r for r in build_corpus(0, catalog=catalog.items[:10]) if r.item_id == catalog.items[5].item_id]
 
 
@@ -91,7 +127,8 @@ def test_texts_of_a_combination_are_distinct(corpus):
 
 def test_shortening_keeps_whole_words(corpus, items):
     # Every word comes whole from the phrase banks or the item: nothing is cut mid-way.
-    bank_words = set(WORDS.findall(Path(models.train.corpus.__file__).read_text().lower()))
+    banks = (Path(models.train.corpus.__file__), Path(engine.content.grounding.__file__))  # category words there
+    bank_words = set(WORDS.findall(" ".join(p.read_text() for p in banks).lower()))
     for r in corpus:
         item = items[r.item_id]
         item_text = " ".join(
@@ -226,13 +263,21 @@ def test_every_segment_feature_word_is_mapped_or_deliberately_neutral():
 
 
 def test_control_tokens_cover_every_prefix():
-    assert len(CONTROL_TOKENS) == len(set(CONTROL_TOKENS)) == 4 + 4 + 4
+    assert len(CONTROL_TOKENS) == len(set(CONTROL_TOKENS)) == 4 + 4 + 4 + 2  # and <facts>, <copy>
     for segment in SEGMENT_STYLES:
         for slot in SLOTS:
             for tone in TONES:
                 assert set(control_prefix(segment, slot, tone).split()) <= set(CONTROL_TOKENS)
-    record = CopyRecord("window_shopper", "cta", "playful", "sku-000001", "Ooh, take a look!")
-    assert training_text(record) == "<seg=window_shopper> <slot=cta> <tone=playful> Ooh, take a look!"
+    record = CopyRecord("window_shopper", "cta", "playful", GENERIC, "Ooh, take a look!")
+    assert (
+        training_text(record) == "<seg=window_shopper> <slot=cta> <tone=playful> <facts> none <copy> Ooh, take a look!"
+    )
+    item = {"title": "Acme Rain Shell", "price": 120.0, "discount_pct": 25, "attributes": {"colour": "navy"}}
+    record = CopyRecord("bargain_hunter", "cta", "urgent", "i1", "Save 25% now", item)
+    assert training_text(record) == (
+        "<seg=bargain_hunter> <slot=cta> <tone=urgent> <facts> title: Acme Rain Shell | price: 90.00 | was: 120.00 "
+        "| off: 25% | colour: navy <copy> Save 25% now"
+    )
     with pytest.raises(ValueError, match="unknown slot 'banner'"):
         control_prefix("window_shopper", "banner", "playful")
 
