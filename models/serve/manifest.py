@@ -53,6 +53,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     #: The torch weights this was exported from, for the next fine-tune (`tailor retrain`):
     #: relative to the model directory or absolute; empty: look in ``<dir>/trained``, then ``<dir>/../trained``.
     trained: str = ""
+    #: The prompt the model was trained on: 2, the control codes and the item's facts
+    #: (`engine.content.grounding.copy_prompt`); 1 (manifests without it), the control codes alone.
+    prompt_format: int = 1
 
     def encode(self) -> bytes:
         return msgspec.json.format(msgspec.json.encode(self), indent=2)

@@ -8,9 +8,11 @@ model serves every segment, slot and tone. With ``--base DIR`` (any local
 Hugging Face causal LM) it keeps the base's tokenizer, adds the control tokens
 and fine-tunes instead.
 
+The prompt is the control codes and the item's facts (`engine.content.grounding.copy_prompt`).
 The holdout is split by item (unseen products); the evaluation written beside
-the model has perplexity per segment and slot, and how often generated copy
-obeys its control codes (tone vocabulary, length limit per slot).
+the model has perplexity per segment and slot, how often generated copy obeys its
+control codes (tone vocabulary, length limit per slot), its fact precision (greedy and
+sampled: every fact-like token from the item's facts) and how often it names the item.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from engine.content.grounding import NEW_TOKENS, copy_prompt, grounding_problem, mentions_item
 from models.train.corpus import (
     CONTROL_TOKENS,
     CopyRecord,
     build_corpus,
-    control_prefix,
     corpus_hash,
     obeys_length,
     obeys_tone,
@@ -44,8 +46,8 @@ EOS = "<|endoftext|>"
 PAD = "<pad>"
 #: Model sizes: "tiny" for tests (seconds), "small" the default (minutes on a laptop CPU).
 SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 128, "vocab_size": 1000},
-    "small": {"n_layer": 4, "n_embd": 192, "n_head": 4, "n_positions": 128, "vocab_size": 4000},
+    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 192, "vocab_size": 1000},
+    "small": {"n_layer": 4, "n_embd": 192, "n_head": 4, "n_positions": 192, "vocab_size": 4000},
 }
 EVALUATION = "evaluation.json"
 TRAINING = "training.json"
@@ -83,6 +85,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer,
+        # Not token_type_ids: GPT-2 would add an embedding for them that training never saw.
+        model_input_names=["input_ids", "attention_mask"],
         bos_token=EOS,
         eos_token=EOS,
         pad_token=PAD,
@@ -164,12 +168,49 @@ def train(
     return evaluation
 
 
+#: Batches whose records are sorted by length together: a batch pads to its longest text, so
+#: batches of like lengths waste less work (descriptions are four times as long as calls to action).
+BUCKET_BATCHES = 32
+
+
 def _batches(tokenizer, records: list[CopyRecord], batch_size: int, rng: random.Random, max_len: int):
+    """(token batch, labels) in random order; the loss counts the copy only, not the prompt (facts are given)."""
     order = list(range(len(records)))
     rng.shuffle(order)
-    for start in range(0, len(order), batch_size):
-        texts = [training_text(records[i]) + EOS for i in order[start : start + batch_size]]
-        yield tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    span = batch_size * BUCKET_BATCHES
+    groups = []
+    for start in range(0, len(order), span):
+        bucket = sorted(order[start : start + span], key=lambda i: len(training_text(records[i])))
+        groups += [bucket[b : b + batch_size] for b in range(0, len(bucket), batch_size)]
+    rng.shuffle(groups)
+    for group in groups:
+        chunk = [records[i] for i in group]
+        texts = [training_text(r) + EOS for r in chunk]
+        # Right padding whatever the tokenizer was saved with: the prompt is each row's start.
+        batch = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt", padding_side="right"
+        )
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        prompts = tokenizer([copy_prompt(r.segment, r.slot, r.tone, r.item) for r in chunk]).input_ids
+        for row, prompt in enumerate(prompts):
+            labels[row, : len(prompt)] = -100
+        yield batch, labels
+
+
+def _copy_loss(model, batch, labels):
+    """Mean cross-entropy of the copy tokens.
+
+    For a GPT-2 the vocabulary projection runs on the copy positions only: the prompt
+    (about two thirds of each text) would cost a third of the training time in logits
+    nobody scores. Other models (``--base``) take the usual path.
+    """
+    if not isinstance(model, GPT2LMHeadModel):
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+    hidden = model.transformer(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    scored = targets != -100
+    logits = model.lm_head(hidden[:, :-1][scored])
+    return torch.nn.functional.cross_entropy(logits, targets[scored])
 
 
 def _fit(model, tokenizer, records, config: TrainConfig, progress: bool) -> list[float]:
@@ -185,9 +226,8 @@ def _fit(model, tokenizer, records, config: TrainConfig, progress: bool) -> list
     bar = tqdm(total=steps, desc="training", unit="batch", file=sys.stderr, disable=not progress, mininterval=0.5)
     max_len = model.config.n_positions
     for _ in range(config.epochs):
-        for batch in _batches(tokenizer, records, config.batch_size, rng, max_len):
-            labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-            loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        for batch, labels in _batches(tokenizer, records, config.batch_size, rng, max_len):
+            loss = _copy_loss(model, batch, labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -210,16 +250,18 @@ def evaluate(
     """
     model.eval()
     combinations = sorted({(r.segment, r.slot, r.tone) for r in holdout})
+    held_items = sorted({r.item_id for r in holdout if r.item is not None})
     if len(holdout) > max_records:
         holdout = random.Random(seed).sample(holdout, max_records)
     nll: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     for start in range(0, len(holdout), 64):
         chunk = holdout[start : start + 64]
         # No trailing space: byte-level BPE glues a word's leading space to the word.
-        prefixes = [control_prefix(r.segment, r.slot, r.tone) for r in chunk]
-        batch = tokenizer([p + " " + r.text + EOS for p, r in zip(prefixes, chunk)], padding=True, return_tensors="pt")
+        prefixes = [copy_prompt(r.segment, r.slot, r.tone, r.item) for r in chunk]
+        texts = [p + " " + r.text + EOS for p, r in zip(prefixes, chunk)]
+        batch = tokenizer(texts, padding=True, return_tensors="pt", padding_side="right")
         labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-        for i, p in enumerate(prefixes):  # score the copy, not the control prefix
+        for i, p in enumerate(prefixes):  # score the copy, not the prompt
             labels[i, : len(tokenizer(p).input_ids)] = -100
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         losses = torch.nn.functional.cross_entropy(
@@ -233,44 +275,120 @@ def evaluate(
     perplexity = {f"{seg}/{slot}": round(math.exp(s / n), 3) for (seg, slot), (s, n) in sorted(nll.items()) if n}
     all_loss = sum(s for s, _ in nll.values())
     all_tokens = sum(n for _, n in nll.values())
-    obedience = control_obedience(model, tokenizer, combinations, samples=samples, seed=seed)
+    items = {}
+    for r in holdout:  # one held-out item per combination, for the obedience prompts
+        items.setdefault((r.segment, r.slot, r.tone), r.item)
+    obedience = control_obedience(model, tokenizer, combinations, samples=samples, seed=seed, items=items)
+    grounding = fact_precision(model, tokenizer, holdout, seed=seed)
     return {
         "holdout_perplexity": round(math.exp(all_loss / max(all_tokens, 1)), 3),
         "perplexity_by_segment_slot": perplexity,
         **obedience,
+        **grounding,
+        # Which products the figures are about: `tailor samples` shows copy for some of them.
+        "holdout_items": held_items,
+    }
+
+
+#: Prompts per slot and decoding for the fact-precision evaluation (held-out items; a few generic ones).
+FACT_PROMPTS_PER_SLOT = 96
+GENERIC_PROMPTS_PER_SLOT = 16
+
+
+def _generate(model, tokenizer, prompts: list[str], *, slot: str, greedy: bool) -> list[str]:
+    """Copy for ``prompts`` as the background generator writes it: greedy, or sampled as it samples."""
+    sampling = {} if greedy else {"top_p": 0.9, "temperature": 0.8}
+    out = []
+    for start in range(0, len(prompts), 64):
+        batch = tokenizer(prompts[start : start + 64], padding=True, return_tensors="pt", padding_side="left")
+        generated = model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,  # no token_type_ids: GPT-2 would add an embedding for them
+            do_sample=not greedy,
+            max_new_tokens=NEW_TOKENS[slot],
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+        texts = tokenizer.batch_decode(generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        out += [t.strip() for t in texts]
+    return out
+
+
+@torch.no_grad()
+def fact_precision(model, tokenizer, holdout: list[CopyRecord], *, seed: int = 0) -> dict:
+    """Share of generated copy whose every fact-like token comes from the prompt's facts, greedy and sampled.
+
+    Prompts: per slot, up to `FACT_PROMPTS_PER_SLOT` held-out (item, segment, tone)
+    combinations, each with the facts its record's prompt had, and
+    `GENERIC_PROMPTS_PER_SLOT` with no item (copy that must name no product). Item
+    mention: the share of headlines and descriptions for an item that name it.
+    """
+    model.eval()
+    torch.manual_seed(seed)
+    rng = random.Random(f"facts-{seed}")
+    by_slot: dict[str, dict[str, float]] = {"greedy": {}, "sampled": {}}
+    mention_by_slot: dict[str, dict[str, float]] = {"greedy": {}, "sampled": {}}
+    passed = {"greedy": 0, "sampled": 0}
+    mentioned = {"greedy": 0, "sampled": 0}
+    mention_total = total = 0
+    segments = sorted({r.segment for r in holdout})
+    tones = sorted({r.tone for r in holdout})
+    for slot in sorted({r.slot for r in holdout}):
+        candidates = [r for r in holdout if r.slot == slot and r.item is not None]
+        rng.shuffle(candidates)
+        seen, cases = set(), []
+        for r in candidates:
+            if (r.item_id, r.segment, r.tone) not in seen and len(cases) < FACT_PROMPTS_PER_SLOT:
+                seen.add((r.item_id, r.segment, r.tone))
+                cases.append((r.segment, r.tone, r.item))
+        cases += [(rng.choice(segments), rng.choice(tones), None) for _ in range(GENERIC_PROMPTS_PER_SLOT)]
+        prompts = [copy_prompt(seg, slot, tone, item) for seg, tone, item in cases]
+        total += len(prompts)
+        asked = slot in ("headline", "description")
+        if asked:
+            mention_total += sum(item is not None for _, _, item in cases)
+        for mode in ("greedy", "sampled"):
+            texts = _generate(model, tokenizer, prompts, slot=slot, greedy=mode == "greedy")
+            ok = sum(grounding_problem(t, item) is None for t, (_, _, item) in zip(texts, cases))
+            passed[mode] += ok
+            by_slot[mode][slot] = round(ok / len(prompts), 4)
+            if asked:
+                named = [mentions_item(t, item) for t, (_, _, item) in zip(texts, cases) if item is not None]
+                mention_by_slot[mode][slot] = round(sum(named) / max(len(named), 1), 4)
+                mentioned[mode] += sum(named)
+    return {
+        "fact_precision_greedy": round(passed["greedy"] / max(total, 1), 4),
+        "fact_precision_sampled": round(passed["sampled"] / max(total, 1), 4),
+        "fact_precision_by_slot": by_slot,
+        "fact_outputs": total,
+        "item_mention_rate": round(mentioned["greedy"] / max(mention_total, 1), 4),
+        "item_mention_rate_sampled": round(mentioned["sampled"] / max(mention_total, 1), 4),
+        "item_mention_by_slot": mention_by_slot,
+        "item_mention_outputs": mention_total,
     }
 
 
 @torch.no_grad()
-def control_obedience(model, tokenizer, combinations, *, samples: int, seed: int) -> dict:
-    """Sample copy for each (segment, slot, tone); share within the slot's length and using the tone's words."""
+def control_obedience(model, tokenizer, combinations, *, samples: int, seed: int, items=None) -> dict:
+    """Sample copy for each (segment, slot, tone); share within the slot's length and using the tone's words.
+
+    ``items``: (segment, slot, tone) -> the item to prompt that combination with; none there: generic copy.
+    """
     torch.manual_seed(seed)
     tone_ok = length_ok = total = 0
     by_tone: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    prompts = [control_prefix(seg, slot, tone) for seg, slot, tone in combinations for _ in range(samples)]
-    keys = [(slot, tone) for _, slot, tone in combinations for _ in range(samples)]
-    tokenizer.padding_side = "left"
-    for start in range(0, len(prompts), 64):
-        batch = tokenizer(prompts[start : start + 64], padding=True, return_tensors="pt")
-        generated = model.generate(
-            **batch,
-            do_sample=True,
-            top_p=0.9,
-            temperature=0.8,
-            max_new_tokens=48,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        texts = tokenizer.batch_decode(generated[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
-        for (slot, tone), text in zip(keys[start : start + 64], texts):
-            text = text.strip()
+    items = items or {}
+    for slot in sorted({slot for _, slot, _ in combinations}):
+        mine = [combo for combo in combinations if combo[1] == slot for _ in range(samples)]
+        texts = _generate(model, tokenizer, [copy_prompt(*c, items.get(c)) for c in mine], slot=slot, greedy=False)
+        for (_, _, tone), text in zip(mine, texts):
             ok_tone, ok_len = obeys_tone(text, tone), obeys_length(text, slot)
             tone_ok += ok_tone
             length_ok += ok_len
             total += 1
             by_tone[tone][0] += ok_tone
             by_tone[tone][1] += 1
-    tokenizer.padding_side = "right"
     return {
         "control_samples": total,
         "tone_obedience": round(tone_ok / max(total, 1), 3),

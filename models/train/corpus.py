@@ -44,6 +44,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections.abc import Iterable, Sequence
@@ -53,7 +54,15 @@ import msgspec
 
 # Slots, tones, their length limits and tone words: one definition, shared with the brand rules.
 from engine.content.brand import MAX_CHARS, SLOTS, TONE_WORDS, TONES  # noqa: F401 - re-exported
-from engine.content.catalog import CATALOG_SEED, CATEGORY_SPECS, Catalog, Item, build_catalog
+from engine.content.catalog import (
+    CATALOG_SEED,
+    CATEGORY_SPECS,
+    DISCOUNTED_SHARE,
+    DISCOUNTS_PCT,
+    Catalog,
+    Item,
+    build_catalog,
+)
 from engine.content.grounding import (  # noqa: F401 - re-exported: the prompt is the serving side's too
     CATEGORY_WORDS,
     CONTROL_TOKENS,
@@ -662,26 +671,58 @@ def prompt_item(rng: random.Random, item: Item) -> dict:
     return shown
 
 
+#: Share of item records whose prompt states the item's own price, discount and attributes. The others
+#: state a variant (another price and discount, another colour or size: the product at another time),
+#: so the model learns to copy facts from the prompt, not to remember them by product.
+OWN_FACTS_SHARE = 0.25
+# Spread of a variant's price around the item's (log-normal).
+_VARIANT_PRICE_SIGMA = 0.4
+
+
+def _shop_price(raw: float) -> float:
+    """A price a shop would print (4.49, 19.99, 129.00), as the catalog rounds its own."""
+    if raw < 10:
+        return max(0.99, round(round(raw * 2) / 2 - 0.01, 2))
+    if raw < 100:
+        return round(round(raw) - 0.01, 2)
+    return float(round(raw / 5) * 5)
+
+
+def item_variant(rng: random.Random, item: Item) -> Item:
+    """``item`` itself (`OWN_FACTS_SHARE` of the time), else the same product with another price, discount and attributes."""
+    spec = CATEGORY_SPECS.get(item.category)
+    if spec is None or rng.random() < OWN_FACTS_SHARE:
+        return item
+    return msgspec.structs.replace(
+        item,
+        price=_shop_price(item.price * math.exp(rng.gauss(0.0, _VARIANT_PRICE_SIGMA))),
+        discount_pct=rng.choice(DISCOUNTS_PCT) if rng.random() < DISCOUNTED_SHARE else None,
+        attributes={name: rng.choice(values) for name, values in spec.attributes.items()},
+    )
+
+
 def _item_texts(rng: random.Random, item: Item, per_combination: int) -> list[CopyRecord]:
-    shown = prompt_item(rng, item)
-    fields = _ItemFields(item, shown)
     records = []
     for segment, style in SEGMENT_STYLES.items():
         for slot in SLOTS:
             for tone in TONES:
-                texts: dict[str, None] = {}
-                for _ in range(60 * per_combination):
-                    text = _candidate(rng, fields, style, slot, tone)
-                    if text is not None and _only_tone(text, tone):
-                        texts[text] = None
-                        if len(texts) == per_combination:
+                texts: set[str] = set()
+                for _ in range(per_combination):
+                    # Each text its own prompt: a variant of the item, maybe with facts left out.
+                    variant = item_variant(rng, item)
+                    shown = prompt_item(rng, variant)
+                    fields = _ItemFields(variant, shown)
+                    for _ in range(60):
+                        text = _candidate(rng, fields, style, slot, tone)
+                        if text is not None and text not in texts and _only_tone(text, tone):
                             break
-                else:
-                    raise ValueError(
-                        f"only {len(texts)} distinct {tone} {slot} texts for {item.item_id} ({segment}); "
-                        f"ask for per_combination <= {len(texts)}"
-                    )
-                records.extend(CopyRecord(segment, slot, tone, item.item_id, t, shown) for t in texts)
+                    else:
+                        raise ValueError(
+                            f"only {len(texts)} distinct {tone} {slot} texts for {item.item_id} ({segment}); "
+                            f"ask for per_combination <= {len(texts)}"
+                        )
+                    texts.add(text)
+                    records.append(CopyRecord(segment, slot, tone, item.item_id, text, shown))
     return records
 
 

@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from engine.content.grounding import PROMPT_FORMAT
 from models.serve.manifest import Manifest, write_manifest
 
 QUANTIZED = "model.int8.onnx"
@@ -58,6 +59,7 @@ def export(
         onnx=onnx_name,
         quantized=quantize,
         control_tokens=[t for t in tokenizer.additional_special_tokens if t.startswith("<")],
+        prompt_format=PROMPT_FORMAT,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         vocab_size=config.vocab_size,

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from engine.content.brand import DEFAULT_RULES, BrandRules, check
+from engine.content.grounding import copy_prompt, grounding_problem
 from engine.learning.retrain_policy import promotion_decision
 from models.serve.manifest import ModelDirError, read_manifest
 from models.serve.registry import (
@@ -55,7 +56,6 @@ from models.train.corpus import (
     TONES,
     CopyRecord,
     build_corpus,
-    control_prefix,
     corpus_hash,
     obeys_length,
     obeys_tone,
@@ -64,6 +64,8 @@ from models.train.corpus import (
 
 #: Columns a feedback file must have (others, such as impressions or clickers, are ignored).
 FEEDBACK_COLUMNS = ("style", "slot", "tone", "text", "weight")
+#: Optional column: the item the copy was served about, as JSON (its facts as `Item.facts()` has them; null: none).
+FEEDBACK_ITEM = "item"
 #: Parquet metadata key of the export's summary (jobs/feedback.py; not imported: flows pulls Kafka in).
 FEEDBACK_METADATA = b"tailor.feedback"
 #: Corpus rows replayed when a run has no feedback (and no --max-records).
@@ -126,7 +128,9 @@ def read_feedback(path: str | Path) -> Feedback:
     """Rows of a feedback Parquet file as copy records with weights; `RetrainError` if it cannot be used.
 
     Rows whose style, slot or tone the model does not know, whose text is blank or whose
-    weight is not a positive number are skipped (and counted).
+    weight is not a positive number are skipped (and counted), and so are rows whose copy
+    states a fact its item (the optional ``item`` column) does not back: without that
+    column, any product name, attribute, price or percentage.
     """
     import pyarrow.parquet as pq
 
@@ -149,8 +153,10 @@ def read_feedback(path: str | Path) -> Feedback:
             f"it needs {', '.join(FEEDBACK_COLUMNS)} (see `tailor feedback export`)"
         )
     columns = table.select(list(FEEDBACK_COLUMNS)).to_pydict()
+    items = table.column(FEEDBACK_ITEM).to_pylist() if FEEDBACK_ITEM in table.column_names else None
     records, weights, skipped = [], [], 0
-    for style, slot, tone, text, weight in zip(*(columns[c] for c in FEEDBACK_COLUMNS)):
+    for n, (style, slot, tone, text, weight) in enumerate(zip(*(columns[c] for c in FEEDBACK_COLUMNS))):
+        item = _feedback_item(items[n]) if items is not None else None
         usable = (
             style in SEGMENT_STYLES
             and slot in SLOTS
@@ -161,15 +167,17 @@ def read_feedback(path: str | Path) -> Feedback:
             and math.isfinite(weight)
             and weight > 0
         )
-        if not usable:
+        # Copy is trained with the facts it was written from; copy that states a fact they do not back (without
+        # an item column: any name or price) would teach the prompt to invent it, so it is left out (skipped).
+        if not usable or grounding_problem(text, item) is not None:
             skipped += 1
             continue
-        records.append(CopyRecord(style, slot, tone, "feedback", text.strip()))
+        records.append(CopyRecord(style, slot, tone, "feedback", text.strip(), item))
         weights.append(float(weight))
     if not records:
         raise RetrainError(
             f"{file} has no usable feedback rows ({skipped} skipped: unknown style, slot or tone, "
-            f"blank text or weight not > 0)"
+            f"blank text, weight not > 0, or copy stating facts its item column does not back)"
         )
     return Feedback(
         path=str(file),
@@ -179,6 +187,16 @@ def read_feedback(path: str | Path) -> Feedback:
         sha256=hashlib.sha256(data).hexdigest(),
         cutoff_ms=_cutoff_ms(table),
     )
+
+
+def _feedback_item(value) -> dict | None:
+    """A feedback row's item (JSON text or a mapping); None for none or one that cannot be read."""
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return dict(value) if isinstance(value, dict) and value else None
 
 
 def _cutoff_ms(table) -> int:
@@ -247,9 +265,10 @@ def sample_copy(
     try:
         for start in range(0, len(keys), 64):
             chunk = keys[start : start + 64]
-            batch = tokenizer([control_prefix(*k) for k in chunk], padding=True, return_tensors="pt")
+            batch = tokenizer([copy_prompt(*k, None) for k in chunk], padding=True, return_tensors="pt")
             generated = model.generate(
-                **batch,
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,  # no token_type_ids: GPT-2 would add an embedding for them
                 do_sample=True,
                 top_p=0.9,
                 temperature=0.8,
@@ -269,7 +288,7 @@ def sample_copy(
 def measure(
     model, tokenizer, holdout: list[CopyRecord], rules: BrandRules, *, samples: int, seed: int, progress: bool = False
 ) -> dict:
-    """The figures a promotion compares: holdout perplexity, tone and length obedience, brand-rule pass rate.
+    """The figures a promotion compares: holdout perplexity, tone and length obedience, brand-rule pass rate, fact precision.
 
     Obedience and brand rules are read from one set of sampled texts (``samples`` per
     segment, slot and tone, seeded), so both models are judged on equal terms.
@@ -284,6 +303,11 @@ def measure(
         "tone_obedience": round(sum(obeys_tone(t, tone) for _, _, tone, t in texts) / n, 4),
         "length_obedience": round(sum(obeys_length(t, slot) for _, slot, _, t in texts) / n, 4),
         "brand_pass_rate": round(sum(not check(rules, t, slot=slot, tone=tone) for _, slot, tone, t in texts) / n, 4),
+        # Copy that states only the prompt's facts, and names the item where it should (build.fact_precision):
+        # compared by the promotion rule once it lists them (engine.learning.retrain_policy.RATES).
+        "fact_precision_greedy": figures["fact_precision_greedy"],
+        "fact_precision_sampled": figures["fact_precision_sampled"],
+        "item_mention_rate": figures["item_mention_rate"],
         "samples": len(texts),
         "perplexity_by_segment_slot": figures["perplexity_by_segment_slot"],
     }

@@ -7,13 +7,23 @@ import json
 import pytest
 
 from config.settings import Settings
+from engine.content.catalog import CATALOG_SEED, build_catalog
+from engine.content.grounding import PROMPT_FORMAT, copy_prompt
 from models.serve.manifest import read_manifest
-from models.train.build import EVALUATION, TrainConfig, train
-from models.train.corpus import CONTROL_TOKENS, SLOTS, TONES, build_corpus, control_prefix
+from models.train.build import (
+    EVALUATION,
+    FACT_PROMPTS_PER_SLOT,
+    GENERIC_PROMPTS_PER_SLOT,
+    TrainConfig,
+    train,
+)
+from models.train.corpus import CONTROL_TOKENS, SLOTS, TONES, build_corpus
 
 pytestmark = pytest.mark.model
 
 SEGMENTS = ("bargain_hunter", "loyal_high_spender", "window_shopper", "email_driven")
+#: A product of the shared catalog the tiny model's corpus (seed 1) writes for, to prompt with.
+ITEM = build_catalog(CATALOG_SEED).items[3].facts()
 
 
 def test_training_writes_model_tokenizer_and_evaluation(trained):
@@ -26,6 +36,13 @@ def test_training_writes_model_tokenizer_and_evaluation(trained):
     assert 0 <= saved["tone_obedience"] <= 1 and 0 <= saved["length_obedience"] <= 1
     assert saved["control_samples"] == len(SEGMENTS) * len(SLOTS) * len(TONES)
     assert saved["training"]["records"] == 6000 and saved["training"]["corpus_hash"]
+    for key in ("fact_precision_greedy", "fact_precision_sampled", "item_mention_rate"):
+        assert 0 <= saved[key] <= 1, key
+    assert set(saved["fact_precision_by_slot"]) == {"greedy", "sampled"}
+    assert set(saved["fact_precision_by_slot"]["greedy"]) == set(SLOTS)
+    assert set(saved["item_mention_by_slot"]["greedy"]) == {"headline", "description"}
+    assert saved["fact_outputs"] == len(SLOTS) * (FACT_PROMPTS_PER_SLOT + GENERIC_PROMPTS_PER_SLOT)
+    assert len(saved["holdout_items"]) == 40 and all(i.startswith("sku-") for i in saved["holdout_items"])
 
 
 def test_control_tokens_are_single_tokens_and_change_the_output(trained):
@@ -42,7 +59,7 @@ def test_control_tokens_are_single_tokens_and_change_the_output(trained):
         for slot in SLOTS:
             outputs = set()
             for tone in TONES:
-                ids = tokenizer(control_prefix(seg, slot, tone), return_tensors="pt").input_ids
+                ids = tokenizer(copy_prompt(seg, slot, tone, ITEM), return_tensors="pt").input_ids
                 with torch.no_grad():
                     out = model.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
                 outputs.add(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
@@ -57,6 +74,8 @@ def test_export_writes_a_manifest_the_runtime_accepts(exported, trained):
     assert manifest.onnx == "model.int8.onnx" and (folder / "model.onnx").is_file()
     assert manifest.corpus_hash == trained[1]["training"]["corpus_hash"]
     assert set(CONTROL_TOKENS) <= set(manifest.control_tokens)
+    assert manifest.prompt_format == PROMPT_FORMAT == 2
+    assert manifest.metrics["fact_precision_greedy"] == trained[1]["fact_precision_greedy"]
     assert manifest.metrics["holdout_perplexity"] == trained[1]["holdout_perplexity"]
     assert (folder / manifest.onnx).stat().st_size < (folder / "model.onnx").stat().st_size
 
@@ -74,7 +93,7 @@ def test_the_runtime_serves_the_exported_model_and_obeys_length(exported):
     folder, manifest = exported
     generator = Generator(folder, providers=["CPUExecutionProvider"])
     assert generator.version == "test-1" and generator.provider == "CPUExecutionProvider"
-    prompts = [control_prefix(seg, "cta", "urgent") for seg in SEGMENTS]
+    prompts = [copy_prompt(seg, "cta", "urgent", ITEM) for seg in SEGMENTS]
     results = generator.generate(prompts, max_new_tokens=16)
     assert all(r.finish_reason in ("stop", "length") for r in results)
     assert sum(bool(r.text.strip()) for r in results) >= 3
@@ -87,13 +106,20 @@ def test_samples_table_covers_every_control_combination(exported, capsys, tmp_pa
 
     from models.serve.samples import run_samples
 
-    folder, _ = exported
+    folder, manifest = exported
     assert run_samples(None, argparse.Namespace(model=str(folder), sample=False, seed=0, json=True)) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == len(SEGMENTS) * len(SLOTS) * len(TONES)
     assert {(r["segment"], r["slot"], r["tone"]) for r in rows} == {
         (seg, slot, tone) for seg in SEGMENTS for slot in SLOTS for tone in TONES
     }
+    # About held-out products of the evaluation, and some generic rows (no item).
+    held = set(manifest.metrics["holdout_items"])
+    assert {r["item_id"] for r in rows} - {None} <= held and any(r["item"] is None for r in rows)
+    assert all(r["grounded"] == (r["problem"] is None) for r in rows)
+    assert all(
+        (r["mentions_item"] is None) == (r["item"] is None or r["slot"] in ("cta", "email_subject")) for r in rows
+    )
     assert run_samples(None, argparse.Namespace(model=str(folder), sample=False, seed=0, json=False)) == 0
     table = capsys.readouterr().out
     assert table.count("\n| ") == 2 + len(rows) and "test-1" in table  # header, rule, rows
@@ -118,7 +144,7 @@ def test_dynamic_batching_answers_each_caller_as_if_alone(exported_fp32):
     from models.serve.runtime import Generator
 
     generator = Generator(exported_fp32[0], providers=["CPUExecutionProvider"])
-    prompts = [control_prefix(seg, slot, "premium") for seg in SEGMENTS for slot in SLOTS]
+    prompts = [copy_prompt(seg, slot, "premium", ITEM) for seg in SEGMENTS for slot in SLOTS]
     alone = [generator.generate([p], max_new_tokens=12)[0] for p in prompts]
 
     async def main():
@@ -168,10 +194,28 @@ def test_fine_tuning_from_a_local_base_keeps_its_tokenizer(trained, tmp_path):
         segment_styles=styles,
     )
     assert evaluation["training"]["config"]["base"] == str(base)
+    assert "fact_precision_greedy" in evaluation  # the base is prompted with the facts the same way
     assert evaluation["training"]["segment_styles"] == styles
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(base).get_vocab()
     with pytest.raises(ValueError, match="config.json"):
         train(tmp_path / "x", TrainConfig(size="tiny", base=str(tmp_path)), build_corpus(seed=1), progress=False)
+
+
+def test_a_base_without_tailors_tokens_gets_every_control_token(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from models.train.build import load_base
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["a plain base model knows no control tokens"] * 20, vocab_size=300, show_progress=False)
+    plain = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="a")
+    plain.save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(plain), n_layer=1, n_embd=16, n_head=2)).save_pretrained(tmp_path)
+    model, tokenizer = load_base(tmp_path)
+    for token in CONTROL_TOKENS:  # <facts> and <copy> too
+        assert len(tokenizer(token).input_ids) == 1, token
+    assert tokenizer.pad_token is not None and model.get_input_embeddings().num_embeddings == len(tokenizer)
 
 
 def test_stored_segment_profiles_name_the_styles(exported, trained, tmp_path):

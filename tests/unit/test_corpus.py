@@ -12,7 +12,7 @@ import pytest
 import engine.content.grounding
 import models.train.corpus
 from engine.audience.segments import FEATURES
-from engine.content.catalog import CATALOG_SEED, build_catalog
+from engine.content.catalog import CATALOG_SEED, Item, build_catalog
 from jobs.simulator import PROFILES
 from models.train.corpus import (
     CONTROL_TOKENS,
@@ -120,6 +120,28 @@ def test_every_text_fits_its_slot_and_obeys_only_its_tone(corpus):
         assert [t for t in TONES if obeys_tone(r.text, t)] == [r.tone], r
 
 
+def prompt_of(record):
+    """The item as the record's prompt states it (a variant of the catalog's, maybe with facts left out)."""
+    facts = record.item
+    return Item(
+        item_id=record.item_id,
+        title=facts["title"],
+        brand=facts.get("brand", ""),
+        category=facts["category"],
+        price=facts.get("price", 0.0),
+        discount_pct=facts.get("discount_pct"),
+        attributes=facts.get("attributes") or {},
+    )
+
+
+def test_most_prompts_state_a_variant_of_the_item_so_facts_are_copied_not_remembered(corpus, items):
+    own = [r for r in corpus if r.item.get("price") == items[r.item_id].price and r.item.get("attributes")]
+    own = [r for r in own if r.item["attributes"] == items[r.item_id].attributes]
+    assert 0.2 < len(own) / len(corpus) < 0.4  # the item's own facts: OWN_FACTS_SHARE, and variants that match
+    assert all(r.item["title"] == items[r.item_id].title for r in corpus)  # the product stays the product
+    assert len({(r.item_id, r.item.get("price")) for r in corpus}) > 10 * len(items)
+
+
 def test_texts_of_a_combination_are_distinct(corpus):
     per_combo = Counter((r.item_id, r.segment, r.slot, r.tone, r.text) for r in corpus)
     assert max(per_combo.values()) == 1
@@ -130,7 +152,7 @@ def test_shortening_keeps_whole_words(corpus, items):
     banks = (Path(models.train.corpus.__file__), Path(engine.content.grounding.__file__))  # category words there
     bank_words = set(WORDS.findall(" ".join(p.read_text() for p in banks).lower()))
     for r in corpus:
-        item = items[r.item_id]
+        item = prompt_of(r)
         item_text = " ".join(
             [
                 item.title,
@@ -155,7 +177,7 @@ def test_phrase_variety(corpus):
 def test_discounts_are_named_only_for_items_on_sale_with_their_numbers(corpus, items):
     named = 0
     for r in corpus:
-        item = items[r.item_id]
+        item = prompt_of(r)
         percents = {int(p) for p in PCT.findall(r.text)}
         saves = re.findall(r"\bsave (\d+\.\d{2})\b", r.text, re.IGNORECASE)
         was = re.findall(r"\b(?:was|from|usual) (\d+\.\d{2})\b", r.text)
@@ -171,7 +193,7 @@ def test_discounts_are_named_only_for_items_on_sale_with_their_numbers(corpus, i
 
 def test_prices_in_copy_are_the_items_sale_price_or_list_price(corpus, items):
     for r in corpus:
-        item = items[r.item_id]
+        item = prompt_of(r)
         allowed = {f"{item.sale_price:.2f}", f"{item.price:.2f}", f"{round(item.price - item.sale_price, 2):.2f}"}
         assert set(MONEY.findall(r.text)) <= allowed, r
 
