@@ -105,7 +105,8 @@ class _Connection:
 class _Run:
     """What one run records."""
 
-    def __init__(self, count_cached: bool):
+    def __init__(self, count_cached: bool, on_response=None):
+        self.on_response = on_response
         self.latencies: list[float] = []
         self.send_lags: list[float] = []
         self.late_sends = 0
@@ -156,19 +157,21 @@ class OpenLoopClient:
         *,
         count_cached: bool = False,
         drain_s: float | None = None,
+        on_response: Callable[[int, float, float, Response], None] | None = None,
     ) -> dict:
         """Send ``rate * seconds`` requests at a fixed rate; return what was measured.
 
         ``make_request(i)`` gives the bytes of request ``i`` (see `build_request`).
         With ``count_cached`` each 2xx JSON body is checked for ``"cached": true``.
         Requests still out ``drain_s`` (default: the timeout) after the last send
-        are given up and counted as errors.
+        are given up and counted as errors. ``on_response(i, scheduled, done, response)``
+        sees each answer (``perf_counter`` times), for what a caller follows per request.
         """
         if rate <= 0 or seconds <= 0:
             raise ValueError(f"rate and seconds must be > 0, got {rate} and {seconds}")
         total = max(1, int(rate * seconds))
         requests = [make_request(i) for i in range(total)]  # built before the clock starts
-        run = _Run(count_cached)
+        run = _Run(count_cached, on_response)
         opened_before = self.opened
         tasks = set()
         clock = time.perf_counter
@@ -178,7 +181,7 @@ class OpenLoopClient:
             now = clock()
             # Everything due by now leaves now: a late wake-up sends a burst, not a gap.
             while i < total and t0 + i / rate <= now:
-                task = asyncio.create_task(self._send(run, requests[i], t0 + i / rate))
+                task = asyncio.create_task(self._send(run, i, requests[i], t0 + i / rate))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 i += 1
@@ -221,7 +224,7 @@ class OpenLoopClient:
             result["cached_ratio"] = round(run.cached / run.ok, 4) if run.ok else None
         return result
 
-    async def _send(self, run: _Run, request: bytes, scheduled: float) -> None:
+    async def _send(self, run: _Run, index: int, request: bytes, scheduled: float) -> None:
         clock = time.perf_counter
         conn = None
         try:
@@ -265,6 +268,8 @@ class OpenLoopClient:
                 run.cached += is_cached(response.body)
         else:
             run.error(f"{response.status}: {response.body[:200].decode('utf-8', 'replace')}")
+        if run.on_response is not None:
+            run.on_response(index, scheduled, done, response)
         if response.keep_alive:
             self._release(conn)
         else:

@@ -151,8 +151,8 @@ class CopyGenerator:
             if not ai:
                 continue
             tagged = [s for s in STYLES if s in template.segments]
-            # A template tagged with segment labels only may serve any style: warm them all.
-            styles = tagged if tagged or not template.segments else list(STYLES)
+            # A template for any segment, or tagged with segment labels only, may serve any style: warm them all.
+            styles = tagged or list(STYLES)
             for style in styles:
                 tone = template.tone or STYLE_TONES.get(style, "informative")
                 for slot in ai:

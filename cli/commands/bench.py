@@ -13,6 +13,7 @@ BENCHMARKS = {
     "segment": "bench.segment:run_segment",
     "generate": "bench.generate:run_generate",
     "api": "bench.api:run_api_bench",
+    "copy": "bench.copies:run_copy_bench",
     "clusterers": "bench.clusterers:run_clusterers",
     "experiment": "bench.experiment:run_experiment_bench",
 }
@@ -135,6 +136,22 @@ def add_parser(subparsers) -> None:
     bapi.add_argument("--no-wrk", action="store_true", help="skip the wrk peak runs")
     bapi.add_argument("--no-feast", action="store_true", help="skip feast serve")
     bapi.add_argument("--no-personalize", action="store_true", help="skip /v1/personalize (no model needed)")
+    bcopy = bench_sub.add_parser(
+        "copy", help="the background copy generator: snippets/s by batch size, time to warm the demo catalog"
+    )
+    bcopy.add_argument("--model", default="models/artifacts/onnx", help="exported copy model to generate with")
+    bcopy.add_argument(
+        "--sample", type=positive_int, default=256, help="plan keys written at each batch size (default 256)"
+    )
+    bcopy.add_argument(
+        "--batches",
+        type=lambda t: [positive_int(b) for b in t.split(",")],
+        default=[1, 8, 32],
+        metavar="B1,B2",
+        help="generator batch sizes compared side by side (default 1,8,32)",
+    )
+    bcopy.add_argument("--no-warm", action="store_true", help="skip warming the whole demo catalog")
+    bcopy.add_argument("--quiet", action="store_true", help="no progress bar")
     clus = bench_sub.add_parser("clusterers", help="River clusterers compared on simulated traffic (ARI, µs/update)")
     clus.add_argument("--events", type=positive_int, default=1_000_000)
     clus.add_argument("--users", type=positive_int, default=1000)

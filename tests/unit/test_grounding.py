@@ -41,8 +41,10 @@ def test_the_styles_and_tokens_are_the_corpus_ones():
 
 def test_every_corpus_text_is_grounded_in_its_prompt_and_mostly_not_in_another_item(records):
     assert [r.text for r in records if grounding_problem(r.text, r.item)] == []
-    # The prompt may leave facts out, never add any: the whole item backs its texts too.
-    assert [r.text for r in records if r.item and grounding_problem(r.text, ITEMS[r.item_id])] == []
+    # Records vary an item's price, discount and attributes (the model must copy the prompt's
+    # facts, not remember the item's), so a text is backed by its record's facts only.
+    varied = [r for r in records if r.item and r.item.get("price") not in (None, ITEMS[r.item_id]["price"])]
+    assert len(varied) > 0.3 * sum(r.item is not None for r in records)
     ids = list(ITEMS)
     other = {i: ITEMS[ids[(n + 7) % len(ids)]] for n, i in enumerate(ids)}
     assert all(other[i]["title"] != ITEMS[i]["title"] and other[i]["price"] != ITEMS[i]["price"] for i in ids)
