@@ -300,7 +300,12 @@ UNRENDERABLE = [
 
 
 def write_feedback(path, records, weights=None, metadata=None) -> Path:
-    """Feedback as `tailor feedback export` writes it (the columns retrain reads, last_ms, the summary)."""
+    """Feedback as `tailor feedback export` writes it (the columns retrain reads, last_ms, the summary).
+
+    The ``item`` column holds each record's item facts as JSON (null for generic copy).
+    """
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -310,6 +315,7 @@ def write_feedback(path, records, weights=None, metadata=None) -> Path:
             "slot": [r.slot for r in records],
             "tone": [r.tone for r in records],
             "text": [r.text for r in records],
+            "item": [json.dumps(r.item) if r.item else None for r in records],
             "weight": weights or [1.0] * len(records),
             "last_ms": [1_700_000_000_000 + i for i in range(len(records))],
         }
