@@ -280,9 +280,11 @@ def test_targets_judge_each_figure():
     result = {
         "features_vs_feast": compare(features, feast),
         "personalize": {
-            "open_loop": _run(1000, 8.5, cached=0.9),
+            "open_loop": {**_run(1000, 8.5, cached=0.9), "miss_share": 0.1},
             "peak_wrk": {"rps": 3500.0, "non_2xx": 0, "cached_ratio": 1.0},
         },
+        "ceiling": {"peak_wrk": {"rps": 5000.0}},
+        "personalize_peak_vs_ceiling": 0.7,
     }
     assert result["features_vs_feast"]["throughput_ratio"] == 6.0
     assert result["features_vs_feast"]["open_loop_p99_ratio"] == {"500": 0.25, "1000": 0.003}
@@ -290,6 +292,8 @@ def test_targets_judge_each_figure():
     assert got["features_vs_feast"]["met"] is True
     assert got["personalize_p99"]["met"] is True
     assert got["personalize_peak"]["met"] is False  # 3,500 < 4,000
+    assert got["personalize_vs_ceiling"]["met"] is True  # 0.7 >= 0.4
+    assert got["miss_to_generated"]["met"] is None  # not followed in this result
 
 
 def test_targets_unmeasured_are_none_and_errors_fail():
