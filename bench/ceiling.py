@@ -1,9 +1,9 @@
 """The ceiling of ``tailor bench api``: bare Litestar + msgspec, one POST route shaped like personalize.
 
 ``python -m bench.ceiling --port N`` serves ``POST /v1/personalize`` that decodes the
-same JSON body the bench sends the API (user, slot, context, one item) into a msgspec
-Struct and answers a Struct of the API's response shape, with no store, template or
-copy lookup behind it; and ``GET /healthz``. The bench runs it as it runs ``tailor api``
+same JSON body the bench sends the API (user, slot, context, one item) into the API's
+own request Struct and answers its response Struct, with no store, template or copy
+lookup behind it; and ``GET /healthz``. The bench runs it as it runs ``tailor api``
 (uvicorn, one worker, the same settings and CPU pinning) and drives it with the same
 wrk script and bodies, so the personalize peak over this one says what Tailor's work
 costs against the framework's own floor on this machine.
@@ -12,71 +12,20 @@ costs against the framework's own floor on this machine.
 from __future__ import annotations
 
 import argparse
-from typing import Annotated, Any
 
-import msgspec
 from litestar import Litestar, get, post
 
-Text = Annotated[str, msgspec.Meta(max_length=200)]
-
-
-class Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    pass
-
-
-class ItemIn(Strict, frozen=True):
-    item_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    title: Text | None = None
-    brand: Text | None = None
-    category: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    price: Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None = None
-    discount_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
-
-
-class CeilingRequest(Strict, frozen=True):
-    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-    slot: str
-    context: dict[str, Text | int | float | bool | None] = {}
-    items: Annotated[list[ItemIn], msgspec.Meta(max_length=50)] = []
-
-
-class Content(msgspec.Struct):
-    text: str
-    slot: str
-    copy: dict[str, str]
-    item_id: str | None = None
-
-
-class Explanation(msgspec.Struct):
-    segment: str
-    style: str
-    template: str
-    tone: str
-    item: str
-    features: dict[str, Any]
-
-
-class CeilingResponse(msgspec.Struct):
-    """The API's response shape (api.personalize.Personalized), filled with constants."""
-
-    content: Content
-    template_id: str
-    template_version: int
-    variant: str | None
-    experiment: str | None
-    segment: int | None
-    segment_label: str | None
-    model_version: str | None
-    cached: bool
-    explanation: Explanation
+# The API's own request and response Structs: the ceiling decodes and encodes exactly what
+# personalize does (the same validation), and does nothing else.
+from api.personalize import Content, Explanation, Personalized, PersonalizeRequest
 
 
 @post("/v1/personalize", status_code=200)
-async def personalize(data: CeilingRequest) -> CeilingResponse:
+async def personalize(data: PersonalizeRequest) -> Personalized:
     item = data.items[0] if data.items else None
     name = data.context.get("first_name") or "there"
     headline = f"{item.title} for you" if item is not None and item.title else "Picked for you"
-    return CeilingResponse(
+    return Personalized(
         content=Content(f"Hi {name}: {headline}", data.slot, {data.slot: headline}, item.item_id if item else None),
         template_id=f"{data.slot}-ai",
         template_version=1,

@@ -97,9 +97,7 @@ def _batching(settings: Settings, tmp: str, sample: int, batches: list[int]) -> 
             planned = len(plan)
             # Every k-th key: every template, style, slot and tone, across the catalog.
             jobs = plan[:: max(1, len(plan) // sample)][:sample]
-            writer._todo = jobs[::-1]
-            writer._state = (writer.model_version, writer.templates.revision(), writer.catalog.revision())
-            writer._checked = time.monotonic()
+            writer.prime(jobs)
             written = 0
             print(f"bench copy: {len(jobs)} snippets at batch {batch}", file=sys.stderr)
             started = time.perf_counter()

@@ -307,6 +307,13 @@ class CopyGenerator:
             self._others.popitem(last=False)
         return generator
 
+    def prime(self, jobs: list[CopyJob]) -> None:
+        """Make ``jobs`` (written in order) the warm work, as if just planned: `step` writes them first."""
+        self._todo = jobs[::-1]  # popped from the end: planned order
+        self._state = (self.model_version, self.templates.revision(), self.catalog.revision())
+        self._checked = time.monotonic()
+        WARM_REMAINING.set(len(self._todo))
+
     # -- running -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -355,9 +362,7 @@ def warm(settings: Settings, *, progress: bool = True) -> dict:
         planned = writer.plan()
         todo = writer.missing(planned)
         bar = tqdm(total=len(todo), desc="copy", unit="snippet", file=sys.stderr, disable=not progress, mininterval=0.5)
-        writer._todo = todo[::-1]
-        writer._state = (writer.model_version, writer.templates.revision(), writer.catalog.revision())
-        writer._checked = time.monotonic()  # planned just now
+        writer.prime(todo)
         generated = 0
         while writer._todo or writer.copies.queued():
             written = writer.step()
