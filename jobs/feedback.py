@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,10 +27,14 @@ from config.settings import Settings
 from engine.features.events import Event, InvalidEvent, decode_event
 from engine.learning.feedback import FeedbackJoin, FeedbackRow, FeedbackSummary, format_cutoff, parse_cutoff
 from jobs.produce import now_ms, read_jsonl
+from store.catalog import CatalogStore, open_catalog
+from store.redis_guard import StoreUnavailable
 
 COMMAND = "tailor feedback export"
 #: Reasons of bad events quoted in the summary; the rest are only counted.
 MAX_QUOTED_BAD_EVENTS = 5
+#: Item ids per catalog read when the export looks up the rows' item facts.
+LOOKUP_BATCH = 500
 #: A topic read that gets no message for this long (before reaching the end) gives up.
 STALL_S = 30.0
 
@@ -41,6 +45,10 @@ FEEDBACK_SCHEMA = pa.schema(
         pa.field("slot", pa.string(), nullable=False),
         pa.field("tone", pa.string(), nullable=False),
         pa.field("text", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        # The item's facts as the catalog has them at export time (JSON; null: no item, or
+        # one the catalog no longer holds). Retraining drops copy that states facts it does not back.
+        pa.field("item", pa.string(), nullable=True),
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("experiments", pa.string(), nullable=False),
         pa.field("impressions", pa.int64(), nullable=False),
@@ -108,7 +116,19 @@ def run_export(settings: Settings, args) -> int:
             return 1
     out = Path(args.out) if args.out else default_path(settings, cutoff_ms)
     try:
-        rows, report = write_export(join, bad, source=source, path=out, min_impressions=args.min_impressions)
+        rows, report = write_export(
+            join,
+            bad,
+            source=source,
+            path=out,
+            min_impressions=args.min_impressions,
+            catalog=lambda: open_catalog(settings),
+        )
+    except StoreUnavailable as exc:
+        print(
+            f"{COMMAND}: the catalog is unavailable, so the rows' item facts are unknown: {exc.detail}", file=sys.stderr
+        )
+        return 1
     except OSError as exc:
         print(
             f"{COMMAND}: cannot write {str(out)!r}: {exc.strerror or exc}; pass --out with a writable path",
@@ -136,13 +156,41 @@ def join_topic(settings: Settings, join: FeedbackJoin, bad: list[str], *, progre
 
 
 def write_export(
-    join: FeedbackJoin, bad: list[str], *, source: str, path: Path, min_impressions: int = 1
+    join: FeedbackJoin,
+    bad: list[str],
+    *,
+    source: str,
+    path: Path,
+    min_impressions: int = 1,
+    catalog: Callable[[], CatalogStore] | None = None,
 ) -> tuple[list[FeedbackRow], dict]:
-    """The join's rows to ``path`` as Parquet, with the report (`summary_of`) in its metadata: (rows, report)."""
+    """The join's rows to ``path`` as Parquet, with the report (`summary_of`) in its metadata: (rows, report).
+
+    Each row's item facts come from the store ``catalog()`` opens, only if some row has an
+    item (none given: no facts, so retraining keeps only the copy that states none).
+    """
     rows, summary = join.result(min_impressions)
+    facts = item_facts_of(rows, catalog)
     report = summary_of(summary, bad, source=source, path=path)
-    write_parquet(rows, path, report)
+    report["items_not_in_catalog"] = len({r.item_id for r in rows if r.item_id and r.item_id not in facts})
+    write_parquet(rows, path, report, facts)
     return rows, report
+
+
+def item_facts_of(rows: list[FeedbackRow], catalog: Callable[[], CatalogStore] | None) -> dict[str, str]:
+    """``item_id -> facts JSON`` for the rows' items that the store ``catalog()`` opens holds."""
+    wanted = sorted({row.item_id for row in rows if row.item_id})
+    if catalog is None or not wanted:
+        return {}
+    found: dict[str, str] = {}
+    store = catalog()
+    try:
+        for start in range(0, len(wanted), LOOKUP_BATCH):
+            for item_id, item in store.get_many(wanted[start : start + LOOKUP_BATCH]).items():
+                found[item_id] = json.dumps(item.facts(), sort_keys=True)
+    finally:
+        store.close()
+    return found
 
 
 def default_path(settings: Settings, cutoff_ms: int) -> Path:
@@ -171,9 +219,16 @@ def summary_of(summary: FeedbackSummary, bad: list[str], *, source: str, path: P
     }
 
 
-def write_parquet(rows: list[FeedbackRow], path: Path, report: dict | None = None) -> None:
-    """Write the rows as one Parquet file, atomically (a reader never sees half a file)."""
-    columns = {name: [getattr(row, name) for row in rows] for name in FEEDBACK_SCHEMA.names}
+def write_parquet(
+    rows: list[FeedbackRow], path: Path, report: dict | None = None, facts: dict[str, str] | None = None
+) -> None:
+    """Write the rows as one Parquet file, atomically (a reader never sees half a file).
+
+    ``facts`` (``item_id -> JSON``) fills the ``item`` column; an item it lacks is null.
+    """
+    facts = facts or {}
+    columns = {name: [getattr(row, name) for row in rows] for name in FEEDBACK_SCHEMA.names if name != "item"}
+    columns["item"] = [facts.get(row.item_id) for row in rows]
     schema = FEEDBACK_SCHEMA
     if report is not None:
         schema = schema.with_metadata({METADATA_KEY: json.dumps(report).encode()})

@@ -463,7 +463,7 @@ def feedback_export_args(*argv):
 def read_feedback_rows(path) -> list[FeedbackRow]:
     import pyarrow.parquet as pq
 
-    return [FeedbackRow(**r) for r in pq.read_table(path).to_pylist()]
+    return [FeedbackRow(**{k: v for k, v in r.items() if k != "item"}) for r in pq.read_table(path).to_pylist()]
 
 
 # -- the background copy generator, run in the test's process -----------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pyarrow.parquet as pq
 import pytest
 
@@ -187,6 +188,41 @@ def test_export_from_a_jsonl_file(tmp_path, capsys):
     assert summary["cutoff"] == "2026-01-01T02:00:00Z" and summary["cutoff_ms"] == T0 + 2 * HOUR
     assert summary["window_h"] == 24 and summary["path"] == str(out)
     assert json.loads(pq.read_schema(out).metadata[METADATA_KEY]) == summary
+
+
+def test_export_joins_each_rows_item_facts_from_the_catalog(tmp_path, capsys):
+    from engine.content.catalog import Item
+    from models.train.retrain import _feedback_item
+    from store.catalog import SQLiteCatalog
+
+    shell = Item("i-1", "Acme Rain Shell", "Acme", "outerwear", 120.0, 25)
+    catalog_db = tmp_path / "catalog.db"
+    store = SQLiteCatalog(str(catalog_db))
+    store.upsert([shell])
+    store.close()
+    events = [
+        served_copy("x1", "u1", T0, "Acme Rain Shell, now 90.00"),
+        served_copy("x2", "u2", T0 + MIN, "Acme Rain Shell, now 90.00"),  # same text, no item: its own row
+        served_copy("x3", "u3", T0 + 2 * MIN, "Gone, now 5.00"),  # an item the catalog no longer holds
+    ]
+    events[0] = msgspec.structs.replace(events[0], item_id="i-1")
+    events[2] = msgspec.structs.replace(events[2], item_id="i-404")
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(encode_event(e) for e in events) + b"\n")
+    out = tmp_path / "feedback.parquet"
+    settings = Settings.of(brokers="", catalog_db=str(catalog_db))
+    args = feedback_export_args("--events", str(path), "--cutoff", "2026-01-01T02:00:00Z", "--out", str(out))
+    assert run_feedback(settings, args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    table = {(r["text"], r["item_id"]): r["item"] for r in pq.read_table(out).to_pylist()}
+    assert set(table) == {
+        ("Acme Rain Shell, now 90.00", "i-1"),
+        ("Acme Rain Shell, now 90.00", ""),
+        ("Gone, now 5.00", "i-404"),
+    }
+    assert _feedback_item(table["Acme Rain Shell, now 90.00", "i-1"]) == shell.facts()
+    assert table["Acme Rain Shell, now 90.00", ""] is None and table["Gone, now 5.00", "i-404"] is None
+    assert summary["rows"] == 3 and summary["items_not_in_catalog"] == 1
 
 
 def test_since_leaves_out_older_events_in_the_join():
