@@ -1,5 +1,5 @@
-# The tailor image: every Tailor process (`tailor apply`, `tailor flow`, later the API)
-# runs from it. compose.yaml builds it; by hand: docker build -t tailor .
+# The tailor image: every Tailor process (`tailor apply`, `tailor flow`, `tailor copy generate`,
+# later the API) runs from it. compose.yaml builds it; by hand: docker build -t tailor .
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,11 +11,19 @@ WORKDIR /app
 
 # Only what the package needs: no virtualenv, no local feature_repo/data, no tests.
 # (README.md only feeds the package description; setuptools warns without it.)
+# Every package pyproject.toml lists (tests/unit/test_compose.py checks the two agree); the
+# copy model is not built in: compose mounts ./models/artifacts (see .dockerignore).
 COPY pyproject.toml ./
 COPY engine/ engine/
+COPY config/ config/
+COPY store/ store/
 COPY flows/ flows/
 COPY api/ api/
 COPY models/ models/
+COPY jobs/ jobs/
+COPY cli/ cli/
+COPY demo/ demo/
+COPY dev/ dev/
 COPY bench/ bench/
 COPY feature_repo/__init__.py feature_repo/features.py feature_repo/feature_store.yaml feature_repo/
 

@@ -190,3 +190,47 @@ def test_dockerfile_builds_the_package_on_python_3_11_slim():
         for source in sources:
             if not source.startswith("--"):
                 assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+
+
+def test_the_image_holds_every_package_the_project_installs():
+    """`pip install .` in the image finds only what was copied in: every listed package must be."""
+    import tomllib
+
+    text = (ROOT / "Dockerfile").read_text()
+    sources = [source for line in re.findall(r"^COPY (.+)$", text, re.M) for source in line.split()[:-1]]
+    copied = {Path(source).parts[0] for source in sources if not source.startswith("--")}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for pattern in packages["include"]:
+        package = pattern.rstrip("*")
+        assert package in copied, f"pyproject.toml installs {package}, which the Dockerfile does not copy"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "models/artifacts" in ignored and ".venv" in ignored, "built models and virtualenvs stay out of the image"
+
+
+def generator_services(services) -> list[str]:
+    return [name for name, cmd in tailor_services(services).items() if cmd[1:3] == ["copy", "generate"]]
+
+
+def test_a_generator_writes_copy_into_the_shared_redis_with_a_mounted_model(services, compose):
+    """The API never generates: compose runs `tailor copy generate`, on Redis (shared by every replica)."""
+    generators = generator_services(services)
+    assert generators, "no service runs `tailor copy generate`"
+    for name in generators:
+        service, env = services[name], environment(services[name])
+        assert env.get("TAILOR_REDIS_URL", "").split(":")[0] in services, "copy must go to the shared Redis"
+        assert depends_on(service).get("redis") == "service_healthy"
+        assert depends_on(service).get("feast-apply") == "service_completed_successfully"
+        mounts = volume_mounts(service)
+        for setting in ("TAILOR_MODEL_DIR", "TAILOR_MODEL_REGISTRY"):
+            path = env.get(setting)
+            assert path, f"{name} has no {setting}: the default lies inside the installed package"
+            assert any(Path(path).is_relative_to(target) for _source, target in mounts), f"{setting} is not mounted"
+        host = [source for source, target in mounts if Path(env["TAILOR_MODEL_DIR"]).is_relative_to(target)]
+        assert (ROOT / host[0]).resolve() == (ROOT / "models" / "artifacts").resolve(), (
+            "the model comes from where `tailor export` writes it on the host"
+        )
+        port = env.get("TAILOR_GENERATOR_METRICS_PORT")
+        assert port and port in {str(p) for p in service.get("expose", [])}
+        prometheus = yaml.safe_load(compose["configs"]["prometheus"]["content"])
+        targets = {t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+        assert f"{name}:{port}" in targets, "Prometheus does not scrape the generator"
