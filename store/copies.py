@@ -115,26 +115,32 @@ class SQLiteCopies(CopyStore):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock = threading.Lock()  # the API reads on its event loop and queues from a worker thread
+        # Writes (the API's worker thread queueing misses, the generator) wait for SQLite's write
+        # lock, up to the busy timeout, while another process holds it. Reads (the API's event
+        # loop, on every miss of its LRU) have their own connection and lock: in WAL mode a
+        # reader never waits for a writer, so a write in progress never stalls personalize.
+        self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             for statement in self.SCHEMA:
                 self._db.execute(statement)
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, str]:
         if not keys:
             return {}
-        with self._lock:
+        with self._read_lock:
             if len(keys) == 1:  # the API's call, on every miss of its LRU: the one-row statement
-                row = self._db.execute("SELECT text FROM copy WHERE key = ?", (keys[0],)).fetchone()
+                row = self._reader.execute("SELECT text FROM copy WHERE key = ?", (keys[0],)).fetchone()
                 return {keys[0]: row[0]} if row is not None else {}
             out: dict[str, str] = {}
             for start in range(0, len(keys), 500):  # SQLite's bound on parameters
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                out.update(self._db.execute(f"SELECT key, text FROM copy WHERE key IN ({marks})", chunk).fetchall())
+                out.update(self._reader.execute(f"SELECT key, text FROM copy WHERE key IN ({marks})", chunk).fetchall())
             return out
 
     def put_many(self, texts: Mapping[str, str]) -> None:
@@ -163,14 +169,16 @@ class SQLiteCopies(CopyStore):
         return [_job_decoder.decode(job) for _, job in rows]
 
     def queued(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM copy_queue").fetchone()[0]
+        with self._read_lock:
+            return self._reader.execute("SELECT count(*) FROM copy_queue").fetchone()[0]
 
     def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM copy").fetchone()[0]
+        with self._read_lock:
+            return self._reader.execute("SELECT count(*) FROM copy").fetchone()[0]
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 

@@ -51,6 +51,34 @@ def test_sqlite_copies_are_shared_through_the_file(tmp_path):
         other.close()
 
 
+def test_a_read_never_waits_for_a_write_in_progress(tmp_path):
+    """The API reads on its event loop while its worker thread queues misses; another process may hold the write lock."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "copy.db"
+    store = SQLiteCopies(path)
+    store.put_many({"a": "Shop now"})
+    holder = sqlite3.connect(path, isolation_level=None)  # the generator, mid-transaction
+    holder.execute("BEGIN IMMEDIATE")
+    queued = threading.Thread(target=store.enqueue, args=([job("q")],), daemon=True)
+    try:
+        queued.start()  # waits for the write lock, holding the store's write side
+        queued.join(0.2)
+        assert queued.is_alive(), "the queueing write should be waiting for the generator's lock"
+        answers = []
+        reader = threading.Thread(target=lambda: answers.append((store.get_many(["a"]), store.queued())), daemon=True)
+        reader.start()
+        reader.join(5)  # well under the 10 s busy timeout the write waits
+        assert answers == [({"a": "Shop now"}, 0)], "a read waited for the write in progress"
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+        queued.join(10)
+    assert store.queued() == 1
+    store.close()
+
+
 @pytest.mark.integration
 def test_redis_copies_are_shared_through_redis(redis_server):
     from store.redis_guard import redis_client
