@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
         "--base", help="a local Hugging Face causal-LM folder to fine-tune instead of training from scratch"
     )
     train.add_argument("--size", choices=("tiny", "small"), default="small", help="model size (default small)")
-    train.add_argument("--epochs", type=positive_int, default=1, help="passes over the corpus (default 1)")
+    train.add_argument("--epochs", type=positive_int, default=2, help="passes over the corpus (default 2)")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     train.add_argument("--batch-size", type=positive_int, default=32, help="records per batch (default 32)")
     train.add_argument("--seed", type=int, default=0, help="corpus and training seed (default 0)")
