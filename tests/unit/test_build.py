@@ -31,8 +31,11 @@ def test_training_writes_model_tokenizer_and_evaluation(trained):
     for name in ("config.json", "model.safetensors", "tokenizer.json", EVALUATION):
         assert (folder / name).is_file(), name
     saved = json.loads((folder / EVALUATION).read_text())
-    # Copy tokens only (the facts prompt is masked from the loss): the tiny model measured 84.9 (was < 50 unmasked).
-    assert saved["holdout_perplexity"] == evaluation["holdout_perplexity"] < 120
+    # Copy tokens only (the facts prompt is masked from the loss): the tiny fixture model measured 1.93.
+    assert saved["holdout_perplexity"] == evaluation["holdout_perplexity"] < 5
+    # It learned to use the facts it is given: most headlines and descriptions name their item (measured 0.67
+    # of 192; a model that ignored the facts names none, as the 6,000-record fixture did).
+    assert saved["item_mention_rate"] == evaluation["item_mention_rate"] > 0.4
     assert set(saved["perplexity_by_segment_slot"]) == {f"{seg}/{slot}" for seg in SEGMENTS for slot in SLOTS}
     assert 0 <= saved["tone_obedience"] <= 1 and 0 <= saved["length_obedience"] <= 1
     assert saved["control_samples"] == len(SEGMENTS) * len(SLOTS) * len(TONES)
@@ -46,12 +49,6 @@ def test_training_writes_model_tokenizer_and_evaluation(trained):
     assert len(saved["holdout_items"]) == 40 and all(i.startswith("sku-") for i in saved["holdout_items"])
 
 
-@pytest.mark.xfail(
-    reason="known shortfall (issue 15): with the item's facts in the prompt, the tiny 6,000-record fixture "
-    "model no longer follows the tone token (1 of 16 segment/slot pairs differ by tone); the default model's "
-    "tone obedience is in its evaluation.json",
-    strict=False,
-)
 def test_control_tokens_are_single_tokens_and_change_the_output(trained):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
