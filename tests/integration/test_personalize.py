@@ -90,7 +90,12 @@ def test_rule_breaking_copy_falls_back_to_default_copy_and_says_why(api_settings
     settings = api_settings(brand_rules=str(rules))
     seed_user(settings, "ann")
     with TestClient(app=create_app(settings)) as client:
-        _, body = served_after_generation(client, settings, personalize, items=[ITEM])
+        from store.copies import copy_key
+
+        # Copy that states only the item's facts (the model's own may fail the fact check first).
+        key = copy_key("test-1", "headline-ai", 1, "bargain_hunter", "headline", "urgent", ITEM)
+        client.app.state.writer.cache.store.put_many({key: "Hurry! Trail Shoe, 25% off today"})
+        body = personalize(client, items=[ITEM]).json()
         assert body["cached"] is True and body["content"]["text"] == "Picked for you"
         assert "brand rules" in body["explanation"]["fallbacks"][0]["reason"]
         assert "too_long" in body["explanation"]["fallbacks"][0]["reason"]

@@ -39,7 +39,7 @@ def test_training_writes_model_tokenizer_and_evaluation(trained):
     assert set(saved["perplexity_by_segment_slot"]) == {f"{seg}/{slot}" for seg in SEGMENTS for slot in SLOTS}
     assert 0 <= saved["tone_obedience"] <= 1 and 0 <= saved["length_obedience"] <= 1
     assert saved["control_samples"] == len(SEGMENTS) * len(SLOTS) * len(TONES)
-    assert saved["training"]["records"] == 6000 and saved["training"]["corpus_hash"]
+    assert saved["training"]["records"] == 24000 and saved["training"]["corpus_hash"]
     for key in ("fact_precision_greedy", "fact_precision_sampled", "item_mention_rate"):
         assert 0 <= saved[key] <= 1, key
     assert set(saved["fact_precision_by_slot"]) == {"greedy", "sampled"}
