@@ -484,7 +484,7 @@ class MissWatch:
     def on_response(self, index: int, scheduled: float, done: float, response) -> None:
         if index not in self.sample:
             return
-        self.sample.discard(index)  # the measured run's request i, not the warm-up's
+        self.sample.discard(index)  # each sampled request is followed once
         if is_cached(response.body):
             self.hit_at_once += 1
             return
@@ -610,20 +610,25 @@ class Legs:
             bodies.append(self._body(user, self.rng.choice(SLOTS), item))
         requests = [build_request("POST", "/v1/personalize", host, self.headers, b) for b in bodies]
         total = max(1, int(self.args.rate * self.args.seconds))
-        if total > len(bodies):
+        warm_up = max(1, int(self.args.rate * WARMUP_S))
+        if total + warm_up > len(bodies):
             raise ValueError(
-                f"--rate x --seconds asks for {total} personalize requests; the bench builds {len(bodies)}"
+                f"--rate x --seconds asks for {total} personalize requests after a {warm_up}-request warm-up; "
+                f"the bench builds {len(bodies)}"
             )
-        # Misses followed: spread over the measured run (the warm-up run sends the same first requests).
+        # The warm-up sends the requests after the measured run's, so every miss of the measured
+        # run is on a key nobody asked for before it (miss_share counts only those).
         planned = [i for i in misses if i < total]
         step = max(1, len(planned) // MISS_SAMPLE)
         watch = MissWatch(api.port, requests, set(planned[::step][:MISS_SAMPLE]))
-
-        def request(i: int) -> bytes:
-            return requests[i % len(requests)]
-
         run = self._open_loop(
-            api, request, [self.args.rate], "/healthz", count_cached=True, on_response=watch.on_response, watch=watch
+            api,
+            requests.__getitem__,
+            [self.args.rate],
+            "/healthz",
+            count_cached=True,
+            watch=watch,
+            warm_up_request=lambda i: requests[total + i],
         )[0]
         run["planned_hit_share"] = HIT_SHARE
         run["miss_share"] = round(len(planned) / total, 4)
@@ -743,16 +748,23 @@ class Legs:
         rates: list[float],
         health: str,
         count_cached: bool = False,
-        on_response=None,
         watch: MissWatch | None = None,
+        warm_up_request=None,
     ) -> list[dict]:
+        """One open-loop run per rate, each after a `WARMUP_S` warm-up of ``warm_up_request(i)``
+        (default: the measured requests); ``watch`` sees each measured answer."""
+
         async def go(rate: float) -> dict:
             client = OpenLoopClient(HOST, server.port, max_connections=MAX_CONNECTIONS, timeout_s=TIMEOUT_S)
             try:
-                await client.run(request, rate, WARMUP_S, count_cached=count_cached, drain_s=1.0)
+                await client.run(warm_up_request or request, rate, WARMUP_S, count_cached=count_cached, drain_s=1.0)
                 print(f"bench api: {server.name} {rate:g} rps for {self.args.seconds:g}s", file=sys.stderr)
                 result = await client.run(
-                    request, rate, self.args.seconds, count_cached=count_cached, on_response=on_response
+                    request,
+                    rate,
+                    self.args.seconds,
+                    count_cached=count_cached,
+                    on_response=watch.on_response if watch is not None else None,
                 )
                 if watch is not None:
                     await watch.finish()
