@@ -101,7 +101,7 @@ def _batching(settings: Settings, tmp: str, sample: int, batches: list[int]) -> 
             written = 0
             print(f"bench copy: {len(jobs)} snippets at batch {batch}", file=sys.stderr)
             started = time.perf_counter()
-            while writer._todo:
+            while writer.warm_left:
                 written += writer.step()
             seconds = time.perf_counter() - started
             runs.append(

@@ -307,6 +307,11 @@ class CopyGenerator:
             self._others.popitem(last=False)
         return generator
 
+    @property
+    def warm_left(self) -> int:
+        """Keys of the warm work not written yet."""
+        return len(self._todo)
+
     def prime(self, jobs: list[CopyJob]) -> None:
         """Make ``jobs`` (written in order) the warm work, as if just planned: `step` writes them first."""
         self._todo = jobs[::-1]  # popped from the end: planned order
@@ -364,11 +369,11 @@ def warm(settings: Settings, *, progress: bool = True) -> dict:
         bar = tqdm(total=len(todo), desc="copy", unit="snippet", file=sys.stderr, disable=not progress, mininterval=0.5)
         writer.prime(todo)
         generated = 0
-        while writer._todo or writer.copies.queued():
+        while writer.warm_left or writer.copies.queued():
             written = writer.step()
             generated += written
             bar.update(written)
-            if not written and not writer._todo:
+            if not written and not writer.warm_left:
                 break
         bar.close()
         seconds = time.perf_counter() - started
