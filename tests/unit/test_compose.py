@@ -57,6 +57,12 @@ def command(service: dict) -> list[str]:
     return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
 
 
+def scrape_targets(compose: dict) -> list[str]:
+    """Every ``host:port`` the Prometheus config in compose.yaml scrapes."""
+    prometheus = yaml.safe_load(compose["configs"]["prometheus"]["content"])
+    return [t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+
+
 def tailor_services(services) -> dict[str, list[str]]:
     return {name: command(s) for name, s in services.items() if command(s)[:1] == ["tailor"]}
 
@@ -164,8 +170,7 @@ def test_configs_are_declared_and_prometheus_scrapes_services(compose, services)
         for ref in service.get("configs") or []:
             source = ref["source"] if isinstance(ref, dict) else ref
             assert source in configs, f"{name} uses undeclared config {source}"
-    prometheus = yaml.safe_load(configs["prometheus"]["content"])
-    targets = [t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    targets = scrape_targets(compose)
     assert targets
     for target in targets:
         host, port = target.split(":")
@@ -231,6 +236,4 @@ def test_a_generator_writes_copy_into_the_shared_redis_with_a_mounted_model(serv
         )
         port = env.get("TAILOR_GENERATOR_METRICS_PORT")
         assert port and port in {str(p) for p in service.get("expose", [])}
-        prometheus = yaml.safe_load(compose["configs"]["prometheus"]["content"])
-        targets = {t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-        assert f"{name}:{port}" in targets, "Prometheus does not scrape the generator"
+        assert f"{name}:{port}" in scrape_targets(compose), "Prometheus does not scrape the generator"
