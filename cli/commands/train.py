@@ -21,6 +21,12 @@ def add_parser(subparsers) -> None:
     train.add_argument("--batch-size", type=positive_int, default=32, help="records per batch (default 32)")
     train.add_argument("--seed", type=int, default=0, help="corpus and training seed (default 0)")
     train.add_argument("--max-records", type=int, default=0, help="train on at most this many records (default: all)")
+    train.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where torch trains and evaluates (default auto: a CUDA GPU when torch sees one)",
+    )
 
 
 def run(settings, args) -> int:

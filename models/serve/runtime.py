@@ -17,7 +17,9 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import json
 import re
 import sys
@@ -85,7 +87,11 @@ def _cuda_provider_loads() -> bool:
     global symbols, which the CUDA provider binds to at load); doing it first turns a
     missing library into a quiet False instead of a logged error and a CPU fallback.
     cuDNN 9 is what onnxruntime-gpu 1.31 is built for; it is opened at run time, not linked.
+    CUDA and cuDNN installed from PyPI (the ``nvidia-*`` wheels beside onnxruntime) are not
+    on the loader's path: ``ort.preload_dlls`` loads them first (quietly; it prints).
     """
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+        ort.preload_dlls(directory="")
     capi = Path(ort.__file__).parent / "capi"
     prefix, suffix, cudnn = (
         ("", ".dll", "cudnn64_9.dll") if sys.platform == "win32" else ("lib", ".so", "libcudnn.so.9")

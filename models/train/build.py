@@ -65,6 +65,8 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: Generated samples per (segment, slot, tone) for the obedience check.
     eval_samples: int = 2
     base: str | None = None
+    #: Where torch trains and evaluates: "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu", "cuda".
+    device: str = "auto"
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -73,6 +75,19 @@ class TrainConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("epochs and batch_size must be at least 1, lr positive")
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be a fraction in (0, 1), got {self.holdout}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device of a `TrainConfig.device`: "auto" is CUDA when torch sees a GPU; "cuda" without one is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "--device cuda: torch sees no CUDA GPU (a CPU build of torch, or no driver); use --device cpu"
+        )
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -147,6 +162,7 @@ def train(
             )
         )
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    model.to(torch_device(config.device))
     started = time.perf_counter()
     losses = _fit(model, tokenizer, train_set, config, progress)
     seconds = time.perf_counter() - started
@@ -158,6 +174,7 @@ def train(
         "seconds": round(seconds, 1),
         "final_loss": round(losses[-1], 4) if losses else None,
         "parameters": model.num_parameters(),
+        "device": str(model.device),
         "config": msgspec.structs.asdict(config),
         "corpus_hash": corpus_hash(records),
         "segment_styles": segment_styles or {},
@@ -225,8 +242,10 @@ def _fit(model, tokenizer, records, config: TrainConfig, progress: bool) -> list
     losses: list[float] = []
     bar = tqdm(total=steps, desc="training", unit="batch", file=sys.stderr, disable=not progress, mininterval=0.5)
     max_len = model.config.n_positions
+    device = model.device
     for _ in range(config.epochs):
         for batch, labels in _batches(tokenizer, records, config.batch_size, rng, max_len):
+            batch, labels = batch.to(device), labels.to(device)
             loss = _copy_loss(model, batch, labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -259,7 +278,7 @@ def evaluate(
         # No trailing space: byte-level BPE glues a word's leading space to the word.
         prefixes = [copy_prompt(r.segment, r.slot, r.tone, r.item) for r in chunk]
         texts = [p + " " + r.text + EOS for p, r in zip(prefixes, chunk)]
-        batch = tokenizer(texts, padding=True, return_tensors="pt", padding_side="right")
+        batch = tokenizer(texts, padding=True, return_tensors="pt", padding_side="right").to(model.device)
         labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
         for i, p in enumerate(prefixes):  # score the copy, not the prompt
             labels[i, : len(tokenizer(p).input_ids)] = -100
@@ -301,6 +320,7 @@ def _generate(model, tokenizer, prompts: list[str], *, slot: str, greedy: bool) 
     out = []
     for start in range(0, len(prompts), 64):
         batch = tokenizer(prompts[start : start + 64], padding=True, return_tensors="pt", padding_side="left")
+        batch = batch.to(model.device)
         generated = model.generate(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,  # no token_type_ids: GPT-2 would add an embedding for them
@@ -417,6 +437,11 @@ def stored_segment_styles(settings) -> dict[str, str]:
 
 
 def run_train(settings, args) -> int:
+    try:
+        torch_device(args.device)  # before the corpus, the tokenizer and the model are built
+    except RuntimeError as exc:
+        print(f"tailor train: {exc}", file=sys.stderr)
+        return 2
     config = TrainConfig(
         size=args.size,
         epochs=args.epochs,
@@ -425,6 +450,7 @@ def run_train(settings, args) -> int:
         seed=args.seed,
         max_records=args.max_records,
         base=args.base,
+        device=args.device,
     )
     styles = stored_segment_styles(settings)
     if styles:

@@ -236,3 +236,17 @@ def test_stored_segment_profiles_name_the_styles(exported, trained, tmp_path):
     out = tmp_path / "onnx"
     export(folder, out, version="styles")
     assert read_manifest(out).segment_styles == {"high spend, click-happy": "loyal_high_spender"}
+
+
+def test_the_training_device_is_checked_before_any_work():
+    import torch
+
+    from models.train.build import torch_device
+
+    with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
+        TrainConfig(device="tpu")
+    assert torch_device("cpu").type == "cpu"
+    assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="torch sees no CUDA GPU"):
+            torch_device("cuda")
