@@ -13,6 +13,7 @@ into keyed-HMAC pseudonyms (`engine.privacy`) before Kafka or Feast see them.
 ``/v1/experiments`` (api/experiments.py) runs A/B/n and factorial experiments on
 them: personalize assigns each user a variant and logs the impression to Kafka,
 the flow counts outcomes per variant, and the results route reads those counters.
+``/v1/audit`` (api/audit.py) reads the hash-chained log of admin and privacy actions (``app.state.audit``).
 Copy is written ahead of need by the background generator (jobs/copy_generator.py),
 never in this process; a promoted model's copy is served without a restart (api/model_swap.py).
 ``/healthz`` says the process is alive, ``/readyz`` whether the broker and the
@@ -54,7 +55,10 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, RequestBody, SecurityScheme
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_500_INTERNAL_SERVER_ERROR
+from prometheus_client import Counter
 
+from api.audit import AuditController
+from api.consent import Consent, ConsentController
 from api.delivery import EXPOSURES_DROPPED, EventProducer  # noqa: F401 - the counter's old home
 from api.experiments import ExperimentController
 from api.http import TOO_DEEP, ErrorBody, error_responses, refuse_too_deep
@@ -68,15 +72,17 @@ from engine.audience.segments import SegmentProfile
 from engine.content.personalize import NoTemplate
 from engine.content.templates import TemplateError
 from engine.features.events import Event, InvalidEvent, check_not_ahead, decode_event, encode_event
-from engine.privacy import InvalidUserId, Pseudonymizer
+from engine.privacy import InvalidUserId, PropsFilter, Pseudonymizer
+from store.audit import open_audit
 from store.catalog import ItemNotFound, open_live_catalog
+from store.consent import open_consent
 from store.experiments import LiveExperiments, open_experiments
 from store.redis_guard import StoreUnavailable
 from store.templates import open_templates
 
 log = logging.getLogger("tailor.api")
 
-SCOPES = ("ingest", "serve", "admin")
+SCOPES = ("ingest", "serve", "privacy", "admin")
 #: Most events one POST /v1/events may carry.
 MAX_BATCH = 1000
 #: Largest request body, in bytes.
@@ -395,8 +401,18 @@ async def post_events(request: Request) -> Response[EventsAccepted]:
         except InvalidUserId as exc:
             rejected.append(Rejected(index, f"`user_id`: {exc}"))
             continue
+        if event.type == "consent":
+            rejected.append(Rejected(index, CONSENT_BY_PUT))
+            continue
+        if event.props:
+            props, dropped = state.props_filter(event.props)
+            if dropped:
+                PROPS_DROPPED.inc(dropped)
+                event = msgspec.structs.replace(event, props=props)
         indices.append(index)
         records.append((pseudonym.encode(), encode_event(msgspec.structs.replace(event, user_id=pseudonym))))
+    if records:
+        indices, records = _with_analytics_consent(state, indices, records, rejected)
     results = await state.events.deliver(settings.kafka.topic, records) if records else []
     undelivered = [Rejected(index, why.text) for index, why in zip(indices, results) if why is not None]
     accepted = len(records) - len(undelivered)
@@ -412,6 +428,38 @@ async def post_events(request: Request) -> Response[EventsAccepted]:
         status_code=503,
         headers={"Retry-After": str(retry_after)},
     )
+
+
+PROPS_DROPPED = Counter(
+    "tailor_event_props_dropped_total",
+    "Event props keys POST /v1/events dropped because TAILOR_PROPS_ALLOWED does not list them (personal data "
+    "such as an email put in props never reaches Kafka).",
+)
+CONSENT_BY_PUT = "consent decisions are recorded with PUT /v1/users/{user_id}/consent, not sent as events"
+
+
+def _with_analytics_consent(state, indices: list[int], records: list[tuple[bytes, bytes]], rejected: list[Rejected]):
+    """The events whose users allow ``analytics`` (one store read a batch); the others rejected, saying why.
+
+    ``rejected`` stays in index order. A refused event is not kept anywhere: it never reaches Kafka.
+    """
+    policy = state.settings.privacy.consent_policy
+    users = [key.decode() for key, _ in records]
+    found = state.consent.get_many(users)
+    if not found and policy == "opt_out":
+        return indices, records
+    kept_indices, kept = [], []
+    for index, record, user in zip(indices, records, users):
+        decision = found.get(user)
+        consent = Consent.of(decision, policy)
+        if consent.analytics:
+            kept_indices.append(index)
+            kept.append(record)
+        else:
+            reason = consent.why_not("analytics", decision, policy)
+            rejected.append(Rejected(index, f"{reason}: the event is not kept"))
+    rejected.sort(key=lambda r: r.index)
+    return kept_indices, kept
 
 
 @get("/v1/users/{user_id:str}/features", opt={"scope": "serve"}, sync_to_thread=False, responses=_ERRORS)
@@ -462,6 +510,9 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
         pseudonym = state.pseudonymizer.pseudonym(data.user_id)
     except InvalidUserId as exc:
         raise HTTPException(status_code=400, detail=f"`user_id`: {exc}") from None
+    policy = state.settings.privacy.consent_policy
+    decision = state.consent.get(pseudonym)
+    consent = Consent.of(decision, policy) if decision is not None or policy == "opt_in" else None
     try:
         return await personalize(
             data,
@@ -472,6 +523,10 @@ async def post_personalize(data: JSONBody[PersonalizeRequest], request: Request)
             experiments=state.experiments,
             expose=state.expose,
             catalog=state.catalog,
+            consent=consent,
+            consent_why=consent.why_not("personalization", decision, policy)
+            if consent is not None and not consent.personalization
+            else "",
         )
     except NoTemplate as exc:
         raise NotFoundException(detail=exc.reason) from None
@@ -575,7 +630,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.store = open_store(settings)
         app.state.reader = OnlineReader(app.state.store, settings.audience.segments)
         app.state.templates = open_templates(settings)
+        app.state.audit = open_audit(settings)  # admin and privacy actions: app.state.audit.append(...)
         app.state.catalog = open_live_catalog(settings)
+        app.state.consent = open_consent(settings)
+        app.state.props_filter = PropsFilter(settings.privacy.props_allowed)
         app.state.writer = open_copy_writer(settings)
         app.state.experiments = open_experiments(settings, app.state.store)
         app.state.experiment_store = app.state.experiments.store
@@ -603,7 +661,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         gc.collect()
         gc.freeze()
         watcher = asyncio.create_task(
-            ModelWatcher(settings.generation.model_dir, app.state.writer).run(settings.generation.model_reload_s)
+            ModelWatcher(settings.generation.model_dir, app.state.writer, app.state.audit).run(
+                settings.generation.model_reload_s
+            )
         )
         refresher = asyncio.create_task(_refresh_experiments(app.state.experiments))
         flusher = asyncio.create_task(app.state.writer.cache.flush_forever())
@@ -621,7 +681,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.writer.cache.store.close()
             app.state.experiment_store.close()
             app.state.templates.store.close()
+            app.state.audit.close()
             app.state.catalog.store.close()
+            app.state.consent.close()
             events.close(10)
             # Frees the client now (expose holds it too): no reconnect attempts after shutdown.
             app.state.producer = app.state.expose = app.state.events = events = None
@@ -652,6 +714,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TemplateController,
             ExperimentController,
             ItemController,
+            ConsentController,
+            AuditController,
         ],
         lifespan=[resources],
         before_request=refuse_deep_json,

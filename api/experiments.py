@@ -5,6 +5,7 @@ the personalize path assigns users to are `store.experiments`; the results page
 (rates with intervals, tests against the control, Bayesian and sequential
 read-outs, the sample-ratio check, guardrails and factorial effects) is
 `engine.experiments.results`, from the flow's counters (`store.experiments.read_counters`).
+Every change (create, start, stop, a new allocation) is recorded in the audit log (`api.audit`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from litestar import Controller, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from api.audit import Auditor, provide_auditor
 from api.dependencies import experiment_store, feature_store, live_experiments, live_templates, model_versions, provide
 from api.http import StrictBody, error_responses, http_errors
 from engine.experiments.designs import ExperimentSpec, VariantName, check_spec
@@ -92,6 +94,7 @@ class ExperimentController(Controller):
         "templates": provide(live_templates),
         "model_versions": provide(model_versions),
         "feature_store": provide(feature_store),
+        "auditor": provide_auditor,
     }
 
     @post(summary="Create an experiment", opt={"scope": "admin"}, sync_to_thread=True, responses=_errors(409, 422))
@@ -101,6 +104,7 @@ class ExperimentController(Controller):
         experiment_store: NamedDependency[ExperimentStore],
         templates: NamedDependency[LiveTemplates],
         model_versions: NamedDependency[Callable[[], set[str]]],
+        auditor: NamedDependency[Auditor],
     ) -> ExperimentSpec:
         """Define an experiment (status ``draft``; start it with POST /v1/experiments/{id}/start).
 
@@ -108,6 +112,7 @@ class ExperimentController(Controller):
         Each arm pins a template, serves default or generated copy, or names a copy model version.
         """
         spec = msgspec.structs.replace(data, status="draft", created=now_iso(), started="", stopped="", reallocated="")
+        auditor.check()  # the audit log cannot be written: 503, nothing created (api.audit)
         with http_errors(_STATUSES):
             check_spec(spec)
             _check_content(spec, templates, model_versions)
@@ -117,7 +122,9 @@ class ExperimentController(Controller):
                     raise ExperimentError(f"experiment {spec.id!r} exists already: pick another id", 409)
                 return spec
 
-            return experiment_store.update(spec.id, make)
+            created = experiment_store.update(spec.id, make)
+        auditor.record("experiment.create", created.id, {"slots": list(created.slots), "status": created.status})
+        return created
 
     @get(summary="List experiments", opt={"scope": "serve"}, sync_to_thread=True, responses=_errors())
     def list_experiments(
@@ -157,6 +164,7 @@ class ExperimentController(Controller):
         experiments: NamedDependency[LiveExperiments],
         templates: NamedDependency[LiveTemplates],
         model_versions: NamedDependency[Callable[[], set[str]]],
+        auditor: NamedDependency[Auditor],
     ) -> ExperimentSpec:
         """Start assigning users. Refused (409) if another running experiment uses one of its slots."""
 
@@ -178,7 +186,10 @@ class ExperimentController(Controller):
                     )
             return msgspec.structs.replace(spec, status="running", started=now_iso())
 
-        return _transition(experiment_store, experiments, experiment_id, start)
+        auditor.check()
+        started = _transition(experiment_store, experiments, experiment_id, start)
+        auditor.record("experiment.start", experiment_id, {"slots": list(started.slots), "started": started.started})
+        return started
 
     @post(
         "/{experiment_id:str}/stop",
@@ -193,6 +204,7 @@ class ExperimentController(Controller):
         experiment_id: FromPath[str],
         experiment_store: NamedDependency[ExperimentStore],
         experiments: NamedDependency[LiveExperiments],
+        auditor: NamedDependency[Auditor],
     ) -> ExperimentSpec:
         """Stop assigning users: everyone gets normal content again. Results stay readable."""
 
@@ -201,7 +213,10 @@ class ExperimentController(Controller):
                 raise ExperimentError(f"experiment {spec.id!r} is {spec.status}, not running", 409)
             return msgspec.structs.replace(spec, status="stopped", stopped=now_iso())
 
-        return _transition(experiment_store, experiments, experiment_id, stop)
+        auditor.check()
+        stopped = _transition(experiment_store, experiments, experiment_id, stop)
+        auditor.record("experiment.stop", experiment_id, {"stopped": stopped.stopped})
+        return stopped
 
     @patch(
         "/{experiment_id:str}",
@@ -216,6 +231,7 @@ class ExperimentController(Controller):
         data: JSONBody[AllocationPatch],
         experiment_store: NamedDependency[ExperimentStore],
         experiments: NamedDependency[LiveExperiments],
+        auditor: NamedDependency[Auditor],
     ) -> ExperimentSpec:
         """Change arm weights, the holdout share or the description (running or not)."""
 
@@ -243,7 +259,20 @@ class ExperimentController(Controller):
                 new = msgspec.structs.replace(new, reallocated=now_iso())  # users already assigned stay put
             return check_spec(new)
 
-        return _transition(experiment_store, experiments, experiment_id, change)
+        auditor.check()
+        changed = _transition(experiment_store, experiments, experiment_id, change)
+        given = [name for name in ("weights", "holdout", "description") if getattr(data, name) not in (None, {})]
+        auditor.record(
+            "experiment.reallocate" if {"weights", "holdout"} & set(given) else "experiment.update",
+            experiment_id,
+            {
+                "changed": given,
+                "weights": {a.name: a.weight for a in changed.arms if a.name in data.weights},
+                "holdout": changed.holdout,
+                "status": changed.status,
+            },
+        )
+        return changed
 
     @get(
         "/{experiment_id:str}/results",

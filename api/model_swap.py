@@ -10,6 +10,11 @@ then on requests read the new model's copy as the generator writes it (it re-war
 the catalog on the same promotion), and default copy for keys it has not reached
 yet. A directory that cannot be read (half-written, corrupt, the old prompt) is
 logged once and the old model keeps serving.
+
+Given the audit log (``audit``, `store.audit`), each replica records the swap
+(``model.swap`` by ``system``) before it serves the new model; while the log cannot
+be written the old model keeps serving and the swap is tried again at the next check,
+so no replica changes models unaudited.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from pathlib import Path
 
 from models.serve.manifest import MANIFEST, ModelDirError
+from store.redis_guard import StoreUnavailable
 
 log = logging.getLogger("tailor.api")
 
@@ -34,9 +41,11 @@ def model_identity(model_dir: str | Path) -> tuple[str, int] | None:
 
 
 class ModelWatcher:
-    def __init__(self, model_dir: str | Path, writer):
+    def __init__(self, model_dir: str | Path, writer, audit=None):
         self.model_dir = Path(model_dir)
         self.writer = writer
+        self.audit = audit
+        self._unaudited: tuple[str, int] | None = None  # the model a failed audit write holds back (logged once)
         self.seen = model_identity(model_dir) if writer.current is not None else None
         self._failed: tuple[str, int] | None = None
         self.swaps = 0
@@ -56,9 +65,30 @@ class ModelWatcher:
             )
             self._failed = identity
             return False
-        self.seen = identity
         if model.version == self.writer.model_version:
+            self.seen = identity
             return False  # the same model re-exported in place, or re-pointed to itself
+        if self.audit is not None:
+            try:
+                detail = {
+                    "from": self.writer.model_version,
+                    "dir": identity[0],
+                    "host": f"{socket.gethostname()}:{os.getpid()}",
+                }
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.audit.append, "system", "model.swap", model.version, detail
+                )
+            except StoreUnavailable as exc:
+                if self._unaudited != identity:
+                    self._unaudited = identity
+                    log.warning(
+                        "not swapping to %s yet: %s (still serving %s)",
+                        model.version,
+                        exc.detail,
+                        self.writer.model_version,
+                    )
+                return False  # tried again at the next check
+        self.seen = identity
         self.writer.serve(model)
         self.swaps += 1
         return True

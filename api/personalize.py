@@ -307,6 +307,8 @@ async def personalize(
     experiments=None,
     expose: Callable[[Event], None] | None = None,
     catalog=None,
+    consent=None,
+    consent_why: str = "",
 ) -> Personalized:
     """The content for one request (see the module docstring for the steps).
 
@@ -315,6 +317,9 @@ async def personalize(
     ``catalog`` (`store.catalog.LiveCatalog`) resolves ``item_ids`` and, when the request gives no
     candidates, offers the user's top category's items. Raises `TemplateError`,
     `engine.content.personalize.NoTemplate` or `store.catalog.ItemNotFound` with a reason the caller can act on.
+    ``consent`` (`api.consent.Consent`; None: everything allowed): without ``personalization`` the user's
+    features and segment are not read and the content is what anyone would get (``consent_why`` says why);
+    without ``experiments`` (or ``analytics``) the user is in no experiment and no impression is logged.
     """
     if request.item_ids:  # only these requests, and those with no candidates at all, read the catalog
         if catalog is None:
@@ -322,11 +327,19 @@ async def personalize(
         candidates: list[dict[str, Any]] = [i.facts() for i in catalog.resolve(request.item_ids)]
     else:
         candidates = [msgspec.structs.asdict(i) for i in request.items]
-    features, segment = reader.features(pseudonym)
+    personalized = consent is None or consent.personalization
+    if personalized:
+        features, segment = reader.features(pseudonym)
+    else:
+        features, segment = {}, None
+    if consent is not None and not (consent.experiments and consent.analytics):
+        experiments = expose = None
     profile = reader.profiles().get(segment.segment) if segment is not None else None
     label = profile.label if profile is not None else None
     style = writer.style_for(label)
-    if segment is None:
+    if not personalized:
+        segment_why = f"not personalized: {consent_why}; no features or segment read, {style} copy"
+    elif segment is None:
         segment_why = f"not segmented yet (too few visits); {style} copy"
     elif profile is None:
         segment_why = f"segment {segment.segment} (model v{segment.model_version}), no profile yet; {style} copy"
@@ -357,7 +370,10 @@ async def personalize(
         if assignment is not None:
             template_why += f" (arm {arm.name} of experiment {assignment.experiment})"
     tone, tone_why = tone_for(template, style)
-    if candidates or catalog is None:
+    if not personalized:
+        item = candidates[0] if candidates else None
+        item_why = "the first candidate (not personalized)" if item else "no candidates given (not personalized)"
+    elif candidates or catalog is None:
         item, item_why = choose_item(candidates, features)
     else:
         top = features.get("top_category")

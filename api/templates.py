@@ -2,9 +2,9 @@
 
 The routes (`TemplateController`) read with the ``serve`` scope and write with
 ``admin``; an invalid template is a 422 whose ``detail`` is the `TemplateError`
-reason, and nothing is stored. The templates themselves, their versions, their
-SQLite and Redis stores and the live snapshot the personalize path serves from
-are `store.templates`.
+reason, and nothing is stored. Every write is recorded in the audit log
+(`api.audit`). The templates themselves, their versions, their SQLite and Redis
+stores and the live snapshot the personalize path serves from are `store.templates`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from api.audit import Auditor, provide_auditor
 from api.dependencies import live_templates, provide
 from api.http import StrictBody, error_responses, http_errors
 from engine.content.brand import MAX_CHARS, Slot, Tone
@@ -91,10 +92,12 @@ class TemplateController(Controller):
 
     path = "/v1/templates"
     tags = ("templates",)
-    dependencies = {"templates": provide(live_templates)}
+    dependencies = {"templates": provide(live_templates), "auditor": provide_auditor}
 
     @post(summary="Create a template", opt={"scope": "admin"}, sync_to_thread=True, responses=_errors(409, 413, 422))
-    def create_template(self, templates: NamedDependency[LiveTemplates], data: JSONBody[TemplateIn]) -> TemplateOut:
+    def create_template(
+        self, templates: NamedDependency[LiveTemplates], data: JSONBody[TemplateIn], auditor: NamedDependency[Auditor]
+    ) -> TemplateOut:
         """Create a template (version 1). Needs the `admin` scope.
 
         The body is checked before it is saved: placeholders are `user.<field>`,
@@ -103,7 +106,9 @@ class TemplateController(Controller):
         then rendered with sample values and must render (user fields as text or
         as numbers, an item on sale and one at full price).
         Answers 409 if the id is taken, 422 with the reason if the template is invalid or cannot render.
+        Recorded in the audit log (503, nothing created, when it cannot be written: `api.audit`).
         """
+        auditor.check()
         with http_errors(_STATUSES):
             template, _ = new_template(
                 data.template_id,
@@ -115,6 +120,7 @@ class TemplateController(Controller):
             )
             created = templates.store.create(template)
         templates.invalidate()
+        auditor.record("template.create", created.template_id, {"version": created.version, "slot": created.slot})
         return TemplateOut.of(created)
 
     @get(summary="List templates", opt={"scope": "serve"}, sync_to_thread=True, responses=_errors())
@@ -172,7 +178,11 @@ class TemplateController(Controller):
         responses=_errors(404, 413, 422),
     )
     def update_template(
-        self, templates: NamedDependency[LiveTemplates], template_id: FromPath[str], data: JSONBody[TemplatePatch]
+        self,
+        templates: NamedDependency[LiveTemplates],
+        template_id: FromPath[str],
+        data: JSONBody[TemplatePatch],
+        auditor: NamedDependency[Auditor],
     ) -> TemplateOut:
         """Change a template: saves a new version (earlier ones stay readable). Needs the `admin` scope.
 
@@ -186,9 +196,11 @@ class TemplateController(Controller):
                 status_code=400,
                 detail="nothing to change: send at least one of " + ", ".join(TemplatePatch.__struct_fields__),
             )
+        auditor.check()
         with http_errors(_STATUSES):
             updated = templates.store.update(template_id, changes)
         templates.invalidate()
+        auditor.record("template.update", template_id, {"version": updated.version, "changed": sorted(changes)})
         return TemplateOut.of(updated)
 
     @post(
@@ -199,13 +211,17 @@ class TemplateController(Controller):
         sync_to_thread=True,
         responses=_errors(404),
     )
-    def archive_template(self, templates: NamedDependency[LiveTemplates], template_id: FromPath[str]) -> TemplateOut:
+    def archive_template(
+        self, templates: NamedDependency[LiveTemplates], template_id: FromPath[str], auditor: NamedDependency[Auditor]
+    ) -> TemplateOut:
         """Stop serving a template: saves a version with `archived: true`. Needs the `admin` scope.
 
         It stays readable, and `PATCH` with `archived: false` restores it.
         Archiving an archived template changes nothing and returns it.
         """
+        auditor.check()
         with http_errors(_STATUSES):
             archived = templates.store.archive(template_id)
         templates.invalidate()
+        auditor.record("template.archive", template_id, {"version": archived.version})
         return TemplateOut.of(archived)

@@ -27,6 +27,7 @@ COMMANDS = {
     "catalog": "cli.commands.catalog",
     "copy": "cli.commands.copy",
     "feedback": "cli.commands.feedback",
+    "audit": "cli.commands.audit",
     "bench": "cli.commands.bench",
 }
 

@@ -103,6 +103,9 @@ class StoreSettings(_Section):
     experiment_db: str = ""
     #: SQLite file of the item catalog; empty: ``<feature_repo>/data/catalog.db`` (Redis with TAILOR_REDIS_URL).
     catalog_db: str = ""
+    #: SQLite file of the hash-chained audit log (store/audit.py); empty: ``<feature_repo>/data/audit.db``
+    #: (a Redis list with TAILOR_REDIS_URL).
+    audit_db: str = ""
     #: JSON file of brand rules (engine/content/brand.py); empty: the built-in defaults.
     brand_rules: str = ""
 
@@ -292,6 +295,26 @@ class RetrainSettings(_Section):
                 raise ValueError(f"TAILOR_{f.encode_name.upper()} must be 0 or more, got {getattr(self, f.name)}")
 
 
+class PrivacySettings(_Section):
+    """Consent (engine/privacy.py, store/consent.py): who may be profiled, personalized for, experimented on."""
+
+    #: A purpose the user has not decided on: "opt_out" (the default) allows it until they revoke it,
+    #: "opt_in" refuses it until they grant it. Opt-out is the default because turning consent on must
+    #: not silently stop every site's ingestion and personalization on upgrade, and many sites already
+    #: gate what they send behind their own consent banner; where consent is your legal basis
+    #: (GDPR art. 6(1)(a), ePrivacy), set opt_in and record consent before sending events.
+    consent_policy: str = "opt_out"
+    #: SQLite file of the consent records; empty: ``<feature_repo>/data/consent.db`` (Redis with TAILOR_REDIS_URL).
+    consent_db: str = ""
+    #: Event ``props`` keys the API keeps (comma-separated, ``prefix*`` for a prefix, ``*`` for all); every
+    #: other key is dropped at the edge and counted, so personal data a client puts there never reaches Kafka.
+    props_allowed: str = "exposure_id,slot,template,style,tone,generated,segment,label,model_version,copy.*"
+
+    def __post_init__(self):
+        if self.consent_policy not in ("opt_in", "opt_out"):
+            raise ValueError(f"TAILOR_CONSENT_POLICY must be 'opt_in' or 'opt_out', got {self.consent_policy!r}")
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything that changes between a laptop, CI and production, one section per concern.
 
@@ -307,6 +330,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api: ApiSettings = field(default_factory=ApiSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
@@ -353,6 +377,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "api": ApiSettings,
     "generation": GenerationSettings,
     "retrain": RetrainSettings,
+    "privacy": PrivacySettings,
 }
 
 #: Each setting's name (``TAILOR_`` + upper case is its variable) -> (its section, its field).

@@ -281,3 +281,160 @@ def _check_purposes(purposes: tuple[str, ...], allow_none: bool = False) -> set[
 def _in_order(purposes: Iterable[str]) -> tuple[str, ...]:
     chosen = set(purposes)
     return tuple(p for p in PURPOSES if p in chosen)
+
+
+# -- consent decisions as they travel through Kafka -----------------------------
+
+#: The event type of a consent decision on the events topic (engine.features.events).
+CONSENT_EVENT = "consent"
+
+
+def consent_props(granted: Iterable[str] = (), revoked: Iterable[str] = ()) -> dict[str, str]:
+    """A consent decision as an event's ``props``: purposes joined by ``+``, in `PURPOSES` order.
+
+    >>> consent_props(granted=["analytics", "personalization"], revoked=["experiments"])
+    {'granted': 'personalization+analytics', 'revoked': 'experiments'}
+    """
+    props = {"granted": "+".join(_in_order(granted)), "revoked": "+".join(_in_order(revoked))}
+    return {k: v for k, v in props.items() if v}
+
+
+def consent_change(props: dict | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(granted, revoked) of a consent event's ``props``; a `ValueError` says what is wrong.
+
+    >>> consent_change({"granted": "analytics", "revoked": "personalization+experiments"})
+    (('analytics',), ('personalization', 'experiments'))
+    >>> consent_change({"granted": "cookies"})
+    Traceback (most recent call last):
+    ...
+    ValueError: a consent event's props name unknown purpose 'cookies'; purposes: personalization, experiments, analytics
+    """
+    if not props or not ({"granted", "revoked"} & props.keys()):
+        raise ValueError("a consent event needs props 'granted' and/or 'revoked' (purposes joined by '+')")
+    extra = sorted(props.keys() - {"granted", "revoked"})
+    if extra:
+        raise ValueError(f"a consent event's props hold only 'granted' and 'revoked', not {extra[0]!r}")
+    lists = []
+    for name in ("granted", "revoked"):
+        value = props.get(name, "")
+        if not isinstance(value, str):
+            raise ValueError(f"a consent event's {name!r} is purposes joined by '+', not {type(value).__name__}")
+        chosen = [p for p in value.split("+") if p]
+        for purpose in chosen:
+            if purpose not in PURPOSES:
+                raise ValueError(
+                    f"a consent event's props name unknown purpose {purpose!r}; purposes: {', '.join(PURPOSES)}"
+                )
+        lists.append(_in_order(chosen))
+    both = set(lists[0]) & set(lists[1])
+    if both:
+        raise ValueError(f"a consent event grants and revokes {', '.join(sorted(both))} at once")
+    return lists[0], lists[1]
+
+
+class ConsentGate:
+    """One user's consent as the flow knows it: decisions in event order, the policy for the rest.
+
+    The flow keeps one per user (its state, snapshotted with the rest) and asks
+    `admits` of every event: consent events update the decision and are never
+    kept; an event of a user without ``analytics`` consent is not kept.
+
+    Examples
+    --------
+    >>> gate = ConsentGate("opt_in")
+    >>> gate.allows("analytics")
+    False
+    >>> gate.apply(("analytics", "experiments"), ())
+    >>> gate.allows("analytics"), gate.allows("personalization")
+    (True, False)
+    >>> gate.apply((), ("analytics",))
+    >>> gate.allows("analytics"), gate.decided
+    (False, True)
+    """
+
+    __slots__ = ("policy", "granted", "revoked")
+
+    def __init__(self, policy: str, granted: Iterable[str] = (), revoked: Iterable[str] = ()):
+        if policy not in POLICIES:
+            raise ValueError(f"consent policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.policy = policy
+        self.granted = frozenset(granted)
+        self.revoked = frozenset(revoked)
+
+    def apply(self, granted: Iterable[str], revoked: Iterable[str]) -> None:
+        """A decision: ``granted`` purposes allowed, ``revoked`` refused, the others as they were."""
+        granted, revoked = frozenset(granted), frozenset(revoked)
+        self.granted = (self.granted - revoked) | granted
+        self.revoked = (self.revoked - granted) | revoked
+
+    def allows(self, purpose: str) -> bool:
+        if purpose in self.granted:
+            return True
+        if purpose in self.revoked:
+            return False
+        return self.policy == "opt_out"
+
+    @property
+    def decided(self) -> bool:
+        """Whether the user decided anything (else the policy answers, and nothing needs keeping)."""
+        return bool(self.granted or self.revoked)
+
+    # Bytewax pickles state into recovery snapshots.
+    def __getstate__(self):
+        return self.policy, tuple(sorted(self.granted)), tuple(sorted(self.revoked))
+
+    def __setstate__(self, state):
+        self.policy, granted, revoked = state
+        self.granted, self.revoked = frozenset(granted), frozenset(revoked)
+
+
+def record_allows(record: ConsentRecord | None, purpose: str, policy: str) -> bool:
+    """Whether a stored record (or none) allows ``purpose`` under ``policy``: `ConsentBook.allows` for one record.
+
+    >>> record_allows(None, "analytics", "opt_out"), record_allows(None, "analytics", "opt_in")
+    (True, False)
+    """
+    if record is not None:
+        if purpose in record.granted:
+            return True
+        if purpose in record.revoked:
+            return False
+    return policy == "opt_out"
+
+
+# -- personal data in other fields ------------------------------------------------
+
+#: The ``props`` keys Tailor itself reads (feedback, experiments): kept by default; ``*`` ends a prefix.
+DEFAULT_PROPS_ALLOWED = "exposure_id,slot,template,style,tone,generated,segment,label,model_version,copy.*"
+
+
+class PropsFilter:
+    """The allow-list of event ``props`` keys: anything else (an email, a phone number) is dropped at the edge.
+
+    ``allowed`` is comma-separated keys; a key ending in ``*`` allows every key with
+    that prefix; ``*`` alone allows everything (the filter is then off).
+
+    Examples
+    --------
+    >>> keep = PropsFilter("exposure_id,copy.*")
+    >>> keep({"exposure_id": "x1", "copy.headline": "Hi", "email": "ann@example.com"})
+    ({'exposure_id': 'x1', 'copy.headline': 'Hi'}, 1)
+    >>> keep({"email": "ann@example.com"}), keep(None)
+    ((None, 1), (None, 0))
+    """
+
+    __slots__ = ("keys", "prefixes", "everything")
+
+    def __init__(self, allowed: str = DEFAULT_PROPS_ALLOWED):
+        names = [n.strip() for n in allowed.split(",") if n.strip()]
+        self.everything = "*" in names
+        self.keys = frozenset(n for n in names if not n.endswith("*"))
+        self.prefixes = tuple(n[:-1] for n in names if n.endswith("*") and n != "*")
+
+    def __call__(self, props: dict | None) -> tuple[dict | None, int]:
+        """(the props kept, or None if none is; how many keys were dropped)."""
+        if not props or self.everything:
+            return props or None, 0
+        kept = {k: v for k, v in props.items() if k in self.keys or k.startswith(self.prefixes)}
+        dropped = len(props) - len(kept)
+        return (kept or None), dropped

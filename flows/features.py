@@ -61,6 +61,7 @@ from engine.audience.segments import Behaviour
 from engine.experiments.exposures import ArmCounters, FirstExposure
 from engine.features.events import Event, InvalidEvent, check_not_ahead, decode_event
 from engine.features.tiles import UserActivity
+from engine.privacy import CONSENT_EVENT, ConsentGate, consent_change
 from flows import metrics
 from flows.experiments import ArmLogic, ExposureLogic, experiment_events
 from flows.kafka import RawKafkaSource, ensure_topics
@@ -128,6 +129,39 @@ def decoder(settings: Settings) -> Callable[[list[Message]], list[Event | DeadLe
         return decoded
 
     return decode_batch
+
+
+_NOT_KEPT = metrics.EVENTS_WITHOUT_CONSENT.labels("dropped")
+_DECISIONS = metrics.EVENTS_WITHOUT_CONSENT.labels("decision")
+
+
+class ConsentLogic(StatefulBatchLogic):
+    """One user's consent (`engine.privacy.ConsentGate`), applied in event order before anything is kept.
+
+    Emits ``(event, experiments allowed)`` for each event of a user who allows
+    analytics; consent events change the gate and go no further. A user who decided
+    nothing keeps no state (the policy answers for them).
+    """
+
+    def __init__(self, policy: str, resume: ConsentGate | None):
+        self.gate = resume if resume is not None else ConsentGate(policy)
+        self.gate.policy = policy  # the policy of this run, whatever the snapshot's was
+
+    def on_batch(self, events: list[Event]):
+        gate = self.gate
+        kept = []
+        for event in events:
+            if event.type == CONSENT_EVENT:
+                gate.apply(*consent_change(event.props))
+                _DECISIONS.inc()
+            elif gate.allows("analytics"):
+                kept.append((event, gate.allows("experiments")))
+            else:
+                _NOT_KEPT.inc()
+        return kept, not gate.decided
+
+    def snapshot(self) -> ConsentGate:
+        return self.gate
 
 
 class UserActivityLogic(StatefulBatchLogic):
@@ -400,7 +434,12 @@ def build_flow(
     op.output("dlq", dead_letters, KafkaSink(brokers, settings.kafka.dlq_topic))
     by_user = op.key_on("by_user", valid.trues, _user_of)
     # (user_id, Event)
-    users = op.stateful_batch("user_activity", by_user, lambda resume: UserActivityLogic(settings, resume))
+    policy = settings.privacy.consent_policy
+    gated = op.stateful_batch("consent", by_user, lambda resume: ConsentLogic(policy, resume))
+    # (user_id, (Event, experiments allowed)): the events of users who allow analytics, consent events applied
+    kept = op.map("kept", gated, _event_of)
+    # (user_id, Event)
+    users = op.stateful_batch("user_activity", kept, lambda resume: UserActivityLogic(settings, resume))
     # (user_id, (user_id, UserActivity, UserUpdate | None))
     rows = [users]
     if settings.audience.segments:
@@ -416,7 +455,9 @@ def build_flow(
         )
         rows.append(op.map("by_row_key", alerts.falses, _keyed))
         # (key, (key, SegmentAssignment | [SegmentProfile])), keyed by user or "segment_profiles"
-    exp_events = op.flat_map_batch("experiment_events", valid.trues, experiment_events)
+    in_experiments = op.filter_map("experiments_allowed", gated, _experiment_event)
+    # Event of a user who allows experiments
+    exp_events = op.flat_map_batch("experiment_events", in_experiments, experiment_events)
     # Event of type impression, click, conversion or purchase (every other type stops here)
     exp_by_user = op.key_on("exposures_by_user", exp_events, _user_of)
     # (user_id, Event)
@@ -433,6 +474,15 @@ def build_flow(
     if signals is not None:
         signals.running = True
     return flow
+
+
+def _event_of(kv):
+    return kv[0], kv[1][0]
+
+
+def _experiment_event(kv) -> Event | None:
+    event, allowed = kv[1]
+    return event if allowed else None
 
 
 def _to_audience(kv) -> tuple[str, UserUpdate] | None:

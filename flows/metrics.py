@@ -70,6 +70,13 @@ EXPERIMENT_EVENTS = Counter(
     ["outcome"],
 )
 
+EVENTS_WITHOUT_CONSENT = Counter(
+    "tailor_flow_events_without_consent_total",
+    "Events the flow did not keep because their user does not allow analytics (revoked, or not granted "
+    "under TAILOR_CONSENT_POLICY=opt_in); consent decisions applied are counted as outcome 'decision'.",
+    ["outcome"],
+)
+
 FLOW_READY = Gauge(
     "tailor_flow_ready",
     "1 once the flow process can write (Feast loaded, online store open, consumers fetching); 0 while "

@@ -76,7 +76,7 @@ def run_export(settings: Settings, args) -> int:
         cutoff_ms = parse_cutoff(args.cutoff) if args.cutoff else now_ms()
         since_ms = parse_cutoff(args.since) if getattr(args, "since", None) else None
         window_ms = max(1, round(args.window_h * 3_600_000))
-        join = FeedbackJoin(cutoff_ms, window_ms, since_ms)
+        join = FeedbackJoin(cutoff_ms, window_ms, since_ms, settings.privacy.consent_policy)
     except ValueError as exc:
         print(f"{COMMAND}: {exc}", file=sys.stderr)
         return 2

@@ -153,6 +153,9 @@ def run(settings, args) -> int:
         return 2
 
     def run_once(trigger: Trigger, reason: str, feedback: str | None = args.feedback) -> int:
+        from store.audit import open_audit
+
+        audit = open_audit(settings)  # a promotion is recorded there (refused when it cannot be)
         try:
             record = retrain(
                 settings.generation.model_dir,
@@ -162,12 +165,15 @@ def run(settings, args) -> int:
                 reason=reason,
                 config=config,
                 brand_rules=rules,
+                audit=audit,
             )
         except RetrainError as exc:
             if exc.record is not None:
                 print(msgspec.json.encode(exc.record).decode(), flush=True)
             print(f"tailor retrain: {exc}", file=sys.stderr)
             return 2
+        finally:
+            audit.close()
         print(msgspec.json.encode(record).decode(), flush=True)
         print(f"tailor retrain: {record.decision}", file=sys.stderr)
         return 0

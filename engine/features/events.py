@@ -25,6 +25,8 @@ from typing import Annotated, Literal, get_args
 
 import msgspec
 
+from engine.privacy import consent_change
+
 EventType = Literal[
     "page_view",
     "click",
@@ -35,6 +37,9 @@ EventType = Literal[
     "app_open",
     "impression",
     "conversion",
+    # A consent decision, written by the API (`PUT /v1/users/{id}/consent`) into the same
+    # topic as the user's events, under the same key, so the flow applies it in order with them.
+    "consent",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
@@ -98,6 +103,8 @@ class Event(Base, frozen=True):
             raise ValueError("`value` must be a finite number")
         if self.type == "purchase" and self.value is None:
             raise ValueError("a purchase needs a `value`")
+        if self.type == "consent":
+            consent_change(self.props)  # raises ValueError saying what is wrong
         # Last: `_UnboundedEvent` ignores this one error and so knows every other check passed.
         if not MIN_TS_MS <= ts < MAX_TS_MS:
             raise _TimeOutOfBounds(f"`ts` {ts} is not epoch milliseconds between 2000 and 2100")

@@ -53,6 +53,7 @@ import msgspec
 import numpy as np
 
 from engine.features.events import MAX_TS_MS, MIN_TS_MS, Event
+from engine.privacy import CONSENT_EVENT, ConsentGate, consent_change
 
 #: Default attribution window: an outcome counts up to 24 h after its exposure.
 DEFAULT_WINDOW_MS = 24 * 3_600_000
@@ -144,6 +145,10 @@ class FeedbackSummary(msgspec.Struct, kw_only=True):
     outcomes_unattributed: int = 0
     #: Clicks naming neither an experiment nor an exposure: not clicks on served content.
     clicks_not_on_content: int = 0
+    #: Consent decisions seen (``consent`` events; they apply to the user's later events).
+    consent_decisions: int = 0
+    #: Events of users who do not allow analytics (revoked, or never granted under opt-in): not used.
+    without_consent: int = 0
     rows: int = 0
     #: Rows left out for having fewer impressions than asked for.
     rows_below_min_impressions: int = 0
@@ -262,6 +267,10 @@ class FeedbackJoin:
     since_ms
         Events stamped earlier are not looked at (None: none are left out): a
         training set of recent exposures, and a bounded memory.
+    consent_policy
+        ``TAILOR_CONSENT_POLICY``: events of a user who does not allow ``analytics`` are
+        not used. A ``consent`` event applies to that user's events fed after it (the
+        topic's order, which keeps each user's events in order): the only order that matters.
 
     Examples
     --------
@@ -274,13 +283,21 @@ class FeedbackJoin:
     (0, 1)
     """
 
-    def __init__(self, cutoff_ms: int, window_ms: int = DEFAULT_WINDOW_MS, since_ms: int | None = None):
+    def __init__(
+        self,
+        cutoff_ms: int,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        since_ms: int | None = None,
+        consent_policy: str = "opt_out",
+    ):
         if not isinstance(cutoff_ms, int) or not MIN_TS_MS <= cutoff_ms < MAX_TS_MS:
             raise ValueError(f"cutoff_ms must be epoch milliseconds between 2000 and 2100, got {cutoff_ms!r}")
         if since_ms is not None and (not isinstance(since_ms, int) or not MIN_TS_MS <= since_ms < cutoff_ms):
             raise ValueError(f"since must be epoch milliseconds after 2000 and before the cut-off, got {since_ms!r}")
         if not isinstance(window_ms, int) or window_ms <= 0:
             raise ValueError(f"window_ms must be a positive number of milliseconds, got {window_ms!r}")
+        self._policy = ConsentGate(consent_policy).policy  # checked
+        self._gates: dict[str, ConsentGate] = {}
         self.cutoff_ms = cutoff_ms
         self.window_ms = window_ms
         self.since_ms = since_ms
@@ -293,6 +310,16 @@ class FeedbackJoin:
         """Take one event; those that are neither exposures nor outcomes are only counted."""
         counts = self._counts
         counts.events += 1
+        if event.type == CONSENT_EVENT:
+            gate = self._gates.get(event.user_id) or ConsentGate(self._policy)
+            gate.apply(*consent_change(event.props))
+            self._gates[event.user_id] = gate
+            counts.consent_decisions += 1
+            return
+        gate = self._gates.get(event.user_id)
+        if not (gate.allows("analytics") if gate is not None else self._policy == "opt_out"):
+            counts.without_consent += 1
+            return
         if self.since_ms is not None and event.ts < self.since_ms:
             counts.events_before_since += 1
             return

@@ -17,6 +17,10 @@ Build side (torch). One run:
    it is) into ``<registry>/versions/<version>/`` with its weights in ``trained/``, then
    `models.serve.registry.promote` repoints the model directory atomically;
 5. appends a `RunRecord` to ``<registry>/runs.jsonl`` whatever happened.
+
+Given the audit log (``audit``, `store.audit`), a promotion is recorded there
+(``model.promote``, by ``cli`` for a manual run, ``system`` for a triggered one); a log
+that cannot be written refuses the promotion, so a model is never promoted unaudited.
 """
 
 from __future__ import annotations
@@ -333,6 +337,7 @@ def retrain(
     brand_rules: BrandRules = DEFAULT_RULES,
     records: list[CopyRecord] | None = None,
     progress: bool = True,
+    audit=None,
 ) -> RunRecord:
     """Fine-tune the model ``model_dir`` serves, evaluate, promote if no worse; returns the recorded run.
 
@@ -350,7 +355,7 @@ def retrain(
     )
     staging = Path(registry) / f".staging-{record.run_id}"
     try:
-        _run(record, Path(model_dir), Path(registry), staging, feedback, config, brand_rules, records, progress)
+        _run(record, Path(model_dir), Path(registry), staging, feedback, config, brand_rules, records, progress, audit)
     except BaseException as exc:
         if isinstance(exc, (RetrainError, ModelDirError, RegistryError)):
             record.error = str(exc)
@@ -381,6 +386,7 @@ def _run(
     rules: BrandRules,
     records: list[CopyRecord] | None,
     progress: bool,
+    audit=None,
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -476,13 +482,40 @@ def _run(
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(dest)
     record.candidate_version = exported.version
+    if promote_audited(record, model_dir, dest, manifest.version, audit):
+        _say(progress, f"{model_dir} now serves {exported.version}")
+
+
+def promote_audited(record: RunRecord, model_dir: Path, dest: Path, current: str, audit=None) -> bool:
+    """Promote ``dest`` (the candidate) over ``current`` and record it in the audit log; True if promoted.
+
+    ``record`` says what happened. A promotion is refused (``decision`` says why) when another run
+    promoted meanwhile or when ``audit`` (`store.audit`) cannot be written: nothing is promoted
+    unaudited. A log that fails between its check and the record leaves the promotion standing
+    and says so in ``error``.
+    """
+    from store.redis_guard import StoreUnavailable
+
     try:
-        promote(model_dir, dest, expect_current=manifest.version)
+        if audit is not None:
+            audit.check()
+        promote(model_dir, dest, expect_current=current)
     except RegistryError as exc:
         record.decision = f"refused at promotion: {exc}"
-        return
+        return False
+    except StoreUnavailable as exc:
+        record.decision = f"refused at promotion: {exc.detail}"
+        return False
     record.promoted = True
-    _say(progress, f"{model_dir} now serves {exported.version}")
+    if audit is not None:
+        actor = "cli" if record.trigger == "manual" else "system"
+        detail = {"from": current, "run_id": record.run_id, "trigger": record.trigger}
+        try:
+            audit.append(actor, "model.promote", record.candidate_version, detail)
+        except StoreUnavailable as exc:
+            record.error = f"promoted, but the audit log could not record it: {exc.detail}"
+            _say(True, record.error)
+    return True
 
 
 def _training_info(weights: Path) -> dict:

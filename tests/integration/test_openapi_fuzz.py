@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
+from api.consent import ConsentDecision
 from api.experiments import AllocationPatch
 from api.personalize import ItemIn, PersonalizeRequest
 from api.templates import TemplateIn, TemplatePatch
@@ -53,7 +54,16 @@ CHECKS = [
 ]
 #: Request bodies whose Struct forbids unknown fields; Litestar leaves ``additionalProperties: false``
 #: out of their schemas, and without it most generated bodies would only meet the 400 for an extra field.
-CLOSED_BODIES = (PersonalizeRequest, ItemIn, TemplateIn, TemplatePatch, ExperimentSpec, Variant, AllocationPatch)
+CLOSED_BODIES = (
+    PersonalizeRequest,
+    ItemIn,
+    TemplateIn,
+    TemplatePatch,
+    ExperimentSpec,
+    Variant,
+    AllocationPatch,
+    ConsentDecision,
+)
 #: Experiments that exist before fuzzing starts (an A/B/n with a holdout, and a factorial one), so that
 #: most valid cases of the ``{experiment_id}`` routes reach past the 404.
 EXPERIMENTS = (
@@ -172,7 +182,7 @@ def test_every_operation_answers_as_documented(make_settings, exported):
         assert struct.__struct_config__.forbid_unknown_fields, struct
         components[struct.__name__]["additionalProperties"] = False
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 23, [op.label for op in operations]  # a new route: check it is fuzzed, then count it
+    assert len(operations) == 27, [op.label for op in operations]  # a new route: check it is fuzzed, then count it
     failures = [failure for op in operations for mode in modes(op) if (failure := fuzz(op, mode))]
     # Bodies the schema allows that cannot render: a documented 422 on create and on revise, never a 5xx.
     by_label = {op.label: op for op in operations}

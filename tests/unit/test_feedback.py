@@ -11,7 +11,7 @@ import pytest
 from cli.main import main
 from config.settings import Settings
 from engine.features.events import Event, encode_event
-from engine.learning.feedback import engagement_weights, parse_cutoff, training_set
+from engine.learning.feedback import FeedbackJoin, engagement_weights, parse_cutoff, training_set
 from jobs.feedback import FEEDBACK_SCHEMA, METADATA_KEY, run_feedback
 from tests.support import (
     HOUR,
@@ -226,7 +226,6 @@ def test_export_joins_each_rows_item_facts_from_the_catalog(tmp_path, capsys):
 
 
 def test_since_leaves_out_older_events_in_the_join():
-    from engine.learning.feedback import FeedbackJoin
 
     join = FeedbackJoin(cutoff_ms=T0 + 4 * HOUR, window_ms=24 * HOUR, since_ms=T0 + 2 * HOUR)
     for event in point_in_time_events():
@@ -278,3 +277,30 @@ def test_no_broker_and_no_file_says_what_to_do(capsys):
     with pytest.raises(SystemExit) as exit_:
         feedback_export_args("--window-h", "0")
     assert exit_.value.code == 2
+
+
+def test_the_join_uses_no_event_of_a_user_without_analytics_consent():
+    from engine.privacy import consent_props
+
+    def consent(eid, user, ts, **purposes):
+        return Event(eid, "consent", user, ts, props=consent_props(**purposes))
+
+    def shown(eid, user, ts):
+        return Event(eid, "impression", user, ts, experiment="hero", props={"generated": True, "copy.headline": "Hi"})
+
+    events = [
+        shown("a1", "ann", T0),  # before her revocation: used
+        consent("c1", "ann", T0 + 1, revoked=["analytics"]),
+        shown("a2", "ann", T0 + 2),
+        shown("b1", "bob", T0 + 3),
+        consent("c2", "cat", T0 + 4, granted=["analytics"]),
+        shown("k1", "cat", T0 + 5),
+    ]
+    for policy, used, without in (("opt_out", 3, 1), ("opt_in", 1, 3)):
+        join = FeedbackJoin(cutoff_ms=T0 + HOUR, consent_policy=policy)
+        for event in events:
+            join.add(event)
+        _, summary = join.result()
+        assert (summary.exposures, summary.without_consent, summary.consent_decisions) == (used, without, 2), policy
+    with pytest.raises(ValueError, match="opt_in, opt_out"):
+        FeedbackJoin(cutoff_ms=T0 + HOUR, consent_policy="never")

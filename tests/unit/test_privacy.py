@@ -185,3 +185,59 @@ def test_unknown_purpose_or_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="now_ms"):
         book.grant(USER, "analytics", now_ms=-5)
     assert len(book) == 0
+
+
+# -- consent decisions on the events topic, and the flow's gate -----------------------------------
+
+
+def test_a_consent_event_round_trips_and_bad_ones_say_why():
+    import pickle
+
+    from engine.features.events import InvalidEvent, decode_event
+    from engine.privacy import ConsentGate, consent_change, consent_props
+
+    props = consent_props(granted=["experiments"], revoked=["analytics", "personalization"])
+    assert consent_change(props) == (("experiments",), ("personalization", "analytics"))
+    good = b'{"event_id": "c1", "type": "consent", "user_id": "u1", "ts": 1700000000000, "props": %s}'
+    assert decode_event(good % msgspec.json.encode(props)).props == props
+    for bad, words in (
+        (None, "needs props"),
+        ({"granted": "analytics", "why": "x"}, "not 'why'"),
+        ({"granted": 1}, "not int"),
+        ({"granted": "analytics", "revoked": "analytics"}, "grants and revokes analytics"),
+        ({"revoked": "cookies"}, "unknown purpose 'cookies'"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            consent_change(bad)
+        body = {"event_id": "c1", "type": "consent", "user_id": "u1", "ts": 1700000000000}
+        if bad is not None:
+            body["props"] = bad
+        with pytest.raises(InvalidEvent, match=words):
+            decode_event(msgspec.json.encode(body))
+    gate = ConsentGate("opt_in", granted=["analytics"])
+    gate.apply(["experiments"], ["analytics"])
+    again = pickle.loads(pickle.dumps(gate))
+    assert (again.policy, again.granted, again.revoked) == ("opt_in", {"experiments"}, {"analytics"})
+    assert not again.allows("analytics") and again.allows("experiments") and not again.allows("personalization")
+    with pytest.raises(ValueError, match="opt_in, opt_out"):
+        ConsentGate("maybe")
+
+
+def test_the_flow_gate_applies_decisions_in_order_and_keeps_no_state_without_one():
+    from engine.features.events import Event
+    from engine.privacy import consent_props
+    from flows.features import ConsentLogic
+
+    def ev(eid, kind="click", **props):
+        return Event(eid, kind, USER, NOW, props=consent_props(**props) if kind == "consent" else None)
+
+    undecided = ConsentLogic("opt_out", None)
+    kept, discard = undecided.on_batch([ev("a"), ev("b")])
+    assert [(e.event_id, exp) for e, exp in kept] == [("a", True), ("b", True)] and discard
+    logic = ConsentLogic("opt_in", None)
+    batch = [ev("x"), ev("c1", "consent", granted=["analytics"]), ev("y"), ev("c2", "consent", revoked=["analytics"])]
+    kept, discard = logic.on_batch(batch + [ev("z")])
+    assert [(e.event_id, exp) for e, exp in kept] == [("y", False)] and not discard
+    # A snapshot taken under one policy follows the policy of the run that resumes it.
+    resumed = ConsentLogic("opt_out", logic.snapshot())
+    assert resumed.gate.allows("experiments") and not resumed.gate.allows("analytics")

@@ -120,7 +120,7 @@ def test_events_are_in_time_order_globally_and_per_user(sim):
 
 
 def test_user_ids_and_types(sim):
-    assert {e.type for e in sim.sample} == set(EVENT_TYPES) - {"conversion"}
+    assert {e.type for e in sim.sample} == set(EVENT_TYPES) - {"conversion", "consent"}
     assert all(e.user_id in sim.users for e in sim.sample[:1000])
     assert sim.users[42] == "u000042"
     with pytest.raises(KeyError):
@@ -471,7 +471,7 @@ def test_cli_drift_options_that_do_not_add_up_say_why(argv, message, tmp_path, c
 
 # -- simulator: shapes of traffic ---------------------------------------------
 
-SESSION_KINDS = set(EVENT_TYPES) - {"conversion"}
+SESSION_KINDS = set(EVENT_TYPES) - {"conversion", "consent"}
 SHAPE_KINDS = {
     "sessions": SESSION_KINDS,
     "clicks_purchases": {"click", "purchase"},
