@@ -222,29 +222,21 @@ class ConsentBook:
         """Record that ``user_id`` agrees to ``purposes``; returns the updated record."""
         chosen = _check_purposes(purposes)
         record = self._records.get(user_id) or ConsentRecord(user_id=user_id)
-        return self._put(
-            record, granted=set(record.granted) | chosen, revoked=set(record.revoked) - chosen, now_ms=now_ms
-        )
+        granted, revoked = apply_decision(record.granted, record.revoked, granted_now=chosen)
+        return self._put(record, granted=granted, revoked=revoked, now_ms=now_ms)
 
     def revoke(self, user_id: str, *purposes: str, now_ms: int) -> ConsentRecord:
         """Record that ``user_id`` withdraws (or refuses) ``purposes``; returns the updated record."""
         chosen = _check_purposes(purposes)
         record = self._records.get(user_id) or ConsentRecord(user_id=user_id)
-        return self._put(
-            record, granted=set(record.granted) - chosen, revoked=set(record.revoked) | chosen, now_ms=now_ms
-        )
+        granted, revoked = apply_decision(record.granted, record.revoked, revoked_now=chosen)
+        return self._put(record, granted=granted, revoked=revoked, now_ms=now_ms)
 
     def allows(self, user_id: str, purpose: str) -> bool:
         """Whether ``user_id`` may be used for ``purpose``: their decision, else the policy."""
         if purpose not in PURPOSES:
             raise ValueError(f"unknown consent purpose {purpose!r}; use one of {', '.join(PURPOSES)}")
-        record = self._records.get(user_id)
-        if record is not None:
-            if purpose in record.granted:
-                return True
-            if purpose in record.revoked:
-                return False
-        return self.policy == "opt_out"
+        return record_allows(self._records.get(user_id), purpose, self.policy)
 
     def erase(self, user_id: str) -> bool:
         """Forget everything about ``user_id``; whether anything was known."""
@@ -261,7 +253,7 @@ class ConsentBook:
     def __len__(self) -> int:
         return len(self._records)
 
-    def _put(self, record: ConsentRecord, *, granted: set[str], revoked: set[str], now_ms: int) -> ConsentRecord:
+    def _put(self, record: ConsentRecord, *, granted: Iterable[str], revoked: Iterable[str], now_ms: int):
         if not isinstance(now_ms, int) or now_ms < 0:
             raise ValueError(f"now_ms must be epoch milliseconds (an int >= 0), got {now_ms!r}")
         updated = msgspec.structs.replace(record, granted=tuple(granted), revoked=tuple(revoked), updated_ms=now_ms)
@@ -363,16 +355,12 @@ class ConsentGate:
 
     def apply(self, granted: Iterable[str], revoked: Iterable[str]) -> None:
         """A decision: ``granted`` purposes allowed, ``revoked`` refused, the others as they were."""
-        granted, revoked = frozenset(granted), frozenset(revoked)
-        self.granted = (self.granted - revoked) | granted
-        self.revoked = (self.revoked - granted) | revoked
+        self.granted, self.revoked = apply_decision(
+            self.granted, self.revoked, granted_now=granted, revoked_now=revoked
+        )
 
     def allows(self, purpose: str) -> bool:
-        if purpose in self.granted:
-            return True
-        if purpose in self.revoked:
-            return False
-        return self.policy == "opt_out"
+        return record_allows(self, purpose, self.policy)
 
     @property
     def decided(self) -> bool:
@@ -388,8 +376,24 @@ class ConsentGate:
         self.granted, self.revoked = frozenset(granted), frozenset(revoked)
 
 
-def record_allows(record: ConsentRecord | None, purpose: str, policy: str) -> bool:
-    """Whether a stored record (or none) allows ``purpose`` under ``policy``: `ConsentBook.allows` for one record.
+def apply_decision(
+    granted: Iterable[str], revoked: Iterable[str], *, granted_now: Iterable[str] = (), revoked_now: Iterable[str] = ()
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(granted, revoked) once a decision is applied: the purposes it names take its side, the others stay.
+
+    The one rule of `ConsentBook`, `ConsentGate` (the flow) and the consent store.
+
+    >>> sorted(map(sorted, apply_decision(["analytics"], ["experiments"], granted_now=["experiments"])))
+    [[], ['analytics', 'experiments']]
+    """
+    granted_now, revoked_now = frozenset(granted_now), frozenset(revoked_now)
+    return (frozenset(granted) - revoked_now) | granted_now, (frozenset(revoked) - granted_now) | revoked_now
+
+
+def record_allows(record, purpose: str, policy: str) -> bool:
+    """Whether a decision (a `ConsentRecord`, a `ConsentGate`; None: none) allows ``purpose`` under ``policy``.
+
+    The one rule of `ConsentBook.allows`, `ConsentGate.allows` and the API's checks.
 
     >>> record_allows(None, "analytics", "opt_out"), record_allows(None, "analytics", "opt_in")
     (True, False)

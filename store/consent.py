@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from config.settings import Settings
-from engine.privacy import ConsentRecord
+from engine.privacy import ConsentRecord, apply_decision
 from store.records import local_path
 
 _encoder = msgspec.json.Encoder()
@@ -38,15 +38,9 @@ def merged(record: ConsentRecord | None, user_id: str, granted: Iterable[str], r
     >>> merged(r, r.user_id, [], ["analytics", "experiments"], 2).revoked
     ('experiments', 'analytics')
     """
-    granted, revoked = set(granted), set(revoked)
-    old_granted = set(record.granted) if record is not None else set()
-    old_revoked = set(record.revoked) if record is not None else set()
-    return ConsentRecord(
-        user_id=user_id,
-        granted=tuple((old_granted - revoked) | granted),
-        revoked=tuple((old_revoked - granted) | revoked),
-        updated_ms=now_ms,
-    )
+    before = (record.granted, record.revoked) if record is not None else ((), ())
+    now_granted, now_revoked = apply_decision(*before, granted_now=granted, revoked_now=revoked)
+    return ConsentRecord(user_id=user_id, granted=tuple(now_granted), revoked=tuple(now_revoked), updated_ms=now_ms)
 
 
 class ConsentStore:
@@ -146,11 +140,9 @@ class RedisConsent(ConsentStore):
         self._breaker = breaker
 
     def _call(self):
-        from contextlib import nullcontext
-
         from store.redis_guard import redis_call
 
-        return redis_call(self._breaker, self.WHAT) if self._breaker is not None else nullcontext()
+        return redis_call(self._breaker, self.WHAT)
 
     def get_many(self, user_ids: Sequence[str]) -> dict[str, ConsentRecord]:
         if not user_ids:

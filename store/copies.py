@@ -217,11 +217,9 @@ class RedisCopies(CopyStore):
         self._ttl_s = ttl_s
 
     def _call(self):
-        from contextlib import nullcontext
-
         from store.redis_guard import redis_call
 
-        return redis_call(self._breaker, self.WHAT) if self._breaker is not None else nullcontext()
+        return redis_call(self._breaker, self.WHAT)
 
     def _text_keys(self, keys: Iterable[str]) -> list[str]:
         return [f"{self._prefix}t:{key}" for key in keys]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -138,9 +138,9 @@ class StoreUnavailable(Exception):
 
 @contextmanager
 def redis_call(breaker, what: str) -> Iterator[None]:
-    """A Redis call through ``breaker``; an outage becomes `StoreUnavailable` naming ``what``."""
+    """A Redis call through ``breaker`` (None: none); an outage becomes `StoreUnavailable` naming ``what``."""
     try:
-        with breaker:
+        with breaker if breaker is not None else nullcontext():
             yield
     except RedisUnavailable as exc:
         raise StoreUnavailable(detail=f"the {what} is unavailable: {exc.reason}; retry in a few seconds") from None
